@@ -1,0 +1,38 @@
+//! `kith-storage`: Kith's sled adapters.
+//!
+//! Today this crate holds the storage under OpenMLS. Kith's conflict
+//! resolution rolls a group back to an earlier epoch and replays commits, so
+//! that storage must do three things beyond `StorageProvider`:
+//!
+//! - **persist** across restarts (sled, on disk);
+//! - apply the writes of one OpenMLS operation **atomically** (a
+//!   [`Step`]: buffered writes applied as one sled batch);
+//! - **snapshot and restore one group** without touching the others
+//!   ([`SledMlsStorage::snapshot_group`], [`SledMlsStorage::restore_group`]).
+//!
+//! ```text
+//!   MlsGroup ──(StorageProvider calls)──► SledMlsStorage
+//!                                          │  step open on this thread?
+//!                                          ├─ yes ─► overlay (BTreeMap) ──commit──┐
+//!                                          └─ no ────────────────────────────────►├─► sled batch ─► fsync
+//!                                                                                  │   (atomic)    (Durability)
+//!   engine ──snapshot_group / restore_group / delete_group────────────────────────┘
+//! ```
+//!
+//! [`KithProvider`] bundles the storage with RustCrypto into an
+//! `OpenMlsProvider`.
+
+mod codec;
+mod error;
+mod keys;
+mod mls_storage;
+mod provider;
+mod snapshot;
+mod storage_provider;
+
+pub use codec::Codec;
+pub use error::StorageError;
+pub use keys::EntryKind;
+pub use mls_storage::{Durability, SledMlsStorage, Step, StorageConfig};
+pub use provider::KithProvider;
+pub use snapshot::GroupSnapshot;
