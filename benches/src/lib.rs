@@ -1,6 +1,319 @@
-//! `kith-benches` holds Kith's criterion benchmarks.
+//! `kith-benches` holds Kith's criterion benchmarks and the scenarios they
+//! share.
 //!
 //! Every benchmark lives in `benches/benches/` and runs the raw-OpenMLS
 //! baseline (`openmls_memory_storage`, no actors, no network) in the same run,
 //! printing the ratio. Results are recorded in `BENCHMARKS.md` at the
 //! workspace root.
+//!
+//! ```text
+//!  scenario (this crate) ──► Backend::step ──► KithProvider (sled, one step per operation)
+//!                                          └─► OpenMlsRustCrypto (memory, baseline)
+//!  timings ──► Recorder ──► ratio table printed at the end of the run
+//! ```
+
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+
+use kith_storage::KithProvider;
+use openmls::prelude::{tls_codec::Deserialize as _, *};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+/// The cipher suite every benchmark uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// A provider that a scenario can run on, and how it makes one operation
+/// atomic.
+pub trait Backend: openmls::storage::OpenMlsProvider {
+    /// Run `f` as one atomic storage step.
+    fn step<T>(&self, f: impl FnOnce() -> T) -> T;
+}
+
+impl Backend for OpenMlsRustCrypto {
+    fn step<T>(&self, f: impl FnOnce() -> T) -> T {
+        // The in-memory baseline writes in place; there is nothing to commit.
+        f()
+    }
+}
+
+impl Backend for KithProvider {
+    fn step<T>(&self, f: impl FnOnce() -> T) -> T {
+        let step = self.storage().begin_step().expect("no step open yet");
+        let value = f();
+        step.commit().expect("commit step");
+        value
+    }
+}
+
+/// One member of a benchmark group.
+#[derive(Debug)]
+pub struct Member<P> {
+    /// The member's provider.
+    pub provider: P,
+    /// Its signature key.
+    pub signer: SignatureKeyPair,
+    /// Its credential.
+    pub credential: CredentialWithKey,
+}
+
+impl<P: Backend> Member<P> {
+    /// A member with a fresh signature key.
+    pub fn new(name: &str, provider: P) -> Self {
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).expect("signer");
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        Self {
+            provider,
+            signer,
+            credential,
+        }
+    }
+
+    /// A key package of this member.
+    pub fn key_package(&self) -> KeyPackage {
+        KeyPackage::builder()
+            .build(
+                CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .expect("key package")
+            .key_package()
+            .clone()
+    }
+
+    /// The benchmarked operation "create a group and add these members in
+    /// one commit": create (one step), stage the add (one step), merge it
+    /// (one step).
+    pub fn create_and_add(&self, group_id: &[u8], key_packages: &[KeyPackage]) -> MlsGroup {
+        let mut group = self.provider.step(|| {
+            MlsGroup::new_with_group_id(
+                &self.provider,
+                &self.signer,
+                &create_config(),
+                GroupId::from_slice(group_id),
+                self.credential.clone(),
+            )
+            .expect("create")
+        });
+        self.provider.step(|| {
+            group
+                .add_members(&self.provider, &self.signer, key_packages)
+                .expect("add");
+        });
+        self.provider
+            .step(|| group.merge_pending_commit(&self.provider).expect("merge"));
+        group
+    }
+}
+
+/// `n` key packages of throwaway members, for adds whose joiners never
+/// process their Welcome.
+pub fn key_packages(n: usize) -> Vec<KeyPackage> {
+    (0..n)
+        .map(|i| Member::new(&format!("member-{i}"), OpenMlsRustCrypto::default()).key_package())
+        .collect()
+}
+
+/// Two real members, `a` (the creator) and `b`, in a group with `others`
+/// added alongside `b`.
+#[derive(Debug)]
+pub struct Pair<P> {
+    /// The creator.
+    pub a: Member<P>,
+    /// A joiner that processes everything `a` sends.
+    pub b: Member<P>,
+    /// `a`'s group.
+    pub group_a: MlsGroup,
+    /// `b`'s group.
+    pub group_b: MlsGroup,
+}
+
+impl<P: Backend> Pair<P> {
+    /// Build the group: `a` adds `b` and `others` in one commit, `b` joins.
+    pub fn new(a: P, b: P, group_id: &[u8], others: &[KeyPackage]) -> Self {
+        let a = Member::new("a", a);
+        let b = Member::new("b", b);
+        let mut key_packages = vec![b.key_package()];
+        key_packages.extend_from_slice(others);
+        let mut group_a = a.provider.step(|| {
+            MlsGroup::new_with_group_id(
+                &a.provider,
+                &a.signer,
+                &create_config(),
+                GroupId::from_slice(group_id),
+                a.credential.clone(),
+            )
+            .expect("create")
+        });
+        let (_, welcome, _) = a.provider.step(|| {
+            group_a
+                .add_members(&a.provider, &a.signer, &key_packages)
+                .expect("add")
+        });
+        a.provider
+            .step(|| group_a.merge_pending_commit(&a.provider).expect("merge"));
+        let welcome = MlsMessageIn::tls_deserialize_exact(wire(&welcome).as_slice())
+            .expect("parse welcome")
+            .extract();
+        let MlsMessageBodyIn::Welcome(welcome) = welcome else {
+            panic!("expected a welcome");
+        };
+        let group_b = b.provider.step(|| {
+            StagedWelcome::new_from_welcome(&b.provider, &join_config(), welcome, None)
+                .expect("stage welcome")
+                .into_group(&b.provider)
+                .expect("join")
+        });
+        Self {
+            a,
+            b,
+            group_a,
+            group_b,
+        }
+    }
+
+    /// The benchmarked operation "one member commits an update and another
+    /// processes it": `a` stages an update (one step) and merges it (one
+    /// step); `b` processes and merges it (one step).
+    pub fn update_and_process(&mut self) {
+        let Self {
+            a,
+            b,
+            group_a,
+            group_b,
+        } = self;
+        let bundle = a.provider.step(|| {
+            group_a
+                .self_update(&a.provider, &a.signer, LeafNodeParameters::default())
+                .expect("update")
+        });
+        a.provider
+            .step(|| group_a.merge_pending_commit(&a.provider).expect("merge"));
+        let commit = wire(bundle.commit());
+        b.provider.step(|| {
+            let processed = group_b
+                .process_message(&b.provider, protocol_message(&commit))
+                .expect("process commit");
+            let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
+            else {
+                panic!("expected a commit");
+            };
+            group_b
+                .merge_staged_commit(&b.provider, *staged)
+                .expect("merge commit");
+        });
+    }
+
+    /// The benchmarked operation "encrypt and decrypt one application
+    /// message": `a` encrypts (one step), `b` decrypts (one step).
+    pub fn message_round_trip(&mut self, payload: &[u8]) {
+        let Self {
+            a,
+            b,
+            group_a,
+            group_b,
+        } = self;
+        let message = a.provider.step(|| {
+            group_a
+                .create_message(&a.provider, &a.signer, payload)
+                .expect("encrypt")
+        });
+        let bytes = wire(&message);
+        let plaintext = b.provider.step(|| {
+            let processed = group_b
+                .process_message(&b.provider, protocol_message(&bytes))
+                .expect("decrypt");
+            let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content() else {
+                panic!("expected an application message");
+            };
+            app.into_bytes()
+        });
+        assert_eq!(plaintext, payload);
+    }
+}
+
+/// The group configuration of every benchmark group.
+pub fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+/// The join configuration matching [`create_config`].
+pub fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn wire(message: &MlsMessageOut) -> Vec<u8> {
+    message.to_bytes().expect("serialise")
+}
+
+fn protocol_message(bytes: &[u8]) -> ProtocolMessage {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .expect("parse")
+        .try_into_protocol_message()
+        .expect("protocol message")
+}
+
+/// Collects the times measured inside `iter_custom`, so that the ratio of
+/// each backend to the baseline can be printed from the same samples that
+/// criterion analysed.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    totals: Mutex<BTreeMap<(String, String), (Duration, u64)>>,
+}
+
+impl Recorder {
+    /// Add `iterations` iterations that took `elapsed` in total.
+    pub fn record(&self, operation: &str, backend: &str, elapsed: Duration, iterations: u64) {
+        let mut totals = self.totals.lock().expect("recorder lock");
+        let entry = totals
+            .entry((operation.to_owned(), backend.to_owned()))
+            .or_default();
+        entry.0 += elapsed;
+        entry.1 += iterations;
+    }
+
+    /// Print, per operation, each backend's mean and its ratio to
+    /// `baseline`.
+    pub fn print_ratios(&self, baseline: &str) {
+        let totals = self.totals.lock().expect("recorder lock");
+        let operations: Vec<&String> = {
+            let mut ops: Vec<&String> = totals.keys().map(|(op, _)| op).collect();
+            ops.dedup();
+            ops
+        };
+        println!(
+            "\n{:<44} {:<22} {:>12} {:>8}",
+            "operation", "backend", "mean", "ratio"
+        );
+        for operation in operations {
+            let Some((base_elapsed, base_iters)) =
+                totals.get(&(operation.clone(), baseline.to_owned()))
+            else {
+                continue;
+            };
+            let base = base_elapsed.as_secs_f64() / *base_iters as f64;
+            for ((op, backend), (elapsed, iters)) in totals.iter() {
+                if op != operation {
+                    continue;
+                }
+                let mean = elapsed.as_secs_f64() / *iters as f64;
+                println!(
+                    "{:<44} {:<22} {:>10.3}ms {:>7.2}x",
+                    op,
+                    backend,
+                    mean * 1e3,
+                    mean / base
+                );
+            }
+        }
+    }
+}

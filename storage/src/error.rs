@@ -48,7 +48,9 @@ pub enum StorageError {
     },
 
     /// The database was written by a newer, unknown storage format.
-    #[error("database storage format {found} is not supported (this build reads format {supported})")]
+    #[error(
+        "database storage format {found} is not supported (this build reads format {supported})"
+    )]
     UnsupportedFormat {
         /// The format recorded in the database.
         found: u32,

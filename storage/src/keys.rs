@@ -143,8 +143,8 @@ pub(crate) fn encode_key<K: Serialize + ?Sized>(key: &K) -> Result<Vec<u8>, Stor
 /// The prefix shared by every entry of one group.
 pub(crate) fn group_prefix<G: Serialize + ?Sized>(group_id: &G) -> Result<Vec<u8>, StorageError> {
     let id = encode_key(group_id)?;
-    let len = u32::try_from(id.len())
-        .map_err(|_| StorageError::corrupt("group id longer than 4 GiB"))?;
+    let len =
+        u32::try_from(id.len()).map_err(|_| StorageError::corrupt("group id longer than 4 GiB"))?;
     let mut prefix = Vec::with_capacity(5 + id.len());
     prefix.push(GROUP_NAMESPACE);
     prefix.extend_from_slice(&len.to_be_bytes());

@@ -9,7 +9,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     marker::PhantomData,
     path::Path,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread::{self, ThreadId},
 };
 
@@ -31,6 +34,14 @@ const META_FORMAT: &[u8] = b"format";
 const META_CODEC: &[u8] = b"codec";
 /// The on-disk layout version this build reads and writes.
 const FORMAT: u32 = 1;
+/// With [`Durability::Buffered`], flush synchronously once this many bytes
+/// were committed since the last flush. This bounds the work a crash can
+/// lose, and it bounds how many sealed log buffers wait for sled's IO
+/// threads: sled 0.34.7 deadlocks when all of its IO threads are blocked
+/// behind a segment truncation that itself waits for an IO thread, which
+/// sustained unflushed writes of large values can bring about. One segment
+/// (512 KiB by default) keeps the backlog to a couple of buffers.
+const BUFFERED_FLUSH_BYTES: usize = 512 * 1024;
 
 /// When committed writes reach the disk.
 ///
@@ -45,10 +56,11 @@ pub enum Durability {
     /// MLS state that advanced a ratchet must not be forgotten once a
     /// ciphertext made from it has left the process.
     Sync,
-    /// Leave flushing to sled's background flusher, every `flush_every_ms`.
-    /// A crash can lose up to that much committed work (still atomically, a
-    /// whole step at a time). Callers that let output leave the process must
-    /// call [`SledMlsStorage::flush`] first.
+    /// Leave flushing to sled's background flusher, every `flush_every_ms`,
+    /// and flush synchronously whenever 512 KiB were committed since the
+    /// last flush. A crash can lose up to that much committed work (still
+    /// atomically, a whole step at a time). Callers that let output leave the
+    /// process must call [`SledMlsStorage::flush`] first.
     Buffered {
         /// The background flush interval in milliseconds.
         flush_every_ms: u64,
@@ -75,7 +87,10 @@ impl Default for StorageConfig {
 
 /// A write buffered by an open step: `Some(value)` to insert, `None` to
 /// delete.
-type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+pub(crate) type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Stored key and value pairs, as a scan returns them.
+type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// OpenMLS storage over sled 0.34.
 ///
@@ -132,6 +147,8 @@ pub struct SledMlsStorage {
     tree: sled::Tree,
     config: StorageConfig,
     steps: Mutex<HashMap<ThreadId, Overlay>>,
+    /// Bytes committed since the last flush (buffered durability only).
+    unflushed: AtomicUsize,
 }
 
 impl std::fmt::Debug for SledMlsStorage {
@@ -174,6 +191,7 @@ impl SledMlsStorage {
             tree,
             config,
             steps: Mutex::new(HashMap::new()),
+            unflushed: AtomicUsize::new(0),
         })
     }
 
@@ -190,6 +208,7 @@ impl SledMlsStorage {
     /// Flush all committed writes to disk. Needed before output leaves the
     /// process when the durability is [`Durability::Buffered`].
     pub fn flush(&self) -> Result<(), StorageError> {
+        self.unflushed.store(0, Ordering::Relaxed);
         self.db.flush()?;
         Ok(())
     }
@@ -243,15 +262,23 @@ impl SledMlsStorage {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        let mut bytes = 0;
         for (key, value) in ops {
+            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
             }
         }
         self.tree.apply_batch(batch)?;
-        if self.config.durability == Durability::Sync {
-            self.db.flush()?;
+        let flush_now = match self.config.durability {
+            Durability::Sync => true,
+            Durability::Buffered { .. } => {
+                self.unflushed.fetch_add(bytes, Ordering::Relaxed) + bytes >= BUFFERED_FLUSH_BYTES
+            }
+        };
+        if flush_now {
+            self.flush()?;
         }
         Ok(())
     }
@@ -270,7 +297,7 @@ impl SledMlsStorage {
 
     /// All entries under `prefix`, in key order, seeing this thread's open
     /// step.
-    pub(crate) fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub(crate) fn scan(&self, prefix: &[u8]) -> Result<RawEntries, StorageError> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for entry in self.tree.scan_prefix(prefix) {
             let (key, value) = entry?;

@@ -230,7 +230,10 @@ mod tests {
     fn round_trips() {
         let snapshot = sample();
         let bytes = snapshot.to_bytes();
-        assert_eq!(GroupSnapshot::from_bytes(&bytes).expect("decodes"), snapshot);
+        assert_eq!(
+            GroupSnapshot::from_bytes(&bytes).expect("decodes"),
+            snapshot
+        );
     }
 
     #[test]

@@ -12,10 +12,8 @@ use serde::Serialize;
 use crate::{
     error::StorageError,
     keys::{self, EntryKind},
-    mls_storage::SledMlsStorage,
+    mls_storage::{Overlay, SledMlsStorage},
 };
-
-type Overlay = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Group-scoped single-value helpers.
 impl SledMlsStorage {
@@ -229,7 +227,11 @@ impl StorageProvider<CURRENT_VERSION> for SledMlsStorage {
         group_id: &GroupId,
         resumption_psk_store: &ResumptionPskStore,
     ) -> Result<(), Self::Error> {
-        self.write_group_value(group_id, EntryKind::ResumptionPskStore, resumption_psk_store)
+        self.write_group_value(
+            group_id,
+            EntryKind::ResumptionPskStore,
+            resumption_psk_store,
+        )
     }
 
     fn write_own_leaf_index<
@@ -367,15 +369,18 @@ impl StorageProvider<CURRENT_VERSION> for SledMlsStorage {
                     EntryKind::QueuedProposal,
                     &keys::encode_key(&proposal_ref)?,
                 )?;
-                let bytes = self.get(&key)?.ok_or_else(|| {
-                    StorageError::corrupt("a listed queued proposal is missing")
-                })?;
+                let bytes = self
+                    .get(&key)?
+                    .ok_or_else(|| StorageError::corrupt("a listed queued proposal is missing"))?;
                 Ok((proposal_ref, self.decode(&bytes)?))
             })
             .collect()
     }
 
-    fn tree<GroupId: traits::GroupId<CURRENT_VERSION>, TreeSync: traits::TreeSync<CURRENT_VERSION>>(
+    fn tree<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        TreeSync: traits::TreeSync<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &GroupId,
     ) -> Result<Option<TreeSync>, Self::Error> {

@@ -35,7 +35,9 @@ fn process_then_merge(
     Ok(())
 }
 
-fn load(provider: &impl openmls_traits::OpenMlsProvider<StorageProvider = kith_storage::SledMlsStorage>) -> MlsGroup {
+fn load(
+    provider: &impl openmls_traits::OpenMlsProvider<StorageProvider = kith_storage::SledMlsStorage>,
+) -> MlsGroup {
     MlsGroup::load(provider.storage(), &GroupId::from_slice(GROUP))
         .expect("load")
         .expect("stored")
@@ -71,8 +73,12 @@ fn a_fault_part_way_through_a_merge_leaves_the_previous_state() {
         .provider
         .storage()
         .step(|| {
-            a.self_update(&alice.provider, &alice.signer, LeafNodeParameters::default())
-                .map_err(TestError::from)
+            a.self_update(
+                &alice.provider,
+                &alice.signer,
+                LeafNodeParameters::default(),
+            )
+            .map_err(TestError::from)
         })
         .expect("alice updates");
     alice.merge_own(&mut a);
@@ -150,7 +156,11 @@ fn a_fault_part_way_through_a_merge_leaves_the_previous_state() {
                 .map_err(TestError::from)
         })
         .expect("reply");
-    deliver(&mut [(&alice, &mut a)], &wire(&reply), "merged once, cleanly");
+    deliver(
+        &mut [(&alice, &mut a)],
+        &wire(&reply),
+        "merged once, cleanly",
+    );
 }
 
 /// Without a step the same fault tears the stored state: evidence that the
@@ -169,7 +179,11 @@ fn without_a_step_the_same_fault_leaves_a_torn_state() {
     let bob_path = bob.path.clone();
     drop(bob);
     let update = a
-        .self_update(&alice.provider, &alice.signer, LeafNodeParameters::default())
+        .self_update(
+            &alice.provider,
+            &alice.signer,
+            LeafNodeParameters::default(),
+        )
         .expect("update");
     alice.merge_own(&mut a);
 
@@ -184,11 +198,25 @@ fn without_a_step_the_same_fault_leaves_a_torn_state() {
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         panic!("expected a commit");
     };
-    let before = provider.storage.inner.raw_group_entries(&group_id).expect("scan");
+    let before = provider
+        .storage
+        .inner
+        .raw_group_entries(&group_id)
+        .expect("scan");
     provider.storage.fail_after(2);
-    assert!(group.merge_staged_commit(&provider, *staged).is_err(), "the fault fired");
-    let after = provider.storage.inner.raw_group_entries(&group_id).expect("scan");
-    assert_ne!(before, after, "the merge's first two writes reached the store");
+    assert!(
+        group.merge_staged_commit(&provider, *staged).is_err(),
+        "the fault fired"
+    );
+    let after = provider
+        .storage
+        .inner
+        .raw_group_entries(&group_id)
+        .expect("scan");
+    assert_ne!(
+        before, after,
+        "the merge's first two writes reached the store"
+    );
 }
 
 fn load_faulty(provider: &FaultyProvider) -> MlsGroup {

@@ -61,12 +61,13 @@ struct Epoch {
     epoch_authenticator: Vec<u8>,
 }
 
-fn vectors_dir() -> Option<PathBuf> {
+/// The vectors folder, or the path that was looked at and is missing.
+fn vectors_dir() -> Result<PathBuf, PathBuf> {
     let dir = std::env::var_os("KITH_TEST_VECTORS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/test-vectors"),
         PathBuf::from,
     );
-    dir.is_dir().then_some(dir)
+    if dir.is_dir() { Ok(dir) } else { Err(dir) }
 }
 
 /// Put the vector's key package, with its private keys, into the store the
@@ -131,9 +132,8 @@ fn run(provider: &KithProvider, vector: &Vector) -> Result<(), String> {
             let mut builder = StagedWelcome::build_from_welcome(provider, &join_config, welcome)?
                 .skip_lifetime_validation();
             if let Some(tree) = &vector.ratchet_tree {
-                builder = builder.with_ratchet_tree(RatchetTreeIn::tls_deserialize_exact(
-                    tree.0.as_slice(),
-                )?);
+                builder = builder
+                    .with_ratchet_tree(RatchetTreeIn::tls_deserialize_exact(tree.0.as_slice())?);
             }
             Ok::<_, common::TestError>(builder.build()?.into_group(provider)?)
         })
@@ -162,12 +162,16 @@ fn run(provider: &KithProvider, vector: &Vector) -> Result<(), String> {
 
 #[test]
 fn passive_client_vectors() {
-    let Some(dir) = vectors_dir() else {
-        println!(
-            "passive-client vectors: skipped, no test-vector folder at ../shared/test-vectors \
-             (set KITH_TEST_VECTORS to run them)"
-        );
-        return;
+    let dir = match vectors_dir() {
+        Ok(dir) => dir,
+        Err(missing) => {
+            println!(
+                "passive-client vectors: skipped, no test-vector folder at {} \
+                 (put ../shared beside the workspace or set KITH_TEST_VECTORS)",
+                missing.display()
+            );
+            return;
+        }
     };
     let supported = openmls_rust_crypto::RustCrypto::default();
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -191,11 +195,20 @@ fn passive_client_vectors() {
                 KithProvider::open(tmp.path().join(format!("{file}-{i}"))).expect("open");
             match run(&provider, vector) {
                 Ok(()) => passed += 1,
-                Err(e) => failures.push(format!("{file} #{i} (suite {}): {e}", vector.cipher_suite)),
+                Err(e) => {
+                    failures.push(format!("{file} #{i} (suite {}): {e}", vector.cipher_suite))
+                }
             }
         }
     }
-    assert!(failures.is_empty(), "failed vectors:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failed vectors:\n{}",
+        failures.join("\n")
+    );
     println!("passive-client vectors: {passed} cases passed");
-    assert!(passed >= 64, "expected at least 64 supported cases, ran {passed}");
+    assert!(
+        passed >= 64,
+        "expected at least 64 supported cases, ran {passed}"
+    );
 }

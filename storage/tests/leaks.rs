@@ -5,80 +5,10 @@
 
 mod common;
 
-use common::{CIPHERSUITE, create_config, join_config, receive, wire};
+use common::{Client, pair, receive, wire};
 use kith_storage::{EntryKind, KithProvider};
-use openmls::prelude::{tls_codec::Deserialize as _, *};
-use openmls_basic_credential::SignatureKeyPair;
+use openmls::prelude::*;
 use openmls_rust_crypto::OpenMlsRustCrypto;
-
-struct Client<'p, P> {
-    provider: &'p P,
-    signer: SignatureKeyPair,
-    credential: CredentialWithKey,
-}
-
-impl<'p, P: openmls::storage::OpenMlsProvider> Client<'p, P>
-where
-    P::StorageError: 'static,
-{
-    fn new(name: &str, provider: &'p P) -> Self {
-        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).expect("signer");
-        let credential = CredentialWithKey {
-            credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
-            signature_key: signer.public().into(),
-        };
-        Self {
-            provider,
-            signer,
-            credential,
-        }
-    }
-
-    fn key_package(&self) -> KeyPackage {
-        KeyPackage::builder()
-            .build(
-                CIPHERSUITE,
-                self.provider,
-                &self.signer,
-                self.credential.clone(),
-            )
-            .expect("key package")
-            .key_package()
-            .clone()
-    }
-}
-
-/// Alice and Bob in a group, on two providers of type `P`.
-fn pair<'p, P: openmls::storage::OpenMlsProvider>(
-    alice: &Client<'p, P>,
-    bob: &Client<'p, P>,
-) -> (MlsGroup, MlsGroup)
-where
-    P::StorageError: 'static,
-{
-    let mut a = MlsGroup::new(
-        alice.provider,
-        &alice.signer,
-        &create_config(),
-        alice.credential.clone(),
-    )
-    .expect("create");
-    let (_, welcome, _) = a
-        .add_members(alice.provider, &alice.signer, &[bob.key_package()])
-        .expect("add bob");
-    a.merge_pending_commit(alice.provider).expect("merge");
-    let welcome = MlsMessageIn::tls_deserialize_exact(wire(&welcome).as_slice())
-        .expect("parse")
-        .extract();
-    let MlsMessageBodyIn::Welcome(welcome) = welcome else {
-        panic!("expected a welcome")
-    };
-    let b = StagedWelcome::new_from_welcome(bob.provider, &join_config(), welcome, None)
-        .expect("stage")
-        .into_group(bob.provider)
-        .expect("join");
-    (a, b)
-}
 
 /// Bob proposes an update, Alice queues it and then clears her queue.
 /// Returns how many queued-proposal entries Alice's store holds afterwards.
@@ -253,9 +183,17 @@ fn deleting_a_group_removes_all_of_it_and_nothing_else() {
 
     storage.delete_group(b1.group_id()).expect("delete");
 
-    assert!(storage.group_entries(b1.group_id()).expect("scan").is_empty());
+    assert!(
+        storage
+            .group_entries(b1.group_id())
+            .expect("scan")
+            .is_empty()
+    );
     assert_eq!(sled_count(&bob_provider, EntryKind::EncryptionKeyPair), 0);
-    assert_eq!(storage.raw_group_entries(b2.group_id()).expect("scan"), other_before);
+    assert_eq!(
+        storage.raw_group_entries(b2.group_id()).expect("scan"),
+        other_before
+    );
     assert!(
         MlsGroup::load(storage, b1.group_id())
             .expect("load")

@@ -45,12 +45,10 @@ fn process_commit_with_snapshot(
         .provider
         .storage()
         .step(|| {
-            let message = MlsMessageIn::tls_deserialize_exact(commit)?.try_into_protocol_message()?;
+            let message =
+                MlsMessageIn::tls_deserialize_exact(commit)?.try_into_protocol_message()?;
             let processed = group.process_message(&member.provider, message)?;
-            let snapshot = member
-                .provider
-                .storage()
-                .snapshot_group(group.group_id())?;
+            let snapshot = member.provider.storage().snapshot_group(group.group_id())?;
             let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
             else {
                 return Err("expected a commit".into());
@@ -173,11 +171,7 @@ fn three_members_roll_back_three_epochs_and_take_another_path() {
     }
     assert_eq!(a.epoch().as_u64(), 4);
     let at4 = carol.send(&mut c, "epoch four");
-    deliver(
-        &mut [(&alice, &mut a), (&bob, &mut b)],
-        &at4,
-        "epoch four",
-    );
+    deliver(&mut [(&alice, &mut a), (&bob, &mut b)], &at4, "epoch four");
     for member in [&alice, &bob, &carol] {
         let epochs = member
             .provider
@@ -201,7 +195,11 @@ fn three_members_roll_back_three_epochs_and_take_another_path() {
         let restored = storage
             .snapshot_group(&GroupId::from_slice(GROUP))
             .expect("snapshot after restore");
-        assert_eq!(&restored, snap, "{}: stored state is the snapshot", member.name);
+        assert_eq!(
+            &restored, snap,
+            "{}: stored state is the snapshot",
+            member.name
+        );
         assert_eq!(restored.epoch(), 1);
         // ... so nothing of epochs 2 to 4 is left: no epoch key pairs ...
         let epochs = storage
@@ -214,11 +212,29 @@ fn three_members_roll_back_three_epochs_and_take_another_path() {
             member.name
         );
         // ... and no stray update key pairs or proposals.
-        assert_eq!(storage.count_entries(EntryKind::EncryptionKeyPair).expect("count"), 0);
-        assert_eq!(storage.count_entries(EntryKind::QueuedProposal).expect("count"), 0);
+        assert_eq!(
+            storage
+                .count_entries(EntryKind::EncryptionKeyPair)
+                .expect("count"),
+            0
+        );
+        assert_eq!(
+            storage
+                .count_entries(EntryKind::QueuedProposal)
+                .expect("count"),
+            0
+        );
     }
-    assert_eq!(raw_other(&alice), alice_other_before, "alice's other group untouched");
-    assert_eq!(raw_other(&bob), bob_other_before, "bob's other group untouched");
+    assert_eq!(
+        raw_other(&alice),
+        alice_other_before,
+        "alice's other group untouched"
+    );
+    assert_eq!(
+        raw_other(&bob),
+        bob_other_before,
+        "bob's other group untouched"
+    );
 
     let mut a = alice.load(GROUP);
     let mut b = bob.load(GROUP);
@@ -226,7 +242,10 @@ fn three_members_roll_back_three_epochs_and_take_another_path() {
     for group in [&a, &b, &c] {
         assert_eq!(group.epoch().as_u64(), 1);
     }
-    assert!(b.pending_commit().is_some(), "bob's pending commit came back");
+    assert!(
+        b.pending_commit().is_some(),
+        "bob's pending commit came back"
+    );
 
     // A different commit for epoch 1: Carol updates. Everyone processes it
     // (Bob's pending commit is discarded by merging Carol's).
@@ -234,8 +253,12 @@ fn three_members_roll_back_three_epochs_and_take_another_path() {
         .provider
         .storage()
         .step(|| {
-            c.self_update(&carol.provider, &carol.signer, LeafNodeParameters::default())
-                .map_err(TestError::from)
+            c.self_update(
+                &carol.provider,
+                &carol.signer,
+                LeafNodeParameters::default(),
+            )
+            .map_err(TestError::from)
         })
         .expect("carol updates");
     carol.merge_own(&mut c);
@@ -270,4 +293,95 @@ fn three_members_roll_back_three_epochs_and_take_another_path() {
     // The bystander group still works.
     let after = bob.send(&mut b2, "other group, after");
     deliver(&mut [(&alice, &mut a2)], &after, "other group, after");
+}
+
+/// A snapshot is self-contained: restored into an empty database (with only
+/// the signature key beside it), the group loads and processes a commit
+/// whose path secrets are encrypted to the key of an own update proposal,
+/// which lives outside the group's key space.
+#[test]
+fn a_snapshot_restored_into_an_empty_store_is_a_working_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Member::new("alice", dir.path());
+    let bob = Member::new("bob", dir.path());
+    let mut a = alice.create_group(GROUP);
+    let (_, welcome, _) = a
+        .add_members(&alice.provider, &alice.signer, &[bob.key_package()])
+        .expect("add bob");
+    alice.merge_own(&mut a);
+    let mut b = bob.join(&wire(&welcome));
+
+    // Bob proposes an update; its HPKE key pair is stored globally.
+    let (proposal, _) = bob
+        .provider
+        .storage()
+        .step(|| {
+            b.propose_self_update(&bob.provider, &bob.signer, LeafNodeParameters::default())
+                .map_err(TestError::from)
+        })
+        .expect("propose");
+    let snapshot = bob
+        .provider
+        .storage()
+        .snapshot_group(b.group_id())
+        .expect("snapshot");
+    assert_eq!(
+        alice.receive(&mut a, &wire(&proposal)),
+        Received::ProposalStored
+    );
+    let (commit, _, _) = alice
+        .provider
+        .storage()
+        .step(|| {
+            a.commit_to_pending_proposals(&alice.provider, &alice.signer)
+                .map_err(TestError::from)
+        })
+        .expect("commit bob's update");
+    alice.merge_own(&mut a);
+
+    // A new, empty database gets Bob's signer and the snapshot, nothing else.
+    let fresh = Member::new("bob-restored", dir.path());
+    bob.signer
+        .store(fresh.provider.storage())
+        .expect("store signer");
+    let restored = bytes_round_trip(&snapshot);
+    fresh
+        .provider
+        .storage()
+        .restore_group(&restored)
+        .expect("restore into an empty store");
+    assert_eq!(
+        fresh
+            .provider
+            .storage()
+            .count_entries(EntryKind::EncryptionKeyPair)
+            .expect("count"),
+        1,
+        "the update's key pair came with the snapshot"
+    );
+    let mut b = fresh.load(GROUP);
+    assert_eq!(
+        fresh.receive(&mut b, &wire(&commit)),
+        Received::CommitMerged
+    );
+    assert_eq!(
+        a.epoch_authenticator().as_slice(),
+        b.epoch_authenticator().as_slice()
+    );
+    let hello = alice.send(&mut a, "from alice");
+    deliver(&mut [(&fresh, &mut b)], &hello, "from alice");
+    let reply = fresh
+        .provider
+        .storage()
+        .step(|| {
+            b.create_message(&fresh.provider, &bob.signer, b"from bob")
+                .map_err(TestError::from)
+        })
+        .expect("reply");
+    deliver(&mut [(&alice, &mut a)], &wire(&reply), "from bob");
+}
+
+/// Through the byte encoding, as the engine would persist it.
+fn bytes_round_trip(snapshot: &GroupSnapshot) -> GroupSnapshot {
+    GroupSnapshot::from_bytes(&snapshot.to_bytes()).expect("decode snapshot")
 }

@@ -86,7 +86,9 @@ where
         config: &MlsGroupJoinConfig,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_mls_join_config::<GroupId, MlsGroupJoinConfig>(group_id, config).map_err(FaultError::Inner)
+        self.inner
+            .write_mls_join_config::<GroupId, MlsGroupJoinConfig>(group_id, config)
+            .map_err(FaultError::Inner)
     }
 
     fn append_own_leaf_node<
@@ -98,7 +100,9 @@ where
         leaf_node: &LeafNode,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.append_own_leaf_node::<GroupId, LeafNode>(group_id, leaf_node).map_err(FaultError::Inner)
+        self.inner
+            .append_own_leaf_node::<GroupId, LeafNode>(group_id, leaf_node)
+            .map_err(FaultError::Inner)
     }
 
     fn queue_proposal<
@@ -112,16 +116,27 @@ where
         proposal: &QueuedProposal,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.queue_proposal::<GroupId, ProposalRef, QueuedProposal>(group_id, proposal_ref, proposal).map_err(FaultError::Inner)
+        self.inner
+            .queue_proposal::<GroupId, ProposalRef, QueuedProposal>(
+                group_id,
+                proposal_ref,
+                proposal,
+            )
+            .map_err(FaultError::Inner)
     }
 
-    fn write_tree<GroupId: traits::GroupId<CURRENT_VERSION>, TreeSync: traits::TreeSync<CURRENT_VERSION>>(
+    fn write_tree<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        TreeSync: traits::TreeSync<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &GroupId,
         tree: &TreeSync,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_tree::<GroupId, TreeSync>(group_id, tree).map_err(FaultError::Inner)
+        self.inner
+            .write_tree::<GroupId, TreeSync>(group_id, tree)
+            .map_err(FaultError::Inner)
     }
 
     fn write_interim_transcript_hash<
@@ -133,7 +148,12 @@ where
         interim_transcript_hash: &InterimTranscriptHash,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_interim_transcript_hash::<GroupId, InterimTranscriptHash>(group_id, interim_transcript_hash).map_err(FaultError::Inner)
+        self.inner
+            .write_interim_transcript_hash::<GroupId, InterimTranscriptHash>(
+                group_id,
+                interim_transcript_hash,
+            )
+            .map_err(FaultError::Inner)
     }
 
     fn write_context<
@@ -145,7 +165,9 @@ where
         group_context: &GroupContext,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_context::<GroupId, GroupContext>(group_id, group_context).map_err(FaultError::Inner)
+        self.inner
+            .write_context::<GroupId, GroupContext>(group_id, group_context)
+            .map_err(FaultError::Inner)
     }
 
     fn write_confirmation_tag<
@@ -157,7 +179,9 @@ where
         confirmation_tag: &ConfirmationTag,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_confirmation_tag::<GroupId, ConfirmationTag>(group_id, confirmation_tag).map_err(FaultError::Inner)
+        self.inner
+            .write_confirmation_tag::<GroupId, ConfirmationTag>(group_id, confirmation_tag)
+            .map_err(FaultError::Inner)
     }
 
     fn write_group_state<
@@ -169,7 +193,9 @@ where
         group_state: &GroupState,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_group_state::<GroupState, GroupId>(group_id, group_state).map_err(FaultError::Inner)
+        self.inner
+            .write_group_state::<GroupState, GroupId>(group_id, group_state)
+            .map_err(FaultError::Inner)
     }
 
     fn write_message_secrets<
@@ -181,7 +207,9 @@ where
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_message_secrets::<GroupId, MessageSecrets>(group_id, message_secrets).map_err(FaultError::Inner)
+        self.inner
+            .write_message_secrets::<GroupId, MessageSecrets>(group_id, message_secrets)
+            .map_err(FaultError::Inner)
     }
 
     fn write_resumption_psk_store<
@@ -193,7 +221,12 @@ where
         resumption_psk_store: &ResumptionPskStore,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_resumption_psk_store::<GroupId, ResumptionPskStore>(group_id, resumption_psk_store).map_err(FaultError::Inner)
+        self.inner
+            .write_resumption_psk_store::<GroupId, ResumptionPskStore>(
+                group_id,
+                resumption_psk_store,
+            )
+            .map_err(FaultError::Inner)
     }
 
     fn write_own_leaf_index<
@@ -205,7 +238,9 @@ where
         own_leaf_index: &LeafNodeIndex,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_own_leaf_index::<GroupId, LeafNodeIndex>(group_id, own_leaf_index).map_err(FaultError::Inner)
+        self.inner
+            .write_own_leaf_index::<GroupId, LeafNodeIndex>(group_id, own_leaf_index)
+            .map_err(FaultError::Inner)
     }
 
     fn write_group_epoch_secrets<
@@ -217,7 +252,9 @@ where
         group_epoch_secrets: &GroupEpochSecrets,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_group_epoch_secrets::<GroupId, GroupEpochSecrets>(group_id, group_epoch_secrets).map_err(FaultError::Inner)
+        self.inner
+            .write_group_epoch_secrets::<GroupId, GroupEpochSecrets>(group_id, group_epoch_secrets)
+            .map_err(FaultError::Inner)
     }
 
     fn write_signature_key_pair<
@@ -229,7 +266,12 @@ where
         signature_key_pair: &SignatureKeyPair,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_signature_key_pair::<SignaturePublicKey, SignatureKeyPair>(public_key, signature_key_pair).map_err(FaultError::Inner)
+        self.inner
+            .write_signature_key_pair::<SignaturePublicKey, SignatureKeyPair>(
+                public_key,
+                signature_key_pair,
+            )
+            .map_err(FaultError::Inner)
     }
 
     fn write_encryption_key_pair<
@@ -241,7 +283,9 @@ where
         key_pair: &HpkeKeyPair,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_encryption_key_pair::<EncryptionKey, HpkeKeyPair>(public_key, key_pair).map_err(FaultError::Inner)
+        self.inner
+            .write_encryption_key_pair::<EncryptionKey, HpkeKeyPair>(public_key, key_pair)
+            .map_err(FaultError::Inner)
     }
 
     fn write_encryption_epoch_key_pairs<
@@ -256,7 +300,11 @@ where
         key_pairs: &[HpkeKeyPair],
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_encryption_epoch_key_pairs::<GroupId, EpochKey, HpkeKeyPair>(group_id, epoch, leaf_index, key_pairs).map_err(FaultError::Inner)
+        self.inner
+            .write_encryption_epoch_key_pairs::<GroupId, EpochKey, HpkeKeyPair>(
+                group_id, epoch, leaf_index, key_pairs,
+            )
+            .map_err(FaultError::Inner)
     }
 
     fn write_key_package<
@@ -268,16 +316,23 @@ where
         key_package: &KeyPackage,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_key_package::<HashReference, KeyPackage>(hash_ref, key_package).map_err(FaultError::Inner)
+        self.inner
+            .write_key_package::<HashReference, KeyPackage>(hash_ref, key_package)
+            .map_err(FaultError::Inner)
     }
 
-    fn write_psk<PskId: traits::PskId<CURRENT_VERSION>, PskBundle: traits::PskBundle<CURRENT_VERSION>>(
+    fn write_psk<
+        PskId: traits::PskId<CURRENT_VERSION>,
+        PskBundle: traits::PskBundle<CURRENT_VERSION>,
+    >(
         &self,
         psk_id: &PskId,
         psk: &PskBundle,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.write_psk::<PskId, PskBundle>(psk_id, psk).map_err(FaultError::Inner)
+        self.inner
+            .write_psk::<PskId, PskBundle>(psk_id, psk)
+            .map_err(FaultError::Inner)
     }
 
     fn mls_group_join_config<
@@ -287,14 +342,21 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<MlsGroupJoinConfig>, Self::Error> {
-        self.inner.mls_group_join_config::<GroupId, MlsGroupJoinConfig>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .mls_group_join_config::<GroupId, MlsGroupJoinConfig>(group_id)
+            .map_err(FaultError::Inner)
     }
 
-    fn own_leaf_nodes<GroupId: traits::GroupId<CURRENT_VERSION>, LeafNode: traits::LeafNode<CURRENT_VERSION>>(
+    fn own_leaf_nodes<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNode: traits::LeafNode<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &GroupId,
     ) -> Result<Vec<LeafNode>, Self::Error> {
-        self.inner.own_leaf_nodes::<GroupId, LeafNode>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .own_leaf_nodes::<GroupId, LeafNode>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn queued_proposal_refs<
@@ -304,7 +366,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Vec<ProposalRef>, Self::Error> {
-        self.inner.queued_proposal_refs::<GroupId, ProposalRef>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .queued_proposal_refs::<GroupId, ProposalRef>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn queued_proposals<
@@ -315,14 +379,21 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Vec<(ProposalRef, QueuedProposal)>, Self::Error> {
-        self.inner.queued_proposals::<GroupId, ProposalRef, QueuedProposal>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .queued_proposals::<GroupId, ProposalRef, QueuedProposal>(group_id)
+            .map_err(FaultError::Inner)
     }
 
-    fn tree<GroupId: traits::GroupId<CURRENT_VERSION>, TreeSync: traits::TreeSync<CURRENT_VERSION>>(
+    fn tree<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        TreeSync: traits::TreeSync<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &GroupId,
     ) -> Result<Option<TreeSync>, Self::Error> {
-        self.inner.tree::<GroupId, TreeSync>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .tree::<GroupId, TreeSync>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn group_context<
@@ -332,7 +403,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupContext>, Self::Error> {
-        self.inner.group_context::<GroupId, GroupContext>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .group_context::<GroupId, GroupContext>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn interim_transcript_hash<
@@ -342,7 +415,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<InterimTranscriptHash>, Self::Error> {
-        self.inner.interim_transcript_hash::<GroupId, InterimTranscriptHash>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .interim_transcript_hash::<GroupId, InterimTranscriptHash>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn confirmation_tag<
@@ -352,14 +427,21 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<ConfirmationTag>, Self::Error> {
-        self.inner.confirmation_tag::<GroupId, ConfirmationTag>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .confirmation_tag::<GroupId, ConfirmationTag>(group_id)
+            .map_err(FaultError::Inner)
     }
 
-    fn group_state<GroupState: traits::GroupState<CURRENT_VERSION>, GroupId: traits::GroupId<CURRENT_VERSION>>(
+    fn group_state<
+        GroupState: traits::GroupState<CURRENT_VERSION>,
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+    >(
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupState>, Self::Error> {
-        self.inner.group_state::<GroupState, GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .group_state::<GroupState, GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn message_secrets<
@@ -369,7 +451,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<MessageSecrets>, Self::Error> {
-        self.inner.message_secrets::<GroupId, MessageSecrets>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .message_secrets::<GroupId, MessageSecrets>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn resumption_psk_store<
@@ -379,7 +463,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<ResumptionPskStore>, Self::Error> {
-        self.inner.resumption_psk_store::<GroupId, ResumptionPskStore>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .resumption_psk_store::<GroupId, ResumptionPskStore>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn own_leaf_index<
@@ -389,7 +475,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<LeafNodeIndex>, Self::Error> {
-        self.inner.own_leaf_index::<GroupId, LeafNodeIndex>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .own_leaf_index::<GroupId, LeafNodeIndex>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn group_epoch_secrets<
@@ -399,7 +487,9 @@ where
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupEpochSecrets>, Self::Error> {
-        self.inner.group_epoch_secrets::<GroupId, GroupEpochSecrets>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .group_epoch_secrets::<GroupId, GroupEpochSecrets>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn signature_key_pair<
@@ -409,7 +499,9 @@ where
         &self,
         public_key: &SignaturePublicKey,
     ) -> Result<Option<SignatureKeyPair>, Self::Error> {
-        self.inner.signature_key_pair::<SignaturePublicKey, SignatureKeyPair>(public_key).map_err(FaultError::Inner)
+        self.inner
+            .signature_key_pair::<SignaturePublicKey, SignatureKeyPair>(public_key)
+            .map_err(FaultError::Inner)
     }
 
     fn encryption_key_pair<
@@ -419,7 +511,9 @@ where
         &self,
         public_key: &EncryptionKey,
     ) -> Result<Option<HpkeKeyPair>, Self::Error> {
-        self.inner.encryption_key_pair::<HpkeKeyPair, EncryptionKey>(public_key).map_err(FaultError::Inner)
+        self.inner
+            .encryption_key_pair::<HpkeKeyPair, EncryptionKey>(public_key)
+            .map_err(FaultError::Inner)
     }
 
     fn encryption_epoch_key_pairs<
@@ -432,7 +526,11 @@ where
         epoch: &EpochKey,
         leaf_index: u32,
     ) -> Result<Vec<HpkeKeyPair>, Self::Error> {
-        self.inner.encryption_epoch_key_pairs::<GroupId, EpochKey, HpkeKeyPair>(group_id, epoch, leaf_index).map_err(FaultError::Inner)
+        self.inner
+            .encryption_epoch_key_pairs::<GroupId, EpochKey, HpkeKeyPair>(
+                group_id, epoch, leaf_index,
+            )
+            .map_err(FaultError::Inner)
     }
 
     fn key_package<
@@ -442,14 +540,18 @@ where
         &self,
         hash_ref: &KeyPackageRef,
     ) -> Result<Option<KeyPackage>, Self::Error> {
-        self.inner.key_package::<KeyPackageRef, KeyPackage>(hash_ref).map_err(FaultError::Inner)
+        self.inner
+            .key_package::<KeyPackageRef, KeyPackage>(hash_ref)
+            .map_err(FaultError::Inner)
     }
 
     fn psk<PskBundle: traits::PskBundle<CURRENT_VERSION>, PskId: traits::PskId<CURRENT_VERSION>>(
         &self,
         psk_id: &PskId,
     ) -> Result<Option<PskBundle>, Self::Error> {
-        self.inner.psk::<PskBundle, PskId>(psk_id).map_err(FaultError::Inner)
+        self.inner
+            .psk::<PskBundle, PskId>(psk_id)
+            .map_err(FaultError::Inner)
     }
 
     fn remove_proposal<
@@ -461,7 +563,9 @@ where
         proposal_ref: &ProposalRef,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.remove_proposal::<GroupId, ProposalRef>(group_id, proposal_ref).map_err(FaultError::Inner)
+        self.inner
+            .remove_proposal::<GroupId, ProposalRef>(group_id, proposal_ref)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_own_leaf_nodes<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -469,7 +573,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_own_leaf_nodes::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_own_leaf_nodes::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_group_config<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -477,7 +583,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_group_config::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_group_config::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_tree<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -485,7 +593,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_tree::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_tree::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_confirmation_tag<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -493,7 +603,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_confirmation_tag::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_confirmation_tag::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_group_state<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -501,7 +613,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_group_state::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_group_state::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_context<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -509,7 +623,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_context::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_context::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_interim_transcript_hash<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -517,7 +633,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_interim_transcript_hash::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_interim_transcript_hash::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_message_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -525,7 +643,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_message_secrets::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_message_secrets::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_all_resumption_psk_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -533,7 +653,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_all_resumption_psk_secrets::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_all_resumption_psk_secrets::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_own_leaf_index<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -541,7 +663,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_own_leaf_index::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_own_leaf_index::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_group_epoch_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
@@ -549,7 +673,9 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_group_epoch_secrets::<GroupId>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_group_epoch_secrets::<GroupId>(group_id)
+            .map_err(FaultError::Inner)
     }
 
     fn clear_proposal_queue<
@@ -560,15 +686,21 @@ where
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.clear_proposal_queue::<GroupId, ProposalRef>(group_id).map_err(FaultError::Inner)
+        self.inner
+            .clear_proposal_queue::<GroupId, ProposalRef>(group_id)
+            .map_err(FaultError::Inner)
     }
 
-    fn delete_signature_key_pair<SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>>(
+    fn delete_signature_key_pair<
+        SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>,
+    >(
         &self,
         public_key: &SignaturePublicKey,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_signature_key_pair::<SignaturePublicKey>(public_key).map_err(FaultError::Inner)
+        self.inner
+            .delete_signature_key_pair::<SignaturePublicKey>(public_key)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_encryption_key_pair<EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>>(
@@ -576,7 +708,9 @@ where
         public_key: &EncryptionKey,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_encryption_key_pair::<EncryptionKey>(public_key).map_err(FaultError::Inner)
+        self.inner
+            .delete_encryption_key_pair::<EncryptionKey>(public_key)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_encryption_epoch_key_pairs<
@@ -589,7 +723,9 @@ where
         leaf_index: u32,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_encryption_epoch_key_pairs::<GroupId, EpochKey>(group_id, epoch, leaf_index).map_err(FaultError::Inner)
+        self.inner
+            .delete_encryption_epoch_key_pairs::<GroupId, EpochKey>(group_id, epoch, leaf_index)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_key_package<KeyPackageRef: traits::HashReference<CURRENT_VERSION>>(
@@ -597,7 +733,9 @@ where
         hash_ref: &KeyPackageRef,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_key_package::<KeyPackageRef>(hash_ref).map_err(FaultError::Inner)
+        self.inner
+            .delete_key_package::<KeyPackageRef>(hash_ref)
+            .map_err(FaultError::Inner)
     }
 
     fn delete_psk<PskKey: traits::PskId<CURRENT_VERSION>>(
@@ -605,7 +743,9 @@ where
         psk_id: &PskKey,
     ) -> Result<(), Self::Error> {
         self.before_write()?;
-        self.inner.delete_psk::<PskKey>(psk_id).map_err(FaultError::Inner)
+        self.inner
+            .delete_psk::<PskKey>(psk_id)
+            .map_err(FaultError::Inner)
     }
 }
 

@@ -229,11 +229,7 @@ pub fn text(received: Received) -> String {
 }
 
 /// Everyone in `to` decrypts `bytes` from `from` and reads `expected`.
-pub fn deliver(
-    to: &mut [(&Member, &mut MlsGroup)],
-    bytes: &[u8],
-    expected: &str,
-) {
+pub fn deliver(to: &mut [(&Member, &mut MlsGroup)], bytes: &[u8], expected: &str) {
     for (member, group) in to.iter_mut() {
         assert_eq!(
             text(member.receive(group, bytes)),
@@ -242,4 +238,89 @@ pub fn deliver(
             member.name
         );
     }
+}
+
+/// A client generic over its provider, for tests that compare providers.
+pub struct Client<'p, P> {
+    pub provider: &'p P,
+    pub signer: SignatureKeyPair,
+    pub credential: CredentialWithKey,
+}
+
+impl<'p, P: openmls::storage::OpenMlsProvider> Client<'p, P>
+where
+    P::StorageError: 'static,
+{
+    pub fn new(name: &str, provider: &'p P) -> Self {
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).expect("signer");
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        Self {
+            provider,
+            signer,
+            credential,
+        }
+    }
+
+    pub fn key_package(&self) -> KeyPackage {
+        KeyPackage::builder()
+            .build(
+                CIPHERSUITE,
+                self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .expect("key package")
+            .key_package()
+            .clone()
+    }
+}
+
+/// Alice and Bob in a group, on two providers of type `P`.
+pub fn pair<'p, P: openmls::storage::OpenMlsProvider>(
+    alice: &Client<'p, P>,
+    bob: &Client<'p, P>,
+) -> (MlsGroup, MlsGroup)
+where
+    P::StorageError: 'static,
+{
+    pair_with(alice, bob, &[])
+}
+
+/// Alice and Bob in a group with `others` added alongside Bob (their
+/// Welcomes are never processed).
+pub fn pair_with<'p, P: openmls::storage::OpenMlsProvider>(
+    alice: &Client<'p, P>,
+    bob: &Client<'p, P>,
+    others: &[KeyPackage],
+) -> (MlsGroup, MlsGroup)
+where
+    P::StorageError: 'static,
+{
+    let mut key_packages = vec![bob.key_package()];
+    key_packages.extend_from_slice(others);
+    let mut a = MlsGroup::new(
+        alice.provider,
+        &alice.signer,
+        &create_config(),
+        alice.credential.clone(),
+    )
+    .expect("create");
+    let (_, welcome, _) = a
+        .add_members(alice.provider, &alice.signer, &key_packages)
+        .expect("add bob");
+    a.merge_pending_commit(alice.provider).expect("merge");
+    let welcome = MlsMessageIn::tls_deserialize_exact(wire(&welcome).as_slice())
+        .expect("parse")
+        .extract();
+    let MlsMessageBodyIn::Welcome(welcome) = welcome else {
+        panic!("expected a welcome")
+    };
+    let b = StagedWelcome::new_from_welcome(bob.provider, &join_config(), welcome, None)
+        .expect("stage")
+        .into_group(bob.provider)
+        .expect("join");
+    (a, b)
 }
