@@ -13,11 +13,11 @@
 use std::{
     hint::black_box,
     sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use criterion::Criterion;
-use kith_benches::{Backend, Member, Pair, Recorder, key_packages};
+use kith_benches::{Backend, Member, Pair, Recorder, bench_recorded, key_packages};
 use kith_storage::{Durability, KithProvider, StorageConfig};
 use openmls::prelude::KeyPackage;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -56,65 +56,46 @@ impl Backends {
 fn bench_create_add<P: Backend>(
     c: &mut Criterion,
     recorder: &Recorder,
-    name: &str,
+    backend: &str,
     provider: P,
     others: &[KeyPackage],
 ) {
     let creator = Member::new("creator", provider);
-    let counter = AtomicU64::new(0);
-    c.benchmark_group(CREATE_ADD)
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(8))
-        .bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let id = counter.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-                    black_box(creator.create_and_add(&id, others));
-                }
-                let elapsed = start.elapsed();
-                recorder.record(CREATE_ADD, name, elapsed, iters);
-                elapsed
-            });
-        });
+    let mut counter = 0u64;
+    bench_recorded(
+        c,
+        recorder,
+        (CREATE_ADD, backend),
+        (10, Duration::from_secs(8)),
+        || {
+            counter += 1;
+            black_box(creator.create_and_add(&counter.to_be_bytes(), others));
+        },
+    );
 }
 
 fn bench_pair<P: Backend>(
     c: &mut Criterion,
     recorder: &Recorder,
-    name: &str,
+    backend: &str,
     (a, b): (P, P),
     others: &[KeyPackage],
 ) {
     let mut pair = Pair::new(a, b, b"bench-group", others);
-    c.benchmark_group(UPDATE)
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(8))
-        .bench_function(name, |bencher| {
-            bencher.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    pair.update_and_process();
-                }
-                let elapsed = start.elapsed();
-                recorder.record(UPDATE, name, elapsed, iters);
-                elapsed
-            });
-        });
-    let payload = [0x42u8; 100];
-    c.benchmark_group(MESSAGE)
-        .measurement_time(Duration::from_secs(5))
-        .bench_function(name, |bencher| {
-            bencher.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    pair.message_round_trip(&payload);
-                }
-                let elapsed = start.elapsed();
-                recorder.record(MESSAGE, name, elapsed, iters);
-                elapsed
-            });
-        });
+    bench_recorded(
+        c,
+        recorder,
+        (UPDATE, backend),
+        (10, Duration::from_secs(8)),
+        || pair.update_and_process(),
+    );
+    bench_recorded(
+        c,
+        recorder,
+        (MESSAGE, backend),
+        (100, Duration::from_secs(5)),
+        || pair.message_round_trip(&[0x42; 100]),
+    );
 }
 
 fn main() {

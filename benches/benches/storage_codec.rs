@@ -3,10 +3,10 @@
 //! so that fsync does not drown the codec's cost), against the in-memory
 //! baseline; plus the bytes one 100-member group takes in each codec.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::Criterion;
-use kith_benches::{Pair, Recorder, key_packages};
+use kith_benches::{Backend, Pair, Recorder, bench_recorded, key_packages};
 use kith_storage::{Codec, Durability, KithProvider, StorageConfig};
 use openmls::prelude::OpenMlsProvider as _;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -15,40 +15,21 @@ const BASELINE: &str = "memory (baseline)";
 const UPDATE: &str = "codec: 100 members: commit update + process";
 const MESSAGE: &str = "codec: encrypt + decrypt 100 B message";
 
-fn bench<P: kith_benches::Backend>(
-    c: &mut Criterion,
-    recorder: &Recorder,
-    name: &str,
-    mut pair: Pair<P>,
-) {
-    c.benchmark_group(UPDATE)
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(6))
-        .bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    pair.update_and_process();
-                }
-                let elapsed = start.elapsed();
-                recorder.record(UPDATE, name, elapsed, iters);
-                elapsed
-            });
-        });
-    let payload = [0x42u8; 100];
-    c.benchmark_group(MESSAGE)
-        .measurement_time(Duration::from_secs(4))
-        .bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    pair.message_round_trip(&payload);
-                }
-                let elapsed = start.elapsed();
-                recorder.record(MESSAGE, name, elapsed, iters);
-                elapsed
-            });
-        });
+fn bench<P: Backend>(c: &mut Criterion, recorder: &Recorder, backend: &str, mut pair: Pair<P>) {
+    bench_recorded(
+        c,
+        recorder,
+        (UPDATE, backend),
+        (10, Duration::from_secs(6)),
+        || pair.update_and_process(),
+    );
+    bench_recorded(
+        c,
+        recorder,
+        (MESSAGE, backend),
+        (100, Duration::from_secs(4)),
+        || pair.message_round_trip(&[0x42; 100]),
+    );
 }
 
 fn main() {

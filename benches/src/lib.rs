@@ -12,7 +12,13 @@
 //!  timings ──► Recorder ──► ratio table printed at the end of the run
 //! ```
 
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use criterion::Criterion;
 
 use kith_storage::KithProvider;
 use openmls::prelude::{tls_codec::Deserialize as _, *};
@@ -89,6 +95,15 @@ impl<P: Backend> Member<P> {
     /// one commit": create (one step), stage the add (one step), merge it
     /// (one step).
     pub fn create_and_add(&self, group_id: &[u8], key_packages: &[KeyPackage]) -> MlsGroup {
+        self.create_and_add_with_welcome(group_id, key_packages).0
+    }
+
+    /// [`Member::create_and_add`], also returning the Welcome.
+    pub fn create_and_add_with_welcome(
+        &self,
+        group_id: &[u8],
+        key_packages: &[KeyPackage],
+    ) -> (MlsGroup, MlsMessageOut) {
         let mut group = self.provider.step(|| {
             MlsGroup::new_with_group_id(
                 &self.provider,
@@ -99,14 +114,14 @@ impl<P: Backend> Member<P> {
             )
             .expect("create")
         });
-        self.provider.step(|| {
+        let (_, welcome, _) = self.provider.step(|| {
             group
                 .add_members(&self.provider, &self.signer, key_packages)
-                .expect("add");
+                .expect("add")
         });
         self.provider
             .step(|| group.merge_pending_commit(&self.provider).expect("merge"));
-        group
+        (group, welcome)
     }
 }
 
@@ -139,23 +154,7 @@ impl<P: Backend> Pair<P> {
         let b = Member::new("b", b);
         let mut key_packages = vec![b.key_package()];
         key_packages.extend_from_slice(others);
-        let mut group_a = a.provider.step(|| {
-            MlsGroup::new_with_group_id(
-                &a.provider,
-                &a.signer,
-                &create_config(),
-                GroupId::from_slice(group_id),
-                a.credential.clone(),
-            )
-            .expect("create")
-        });
-        let (_, welcome, _) = a.provider.step(|| {
-            group_a
-                .add_members(&a.provider, &a.signer, &key_packages)
-                .expect("add")
-        });
-        a.provider
-            .step(|| group_a.merge_pending_commit(&a.provider).expect("merge"));
+        let (group_a, welcome) = a.create_and_add_with_welcome(group_id, &key_packages);
         let welcome = MlsMessageIn::tls_deserialize_exact(wire(&welcome).as_slice())
             .expect("parse welcome")
             .extract();
@@ -260,6 +259,32 @@ fn protocol_message(bytes: &[u8]) -> ProtocolMessage {
         .expect("parse")
         .try_into_protocol_message()
         .expect("protocol message")
+}
+
+/// Benchmark `op` as `operation`/`backend` with criterion, and record the
+/// very samples criterion analyses so that [`Recorder::print_ratios`] can
+/// compare backends.
+pub fn bench_recorded(
+    c: &mut Criterion,
+    recorder: &Recorder,
+    (operation, backend): (&str, &str),
+    (sample_size, measurement_time): (usize, Duration),
+    mut op: impl FnMut(),
+) {
+    c.benchmark_group(operation)
+        .sample_size(sample_size)
+        .measurement_time(measurement_time)
+        .bench_function(backend, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    op();
+                }
+                let elapsed = start.elapsed();
+                recorder.record(operation, backend, elapsed, iters);
+                elapsed
+            });
+        });
 }
 
 /// Collects the times measured inside `iter_custom`, so that the ratio of
