@@ -20,10 +20,13 @@
 //! ```
 //!
 //! [`KithProvider`] bundles the storage with RustCrypto into an
-//! `OpenMlsProvider`.
+//! `OpenMlsProvider`. [`SledMlsStorage`] also implements the engine's
+//! identity ports (`InstallationStore`, `KeyPackageInventoryStore`) in the
+//! same tree, so that they commit in the same steps as OpenMLS.
 
 mod codec;
 mod error;
+mod identity_store;
 mod keys;
 mod mls_storage;
 mod provider;

@@ -1,0 +1,521 @@
+//! Key packages: generating them with Kith's capabilities, checking the ones
+//! a stranger hands us, and deciding when to make more.
+//!
+//! Each installation keeps a pool of one-time key packages on the node plus
+//! one last-resort package (OpenMLS `LastResortExtension`) that the node
+//! hands out when the pool is empty. [`KeyPackagePolicy::plan`] is sans-IO:
+//! given what the node reports and the time, it says how many packages to
+//! generate, whether to rotate the last-resort one, and which retired
+//! last-resort keys have outlived their grace period. [`execute_plan`] carries
+//! a plan out against an OpenMLS provider.
+//!
+//! Private keys: OpenMLS deletes a one-time package's private keys when the
+//! Welcome that used it is processed. A last-resort package is kept for
+//! re-use; once rotated it is *retired*, kept for a grace period for
+//! Welcomes still in flight, and then deleted by [`execute_plan`].
+
+use openmls::prelude::{
+    Capabilities, Ciphersuite, CredentialType, CredentialWithKey, ExtensionType, KeyPackage,
+    KeyPackageIn, KeyPackageRef, Lifetime, OpenMlsCrypto, ProtocolVersion,
+};
+use openmls_traits::storage::StorageProvider as _;
+use prost::Message as _;
+
+use super::{
+    credential::{CredentialError, KITH_CREDENTIAL_TYPE, kith_credential, validate_leaf},
+    installation::{InstallationId, InstallationKeys},
+    log::IdentityState,
+    wallet::InboxId,
+};
+
+/// The cipher suite Kith uses.
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// The Kith GroupContext extension types (DESIGN.md section 5): immutable
+/// metadata, mutable metadata, policies, membership, gating rules.
+pub const KITH_EXTENSION_TYPES: [u16; 5] = [0xff10, 0xff11, 0xff12, 0xff13, 0xff14];
+
+/// How long a key package is valid by default: 84 days, the longest range
+/// OpenMLS accepts. Last-resort packages are rotated well before that.
+pub const DEFAULT_LIFETIME_SECS: u64 = 60 * 60 * 24 * 84;
+
+/// How far `not_before` is set in the past, to tolerate clock skew.
+const CLOCK_SKEW_SECS: u64 = 60 * 60;
+
+/// Why a key package was not accepted or could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyPackageError {
+    /// The bytes do not parse as a key package.
+    #[error("malformed key package: {0}")]
+    Malformed(String),
+    /// OpenMLS rejected it: a bad signature, bad keys, or an unsupported
+    /// version or extension.
+    #[error("invalid key package: {0}")]
+    Invalid(String),
+    /// Its lifetime has ended.
+    #[error("key package expired at {not_after} (now {now})")]
+    Expired {
+        /// End of its lifetime, seconds since the Unix epoch.
+        not_after: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
+    /// Its lifetime has not begun.
+    #[error("key package is not valid before {not_before} (now {now})")]
+    NotYetValid {
+        /// Start of its lifetime, seconds since the Unix epoch.
+        not_before: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
+    /// Its leaf does not list a capability Kith needs.
+    #[error("key package leaf lacks the capability {0}")]
+    MissingCapability(String),
+    /// Its credential is not an active installation of the inbox.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// OpenMLS failed to build or store a key package.
+    #[error("could not create a key package: {0}")]
+    Create(String),
+    /// The OpenMLS store failed.
+    #[error("key package storage failed: {0}")]
+    Storage(String),
+}
+
+/// The leaf capabilities of every Kith installation: the Kith extension
+/// types, the last-resort key-package extension (a key package may only
+/// carry extensions its leaf lists) and the Kith credential type, on top of
+/// OpenMLS's defaults.
+pub fn kith_capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(
+            KITH_EXTENSION_TYPES
+                .iter()
+                .map(|t| ExtensionType::Unknown(*t))
+                .chain([ExtensionType::LastResort])
+                .collect(),
+        )
+        .credentials(vec![CredentialType::Other(KITH_CREDENTIAL_TYPE)])
+        .build()
+}
+
+/// Generate a key package for `installation` of `inbox`, valid from `now`
+/// (seconds since the Unix epoch, less an hour for clock skew) for
+/// `lifetime_secs`. OpenMLS stores its private keys in the provider.
+pub fn generate_key_package(
+    provider: &impl openmls::storage::OpenMlsProvider,
+    installation: &InstallationKeys,
+    inbox: InboxId,
+    now: u64,
+    lifetime_secs: u64,
+    last_resort: bool,
+) -> Result<KeyPackage, KeyPackageError> {
+    let lifetime = Lifetime::init(now.saturating_sub(CLOCK_SKEW_SECS), now + lifetime_secs);
+    let mut builder = KeyPackage::builder()
+        .leaf_node_capabilities(kith_capabilities())
+        .key_package_lifetime(lifetime);
+    if last_resort {
+        builder = builder.mark_as_last_resort();
+    }
+    let credential = CredentialWithKey {
+        credential: kith_credential(inbox),
+        signature_key: installation.id().as_bytes().to_vec().into(),
+    };
+    builder
+        .build(CIPHERSUITE, provider, installation, credential)
+        .map(|bundle| bundle.key_package().clone())
+        .map_err(|e| KeyPackageError::Create(e.to_string()))
+}
+
+/// A key package that passed [`validate_key_package`].
+#[derive(Debug, Clone)]
+pub struct ValidatedKeyPackage {
+    /// The key package.
+    pub key_package: KeyPackage,
+    /// The installation it belongs to.
+    pub installation: InstallationId,
+    /// Whether it is a last-resort package.
+    pub last_resort: bool,
+}
+
+/// Check a key package received from the node or a peer: its signatures
+/// (by OpenMLS), its lifetime at `now` (seconds since the Unix epoch), the
+/// Kith capabilities, and that its credential is an active installation in
+/// `identity`.
+///
+/// OpenMLS also checks the lifetime against the system clock while
+/// verifying; the check against `now` is the one the engine relies on.
+pub fn validate_key_package(
+    crypto: &impl OpenMlsCrypto,
+    key_package: KeyPackageIn,
+    now: u64,
+    identity: &IdentityState,
+) -> Result<ValidatedKeyPackage, KeyPackageError> {
+    let key_package = key_package
+        .validate(crypto, ProtocolVersion::Mls10)
+        .map_err(|e| match e {
+            openmls::prelude::KeyPackageVerifyError::LifetimeError(_) => {
+                KeyPackageError::Invalid(format!("lifetime rejected by OpenMLS: {e}"))
+            }
+            other => KeyPackageError::Invalid(other.to_string()),
+        })?;
+    let lifetime = key_package.life_time();
+    if now > lifetime.not_after() {
+        return Err(KeyPackageError::Expired {
+            not_after: lifetime.not_after(),
+            now,
+        });
+    }
+    if now < lifetime.not_before() {
+        return Err(KeyPackageError::NotYetValid {
+            not_before: lifetime.not_before(),
+            now,
+        });
+    }
+    let leaf = key_package.leaf_node();
+    let capabilities = leaf.capabilities();
+    for extension in KITH_EXTENSION_TYPES {
+        if !capabilities
+            .extensions()
+            .contains(&ExtensionType::Unknown(extension))
+        {
+            return Err(KeyPackageError::MissingCapability(format!(
+                "extension {extension:#06x}"
+            )));
+        }
+    }
+    if !capabilities
+        .credentials()
+        .contains(&CredentialType::Other(KITH_CREDENTIAL_TYPE))
+    {
+        return Err(KeyPackageError::MissingCapability(
+            "the Kith credential type".into(),
+        ));
+    }
+    let installation = validate_leaf(leaf.credential(), leaf.signature_key().as_slice(), identity)?;
+    let last_resort = key_package.last_resort();
+    Ok(ValidatedKeyPackage {
+        key_package,
+        installation,
+        last_resort,
+    })
+}
+
+/// The knobs of the key-package inventory (defaults from DESIGN.md
+/// section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPackagePolicy {
+    /// How many one-time packages to keep on the node (default 100).
+    pub target_pool: u32,
+    /// Refill when the node reports fewer than this many (default 10).
+    pub refill_below: u32,
+    /// Rotate the last-resort package at least this often (default 30 days).
+    pub last_resort_max_age_ms: u64,
+    /// After the last-resort package was used, rotate it once this much
+    /// time has passed, so a burst of uses causes one rotation (default
+    /// 10 minutes).
+    pub rotate_after_use_ms: u64,
+    /// Keep a retired last-resort private key this long for Welcomes still
+    /// in flight (default 24 hours).
+    pub retired_grace_ms: u64,
+    /// Lifetime of new key packages in seconds (default 84 days).
+    pub lifetime_secs: u64,
+}
+
+impl Default for KeyPackagePolicy {
+    fn default() -> Self {
+        const HOUR_MS: u64 = 60 * 60 * 1000;
+        Self {
+            target_pool: 100,
+            refill_below: 10,
+            last_resort_max_age_ms: 30 * 24 * HOUR_MS,
+            rotate_after_use_ms: 10 * 60 * 1000,
+            retired_grace_ms: 24 * HOUR_MS,
+            lifetime_secs: DEFAULT_LIFETIME_SECS,
+        }
+    }
+}
+
+/// The current last-resort package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastResortRecord {
+    /// Its hash reference.
+    pub hash_ref: Vec<u8>,
+    /// When it was made (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it was first used, if it was.
+    pub first_used_at_ms: Option<u64>,
+}
+
+/// A retired last-resort package whose private key is still kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetiredLastResort {
+    /// Its hash reference.
+    pub hash_ref: Vec<u8>,
+    /// When it was retired (ms since the Unix epoch).
+    pub retired_at_ms: u64,
+}
+
+/// What an installation knows about its own key packages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPackageInventory {
+    /// The current last-resort package.
+    pub last_resort: Option<LastResortRecord>,
+    /// Retired last-resort packages within their grace period.
+    pub retired: Vec<RetiredLastResort>,
+}
+
+/// What to do, as decided by [`KeyPackagePolicy::plan`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InventoryPlan {
+    /// How many one-time packages to generate and upload.
+    pub generate_one_time: u32,
+    /// Whether to make a new last-resort package and retire the current one.
+    pub rotate_last_resort: bool,
+    /// Retired last-resort packages whose private keys to delete now.
+    pub delete_retired: Vec<Vec<u8>>,
+}
+
+impl InventoryPlan {
+    /// Whether the plan does nothing.
+    pub fn is_empty(&self) -> bool {
+        self.generate_one_time == 0 && !self.rotate_last_resort && self.delete_retired.is_empty()
+    }
+}
+
+impl KeyPackagePolicy {
+    /// Decide what to do, given the one-time packages the node reports left
+    /// and the time (ms since the Unix epoch).
+    pub fn plan(
+        &self,
+        inventory: &KeyPackageInventory,
+        one_time_remaining: u32,
+        now_ms: u64,
+    ) -> InventoryPlan {
+        let generate_one_time = if one_time_remaining < self.refill_below {
+            self.target_pool.saturating_sub(one_time_remaining)
+        } else {
+            0
+        };
+        let rotate_last_resort = match &inventory.last_resort {
+            None => true,
+            Some(current) => {
+                now_ms.saturating_sub(current.created_at_ms) >= self.last_resort_max_age_ms
+                    || current
+                        .first_used_at_ms
+                        .is_some_and(|used| now_ms.saturating_sub(used) >= self.rotate_after_use_ms)
+            }
+        };
+        let delete_retired = inventory
+            .retired
+            .iter()
+            .filter(|r| now_ms.saturating_sub(r.retired_at_ms) >= self.retired_grace_ms)
+            .map(|r| r.hash_ref.clone())
+            .collect();
+        InventoryPlan {
+            generate_one_time,
+            rotate_last_resort,
+            delete_retired,
+        }
+    }
+}
+
+impl KeyPackageInventory {
+    /// Record that the last-resort package `hash_ref` was used (a Welcome
+    /// arrived for it) at `now_ms`. Only the first use counts, so that the
+    /// rotation debounce runs from it.
+    pub fn note_last_resort_used(&mut self, hash_ref: &[u8], now_ms: u64) {
+        if let Some(current) = &mut self.last_resort
+            && current.hash_ref == hash_ref
+            && current.first_used_at_ms.is_none()
+        {
+            current.first_used_at_ms = Some(now_ms);
+        }
+    }
+
+    /// The protobuf encoding, for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        InventoryProto {
+            last_resort: self.last_resort.as_ref().map(|r| LastResortProto {
+                hash_ref: r.hash_ref.clone(),
+                created_at_ms: r.created_at_ms,
+                first_used_at_ms: r.first_used_at_ms,
+            }),
+            retired: self
+                .retired
+                .iter()
+                .map(|r| RetiredProto {
+                    hash_ref: r.hash_ref.clone(),
+                    retired_at_ms: r.retired_at_ms,
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decode [`KeyPackageInventory::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        let proto = InventoryProto::decode(bytes)?;
+        Ok(Self {
+            last_resort: proto.last_resort.map(|r| LastResortRecord {
+                hash_ref: r.hash_ref,
+                created_at_ms: r.created_at_ms,
+                first_used_at_ms: r.first_used_at_ms,
+            }),
+            retired: proto
+                .retired
+                .into_iter()
+                .map(|r| RetiredLastResort {
+                    hash_ref: r.hash_ref,
+                    retired_at_ms: r.retired_at_ms,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct InventoryProto {
+    #[prost(message, optional, tag = "1")]
+    last_resort: Option<LastResortProto>,
+    #[prost(message, repeated, tag = "2")]
+    retired: Vec<RetiredProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LastResortProto {
+    #[prost(bytes = "vec", tag = "1")]
+    hash_ref: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    created_at_ms: u64,
+    #[prost(uint64, optional, tag = "3")]
+    first_used_at_ms: Option<u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetiredProto {
+    #[prost(bytes = "vec", tag = "1")]
+    hash_ref: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    retired_at_ms: u64,
+}
+
+/// The packages [`execute_plan`] made, to be uploaded to the node.
+#[derive(Debug, Default)]
+pub struct GeneratedKeyPackages {
+    /// New one-time packages.
+    pub one_time: Vec<KeyPackage>,
+    /// The new last-resort package, if it was rotated.
+    pub last_resort: Option<KeyPackage>,
+}
+
+/// Carry out `plan` at `now_ms`: generate packages (their private keys go
+/// into the provider's store), rotate the last-resort package (retiring the
+/// old one), and delete the private keys of retired packages past their
+/// grace period. Updates `inventory`; the caller persists it in the same
+/// storage step as the provider's writes.
+pub fn execute_plan(
+    provider: &impl openmls::storage::OpenMlsProvider,
+    installation: &InstallationKeys,
+    inbox: InboxId,
+    policy: &KeyPackagePolicy,
+    inventory: &mut KeyPackageInventory,
+    plan: &InventoryPlan,
+    now_ms: u64,
+) -> Result<GeneratedKeyPackages, KeyPackageError> {
+    let now = now_ms / 1000;
+    let mut generated = GeneratedKeyPackages::default();
+    for _ in 0..plan.generate_one_time {
+        generated.one_time.push(generate_key_package(
+            provider,
+            installation,
+            inbox,
+            now,
+            policy.lifetime_secs,
+            false,
+        )?);
+    }
+    if plan.rotate_last_resort {
+        let key_package = generate_key_package(
+            provider,
+            installation,
+            inbox,
+            now,
+            policy.lifetime_secs,
+            true,
+        )?;
+        let hash_ref = key_package
+            .hash_ref(provider.crypto())
+            .map_err(|e| KeyPackageError::Create(e.to_string()))?;
+        if let Some(old) = inventory.last_resort.replace(LastResortRecord {
+            hash_ref: hash_ref.as_slice().to_vec(),
+            created_at_ms: now_ms,
+            first_used_at_ms: None,
+        }) {
+            inventory.retired.push(RetiredLastResort {
+                hash_ref: old.hash_ref,
+                retired_at_ms: now_ms,
+            });
+        }
+        generated.last_resort = Some(key_package);
+    }
+    for hash_ref in &plan.delete_retired {
+        provider
+            .storage()
+            .delete_key_package(&key_package_ref(hash_ref)?)
+            .map_err(|e| KeyPackageError::Storage(format!("{e:?}")))?;
+        inventory.retired.retain(|r| &r.hash_ref != hash_ref);
+    }
+    Ok(generated)
+}
+
+/// A `KeyPackageRef` from its raw bytes. OpenMLS offers no public
+/// constructor outside its test utilities, so go through its TLS encoding
+/// (a variable-length byte vector).
+fn key_package_ref(bytes: &[u8]) -> Result<KeyPackageRef, KeyPackageError> {
+    use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _, VLBytes};
+    let encoded = VLBytes::new(bytes.to_vec())
+        .tls_serialize_detached()
+        .map_err(|e| KeyPackageError::Storage(format!("hash reference: {e:?}")))?;
+    KeyPackageRef::tls_deserialize_exact(encoded.as_slice())
+        .map_err(|e| KeyPackageError::Storage(format!("hash reference: {e:?}")))
+}
+
+/// Where an installation keeps its [`KeyPackageInventory`].
+pub trait KeyPackageInventoryStore {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The stored inventory (empty if none was stored).
+    fn load_inventory(&self) -> Result<KeyPackageInventory, Self::Error>;
+
+    /// Store `inventory`, replacing the stored one.
+    fn save_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error>;
+}
+
+/// A [`KeyPackageInventoryStore`] in memory.
+#[derive(Debug, Default)]
+pub struct MemoryInventoryStore {
+    inventory: std::sync::Mutex<KeyPackageInventory>,
+}
+
+impl KeyPackageInventoryStore for MemoryInventoryStore {
+    type Error = std::convert::Infallible;
+
+    fn load_inventory(&self) -> Result<KeyPackageInventory, Self::Error> {
+        Ok(self
+            .inventory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
+    }
+
+    fn save_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error> {
+        *self
+            .inventory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = inventory.clone();
+        Ok(())
+    }
+}
