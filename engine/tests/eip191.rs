@@ -165,5 +165,19 @@ fn bad_keys_and_signatures_are_errors_not_panics() {
         ));
     }
     assert!(recover_signer(b"hi", &[0u8; 65]).is_err());
+
+    // The same signature with s replaced by n - s (and v flipped) recovers
+    // the same key mathematically; it is refused as non-canonical.
+    let good = wallet.sign_personal(b"hi");
+    let signature = k256::ecdsa::Signature::from_slice(&good[..64]).expect("valid");
+    let (r, s) = signature.split_scalars();
+    let high = k256::ecdsa::Signature::from_scalars(r, -*s).expect("valid scalars");
+    let mut malleated = [0u8; 65];
+    malleated[..64].copy_from_slice(&high.to_bytes());
+    malleated[64] = if good[64] == 27 { 28 } else { 27 };
+    assert!(matches!(
+        recover_signer(b"hi", &malleated),
+        Err(IdentityError::BadWalletSignature(_))
+    ));
     assert!(recover_signer(b"hi", &[0xffu8; 65]).is_err());
 }

@@ -10,9 +10,9 @@
 //! ```text
 //! Kith identity update (v1)
 //! Action: AddInstallation
-//! Inbox: 0xB5b61b1Ef312c72F648B49c08E83f0cDf8fBEf7b
-//! Installation key: 3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c
-//! Identity key: 8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a
+//! Inbox: 0xEeFca179F40D3B8b3D941E6A13e48835a3aF8241
+//! Installation key: df7d1b6555ad123e0f7d52fec87cdca3a16999c2bd559d45403dc687e029f89a
+//! Identity key: c4904d84d3526f4b7f95ccafa75d3f3639f46fe55eb12c9bdbc4a87953795d70
 //! Sequence: 1
 //! Time (unix ms): 1795716485000
 //! ```

@@ -114,10 +114,10 @@ impl FromStr for InboxId {
 /// Recover the inbox whose wallet made the EIP-191 `signature` (r ‖ s ‖ v)
 /// over `message`.
 ///
-/// Only the canonical encoding is accepted: v in {27, 28}, as
-/// `personal_sign` produces it. Accepting {0, 1} too would give every
-/// signature a second valid byte string, and identity logs must not be
-/// malleable.
+/// Only the canonical encoding is accepted: v in {27, 28} and s in the lower
+/// half of the curve order (EIP-2), as `personal_sign` produces it.
+/// Accepting {0, 1} or a high s too would give every signature a second
+/// valid byte string, and identity logs must not be malleable.
 pub fn recover_signer(message: &[u8], signature: &[u8; 65]) -> Result<InboxId, IdentityError> {
     let bad = |why: &str| IdentityError::BadWalletSignature(why.to_owned());
     let v = match signature[64] {
@@ -127,6 +127,9 @@ pub fn recover_signer(message: &[u8], signature: &[u8; 65]) -> Result<InboxId, I
     let recovery_id = RecoveryId::from_byte(v).ok_or_else(|| bad("bad recovery id"))?;
     let signature =
         Signature::from_slice(&signature[..64]).map_err(|_| bad("r or s out of range"))?;
+    if signature.normalize_s().is_some() {
+        return Err(bad("s is in the upper half of the order (not canonical)"));
+    }
     let key = VerifyingKey::recover_from_prehash(&eip191_hash(message), &signature, recovery_id)
         .map_err(|_| bad("signature does not recover to a public key"))?;
     Ok(InboxId::from_verifying_key(&key))
