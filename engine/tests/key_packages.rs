@@ -246,52 +246,49 @@ fn key_packages_without_kith_capabilities_or_credential_are_rejected() {
     let s = setup(5);
     let now = openmls_now();
     // A plain OpenMLS key package: Basic credential, default capabilities.
-    let signer = SignatureKeyPair::new(SignatureScheme::ED25519).expect("signer");
-    let plain = KeyPackage::builder()
-        .build(
-            Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
-            &s.provider,
-            &signer,
-            CredentialWithKey {
-                credential: BasicCredential::new(b"someone".to_vec()).into(),
-                signature_key: signer.public().into(),
-            },
-        )
-        .expect("plain key package");
+    let plain = basic_key_package(&s.provider, None);
     assert!(matches!(
-        validate_key_package(
-            s.provider.crypto(),
-            received(plain.key_package()),
-            now,
-            &s.state
-        ),
+        validate_key_package(s.provider.crypto(), received(&plain), now, &s.state),
         Err(KeyPackageError::MissingCapability(_))
     ));
 
     // Kith capabilities but a Basic credential.
-    let basic = KeyPackage::builder()
-        .leaf_node_capabilities(kith_engine::identity::kith_capabilities())
+    let basic = basic_key_package(
+        &s.provider,
+        Some(kith_engine::identity::kith_capabilities()),
+    );
+    assert!(matches!(
+        validate_key_package(s.provider.crypto(), received(&basic), now, &s.state),
+        Err(KeyPackageError::Credential(
+            CredentialError::WrongCredentialType(1)
+        ))
+    ));
+}
+
+/// A key package with a Basic credential and, optionally, given
+/// capabilities.
+fn basic_key_package(
+    provider: &OpenMlsRustCrypto,
+    capabilities: Option<Capabilities>,
+) -> KeyPackage {
+    let signer = SignatureKeyPair::new(SignatureScheme::ED25519).expect("signer");
+    let mut builder = KeyPackage::builder();
+    if let Some(capabilities) = capabilities {
+        builder = builder.leaf_node_capabilities(capabilities);
+    }
+    builder
         .build(
             Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
-            &s.provider,
+            provider,
             &signer,
             CredentialWithKey {
                 credential: BasicCredential::new(b"someone".to_vec()).into(),
                 signature_key: signer.public().into(),
             },
         )
-        .expect("key package");
-    assert!(matches!(
-        validate_key_package(
-            s.provider.crypto(),
-            received(basic.key_package()),
-            now,
-            &s.state
-        ),
-        Err(KeyPackageError::Credential(
-            CredentialError::WrongCredentialType(1)
-        ))
-    ));
+        .expect("key package")
+        .key_package()
+        .clone()
 }
 
 #[test]

@@ -184,24 +184,29 @@ fn a_retired_last_resort_key_is_kept_for_the_grace_period_then_deleted() {
     let t0 = system_now() * 1000;
     let hour = 3_600_000;
 
-    // Make the last-resort package; plan, keys and inventory in one step.
-    let made = storage
-        .step(|| {
-            let mut inventory = storage.load_inventory()?;
-            let plan = policy.plan(&inventory, 0, t0);
-            let made = execute_plan(
-                &bob.provider,
-                &bob.keys,
-                bob.wallet.inbox_id(),
-                &policy,
-                &mut inventory,
-                &plan,
-                t0,
-            )?;
-            storage.save_inventory(&inventory)?;
-            Ok::<_, common::TestError>(made)
-        })
-        .expect("first plan");
+    // Plan and execute at `now`: keys and inventory commit in one step.
+    let run = |now: u64| {
+        storage
+            .step(|| {
+                let mut inventory = storage.load_inventory()?;
+                let plan = policy.plan(&inventory, 0, now);
+                let made = execute_plan(
+                    &bob.provider,
+                    &bob.keys,
+                    bob.wallet.inbox_id(),
+                    &policy,
+                    &mut inventory,
+                    &plan,
+                    now,
+                )?;
+                storage.save_inventory(&inventory)?;
+                Ok::<_, common::TestError>((plan, made))
+            })
+            .expect("plan")
+    };
+
+    // Make the last-resort package.
+    let (_, made) = run(t0);
     let last_resort = made.last_resort.expect("a last-resort package");
     assert_eq!(bob.key_packages_stored(), 1);
 
@@ -216,32 +221,13 @@ fn a_retired_last_resort_key_is_kept_for_the_grace_period_then_deleted() {
     storage.save_inventory(&inventory).expect("save");
 
     // Rotation after use: a new one, the old one retired but still stored.
-    let run = |now: u64| {
-        storage
-            .step(|| {
-                let mut inventory = storage.load_inventory()?;
-                let plan = policy.plan(&inventory, 0, now);
-                execute_plan(
-                    &bob.provider,
-                    &bob.keys,
-                    bob.wallet.inbox_id(),
-                    &policy,
-                    &mut inventory,
-                    &plan,
-                    now,
-                )?;
-                storage.save_inventory(&inventory)?;
-                Ok::<_, common::TestError>(plan)
-            })
-            .expect("plan")
-    };
-    let plan = run(t0 + 2 * hour);
+    let (plan, _) = run(t0 + 2 * hour);
     assert!(plan.rotate_last_resort);
     assert_eq!(bob.key_packages_stored(), 2, "the retired key is kept");
-    let plan = run(t0 + 25 * hour);
+    let (plan, _) = run(t0 + 25 * hour);
     assert!(plan.delete_retired.is_empty(), "23 hours after retiring");
     assert_eq!(bob.key_packages_stored(), 2);
-    let plan = run(t0 + 26 * hour);
+    let (plan, _) = run(t0 + 26 * hour);
     assert_eq!(plan.delete_retired, vec![hash_ref.as_slice().to_vec()]);
     assert_eq!(bob.key_packages_stored(), 1, "the retired key is deleted");
     let gone: Option<KeyPackageBundle> =
