@@ -7,7 +7,9 @@
 //! forbids the clock and OS-randomness calls). It defines the storage ports
 //! (traits) that `kith-storage` implements.
 //!
-//! Today it holds [`identity`]: wallets and inboxes, installations, identity
-//! logs, the Kith credential and key packages.
+//! Today it holds [`identity`] (wallets and inboxes, installations, identity
+//! logs, the Kith credential and key packages) and [`delivery`] (topics,
+//! envelopes, cursors and the node's storage port).
 
+pub mod delivery;
 pub mod identity;

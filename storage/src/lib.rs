@@ -23,12 +23,17 @@
 //! `OpenMlsProvider`. [`SledMlsStorage`] also implements the engine's
 //! identity ports (`InstallationStore`, `KeyPackageInventoryStore`) in the
 //! same tree, so that they commit in the same steps as OpenMLS.
+//!
+//! [`SledNodeStore`] is the delivery-service node's store: envelopes,
+//! identity logs and key-package pools, flushed before every
+//! acknowledgement.
 
 mod codec;
 mod error;
 mod identity_store;
 mod keys;
 mod mls_storage;
+mod node_store;
 mod provider;
 mod snapshot;
 mod storage_provider;
@@ -37,5 +42,6 @@ pub use codec::Codec;
 pub use error::StorageError;
 pub use keys::EntryKind;
 pub use mls_storage::{Durability, SledMlsStorage, Step, StorageConfig};
+pub use node_store::SledNodeStore;
 pub use provider::KithProvider;
 pub use snapshot::GroupSnapshot;

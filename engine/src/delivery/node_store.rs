@@ -1,0 +1,277 @@
+//! The node's storage port: what the delivery-service node needs from its
+//! database, in batch operations, so that sled (embedded and single node)
+//! and PostgreSQL (a pool of stateless nodes) can both implement it without
+//! the node logic changing.
+//!
+//! Every method is synchronous; the node calls it from a blocking pool.
+//! Every mutating method is durable when it returns: the node acknowledges
+//! a write only after the store said so.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Mutex,
+};
+
+use super::{
+    envelope::{Cursor, Envelope, NodeId},
+    topic::Topic,
+};
+use crate::identity::{InboxId, InstallationId};
+
+/// One inbox's identity updates as stored: `(sequence, encoded update)`,
+/// in sequence order.
+pub type SequencedUpdates = Vec<(u64, Vec<u8>)>;
+
+/// A key package as the node keeps it: its serialized bytes, and whether it
+/// is the installation's last-resort package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKeyPackage {
+    /// The TLS-serialized `MlsMessage` carrying the key package.
+    pub bytes: Vec<u8>,
+    /// Whether this is the last-resort package (handed out, not removed).
+    pub last_resort: bool,
+}
+
+/// What the delivery-service node stores.
+pub trait NodeStore: Send + Sync {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Store `batch` as new envelopes originated by `originator`, all or
+    /// nothing. Sequence ids continue after the last one this originator
+    /// stored; the originator time is `now_ms`, raised if needed so that it
+    /// never goes below the previous envelope's. Returns the stored
+    /// envelopes, in batch order.
+    fn append_envelopes(
+        &self,
+        originator: NodeId,
+        batch: Vec<(Topic, Vec<u8>)>,
+        now_ms: u64,
+    ) -> Result<Vec<Envelope>, Self::Error>;
+
+    /// Up to `limit` envelopes of `topic` after `cursor`, in canonical
+    /// order.
+    fn query_envelopes(
+        &self,
+        topic: &Topic,
+        cursor: &Cursor,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, Self::Error>;
+
+    /// For each `(inbox, after)`, the stored updates of that inbox with a
+    /// sequence number above `after`, in order, at most `limit` per inbox.
+    fn identity_updates(
+        &self,
+        requests: &[(InboxId, u64)],
+        limit: usize,
+    ) -> Result<Vec<SequencedUpdates>, Self::Error>;
+
+    /// Append an identity update with `sequence` to `inbox`'s log if the log
+    /// currently ends at `sequence - 1`. Returns `false`, storing nothing,
+    /// if it does not (another writer was first). The caller has verified
+    /// the update.
+    fn append_identity_update(
+        &self,
+        inbox: &InboxId,
+        sequence: u64,
+        update: Vec<u8>,
+    ) -> Result<bool, Self::Error>;
+
+    /// Add one-time key packages to `installation`'s pool, and replace its
+    /// last-resort package if one is given. All or nothing.
+    fn add_key_packages(
+        &self,
+        installation: &InstallationId,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<(), Self::Error>;
+
+    /// For each installation, atomically remove and return its oldest
+    /// one-time package, or return its last-resort package (without removing
+    /// it) when the pool is empty, or `None` when it has neither. No package
+    /// is ever handed out twice.
+    fn take_key_packages(
+        &self,
+        installations: &[InstallationId],
+    ) -> Result<Vec<Option<StoredKeyPackage>>, Self::Error>;
+
+    /// How many one-time packages `installation` has left.
+    fn one_time_key_packages_left(
+        &self,
+        installation: &InstallationId,
+    ) -> Result<usize, Self::Error>;
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    /// Per originator: the last sequence id and time.
+    heads: BTreeMap<NodeId, (u64, u64)>,
+    /// Per topic, per originator, by sequence id.
+    envelopes: BTreeMap<Topic, BTreeMap<NodeId, BTreeMap<u64, Envelope>>>,
+    identity: BTreeMap<InboxId, Vec<Vec<u8>>>,
+    one_time: BTreeMap<InstallationId, VecDeque<Vec<u8>>>,
+    last_resort: BTreeMap<InstallationId, Vec<u8>>,
+}
+
+/// A [`NodeStore`] in memory, for tests and an ephemeral `LocalNode`.
+#[derive(Debug, Default)]
+pub struct MemoryNodeStore {
+    inner: Mutex<MemoryInner>,
+}
+
+impl MemoryNodeStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        // Every critical section leaves the data consistent before it could
+        // panic, so a poisoned lock is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl NodeStore for MemoryNodeStore {
+    type Error = std::convert::Infallible;
+
+    fn append_envelopes(
+        &self,
+        originator: NodeId,
+        batch: Vec<(Topic, Vec<u8>)>,
+        now_ms: u64,
+    ) -> Result<Vec<Envelope>, Self::Error> {
+        let mut inner = self.lock();
+        let (mut sequence, last_time) = inner.heads.get(&originator).copied().unwrap_or((0, 0));
+        let time = now_ms.max(last_time);
+        let mut stored = Vec::with_capacity(batch.len());
+        for (topic, payload) in batch {
+            sequence += 1;
+            let envelope = Envelope {
+                topic: topic.clone(),
+                payload,
+                originator_node_id: originator,
+                originator_sequence_id: sequence,
+                originator_time_ms: time,
+            };
+            inner
+                .envelopes
+                .entry(topic)
+                .or_default()
+                .entry(originator)
+                .or_default()
+                .insert(sequence, envelope.clone());
+            stored.push(envelope);
+        }
+        inner.heads.insert(originator, (sequence, time));
+        Ok(stored)
+    }
+
+    fn query_envelopes(
+        &self,
+        topic: &Topic,
+        cursor: &Cursor,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, Self::Error> {
+        let inner = self.lock();
+        let Some(by_node) = inner.envelopes.get(topic) else {
+            return Ok(Vec::new());
+        };
+        let mut found: Vec<Envelope> = by_node
+            .iter()
+            .flat_map(|(node, envelopes)| {
+                envelopes
+                    .range(cursor.get(*node) + 1..)
+                    .take(limit)
+                    .map(|(_, e)| e.clone())
+            })
+            .collect();
+        found.sort_by(Envelope::canonical_cmp);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn identity_updates(
+        &self,
+        requests: &[(InboxId, u64)],
+        limit: usize,
+    ) -> Result<Vec<SequencedUpdates>, Self::Error> {
+        let inner = self.lock();
+        Ok(requests
+            .iter()
+            .map(|(inbox, after)| {
+                inner.identity.get(inbox).map_or_else(Vec::new, |log| {
+                    log.iter()
+                        .enumerate()
+                        .map(|(i, u)| (i as u64 + 1, u.clone()))
+                        .filter(|(seq, _)| seq > after)
+                        .take(limit)
+                        .collect()
+                })
+            })
+            .collect())
+    }
+
+    fn append_identity_update(
+        &self,
+        inbox: &InboxId,
+        sequence: u64,
+        update: Vec<u8>,
+    ) -> Result<bool, Self::Error> {
+        let mut inner = self.lock();
+        let log = inner.identity.entry(*inbox).or_default();
+        if log.len() as u64 + 1 != sequence {
+            return Ok(false);
+        }
+        log.push(update);
+        Ok(true)
+    }
+
+    fn add_key_packages(
+        &self,
+        installation: &InstallationId,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<(), Self::Error> {
+        let mut inner = self.lock();
+        inner
+            .one_time
+            .entry(*installation)
+            .or_default()
+            .extend(one_time);
+        if let Some(last_resort) = last_resort {
+            inner.last_resort.insert(*installation, last_resort);
+        }
+        Ok(())
+    }
+
+    fn take_key_packages(
+        &self,
+        installations: &[InstallationId],
+    ) -> Result<Vec<Option<StoredKeyPackage>>, Self::Error> {
+        let mut inner = self.lock();
+        Ok(installations
+            .iter()
+            .map(|id| {
+                if let Some(bytes) = inner.one_time.get_mut(id).and_then(VecDeque::pop_front) {
+                    return Some(StoredKeyPackage {
+                        bytes,
+                        last_resort: false,
+                    });
+                }
+                inner.last_resort.get(id).map(|bytes| StoredKeyPackage {
+                    bytes: bytes.clone(),
+                    last_resort: true,
+                })
+            })
+            .collect())
+    }
+
+    fn one_time_key_packages_left(
+        &self,
+        installation: &InstallationId,
+    ) -> Result<usize, Self::Error> {
+        Ok(self
+            .lock()
+            .one_time
+            .get(installation)
+            .map_or(0, VecDeque::len))
+    }
+}

@@ -1,0 +1,209 @@
+//! Behaviour every [`NodeStore`] must have. The in-memory store runs it in
+//! this crate's tests; `kith-storage` runs it against sled (feature
+//! `test-suite`).
+
+use std::collections::BTreeSet;
+
+use super::{Cursor, NodeStore, Topic};
+use crate::identity::{InboxId, InstallationId};
+
+fn group(n: u8) -> Topic {
+    Topic::Group(vec![n; 4])
+}
+
+/// Run every check below against `store`, which must be empty.
+///
+/// # Panics
+/// When the store misbehaves.
+pub fn node_store_suite<S: NodeStore>(store: &S) {
+    envelopes_are_sequenced_ordered_and_paged(store);
+    identity_logs_append_only_in_sequence(store);
+    key_packages_are_handed_out_once_then_last_resort(store);
+}
+
+fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
+    let first = store
+        .append_envelopes(
+            1,
+            vec![(group(1), b"a".to_vec()), (group(2), b"b".to_vec())],
+            1_000,
+        )
+        .expect("append");
+    assert_eq!(
+        first
+            .iter()
+            .map(|e| e.originator_sequence_id)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The clock went backwards: the node's time must not.
+    let second = store
+        .append_envelopes(1, vec![(group(1), b"c".to_vec())], 900)
+        .expect("append");
+    assert_eq!(second[0].originator_sequence_id, 3);
+    assert_eq!(second[0].originator_time_ms, 1_000);
+    // Another originator (replication) interleaves in canonical order.
+    store
+        .append_envelopes(2, vec![(group(1), b"x".to_vec())], 950)
+        .expect("append");
+    // An empty batch stores nothing and does not move the sequence.
+    assert!(
+        store
+            .append_envelopes(1, vec![], 2_000)
+            .expect("append")
+            .is_empty()
+    );
+
+    let all = store
+        .query_envelopes(&group(1), &Cursor::new(), 100)
+        .expect("query");
+    let payloads: Vec<&[u8]> = all.iter().map(|e| e.payload.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        vec![b"x".as_slice(), b"a", b"c"],
+        "canonical order"
+    );
+    assert!(all.windows(2).all(|w| w[0].canonical_cmp(&w[1]).is_lt()));
+
+    // Paging with a vector cursor visits each envelope exactly once.
+    let mut cursor = Cursor::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = store.query_envelopes(&group(1), &cursor, 1).expect("query");
+        if page.is_empty() {
+            break;
+        }
+        for envelope in page {
+            cursor.advance(&envelope);
+            seen.push(envelope);
+        }
+    }
+    assert_eq!(seen, all);
+    assert_eq!(cursor.get(1), 3);
+    assert_eq!(cursor.get(2), 1);
+
+    // A cursor filters per originator.
+    let after_a = Cursor::from_iter([(1, 1)]);
+    let rest = store
+        .query_envelopes(&group(1), &after_a, 100)
+        .expect("query");
+    assert_eq!(rest.len(), 2);
+    assert!(
+        store
+            .query_envelopes(&group(9), &Cursor::new(), 100)
+            .expect("query")
+            .is_empty()
+    );
+    let next = store
+        .append_envelopes(1, vec![(group(2), b"d".to_vec())], 3_000)
+        .expect("append");
+    assert_eq!(
+        next[0].originator_sequence_id, 4,
+        "empty batches took no ids"
+    );
+}
+
+fn identity_logs_append_only_in_sequence<S: NodeStore>(store: &S) {
+    let inbox = InboxId::from_bytes([7; 20]);
+    let other = InboxId::from_bytes([8; 20]);
+    assert!(
+        !store
+            .append_identity_update(&inbox, 2, b"u2".to_vec())
+            .expect("append")
+    );
+    assert!(
+        store
+            .append_identity_update(&inbox, 1, b"u1".to_vec())
+            .expect("append")
+    );
+    assert!(
+        !store
+            .append_identity_update(&inbox, 1, b"again".to_vec())
+            .expect("append")
+    );
+    assert!(
+        store
+            .append_identity_update(&inbox, 2, b"u2".to_vec())
+            .expect("append")
+    );
+    let answers = store
+        .identity_updates(&[(inbox, 0), (inbox, 1), (other, 0)], 100)
+        .expect("get");
+    assert_eq!(
+        answers,
+        vec![
+            vec![(1, b"u1".to_vec()), (2, b"u2".to_vec())],
+            vec![(2, b"u2".to_vec())],
+            vec![],
+        ]
+    );
+    assert_eq!(
+        store.identity_updates(&[(inbox, 0)], 1).expect("get"),
+        vec![vec![(1, b"u1".to_vec())]]
+    );
+}
+
+fn key_packages_are_handed_out_once_then_last_resort<S: NodeStore>(store: &S) {
+    let victim = InstallationId([1; 32]);
+    let empty = InstallationId([2; 32]);
+    let one_time: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
+    store
+        .add_key_packages(&victim, one_time.clone(), Some(b"last".to_vec()))
+        .expect("add");
+    assert_eq!(
+        store.one_time_key_packages_left(&victim).expect("count"),
+        50
+    );
+
+    // Many concurrent takers: every one-time package exactly once.
+    let taken: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..5)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| {
+                            let got = store.take_key_packages(&[victim]).expect("take");
+                            let package = got[0].clone().expect("a package");
+                            assert!(!package.last_resort);
+                            package.bytes
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("taker"))
+            .collect()
+    });
+    let distinct: BTreeSet<&Vec<u8>> = taken.iter().collect();
+    assert_eq!(distinct.len(), 50, "no package handed out twice");
+    assert_eq!(distinct, one_time.iter().collect());
+    assert_eq!(store.one_time_key_packages_left(&victim).expect("count"), 0);
+
+    // Empty pool: the last-resort package, again and again, marked.
+    let got = store
+        .take_key_packages(&[victim, empty, victim])
+        .expect("take");
+    assert_eq!(got[1], None);
+    for package in [&got[0], &got[2]] {
+        let package = package.as_ref().expect("last resort");
+        assert!(package.last_resort);
+        assert_eq!(package.bytes, b"last");
+    }
+    // A new upload refills; one-time packages come first again, oldest first.
+    store
+        .add_key_packages(&victim, vec![b"n1".to_vec(), b"n2".to_vec()], None)
+        .expect("add");
+    let got = store.take_key_packages(&[victim]).expect("take");
+    assert_eq!(got[0].as_ref().expect("one").bytes, b"n1");
+    assert_eq!(store.one_time_key_packages_left(&victim).expect("count"), 1);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_node_store() {
+        super::node_store_suite(&super::super::MemoryNodeStore::default());
+    }
+}
