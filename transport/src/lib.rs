@@ -1,5 +1,17 @@
-//! `kith-transport` will be Kith's wire layer.
+//! `kith-transport`: Kith's wire layer.
 //!
-//! It will hold the `kith.v1` protobuf definitions, the generated prost and
-//! tonic code, the gRPC delivery-service node (binary `kith-node`), the gRPC
-//! client, and `LocalNode`, the same node logic running in-process.
+//! It holds the `kith.v1` protobuf definitions (`proto/kith/v1/`), the
+//! generated prost and tonic code ([`proto`], for tools and tests; the rest
+//! of Kith uses engine types), the conversions between the two
+//! ([`convert`]), and the delivery-service [`node`]: its logic, limits,
+//! authentication, rate limits and gRPC service. The `kith-node` binary, the
+//! gRPC client and `LocalNode` are still to come.
+//!
+//! ```text
+//!  proto/kith/v1/*.proto ──build.rs (tonic-prost-build, vendored protoc)──► proto (generated)
+//!  proto types ◄──convert──► kith_engine::{delivery, identity} types
+//! ```
+
+pub mod convert;
+pub mod node;
+pub mod proto;

@@ -1,0 +1,633 @@
+//! [`NodeLogic`]: everything the node does, once. The gRPC service and
+//! `LocalNode` are thin layers over it.
+//!
+//! Storage calls are blocking (the [`NodeStore`] port) and run on tokio's
+//! blocking pool; so does signature and key-package verification. New
+//! envelopes are announced on a broadcast channel after they are stored, and
+//! subscriptions register on it *before* they catch up from the store, so
+//! that nothing falls between catch-up and live.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kith_engine::{
+    delivery::{Cursor, Envelope, NodeStore, StoredKeyPackage, Topic},
+    identity::{
+        IdentityConfig, IdentityError, IdentityState, IdentityUpdate, InboxId, InstallationId,
+        KeyPackageError, credential_inbox, validate_key_package,
+    },
+};
+use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    auth,
+    config::NodeConfig,
+    error::NodeError,
+    rate_limit::{Buckets, take_all},
+};
+
+/// Where the node's time comes from; tests drive it by hand.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// How many live envelopes a slow subscriber may fall behind before it
+/// re-reads from the store instead.
+const LIVE_BUFFER: usize = 4_096;
+
+/// One answer of a key-package fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedKeyPackage {
+    /// The target installation.
+    pub installation: InstallationId,
+    /// Its key package, if it has any.
+    pub key_package: Option<StoredKeyPackage>,
+}
+
+/// A signed key-package upload, as received.
+#[derive(Debug, Clone)]
+pub struct KeyPackageUpload {
+    /// The uploading installation.
+    pub installation: InstallationId,
+    /// One-time packages (TLS-serialized `MlsMessage`s).
+    pub one_time: Vec<Vec<u8>>,
+    /// A last-resort package.
+    pub last_resort: Option<Vec<u8>>,
+    /// The request's timestamp (ms).
+    pub timestamp_ms: u64,
+    /// The installation's signature over [`auth::upload_signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+/// A signed key-package fetch, as received.
+#[derive(Debug, Clone)]
+pub struct KeyPackageFetch {
+    /// The installations to fetch a package for.
+    pub targets: Vec<InstallationId>,
+    /// The requester's inbox.
+    pub requester_inbox: InboxId,
+    /// The requesting installation.
+    pub requester: InstallationId,
+    /// The request's timestamp (ms).
+    pub timestamp_ms: u64,
+    /// The requester's signature over [`auth::fetch_signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+struct Limiter {
+    requesters: Buckets,
+    targets: Buckets,
+}
+
+/// The node. See the module docs.
+pub struct NodeLogic<S> {
+    config: NodeConfig,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    live: broadcast::Sender<Arc<Envelope>>,
+    /// Held from storing a batch until it is announced, so that live
+    /// envelopes are announced in sequence order: a subscriber skips what
+    /// its cursor already covers, and an out-of-order announcement would be
+    /// skipped for good.
+    publish_order: tokio::sync::Mutex<()>,
+    /// Set when the node shuts down: subscriptions end, so that a graceful
+    /// shutdown is not held open by streams that never finish.
+    closing: tokio::sync::watch::Sender<bool>,
+    limiter: Mutex<Limiter>,
+}
+
+impl<S> std::fmt::Debug for NodeLogic<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLogic")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
+impl<S: NodeStore + 'static> NodeLogic<S> {
+    /// A node over `store`, on the system clock.
+    pub fn new(config: NodeConfig, store: S) -> Self {
+        Self::with_clock(config, store, Arc::new(SystemClock))
+    }
+
+    /// A node over `store`, on `clock`.
+    pub fn with_clock(config: NodeConfig, store: S, clock: Arc<dyn Clock>) -> Self {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self {
+            limiter: Mutex::new(Limiter {
+                requesters: Buckets::new(config.limits.fetch_per_requester),
+                targets: Buckets::new(config.limits.fetch_per_target),
+            }),
+            config,
+            store: Arc::new(store),
+            clock,
+            live,
+            publish_order: tokio::sync::Mutex::new(()),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// End every subscription (their streams finish cleanly). Called when
+    /// the node shuts down.
+    pub fn close_subscriptions(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(internal)?
+    }
+
+    /// Store a batch of envelopes, all or nothing, and announce them.
+    pub async fn publish(&self, batch: Vec<(String, Vec<u8>)>) -> Result<Vec<Envelope>, NodeError> {
+        let limits = self.config.limits;
+        if batch.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "publish at least one envelope".into(),
+            ));
+        }
+        if batch.len() > limits.max_batch_envelopes {
+            return Err(NodeError::too_large(format!(
+                "{} envelopes in one publish; the limit is {}",
+                batch.len(),
+                limits.max_batch_envelopes
+            )));
+        }
+        let mut parsed = Vec::with_capacity(batch.len());
+        for (i, (topic, payload)) in batch.into_iter().enumerate() {
+            let topic: Topic = topic
+                .parse()
+                .map_err(|e: kith_engine::delivery::TopicError| {
+                    NodeError::InvalidArgument(format!("envelope {i}: {e}"))
+                })?;
+            if payload.len() > limits.max_envelope_bytes {
+                return Err(NodeError::too_large(format!(
+                    "envelope {i} is {} bytes; the limit is {}",
+                    payload.len(),
+                    limits.max_envelope_bytes
+                )));
+            }
+            parsed.push((topic, payload));
+        }
+        let node_id = self.config.node_id;
+        let _order = self.publish_order.lock().await;
+        let now = self.clock.now_ms();
+        let stored = self
+            .blocking(move |store| {
+                store
+                    .append_envelopes(node_id, parsed, now)
+                    .map_err(internal)
+            })
+            .await?;
+        for envelope in &stored {
+            // No subscriber is not an error.
+            let _ = self.live.send(Arc::new(envelope.clone()));
+        }
+        Ok(stored)
+    }
+
+    /// One page of `topic` after `cursor`; returns the page, the advanced
+    /// cursor and whether more may follow.
+    pub async fn query(
+        &self,
+        topic: &str,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Cursor, bool), NodeError> {
+        let topic: Topic = topic
+            .parse()
+            .map_err(|e: kith_engine::delivery::TopicError| {
+                NodeError::InvalidArgument(e.to_string())
+            })?;
+        let max = self.config.limits.max_page_envelopes;
+        let limit = if limit == 0 { max } else { limit.min(max) };
+        let after = cursor.clone();
+        let page = self
+            .blocking(move |store| {
+                store
+                    .query_envelopes(&topic, &after, limit)
+                    .map_err(internal)
+            })
+            .await?;
+        let mut next = cursor;
+        for envelope in &page {
+            next.advance(envelope);
+        }
+        let more = page.len() == limit;
+        Ok((page, next, more))
+    }
+
+    /// Subscribe to `topics` from their cursors: catch-up, then live, with
+    /// no gap and no duplicate. The stream ends when the receiver is
+    /// dropped.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        topics: Vec<(String, Cursor)>,
+    ) -> Result<mpsc::Receiver<Result<Vec<Envelope>, NodeError>>, NodeError> {
+        if topics.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "subscribe to at least one topic".into(),
+            ));
+        }
+        if topics.len() > self.config.limits.max_subscription_topics {
+            return Err(NodeError::too_large(format!(
+                "{} topics in one subscription; the limit is {}",
+                topics.len(),
+                self.config.limits.max_subscription_topics
+            )));
+        }
+        let mut cursors = std::collections::HashMap::new();
+        for (topic, cursor) in topics {
+            let topic: Topic = topic
+                .parse()
+                .map_err(|e: kith_engine::delivery::TopicError| {
+                    NodeError::InvalidArgument(e.to_string())
+                })?;
+            cursors.insert(topic, cursor);
+        }
+        // Register for live envelopes before catching up (see module docs).
+        let mut live = self.live.subscribe();
+        let mut closing = self.closing.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            if node.catch_up(&mut cursors, &tx).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    // The subscriber left, or the node is shutting down.
+                    () = tx.closed() => return,
+                    _ = closing.wait_for(|closing| *closing) => return,
+                    next = live.recv() => next,
+                };
+                match next {
+                    Ok(envelope) => {
+                        let Some(cursor) = cursors.get_mut(&envelope.topic) else {
+                            continue;
+                        };
+                        if !cursor.is_before(&envelope) {
+                            continue; // already sent during catch-up
+                        }
+                        cursor.advance(&envelope);
+                        if tx.send(Ok(vec![(*envelope).clone()])).await.is_err() {
+                            return; // the subscriber left
+                        }
+                    }
+                    // Fell behind the live buffer: read the rest from the
+                    // store, which has everything.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if node.catch_up(&mut cursors, &tx).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Send everything after each cursor, page by page, advancing them.
+    /// `Err` means the subscriber is gone.
+    async fn catch_up(
+        &self,
+        cursors: &mut std::collections::HashMap<Topic, Cursor>,
+        tx: &mpsc::Sender<Result<Vec<Envelope>, NodeError>>,
+    ) -> Result<(), ()> {
+        let topics: Vec<Topic> = cursors.keys().cloned().collect();
+        for topic in topics {
+            loop {
+                let cursor = cursors.get(&topic).cloned().unwrap_or_default();
+                let limit = self.config.limits.max_page_envelopes;
+                let t = topic.clone();
+                let page = match self
+                    .blocking(move |store| {
+                        store.query_envelopes(&t, &cursor, limit).map_err(internal)
+                    })
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return Err(());
+                    }
+                };
+                if page.is_empty() {
+                    break;
+                }
+                let full = page.len() == limit;
+                if let Some(cursor) = cursors.get_mut(&topic) {
+                    for envelope in &page {
+                        cursor.advance(envelope);
+                    }
+                }
+                tx.send(Ok(page)).await.map_err(|_| ())?;
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Verify `update` against the stored log of its inbox and store it.
+    pub async fn publish_identity_update(&self, update: IdentityUpdate) -> Result<u64, NodeError> {
+        self.blocking(move |store| {
+            let inbox = update.unsigned.inbox;
+            let mut state = load_identity(store, inbox)?;
+            state.apply(&update).map_err(identity_error)?;
+            let sequence = update.unsigned.sequence;
+            if store
+                .append_identity_update(&inbox, sequence, update.to_bytes())
+                .map_err(internal)?
+            {
+                Ok(sequence)
+            } else {
+                Err(NodeError::FailedPrecondition(format!(
+                    "another update {sequence} of inbox {inbox} was stored first; \
+                     fetch the log and sign the next update"
+                )))
+            }
+        })
+        .await
+    }
+
+    /// Identity updates of many inboxes after given sequence numbers.
+    pub async fn identity_updates(
+        &self,
+        requests: Vec<(InboxId, u64)>,
+    ) -> Result<Vec<Vec<IdentityUpdate>>, NodeError> {
+        if requests.len() > self.config.limits.max_identity_inboxes {
+            return Err(NodeError::too_large(format!(
+                "{} inboxes in one request; the limit is {}",
+                requests.len(),
+                self.config.limits.max_identity_inboxes
+            )));
+        }
+        self.blocking(move |store| {
+            store
+                .identity_updates(&requests, usize::MAX)
+                .map_err(internal)?
+                .into_iter()
+                .map(|updates| {
+                    updates
+                        .into_iter()
+                        .map(|(_, bytes)| IdentityUpdate::from_bytes(&bytes).map_err(internal))
+                        .collect()
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Verify and store a key-package upload; returns the one-time packages
+    /// the installation has left.
+    pub async fn upload_key_packages(&self, upload: KeyPackageUpload) -> Result<usize, NodeError> {
+        let limits = self.config.limits;
+        let count = upload.one_time.len() + usize::from(upload.last_resort.is_some());
+        if count > limits.max_batch_key_packages {
+            return Err(NodeError::too_large(format!(
+                "{count} key packages in one upload; the limit is {}",
+                limits.max_batch_key_packages
+            )));
+        }
+        let now_ms = self.clock.now_ms();
+        let window = u64::try_from(limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        self.blocking(move |store| {
+            let signed = auth::upload_signed_bytes(
+                upload.timestamp_ms,
+                &upload.installation,
+                &upload.one_time,
+                upload.last_resort.as_deref(),
+            );
+            auth::check(
+                &upload.installation,
+                &signed,
+                &upload.signature,
+                upload.timestamp_ms,
+                now_ms,
+                window,
+            )?;
+            let crypto = openmls_rust_crypto::RustCrypto::default();
+            let mut identities = std::collections::HashMap::new();
+            let packages = upload
+                .one_time
+                .iter()
+                .map(|p| (p, false))
+                .chain(upload.last_resort.iter().map(|p| (p, true)));
+            for (i, (bytes, want_last_resort)) in packages.enumerate() {
+                check_uploaded_package(
+                    store,
+                    &crypto,
+                    &mut identities,
+                    bytes,
+                    &upload.installation,
+                    want_last_resort,
+                    now_ms / 1000,
+                )
+                .map_err(|e| match e {
+                    NodeError::InvalidArgument(m) => {
+                        NodeError::InvalidArgument(format!("key package {i}: {m}"))
+                    }
+                    other => other,
+                })?;
+            }
+            store
+                .add_key_packages(&upload.installation, upload.one_time, upload.last_resort)
+                .map_err(internal)?;
+            store
+                .one_time_key_packages_left(&upload.installation)
+                .map_err(internal)
+        })
+        .await
+    }
+
+    /// Authenticate and rate-limit a fetch, then hand out one package per
+    /// target.
+    pub async fn fetch_key_packages(
+        &self,
+        fetch: KeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, NodeError> {
+        let limits = self.config.limits;
+        if fetch.targets.is_empty() || fetch.targets.len() > limits.max_batch_key_packages {
+            return Err(NodeError::InvalidArgument(format!(
+                "fetch between 1 and {} key packages, not {}",
+                limits.max_batch_key_packages,
+                fetch.targets.len()
+            )));
+        }
+        let now_ms = self.clock.now_ms();
+        let window = u64::try_from(limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        let signed = auth::fetch_signed_bytes(
+            fetch.timestamp_ms,
+            &fetch.requester_inbox,
+            &fetch.requester,
+            &fetch.targets,
+        );
+        auth::check(
+            &fetch.requester,
+            &signed,
+            &fetch.signature,
+            fetch.timestamp_ms,
+            now_ms,
+            window,
+        )?;
+        let (inbox, requester) = (fetch.requester_inbox, fetch.requester);
+        let registered = self
+            .blocking(move |store| Ok(load_identity(store, inbox)?.is_active(&requester)))
+            .await?;
+        if !registered {
+            return Err(NodeError::Unauthenticated(format!(
+                "installation {requester} is not an active installation of inbox {inbox}"
+            )));
+        }
+        {
+            let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+            let Limiter {
+                requesters,
+                targets,
+            } = &mut *limiter;
+            let mut per_target: std::collections::BTreeMap<InstallationId, u32> =
+                std::collections::BTreeMap::new();
+            for target in &fetch.targets {
+                *per_target.entry(*target).or_default() += 1;
+            }
+            let requester_cost = u32::try_from(fetch.targets.len()).unwrap_or(u32::MAX);
+            let mut charges = [
+                (requesters, vec![(requester, requester_cost)]),
+                (targets, per_target.into_iter().collect()),
+            ];
+            if let Err(wait) = take_all(&mut charges, now_ms) {
+                return Err(NodeError::ResourceExhausted {
+                    message: format!(
+                        "key-package fetch rate limit exceeded; retry in {} ms",
+                        wait.min(u64::from(u32::MAX))
+                    ),
+                    retry_after_ms: Some(wait),
+                });
+            }
+        }
+        let targets = fetch.targets;
+        self.blocking(move |store| {
+            let packages = store.take_key_packages(&targets).map_err(internal)?;
+            Ok(targets
+                .into_iter()
+                .zip(packages)
+                .map(|(installation, key_package)| FetchedKeyPackage {
+                    installation,
+                    key_package,
+                })
+                .collect())
+        })
+        .await
+    }
+}
+
+fn load_identity<S: NodeStore>(store: &S, inbox: InboxId) -> Result<IdentityState, NodeError> {
+    let stored = store
+        .identity_updates(&[(inbox, 0)], usize::MAX)
+        .map_err(internal)?
+        .pop()
+        .unwrap_or_default();
+    let updates = stored
+        .iter()
+        .map(|(_, bytes)| IdentityUpdate::from_bytes(bytes).map_err(internal))
+        .collect::<Result<Vec<_>, _>>()?;
+    IdentityState::from_log(inbox, IdentityConfig::default(), &updates).map_err(|e| {
+        internal(format!(
+            "stored identity log of {inbox} does not verify: {e}"
+        ))
+    })
+}
+
+fn identity_error(e: IdentityError) -> NodeError {
+    use IdentityError as E;
+    match e {
+        E::BadWalletSignature(_)
+        | E::ForeignWalletSignature { .. }
+        | E::MissingProofOfPossession
+        | E::BadProofOfPossession => NodeError::Unauthenticated(e.to_string()),
+        E::Malformed(_)
+        | E::InvalidKey(_)
+        | E::UnexpectedInstallationSignature
+        | E::WrongInbox { .. } => NodeError::InvalidArgument(e.to_string()),
+        other => NodeError::FailedPrecondition(other.to_string()),
+    }
+}
+
+fn check_uploaded_package<S: NodeStore>(
+    store: &S,
+    crypto: &openmls_rust_crypto::RustCrypto,
+    identities: &mut std::collections::HashMap<InboxId, IdentityState>,
+    bytes: &[u8],
+    uploader: &InstallationId,
+    want_last_resort: bool,
+    now_secs: u64,
+) -> Result<(), NodeError> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| NodeError::InvalidArgument(format!("does not parse: {e:?}")))?;
+    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+        return Err(NodeError::InvalidArgument(
+            "is not a KeyPackage message".into(),
+        ));
+    };
+    // The credential names the inbox whose log decides; checked properly by
+    // validate_key_package below.
+    let unverified = key_package.unverified_credential();
+    let inbox = credential_inbox(&unverified.credential)
+        .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+    let state = match identities.entry(inbox) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            entry.insert(load_identity(store, inbox)?)
+        }
+    };
+    let validated =
+        validate_key_package(crypto, key_package, now_secs, state).map_err(|e| match e {
+            KeyPackageError::Credential(c) => NodeError::Unauthenticated(c.to_string()),
+            KeyPackageError::Invalid(m) => NodeError::Unauthenticated(m),
+            other => NodeError::InvalidArgument(other.to_string()),
+        })?;
+    if validated.installation != *uploader {
+        return Err(NodeError::Unauthenticated(format!(
+            "belongs to installation {}, not the uploader",
+            validated.installation
+        )));
+    }
+    if validated.last_resort != want_last_resort {
+        return Err(NodeError::InvalidArgument(if want_last_resort {
+            "the last_resort field needs a package with the LastResortExtension".into()
+        } else {
+            "a last-resort package was uploaded as one-time".into()
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Serving a [`NodeLogic`] over gRPC on a listener, with the standard health
+//! and reflection services, until a shutdown future resolves.
+
+use std::{future::Future, sync::Arc};
+
+use kith_engine::delivery::NodeStore;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::{logic::NodeLogic, service::NodeService};
+use crate::proto;
+
+/// Serve `logic` on `listener` until `shutdown` resolves; in-flight calls
+/// finish first. Includes `grpc.health.v1` (the node reports SERVING) and
+/// server reflection, so that standard gRPC tools can list and call it.
+pub async fn serve<S: NodeStore + 'static>(
+    listener: TcpListener,
+    logic: Arc<NodeLogic<S>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::node_server::NodeServer<NodeService<S>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            // The descriptor set is generated at build time and always
+            // valid; if it ever is not, serving without reflection would
+            // hide the bug.
+            tracing::error!("reflection descriptor is invalid: {e}");
+            e
+        });
+    let closing = Arc::clone(&logic);
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_subscriptions();
+    };
+    let mut router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(proto::node_server::NodeServer::new(NodeService::new(logic)));
+    if let Ok(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,221 @@
+//! The gRPC face of [`NodeLogic`]: decode, delegate, encode. Every handler
+//! runs in a tracing span; errors map to statuses in `error.rs`.
+
+use std::{pin::Pin, sync::Arc};
+
+use kith_engine::delivery::NodeStore;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::{
+    error::NodeError,
+    logic::{KeyPackageFetch, KeyPackageUpload, NodeLogic},
+};
+use crate::{convert, proto};
+
+/// The tonic service over a [`NodeLogic`].
+#[derive(Debug)]
+pub struct NodeService<S> {
+    logic: Arc<NodeLogic<S>>,
+}
+
+impl<S> NodeService<S> {
+    /// A service over `logic`.
+    pub fn new(logic: Arc<NodeLogic<S>>) -> Self {
+        Self { logic }
+    }
+}
+
+type EnvelopeStream =
+    Pin<Box<dyn Stream<Item = Result<proto::SubscribeEnvelopesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
+    #[tracing::instrument(skip_all, fields(envelopes = request.get_ref().envelopes.len()))]
+    async fn publish_envelopes(
+        &self,
+        request: Request<proto::PublishEnvelopesRequest>,
+    ) -> Result<Response<proto::PublishEnvelopesResponse>, Status> {
+        let batch = request
+            .into_inner()
+            .envelopes
+            .into_iter()
+            .map(|e| (e.topic, e.payload))
+            .collect();
+        let stored = self.logic.publish(batch).await?;
+        Ok(Response::new(proto::PublishEnvelopesResponse {
+            envelopes: stored.iter().map(convert::envelope_to_proto).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic))]
+    async fn query_envelopes(
+        &self,
+        request: Request<proto::QueryEnvelopesRequest>,
+    ) -> Result<Response<proto::QueryEnvelopesResponse>, Status> {
+        let request = request.into_inner();
+        let cursor = convert::cursor_from_proto(request.cursor);
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let (page, next, more) = self.logic.query(&request.topic, cursor, limit).await?;
+        Ok(Response::new(proto::QueryEnvelopesResponse {
+            envelopes: page.iter().map(convert::envelope_to_proto).collect(),
+            next_cursor: Some(convert::cursor_to_proto(&next)),
+            more,
+        }))
+    }
+
+    type SubscribeEnvelopesStream = EnvelopeStream;
+
+    #[tracing::instrument(skip_all, fields(topics = request.get_ref().topics.len()))]
+    async fn subscribe_envelopes(
+        &self,
+        request: Request<proto::SubscribeEnvelopesRequest>,
+    ) -> Result<Response<Self::SubscribeEnvelopesStream>, Status> {
+        let topics = request
+            .into_inner()
+            .topics
+            .into_iter()
+            .map(|t| (t.topic, convert::cursor_from_proto(t.cursor)))
+            .collect();
+        let receiver = self.logic.subscribe(topics)?;
+        let stream = ReceiverStream::new(receiver).map(|batch| {
+            batch
+                .map(|envelopes| proto::SubscribeEnvelopesResponse {
+                    envelopes: envelopes.iter().map(convert::envelope_to_proto).collect(),
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all, fields(one_time = request.get_ref().one_time.len()))]
+    async fn upload_key_packages(
+        &self,
+        request: Request<proto::UploadKeyPackagesRequest>,
+    ) -> Result<Response<proto::UploadKeyPackagesResponse>, Status> {
+        let request = request.into_inner();
+        let upload = KeyPackageUpload {
+            installation: convert::installation("installation_id", &request.installation_id)
+                .map_err(NodeError::from)?,
+            one_time: request.one_time,
+            last_resort: request.last_resort,
+            timestamp_ms: request.timestamp_ms,
+            signature: request.signature,
+        };
+        let left = self.logic.upload_key_packages(upload).await?;
+        Ok(Response::new(proto::UploadKeyPackagesResponse {
+            one_time_available: u32::try_from(left).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(targets = request.get_ref().installation_ids.len()))]
+    async fn fetch_key_packages(
+        &self,
+        request: Request<proto::FetchKeyPackagesRequest>,
+    ) -> Result<Response<proto::FetchKeyPackagesResponse>, Status> {
+        let request = request.into_inner();
+        let targets = request
+            .installation_ids
+            .iter()
+            .map(|id| convert::installation("installation_ids", id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(NodeError::from)?;
+        let fetch = KeyPackageFetch {
+            targets,
+            requester_inbox: convert::inbox("requester_inbox", &request.requester_inbox)
+                .map_err(NodeError::from)?,
+            requester: convert::installation(
+                "requester_installation_id",
+                &request.requester_installation_id,
+            )
+            .map_err(NodeError::from)?,
+            timestamp_ms: request.timestamp_ms,
+            signature: request.signature,
+        };
+        let fetched = self.logic.fetch_key_packages(fetch).await?;
+        Ok(Response::new(proto::FetchKeyPackagesResponse {
+            key_packages: fetched
+                .into_iter()
+                .map(|f| proto::FetchedKeyPackage {
+                    installation_id: f.installation.as_bytes().to_vec(),
+                    last_resort: f.key_package.as_ref().is_some_and(|p| p.last_resort),
+                    key_package: f.key_package.map(|p| p.bytes),
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn publish_identity_update(
+        &self,
+        request: Request<proto::PublishIdentityUpdateRequest>,
+    ) -> Result<Response<proto::PublishIdentityUpdateResponse>, Status> {
+        let update = request
+            .into_inner()
+            .update
+            .ok_or_else(|| NodeError::InvalidArgument("missing update".into()))?;
+        let update = convert::identity_update_from_proto(&update).map_err(NodeError::from)?;
+        let sequence = self.logic.publish_identity_update(update).await?;
+        Ok(Response::new(proto::PublishIdentityUpdateResponse {
+            sequence,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(inboxes = request.get_ref().inboxes.len()))]
+    async fn get_identity_updates(
+        &self,
+        request: Request<proto::GetIdentityUpdatesRequest>,
+    ) -> Result<Response<proto::GetIdentityUpdatesResponse>, Status> {
+        let requests = request
+            .into_inner()
+            .inboxes
+            .iter()
+            .map(|i| Ok((convert::inbox("inboxes.inbox", &i.inbox)?, i.after_sequence)))
+            .collect::<Result<Vec<_>, convert::ConvertError>>()
+            .map_err(NodeError::from)?;
+        let inboxes: Vec<_> = requests.iter().map(|(inbox, _)| *inbox).collect();
+        let answers = self.logic.identity_updates(requests).await?;
+        let inboxes = inboxes
+            .into_iter()
+            .zip(answers)
+            .map(|(inbox, updates)| {
+                Ok(proto::InboxUpdates {
+                    inbox: inbox.as_bytes().to_vec(),
+                    updates: updates
+                        .iter()
+                        .map(convert::identity_update_to_proto)
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, convert::ConvertError>>()
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        Ok(Response::new(proto::GetIdentityUpdatesResponse { inboxes }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_node_info(
+        &self,
+        _request: Request<proto::GetNodeInfoRequest>,
+    ) -> Result<Response<proto::GetNodeInfoResponse>, Status> {
+        let config = self.logic.config();
+        let l = config.limits;
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Response::new(proto::GetNodeInfoResponse {
+            node_id: config.node_id,
+            consistency_mode: proto::ConsistencyMode::Strong as i32,
+            settle_window_ms: 0,
+            limits: Some(proto::NodeLimits {
+                max_envelope_bytes: l.max_envelope_bytes as u64,
+                max_batch_envelopes: n(l.max_batch_envelopes),
+                max_page_envelopes: n(l.max_page_envelopes),
+                max_subscription_topics: n(l.max_subscription_topics),
+                max_identity_inboxes: n(l.max_identity_inboxes),
+                max_batch_key_packages: n(l.max_batch_key_packages),
+                fetch_burst_per_requester: l.fetch_per_requester.burst,
+                fetch_per_minute_per_requester: l.fetch_per_requester.per_minute,
+                fetch_burst_per_target: l.fetch_per_target.burst,
+                fetch_per_minute_per_target: l.fetch_per_target.per_minute,
+            }),
+        }))
+    }
+}

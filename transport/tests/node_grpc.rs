@@ -1,0 +1,700 @@
+//! The node over real gRPC on a loopback port, on a sled store: every RPC's
+//! normal path and the rejections of bad input, signatures, timestamps and
+//! rate limits.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use kith_engine::identity::{
+    InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package,
+};
+use kith_storage::SledNodeStore;
+use kith_transport::{
+    convert,
+    node::{
+        Clock, NodeConfig, NodeLogic, RETRY_AFTER_METADATA, fetch_signed_bytes, serve,
+        upload_signed_bytes,
+    },
+    proto::{self, node_client::NodeClient},
+};
+use openmls::prelude::MlsMessageOut;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt as _;
+use tonic::{Code, transport::Channel};
+
+/// A clock the test moves by hand, starting at the real time (so that the
+/// key packages OpenMLS checks against the system clock are valid).
+#[derive(Debug)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn system_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+struct Node {
+    client: NodeClient<Channel>,
+    clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledNodeStore::open(dir.path().join("node")).expect("open store");
+        let clock = Arc::new(ManualClock(AtomicU64::new(system_now_ms())));
+        let logic = Arc::new(NodeLogic::with_clock(
+            NodeConfig::new(7),
+            store,
+            clock.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(listener, logic, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        let client = NodeClient::connect(format!("http://{address}"))
+            .await
+            .expect("connect");
+        Self {
+            client,
+            clock,
+            stop: Some(stop),
+            server,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.await.expect("server stopped cleanly");
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+fn envelope(topic: &str, payload: &[u8]) -> proto::PublishedEnvelope {
+    proto::PublishedEnvelope {
+        topic: topic.into(),
+        payload: payload.to_vec(),
+    }
+}
+
+async fn publish(
+    client: &mut NodeClient<Channel>,
+    envelopes: Vec<proto::PublishedEnvelope>,
+) -> Result<Vec<proto::Envelope>, tonic::Status> {
+    client
+        .publish_envelopes(proto::PublishEnvelopesRequest { envelopes })
+        .await
+        .map(|r| r.into_inner().envelopes)
+}
+
+async fn query_all(client: &mut NodeClient<Channel>, topic: &str) -> Vec<proto::Envelope> {
+    client
+        .query_envelopes(proto::QueryEnvelopesRequest {
+            topic: topic.into(),
+            cursor: None,
+            limit: 0,
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .envelopes
+}
+
+const GROUP: &str = "group/0a0b";
+
+#[tokio::test]
+async fn publish_query_and_page() {
+    let mut node = Node::start().await;
+    let stored = publish(
+        &mut node.client,
+        (0..5u8).map(|i| envelope(GROUP, &[i])).collect(),
+    )
+    .await
+    .expect("publish");
+    assert_eq!(stored.len(), 5);
+    assert!(stored.iter().all(|e| e.originator_node_id == 7));
+    assert_eq!(
+        stored
+            .iter()
+            .map(|e| e.originator_sequence_id)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+
+    // Page two at a time with the returned cursor.
+    let mut cursor = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = node
+            .client
+            .query_envelopes(proto::QueryEnvelopesRequest {
+                topic: GROUP.into(),
+                cursor: cursor.clone(),
+                limit: 2,
+            })
+            .await
+            .expect("query")
+            .into_inner();
+        seen.extend(page.envelopes.iter().map(|e| e.payload[0]));
+        cursor = page.next_cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    assert!(query_all(&mut node.client, "group/ffff").await.is_empty());
+
+    let info = node
+        .client
+        .get_node_info(proto::GetNodeInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.node_id, 7);
+    assert_eq!(info.consistency_mode, proto::ConsistencyMode::Strong as i32);
+    assert_eq!(info.limits.expect("limits").max_envelope_bytes, 1024 * 1024);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_envelopes_are_rejected_and_store_nothing() {
+    let mut node = Node::start().await;
+    let status = publish(&mut node.client, vec![]).await.expect_err("empty");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // One bad topic spoils the batch: nothing of it is stored.
+    let status = publish(
+        &mut node.client,
+        vec![envelope(GROUP, b"ok"), envelope("chat/room", b"bad")],
+    )
+    .await
+    .expect_err("bad topic");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("envelope 1"),
+        "{}",
+        status.message()
+    );
+    assert!(query_all(&mut node.client, GROUP).await.is_empty());
+
+    let big = vec![0u8; 1024 * 1024 + 1];
+    let status = publish(&mut node.client, vec![envelope(GROUP, &big)])
+        .await
+        .expect_err("too big");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+
+    let many = (0..1_001).map(|_| envelope(GROUP, b"x")).collect();
+    let status = publish(&mut node.client, many).await.expect_err("too many");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(query_all(&mut node.client, GROUP).await.is_empty());
+
+    let status = node
+        .client
+        .query_envelopes(proto::QueryEnvelopesRequest {
+            topic: "group/XYZ".into(),
+            cursor: None,
+            limit: 0,
+        })
+        .await
+        .expect_err("bad topic");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_publishers_reach_a_subscriber_exactly_once() {
+    let node = Node::start().await;
+    const PUBLISHERS: u8 = 4;
+    const EACH: u8 = 50;
+    // Some envelopes exist before the subscription, more race with it.
+    let mut client = node.client.clone();
+    publish(&mut client, vec![envelope(GROUP, &[255, 0])])
+        .await
+        .expect("publish");
+
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let mut client = node.client.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    publish(&mut client, vec![envelope(GROUP, &[p, i])])
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    let mut stream = node
+        .client
+        .clone()
+        .subscribe_envelopes(proto::SubscribeEnvelopesRequest {
+            topics: vec![proto::TopicCursor {
+                topic: GROUP.into(),
+                cursor: None,
+            }],
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let expected = 1 + usize::from(PUBLISHERS) * usize::from(EACH);
+    let mut received = Vec::new();
+    while received.len() < expected {
+        let batch = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {expected}", received.len()))
+            .expect("stream open")
+            .expect("batch");
+        received.extend(batch.envelopes);
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let sequences: Vec<u64> = received.iter().map(|e| e.originator_sequence_id).collect();
+    let mut sorted = sequences.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), expected, "no duplicate");
+    assert_eq!(sorted, (1..=expected as u64).collect::<Vec<_>>(), "no gap");
+    // Nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stream.next())
+            .await
+            .is_err()
+    );
+    // Shutting the node down ends the open subscription instead of waiting
+    // for it forever.
+    node.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream ends on shutdown");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "no more envelopes after shutdown"
+    );
+}
+
+struct Identity {
+    wallet: LocalWallet,
+    keys: InstallationKeys,
+}
+
+impl Identity {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        Self {
+            wallet: LocalWallet::generate(&mut rng),
+            keys: InstallationKeys::generate(&mut rng),
+        }
+    }
+
+    fn add_update(&self, sequence: u64, time_ms: u64) -> proto::IdentityUpdate {
+        let request = UnsignedIdentityUpdate::add_installation(
+            self.wallet.inbox_id(),
+            &self.keys,
+            sequence,
+            time_ms,
+        );
+        let signature = self
+            .wallet
+            .sign_personal(request.signature_text().as_bytes());
+        convert::identity_update_to_proto(&request.sign(signature, Some(&self.keys)))
+            .expect("to proto")
+    }
+
+    async fn register(&self, node: &mut Node) {
+        let update = self.add_update(1, node.now());
+        node.client
+            .publish_identity_update(proto::PublishIdentityUpdateRequest {
+                update: Some(update),
+            })
+            .await
+            .expect("register installation");
+    }
+
+    fn key_package(&self, last_resort: bool) -> Vec<u8> {
+        let provider = OpenMlsRustCrypto::default();
+        let kp = generate_key_package(
+            &provider,
+            &self.keys,
+            self.wallet.inbox_id(),
+            system_now_ms() / 1000,
+            30 * 24 * 3600,
+            last_resort,
+        )
+        .expect("key package");
+        MlsMessageOut::from(kp).to_bytes().expect("serialise")
+    }
+
+    fn upload(
+        &self,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        now: u64,
+    ) -> proto::UploadKeyPackagesRequest {
+        let signed = upload_signed_bytes(now, &self.keys.id(), &one_time, last_resort.as_deref());
+        proto::UploadKeyPackagesRequest {
+            installation_id: self.keys.id().as_bytes().to_vec(),
+            one_time,
+            last_resort,
+            timestamp_ms: now,
+            signature: self.keys.sign(&signed).to_vec(),
+        }
+    }
+
+    fn fetch(&self, targets: &[&Identity], now: u64) -> proto::FetchKeyPackagesRequest {
+        let ids: Vec<_> = targets.iter().map(|t| t.keys.id()).collect();
+        let signed = fetch_signed_bytes(now, &self.wallet.inbox_id(), &self.keys.id(), &ids);
+        proto::FetchKeyPackagesRequest {
+            installation_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            requester_installation_id: self.keys.id().as_bytes().to_vec(),
+            timestamp_ms: now,
+            signature: self.keys.sign(&signed).to_vec(),
+            requester_inbox: self.wallet.inbox_id().as_bytes().to_vec(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn identity_updates_are_verified_stored_and_served() {
+    let mut node = Node::start().await;
+    let alice = Identity::new(1);
+    let bob = Identity::new(2);
+    alice.register(&mut node).await;
+
+    // A replay of the same update: refused, and the log is unchanged.
+    let status = node
+        .client
+        .publish_identity_update(proto::PublishIdentityUpdateRequest {
+            update: Some(alice.add_update(1, node.now())),
+        })
+        .await
+        .expect_err("replay");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // Signed by another wallet: unauthenticated.
+    // Bob's wallet signs "alice's" next update.
+    let mut forged = bob.add_update(2, node.now());
+    forged.inbox = alice.wallet.inbox_id().as_bytes().to_vec();
+    let status = node
+        .client
+        .publish_identity_update(proto::PublishIdentityUpdateRequest {
+            update: Some(forged),
+        })
+        .await
+        .expect_err("forged");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Malformed.
+    let mut short = bob.add_update(1, node.now());
+    short.installation_key.pop();
+    let status = node
+        .client
+        .publish_identity_update(proto::PublishIdentityUpdateRequest {
+            update: Some(short),
+        })
+        .await
+        .expect_err("malformed");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    bob.register(&mut node).await;
+    let answer = node
+        .client
+        .get_identity_updates(proto::GetIdentityUpdatesRequest {
+            inboxes: vec![
+                proto::InboxCursor {
+                    inbox: alice.wallet.inbox_id().as_bytes().to_vec(),
+                    after_sequence: 0,
+                },
+                proto::InboxCursor {
+                    inbox: bob.wallet.inbox_id().as_bytes().to_vec(),
+                    after_sequence: 1,
+                },
+            ],
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(answer.inboxes.len(), 2);
+    assert_eq!(answer.inboxes[0].updates.len(), 1);
+    assert_eq!(answer.inboxes[0].updates[0].sequence, 1);
+    assert!(
+        answer.inboxes[1].updates.is_empty(),
+        "bob has nothing after 1"
+    );
+
+    let too_many = (0..10_001)
+        .map(|_| proto::InboxCursor {
+            inbox: vec![0; 20],
+            after_sequence: 0,
+        })
+        .collect();
+    let status = node
+        .client
+        .get_identity_updates(proto::GetIdentityUpdatesRequest { inboxes: too_many })
+        .await
+        .expect_err("too many");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn key_packages_are_uploaded_fetched_once_then_last_resort() {
+    let mut node = Node::start().await;
+    let alice = Identity::new(3);
+    let bob = Identity::new(4);
+    alice.register(&mut node).await;
+    bob.register(&mut node).await;
+
+    let one_time = vec![bob.key_package(false), bob.key_package(false)];
+    let last_resort = bob.key_package(true);
+    let left = node
+        .client
+        .upload_key_packages(bob.upload(one_time.clone(), Some(last_resort.clone()), node.now()))
+        .await
+        .expect("upload")
+        .into_inner()
+        .one_time_available;
+    assert_eq!(left, 2);
+
+    let mut handed_out = Vec::new();
+    for _ in 0..3 {
+        let answer = node
+            .client
+            .fetch_key_packages(alice.fetch(&[&bob], node.now()))
+            .await
+            .expect("fetch")
+            .into_inner();
+        handed_out.push(answer.key_packages[0].clone());
+    }
+    assert_eq!(handed_out[0].key_package.as_ref(), Some(&one_time[0]));
+    assert_eq!(handed_out[1].key_package.as_ref(), Some(&one_time[1]));
+    assert!(!handed_out[0].last_resort && !handed_out[1].last_resort);
+    assert_eq!(handed_out[2].key_package.as_ref(), Some(&last_resort));
+    assert!(
+        handed_out[2].last_resort,
+        "empty pool: the last-resort package, marked"
+    );
+
+    // The owner reads its count with an empty upload.
+    let left = node
+        .client
+        .upload_key_packages(bob.upload(vec![], None, node.now()))
+        .await
+        .expect("count")
+        .into_inner()
+        .one_time_available;
+    assert_eq!(left, 0);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_and_fetches_are_rejected() {
+    let mut node = Node::start().await;
+    let alice = Identity::new(5);
+    let bob = Identity::new(6);
+    let mallory = Identity::new(7);
+    alice.register(&mut node).await;
+    bob.register(&mut node).await;
+    let now = node.now();
+
+    // Bad signature.
+    let mut upload = bob.upload(vec![bob.key_package(false)], None, now);
+    upload.signature[0] ^= 1;
+    let status = node
+        .client
+        .upload_key_packages(upload)
+        .await
+        .expect_err("bad signature");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Stale timestamp (6 minutes old).
+    let stale = bob.upload(vec![bob.key_package(false)], None, now - 6 * 60 * 1000);
+    let status = node
+        .client
+        .upload_key_packages(stale)
+        .await
+        .expect_err("stale");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Mallory uploads her own package as Bob's: it names another
+    // installation than the signer.
+    let mut theft = mallory.upload(vec![mallory.key_package(false)], None, now);
+    theft.installation_id = bob.keys.id().as_bytes().to_vec();
+    let status = node
+        .client
+        .upload_key_packages(theft)
+        .await
+        .expect_err("theft");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // An unregistered installation's package.
+    let status = node
+        .client
+        .upload_key_packages(mallory.upload(vec![mallory.key_package(false)], None, now))
+        .await
+        .expect_err("unregistered");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Garbage bytes and a one-time package in the last-resort slot.
+    let status = node
+        .client
+        .upload_key_packages(bob.upload(vec![b"garbage".to_vec()], None, now))
+        .await
+        .expect_err("garbage");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = node
+        .client
+        .upload_key_packages(bob.upload(vec![], Some(bob.key_package(false)), now))
+        .await
+        .expect_err("not last resort");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let left = node
+        .client
+        .upload_key_packages(bob.upload(vec![], None, now))
+        .await
+        .expect("count")
+        .into_inner()
+        .one_time_available;
+    assert_eq!(left, 0, "no rejected upload stored anything");
+
+    // Fetches: unregistered requester, bad signature, wrong id length.
+    let status = node
+        .client
+        .fetch_key_packages(mallory.fetch(&[&bob], now))
+        .await
+        .expect_err("unregistered requester");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut forged = alice.fetch(&[&bob], now);
+    forged.timestamp_ms += 1;
+    let status = node
+        .client
+        .fetch_key_packages(forged)
+        .await
+        .expect_err("forged");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut short = alice.fetch(&[&bob], now);
+    short.installation_ids[0].pop();
+    let status = node
+        .client
+        .fetch_key_packages(short)
+        .await
+        .expect_err("short id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_attacker_cannot_drain_a_victims_pool() {
+    let mut node = Node::start().await;
+    let attacker = Identity::new(8);
+    let victim = Identity::new(9);
+    let honest = Identity::new(10);
+    for who in [&attacker, &victim, &honest] {
+        who.register(&mut node).await;
+    }
+    let pool: Vec<Vec<u8>> = (0..40).map(|_| victim.key_package(false)).collect();
+    node.client
+        .upload_key_packages(victim.upload(pool, Some(victim.key_package(true)), node.now()))
+        .await
+        .expect("upload");
+
+    // The attacker fetches as fast as it can, with the clock frozen.
+    let mut got = 0;
+    let mut refused = None;
+    for _ in 0..100 {
+        match node
+            .client
+            .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
+            .await
+        {
+            Ok(_) => got += 1,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    // The per-target bucket (burst 20) stops it.
+    assert_eq!(got, 20);
+    let status = refused.expect("the attacker was refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry_after: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)
+        .expect("retry-after metadata")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a number");
+    assert!(retry_after > 0 && retry_after <= 60_000, "{retry_after}");
+
+    // A minute later the attacker gets only the refill rate (10 per minute).
+    node.clock.0.fetch_add(60_000, Ordering::SeqCst);
+    let mut more = 0;
+    for _ in 0..30 {
+        if node
+            .client
+            .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
+            .await
+            .is_ok()
+        {
+            more += 1;
+        }
+    }
+    assert_eq!(more, 10);
+
+    // 30 of the 40 are gone; two minutes later the attacker takes the last
+    // 10 and the pool is empty.
+    node.clock.0.fetch_add(120_000, Ordering::SeqCst);
+    for _ in 0..10 {
+        let _ = node
+            .client
+            .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
+            .await;
+    }
+    // An honest requester can still add the victim, through the last-resort
+    // package, once the target bucket refills.
+    node.clock.0.fetch_add(60_000, Ordering::SeqCst);
+    let answer = node
+        .client
+        .fetch_key_packages(honest.fetch(&[&victim], node.now()))
+        .await
+        .expect("honest fetch")
+        .into_inner();
+    let package = &answer.key_packages[0];
+    assert!(package.key_package.is_some());
+    assert!(package.last_resort);
+    node.stop().await;
+}
