@@ -4,14 +4,17 @@
 //! generated prost and tonic code ([`proto`], for tools and tests; the rest
 //! of Kith uses engine types), the conversions between the two
 //! ([`convert`]), and the delivery-service [`node`]: its logic, limits,
-//! authentication, rate limits and gRPC service. The `kith-node` binary, the
-//! gRPC client and `LocalNode` are still to come.
+//! authentication, rate limits and gRPC service, plus the `kith-node`
+//! binary. [`client`] is how a Kith client reaches a node: the
+//! `DeliveryClient` trait, over gRPC (`GrpcClient`) or in-process
+//! (`LocalNode`).
 //!
 //! ```text
 //!  proto/kith/v1/*.proto ──build.rs (tonic-prost-build, vendored protoc)──► proto (generated)
 //!  proto types ◄──convert──► kith_engine::{delivery, identity} types
 //! ```
 
+pub mod client;
 pub mod convert;
 pub mod node;
 pub mod proto;

@@ -1,0 +1,359 @@
+//! [`GrpcClient`]: a [`DeliveryClient`] for a remote `kith-node`.
+//!
+//! The tonic channel reconnects by itself when a call finds the connection
+//! gone. On top of that, idempotent reads are retried with exponential
+//! backoff while the node is unavailable, and a subscription that breaks is
+//! reopened, with backoff, from the cursors it had reached, so that the
+//! consumer sees neither a gap nor a duplicate. Publishes are not retried:
+//! after a broken call their outcome is unknown, and the caller decides.
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use kith_engine::{
+    delivery::{Cursor, Envelope, Topic},
+    identity::{IdentityUpdate, InboxId},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Code, Status, transport::Channel};
+
+use super::{ClientError, DeliveryClient, EnvelopeStream, QueryPage};
+use crate::{
+    convert,
+    node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeError, RETRY_AFTER_METADATA},
+    proto::{self, node_client::NodeClient},
+};
+
+/// Backoff between reconnection attempts.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How many times an idempotent read is tried while the node is down.
+const READ_ATTEMPTS: u32 = 6;
+
+/// A client of a remote node. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct GrpcClient {
+    client: NodeClient<Channel>,
+}
+
+impl GrpcClient {
+    /// A client for the node at `endpoint` (e.g. `http://127.0.0.1:5556`).
+    /// It connects on first use and reconnects as needed.
+    pub fn connect_lazy(endpoint: &str) -> Result<Self, ClientError> {
+        let channel = Channel::from_shared(endpoint.to_owned())
+            .map_err(|e| ClientError::Unavailable(format!("bad endpoint {endpoint:?}: {e}")))?
+            .connect_lazy();
+        Ok(Self {
+            client: NodeClient::new(channel),
+        })
+    }
+
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(NodeClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match call(self.client.clone()).await.map_err(status_error) {
+                Err(ClientError::Unavailable(_)) if attempt < READ_ATTEMPTS => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The one mapping from gRPC statuses back to node errors.
+fn status_error(status: Status) -> ClientError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => {
+            ClientError::Refused(NodeError::InvalidArgument(message))
+        }
+        Code::Unauthenticated | Code::PermissionDenied => {
+            ClientError::Refused(NodeError::Unauthenticated(message))
+        }
+        Code::ResourceExhausted => ClientError::Refused(NodeError::ResourceExhausted {
+            message,
+            retry_after_ms: status
+                .metadata()
+                .get(RETRY_AFTER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }),
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => {
+            ClientError::Refused(NodeError::FailedPrecondition(message))
+        }
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            ClientError::Unavailable(format!("{}: {message}", status.code()))
+        }
+        _ => ClientError::Refused(NodeError::Internal(message)),
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Malformed(e.to_string())
+}
+
+fn subscribe_request(cursors: &HashMap<Topic, Cursor>) -> proto::SubscribeEnvelopesRequest {
+    proto::SubscribeEnvelopesRequest {
+        topics: cursors
+            .iter()
+            .map(|(topic, cursor)| proto::TopicCursor {
+                topic: topic.to_string(),
+                cursor: Some(convert::cursor_to_proto(cursor)),
+            })
+            .collect(),
+    }
+}
+
+#[async_trait::async_trait]
+impl DeliveryClient for GrpcClient {
+    async fn publish(&self, batch: Vec<(Topic, Vec<u8>)>) -> Result<Vec<Envelope>, ClientError> {
+        let request = proto::PublishEnvelopesRequest {
+            envelopes: batch
+                .into_iter()
+                .map(|(topic, payload)| proto::PublishedEnvelope {
+                    topic: topic.to_string(),
+                    payload,
+                })
+                .collect(),
+        };
+        self.client
+            .clone()
+            .publish_envelopes(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .envelopes
+            .into_iter()
+            .map(|e| convert::envelope_from_proto(e).map_err(malformed))
+            .collect()
+    }
+
+    async fn query(
+        &self,
+        topic: &Topic,
+        cursor: &Cursor,
+        limit: u32,
+    ) -> Result<QueryPage, ClientError> {
+        let request = proto::QueryEnvelopesRequest {
+            topic: topic.to_string(),
+            cursor: Some(convert::cursor_to_proto(cursor)),
+            limit,
+        };
+        let page = self
+            .read(|mut c| {
+                let request = request.clone();
+                async move { c.query_envelopes(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(QueryPage {
+            envelopes: page
+                .envelopes
+                .into_iter()
+                .map(|e| convert::envelope_from_proto(e).map_err(malformed))
+                .collect::<Result<_, _>>()?,
+            next_cursor: convert::cursor_from_proto(page.next_cursor),
+            more: page.more,
+        })
+    }
+
+    async fn subscribe(&self, topics: Vec<(Topic, Cursor)>) -> Result<EnvelopeStream, ClientError> {
+        let mut cursors: HashMap<Topic, Cursor> = topics.into_iter().collect();
+        let mut client = self.client.clone();
+        // The first attempt reports refusals (bad topics, limits) directly.
+        let mut stream = client
+            .subscribe_envelopes(subscribe_request(&cursors))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                // Forward until the stream breaks or ends.
+                loop {
+                    let item = tokio::select! {
+                        () = tx.closed() => return,
+                        item = stream.next() => item,
+                    };
+                    match item {
+                        Some(Ok(batch)) => {
+                            backoff = FIRST_BACKOFF;
+                            for envelope in batch.envelopes {
+                                let envelope = match convert::envelope_from_proto(envelope) {
+                                    Ok(envelope) => envelope,
+                                    Err(e) => {
+                                        if tx.send(Err(malformed(e))).await.is_err() {
+                                            return;
+                                        }
+                                        continue;
+                                    }
+                                };
+                                let Some(cursor) = cursors.get_mut(&envelope.topic) else {
+                                    continue;
+                                };
+                                if !cursor.is_before(&envelope) {
+                                    continue;
+                                }
+                                cursor.advance(&envelope);
+                                if tx.send(Ok(envelope)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Some(Err(status)) => match status_error(status) {
+                            ClientError::Unavailable(reason) => {
+                                tracing::debug!(%reason, "subscription broke; resuming");
+                                break;
+                            }
+                            refused => {
+                                let _ = tx.send(Err(refused)).await;
+                                return;
+                            }
+                        },
+                        // The node ended the stream (it is shutting down):
+                        // resume when it is back.
+                        None => break,
+                    }
+                }
+                // Reopen from the cursors reached, with backoff.
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    match client
+                        .subscribe_envelopes(subscribe_request(&cursors))
+                        .await
+                    {
+                        Ok(response) => {
+                            stream = response.into_inner();
+                            break;
+                        }
+                        Err(status) => match status_error(status) {
+                            ClientError::Unavailable(_) => continue,
+                            refused => {
+                                let _ = tx.send(Err(refused)).await;
+                                return;
+                            }
+                        },
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn publish_identity_update(&self, update: IdentityUpdate) -> Result<u64, ClientError> {
+        let update = convert::identity_update_to_proto(&update).map_err(malformed)?;
+        Ok(self
+            .client
+            .clone()
+            .publish_identity_update(proto::PublishIdentityUpdateRequest {
+                update: Some(update),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .sequence)
+    }
+
+    async fn identity_updates(
+        &self,
+        requests: Vec<(InboxId, u64)>,
+    ) -> Result<Vec<Vec<IdentityUpdate>>, ClientError> {
+        let request = proto::GetIdentityUpdatesRequest {
+            inboxes: requests
+                .iter()
+                .map(|(inbox, after)| proto::InboxCursor {
+                    inbox: inbox.as_bytes().to_vec(),
+                    after_sequence: *after,
+                })
+                .collect(),
+        };
+        let answer = self
+            .read(|mut c| {
+                let request = request.clone();
+                async move { c.get_identity_updates(request).await }
+            })
+            .await?
+            .into_inner();
+        answer
+            .inboxes
+            .iter()
+            .map(|inbox| {
+                inbox
+                    .updates
+                    .iter()
+                    .map(|u| convert::identity_update_from_proto(u).map_err(malformed))
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn upload_key_packages(&self, upload: KeyPackageUpload) -> Result<usize, ClientError> {
+        let left = self
+            .client
+            .clone()
+            .upload_key_packages(proto::UploadKeyPackagesRequest {
+                installation_id: upload.installation.as_bytes().to_vec(),
+                one_time: upload.one_time,
+                last_resort: upload.last_resort,
+                timestamp_ms: upload.timestamp_ms,
+                signature: upload.signature,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .one_time_available;
+        Ok(usize::try_from(left).unwrap_or(usize::MAX))
+    }
+
+    async fn fetch_key_packages(
+        &self,
+        fetch: KeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, ClientError> {
+        let answer = self
+            .client
+            .clone()
+            .fetch_key_packages(proto::FetchKeyPackagesRequest {
+                installation_ids: fetch
+                    .targets
+                    .iter()
+                    .map(|t| t.as_bytes().to_vec())
+                    .collect(),
+                requester_installation_id: fetch.requester.as_bytes().to_vec(),
+                timestamp_ms: fetch.timestamp_ms,
+                signature: fetch.signature,
+                requester_inbox: fetch.requester_inbox.as_bytes().to_vec(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        answer
+            .key_packages
+            .into_iter()
+            .map(|p| {
+                Ok(FetchedKeyPackage {
+                    installation: convert::installation("installation_id", &p.installation_id)
+                        .map_err(malformed)?,
+                    key_package: p.key_package.map(|bytes| {
+                        kith_engine::delivery::StoredKeyPackage {
+                            bytes,
+                            last_resort: p.last_resort,
+                        }
+                    }),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,90 @@
+//! Talking to a node: the [`DeliveryClient`] trait, implemented by
+//! [`GrpcClient`] (a remote `kith-node`) and [`LocalNode`] (the same node
+//! logic in-process, the embedded default).
+//!
+//! ```text
+//!  engine/actors ──► DeliveryClient ─┬─► GrpcClient ──gRPC──► kith-node ──► NodeLogic
+//!                                    └─► LocalNode ─────────────────────────► NodeLogic
+//! ```
+
+mod grpc;
+mod local;
+
+use std::pin::Pin;
+
+use kith_engine::{
+    delivery::{Cursor, Envelope, Topic},
+    identity::{IdentityUpdate, InboxId},
+};
+use tokio_stream::Stream;
+
+pub use grpc::GrpcClient;
+pub use local::LocalNode;
+
+use crate::node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeError};
+
+/// Why a call to a node failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The node refused the request; nothing changed on the node.
+    #[error("the node refused the request: {0}")]
+    Refused(#[from] NodeError),
+    /// The node could not be reached, or the connection broke. For a
+    /// publish, the outcome is unknown.
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+    /// The node answered with data that does not decode.
+    #[error("malformed answer from the node: {0}")]
+    Malformed(String),
+}
+
+/// One page of a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryPage {
+    /// The envelopes, in canonical order.
+    pub envelopes: Vec<Envelope>,
+    /// The cursor advanced past them.
+    pub next_cursor: Cursor,
+    /// Whether more may follow.
+    pub more: bool,
+}
+
+/// A live stream of envelopes of a subscription.
+pub type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<Envelope, ClientError>> + Send>>;
+
+/// What a Kith client needs from a node.
+#[async_trait::async_trait]
+pub trait DeliveryClient: Send + Sync {
+    /// Publish a batch, all or nothing; returns the stored envelopes.
+    async fn publish(&self, batch: Vec<(Topic, Vec<u8>)>) -> Result<Vec<Envelope>, ClientError>;
+
+    /// One page of `topic` after `cursor` (`limit` 0: the node's page size).
+    async fn query(
+        &self,
+        topic: &Topic,
+        cursor: &Cursor,
+        limit: u32,
+    ) -> Result<QueryPage, ClientError>;
+
+    /// Catch up on `topics` from their cursors, then follow them live.
+    async fn subscribe(&self, topics: Vec<(Topic, Cursor)>) -> Result<EnvelopeStream, ClientError>;
+
+    /// Publish the next update of an identity log; returns its sequence.
+    async fn publish_identity_update(&self, update: IdentityUpdate) -> Result<u64, ClientError>;
+
+    /// Identity updates of many inboxes after given sequence numbers.
+    async fn identity_updates(
+        &self,
+        requests: Vec<(InboxId, u64)>,
+    ) -> Result<Vec<Vec<IdentityUpdate>>, ClientError>;
+
+    /// Upload key packages; returns the one-time packages left.
+    async fn upload_key_packages(&self, upload: KeyPackageUpload) -> Result<usize, ClientError>;
+
+    /// Fetch one key package per target installation.
+    async fn fetch_key_packages(
+        &self,
+        fetch: KeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, ClientError>;
+}
