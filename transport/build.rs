@@ -19,6 +19,8 @@ fn main() -> io::Result<()> {
     config.protoc_executable(protoc);
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(io::Error::other)?);
     tonic_prost_build::configure()
+        // Malformed requests are the caller's fault: INVALID_ARGUMENT.
+        .codec_path("crate::codec::KithCodec")
         // For tonic-reflection, so that standard gRPC tools can list the API.
         .file_descriptor_set_path(out_dir.join("kith_v1_descriptor.bin"))
         .compile_with_config(config, &PROTOS, &["proto"])?;

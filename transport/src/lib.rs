@@ -15,6 +15,7 @@
 //! ```
 
 pub mod client;
+pub mod codec;
 pub mod convert;
 pub mod node;
 pub mod proto;

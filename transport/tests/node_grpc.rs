@@ -50,6 +50,7 @@ fn system_now_ms() -> u64 {
 
 struct Node {
     client: NodeClient<Channel>,
+    endpoint: String,
     clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
@@ -78,11 +79,13 @@ impl Node {
             .await
             .expect("serve");
         });
-        let client = NodeClient::connect(format!("http://{address}"))
+        let endpoint = format!("http://{address}");
+        let client = NodeClient::connect(endpoint.clone())
             .await
             .expect("connect");
         Self {
             client,
+            endpoint,
             clock,
             stop: Some(stop),
             server,
@@ -189,6 +192,52 @@ async fn publish_query_and_page() {
 }
 
 #[tokio::test]
+async fn health_and_reflection_answer_standard_tools() {
+    let node = Node::start().await;
+    let channel = tonic::transport::Channel::from_shared(node.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "kith.v1.Node".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("an answer").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"kith.v1.Node".to_owned()), "{names:?}");
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn bad_envelopes_are_rejected_and_store_nothing() {
     let mut node = Node::start().await;
     let status = publish(&mut node.client, vec![]).await.expect_err("empty");
@@ -218,6 +267,31 @@ async fn bad_envelopes_are_rejected_and_store_nothing() {
     let many = (0..1_001).map(|_| envelope(GROUP, b"x")).collect();
     let status = publish(&mut node.client, many).await.expect_err("too many");
     assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(query_all(&mut node.client, GROUP).await.is_empty());
+
+    // Bytes that are not a PublishEnvelopesRequest: field 1 sent as a
+    // varint where the schema has a message.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Bogus {
+        #[prost(uint64, tag = "1")]
+        envelopes: u64,
+    }
+    let channel = tonic::transport::Channel::from_shared(node.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.expect("ready");
+    let status = raw
+        .unary::<Bogus, proto::PublishEnvelopesResponse, _>(
+            tonic::Request::new(Bogus { envelopes: 7 }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/kith.v1.Node/PublishEnvelopes"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("malformed protobuf");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(query_all(&mut node.client, GROUP).await.is_empty());
 
     let status = node
