@@ -306,6 +306,13 @@ impl Recorder {
         entry.1 += iterations;
     }
 
+    /// The mean time per iteration of `operation` on `backend`, in seconds.
+    pub fn mean_secs(&self, operation: &str, backend: &str) -> Option<f64> {
+        let totals = self.totals.lock().expect("recorder lock");
+        let (elapsed, iterations) = totals.get(&(operation.to_owned(), backend.to_owned()))?;
+        (*iterations > 0).then(|| elapsed.as_secs_f64() / *iterations as f64)
+    }
+
     /// Print, per operation, each backend's mean and its ratio to
     /// `baseline`.
     pub fn print_ratios(&self, baseline: &str) {

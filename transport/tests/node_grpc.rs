@@ -418,12 +418,16 @@ impl Identity {
     }
 
     fn key_package(&self, last_resort: bool) -> Vec<u8> {
+        self.key_package_made_at(system_now_ms() / 1000, last_resort)
+    }
+
+    fn key_package_made_at(&self, now_secs: u64, last_resort: bool) -> Vec<u8> {
         let provider = OpenMlsRustCrypto::default();
         let kp = generate_key_package(
             &provider,
             &self.keys,
             self.wallet.inbox_id(),
-            system_now_ms() / 1000,
+            now_secs,
             30 * 24 * 3600,
             last_resort,
         )
@@ -654,6 +658,47 @@ async fn bad_uploads_and_fetches_are_rejected() {
         .await
         .expect_err("not last resort");
     assert_eq!(status.code(), Code::InvalidArgument);
+    // An expired package (made 100 days ago, valid for 30).
+    let expired = bob.key_package_made_at(now / 1000 - 100 * 24 * 3600, false);
+    let status = node
+        .client
+        .upload_key_packages(bob.upload(vec![expired], None, now))
+        .await
+        .expect_err("expired");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // A package without the Kith capabilities (a plain OpenMLS one, with a
+    // Basic credential and Bob's key), in an otherwise valid upload.
+    let plain = {
+        use openmls::prelude::*;
+        let provider = OpenMlsRustCrypto::default();
+        let kp = KeyPackage::builder()
+            .build(
+                Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
+                &provider,
+                &bob.keys,
+                CredentialWithKey {
+                    credential: BasicCredential::new(b"bob".to_vec()).into(),
+                    signature_key: bob.keys.id().as_bytes().to_vec().into(),
+                },
+            )
+            .expect("plain key package");
+        MlsMessageOut::from(kp.key_package().clone())
+            .to_bytes()
+            .expect("serialise")
+    };
+    let status = node
+        .client
+        .upload_key_packages(bob.upload(vec![bob.key_package(false), plain], None, now))
+        .await
+        .expect_err("no Kith capabilities");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("key package 1"),
+        "{}",
+        status.message()
+    );
+
     let left = node
         .client
         .upload_key_packages(bob.upload(vec![], None, now))

@@ -61,6 +61,10 @@ pub enum KeyPackageError {
         /// The time it was checked at.
         now: u64,
     },
+    /// OpenMLS found its lifetime invalid against the system clock (expired,
+    /// not yet valid, or a range longer than OpenMLS accepts).
+    #[error("key package lifetime rejected: {0}")]
+    Lifetime(String),
     /// Its lifetime has not begun.
     #[error("key package is not valid before {not_before} (now {now})")]
     NotYetValid {
@@ -156,7 +160,7 @@ pub fn validate_key_package(
         .validate(crypto, ProtocolVersion::Mls10)
         .map_err(|e| match e {
             openmls::prelude::KeyPackageVerifyError::LifetimeError(_) => {
-                KeyPackageError::Invalid(format!("lifetime rejected by OpenMLS: {e}"))
+                KeyPackageError::Lifetime(e.to_string())
             }
             other => KeyPackageError::Invalid(other.to_string()),
         })?;

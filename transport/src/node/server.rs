@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc};
 
 use kith_engine::delivery::NodeStore;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
 
 use super::{logic::NodeLogic, service::NodeService};
 use crate::proto;
@@ -43,7 +43,17 @@ pub async fn serve<S: NodeStore + 'static>(
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
+    // Small request/response exchanges must not wait for Nagle's algorithm
+    // to meet the peer's delayed ACK (about 40 ms per call otherwise).
+    let incoming = TcpListenerStream::new(listener).map(|connection| {
+        if let Ok(stream) = &connection
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+        connection
+    });
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
