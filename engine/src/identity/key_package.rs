@@ -46,9 +46,6 @@ const CLOCK_SKEW_SECS: u64 = 60 * 60;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyPackageError {
-    /// The bytes do not parse as a key package.
-    #[error("malformed key package: {0}")]
-    Malformed(String),
     /// OpenMLS rejected it: a bad signature, bad keys, or an unsupported
     /// version or extension.
     #[error("invalid key package: {0}")]
