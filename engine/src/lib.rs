@@ -12,4 +12,5 @@
 //! envelopes, cursors and the node's storage port).
 
 pub mod delivery;
+pub mod group;
 pub mod identity;

@@ -44,7 +44,7 @@ impl Envelope {
 /// A vector cursor: per originator node, the last sequence id seen. An
 /// envelope is *after* the cursor if its sequence id is greater than the
 /// cursor's entry for its originator (or the originator is absent).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor(BTreeMap<NodeId, u64>);
 
 impl Cursor {

@@ -23,7 +23,9 @@ use zeroize::Zeroizing;
 use super::error::IdentityError;
 
 /// An installation's id: its Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct InstallationId(pub [u8; 32]);
 
 impl InstallationId {

@@ -30,7 +30,9 @@ pub fn eip191_hash(message: &[u8]) -> [u8; 32] {
 }
 
 /// An inbox: the Ethereum address of the wallet that controls it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct InboxId([u8; 20]);
 
 impl InboxId {

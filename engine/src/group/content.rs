@@ -1,0 +1,139 @@
+//! What travels inside MLS application messages and Welcome envelopes.
+//!
+//! Application messages carry a content type and a message id, so that a
+//! receiver can tell text from control content and de-duplicate a message
+//! that was sent twice. A Welcome travels with the cursor of the group topic
+//! just past its commit, from which the joiner reads.
+
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+
+use crate::{delivery::Cursor, identity::InboxId};
+
+/// The content type of plain text.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain";
+
+/// The longest content type, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+
+/// Why a payload did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {what}: {reason}")]
+pub struct ContentError {
+    /// What was being decoded.
+    pub what: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The id of a message: `SHA-256("kith message id v1" ‖ sender ‖ group ‖
+/// nonce)`.
+pub fn message_id(sender: InboxId, group_id: &[u8], nonce: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"kith message id v1");
+    hasher.update(sender.as_bytes());
+    hasher.update((group_id.len() as u32).to_be_bytes());
+    hasher.update(group_id);
+    hasher.update(nonce);
+    hasher.finalize().into()
+}
+
+/// The plaintext of an application message.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Content {
+    /// The content type.
+    #[prost(string, tag = "1")]
+    pub content_type: String,
+    /// The message id.
+    #[prost(bytes = "vec", tag = "2")]
+    pub message_id: Vec<u8>,
+    /// The body.
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: Vec<u8>,
+    /// The sender's clock, ms since the Unix epoch.
+    #[prost(uint64, tag = "4")]
+    pub sent_at_ms: u64,
+}
+
+impl Content {
+    /// Decode and check an application message's plaintext.
+    pub fn decode_checked(bytes: &[u8]) -> Result<(Self, [u8; 32]), ContentError> {
+        let content = Self::decode(bytes).map_err(|e| ContentError {
+            what: "message content",
+            reason: e.to_string(),
+        })?;
+        let id: [u8; 32] = content
+            .message_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| ContentError {
+                what: "message content",
+                reason: format!("message id is {} bytes, not 32", content.message_id.len()),
+            })?;
+        if content.content_type.len() > MAX_CONTENT_TYPE_LEN || content.content_type.is_empty() {
+            return Err(ContentError {
+                what: "message content",
+                reason: "content type is empty or longer than 128 bytes".into(),
+            });
+        }
+        Ok((content, id))
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+struct CursorEntry {
+    #[prost(uint32, tag = "1")]
+    node: u32,
+    #[prost(uint64, tag = "2")]
+    sequence: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+struct WelcomeWire {
+    #[prost(bytes = "vec", tag = "1")]
+    welcome: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    group_id: Vec<u8>,
+    #[prost(message, repeated, tag = "3")]
+    cursor: Vec<CursorEntry>,
+}
+
+/// A Welcome as published on a `welcome/<installation>` topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WelcomePayload {
+    /// The TLS-serialized `MlsMessage` holding the Welcome.
+    pub welcome: Vec<u8>,
+    /// The group it is for.
+    pub group_id: Vec<u8>,
+    /// The group topic's cursor just past the commit that added the joiner.
+    pub cursor: Cursor,
+}
+
+impl WelcomePayload {
+    /// Encode.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        WelcomeWire {
+            welcome: self.welcome.clone(),
+            group_id: self.group_id.clone(),
+            cursor: self
+                .cursor
+                .entries()
+                .map(|(node, sequence)| CursorEntry { node, sequence })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ContentError> {
+        let wire = WelcomeWire::decode(bytes).map_err(|e| ContentError {
+            what: "welcome payload",
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            welcome: wire.welcome,
+            group_id: wire.group_id,
+            cursor: wire.cursor.iter().map(|e| (e.node, e.sequence)).collect(),
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! The group engine's errors, sorted by blame: the caller's (`NotPermitted`,
+//! `InvalidInput`), missing inputs the driver must fetch (`NeedIdentities`),
+//! and our own storage or library failures.
+
+use crate::identity::{InboxId, KeyPackageError};
+
+use super::metadata::MetadataError;
+
+/// Why a group operation failed. After any error the driver discards the
+/// storage step and reloads the group, so nothing of the failed operation
+/// remains.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The identity logs of these inboxes must be fetched (up to at least
+    /// the given sequence numbers) before the input can be processed; fetch
+    /// them, extend the cache and retry.
+    #[error("identity logs needed for {0:?}")]
+    NeedIdentities(Vec<(InboxId, u64)>),
+    /// The group's policy does not let this member do that.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// The request makes no sense for this group (e.g. removing a non-member).
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+    /// This installation is no longer a member.
+    #[error("this installation is not a member of the group")]
+    NotMember,
+    /// The group's metadata is invalid.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// A key package was refused.
+    #[error(transparent)]
+    KeyPackage(#[from] KeyPackageError),
+    /// The store failed.
+    #[error("client store failed: {0}")]
+    Store(String),
+    /// A stored record does not decode.
+    #[error("client store is corrupt: {0}")]
+    Corrupt(String),
+    /// OpenMLS failed on our own state (not on peer input).
+    #[error("MLS operation failed: {0}")]
+    Mls(String),
+}
+
+impl GroupError {
+    pub(crate) fn store(e: impl std::fmt::Display) -> Self {
+        Self::Store(e.to_string())
+    }
+
+    pub(crate) fn mls(e: impl std::fmt::Debug) -> Self {
+        Self::Mls(format!("{e:?}"))
+    }
+}

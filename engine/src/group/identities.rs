@@ -1,0 +1,100 @@
+//! The identity cache: verified identity logs of the inboxes this client
+//! talks to, and the question commit validation asks of them: was this
+//! installation active at that sequence number?
+
+use std::collections::BTreeMap;
+
+use crate::identity::{
+    IdentityError, IdentityState, IdentityUpdate, InboxId, InstallationId, UpdateAction,
+};
+
+#[derive(Debug, Clone)]
+struct CachedLog {
+    updates: Vec<IdentityUpdate>,
+    state: IdentityState,
+}
+
+/// Verified identity logs, by inbox. Updates are verified once, when they
+/// enter the cache; later questions replay the verified actions only.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityCache {
+    logs: BTreeMap<InboxId, CachedLog>,
+}
+
+impl IdentityCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sequence number the cache holds for `inbox` (0 if none).
+    pub fn sequence(&self, inbox: &InboxId) -> u64 {
+        self.logs.get(inbox).map_or(0, |l| l.state.sequence())
+    }
+
+    /// The verified state of `inbox`, if cached.
+    pub fn state(&self, inbox: &InboxId) -> Option<&IdentityState> {
+        self.logs.get(inbox).map(|l| &l.state)
+    }
+
+    /// The cached updates of `inbox`.
+    pub fn updates(&self, inbox: &InboxId) -> &[IdentityUpdate] {
+        self.logs.get(inbox).map_or(&[], |l| l.updates.as_slice())
+    }
+
+    /// The cached inboxes.
+    pub fn inboxes(&self) -> impl Iterator<Item = &InboxId> {
+        self.logs.keys()
+    }
+
+    /// Verify and append `updates` of `inbox` (which must continue the
+    /// cached log; updates the cache already holds are skipped). Returns
+    /// whether anything was added. On error nothing changes.
+    pub fn extend(
+        &mut self,
+        inbox: InboxId,
+        updates: impl IntoIterator<Item = IdentityUpdate>,
+    ) -> Result<bool, IdentityError> {
+        let mut log = self.logs.get(&inbox).cloned().unwrap_or_else(|| CachedLog {
+            updates: Vec::new(),
+            state: IdentityState::new(inbox),
+        });
+        let mut changed = false;
+        for update in updates {
+            if update.unsigned.sequence <= log.state.sequence() {
+                continue;
+            }
+            log.state.apply(&update)?;
+            log.updates.push(update);
+            changed = true;
+        }
+        if changed || !self.logs.contains_key(&inbox) {
+            self.logs.insert(inbox, log);
+        }
+        Ok(changed)
+    }
+
+    /// Whether `installation` was active in the log of `inbox` after its
+    /// update `sequence`; `None` if the cache has not reached `sequence`.
+    pub fn active_at(
+        &self,
+        inbox: &InboxId,
+        installation: &InstallationId,
+        sequence: u64,
+    ) -> Option<bool> {
+        let log = self.logs.get(inbox);
+        if sequence > log.map_or(0, |l| l.state.sequence()) {
+            return None;
+        }
+        let mut active = false;
+        for update in log.map_or(&[][..], |l| &l.updates) {
+            if update.unsigned.sequence > sequence {
+                break;
+            }
+            if update.unsigned.installation == *installation {
+                active = update.unsigned.action == UpdateAction::AddInstallation;
+            }
+        }
+        Some(active)
+    }
+}

@@ -1,0 +1,95 @@
+//! Intents: the durable outbox of changes this installation wants to make
+//! to a group (DESIGN.md section 7).
+//!
+//! An intent is stored before anything is published and leaves the store
+//! only when its change is in the group (or it failed for a reason the
+//! application is told). Its state is an enum, so that a published intent
+//! always knows which commit it is waiting for.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{InboxId, InstallationId};
+
+/// One change to a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum IntentKind {
+    /// Add inboxes: one key package per installation (TLS-serialized
+    /// `MlsMessage`s, as the node hands them out), and the
+    /// identity-log sequence each inbox was read at.
+    AddMembers {
+        /// The key packages.
+        key_packages: Vec<Vec<u8>>,
+        /// Inbox -> sequence number recorded in the membership extension.
+        sequences: Vec<(InboxId, u64)>,
+    },
+    /// Remove inboxes, with all their installations.
+    RemoveMembers {
+        /// The inboxes.
+        inboxes: Vec<InboxId>,
+    },
+    /// Set (`Some`) or clear (`None`) attributes.
+    UpdateAttributes {
+        /// Key -> new value.
+        changes: Vec<(String, Option<String>)>,
+    },
+    /// Change the admin list (or the super-admin list).
+    UpdateAdmins {
+        /// Inboxes to add.
+        add: Vec<InboxId>,
+        /// Inboxes to remove.
+        remove: Vec<InboxId>,
+        /// Whether the super-admin list is meant.
+        super_admin: bool,
+    },
+    /// Replace the policies (encoded as in the policies extension).
+    SetPolicies {
+        /// The encoded policies.
+        encoded: Vec<u8>,
+    },
+    /// Bring installations in line with the identity logs.
+    Reconcile {
+        /// Key packages of installations to add.
+        key_packages: Vec<Vec<u8>>,
+        /// Installations to remove.
+        remove: Vec<InstallationId>,
+        /// Inbox -> sequence number the group catches up to.
+        sequences: Vec<(InboxId, u64)>,
+    },
+    /// Commit the proposals other members sent (e.g. a member leaving).
+    CommitPending,
+    /// Update this installation's leaf keys.
+    UpdateKeys,
+    /// Leave the group: a self-remove proposal that another member commits.
+    Leave,
+}
+
+/// Where an intent is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntentState {
+    /// Not yet turned into a commit (or its commit lost and it must be
+    /// regenerated on the new epoch).
+    ToPublish,
+    /// Its commit is staged as the pending commit and published.
+    Published {
+        /// The epoch the commit leaves.
+        epoch: u64,
+        /// SHA-256 of the published commit's bytes.
+        commit_hash: [u8; 32],
+        /// The Welcome to publish once the commit is accepted.
+        welcome: Option<Vec<u8>>,
+        /// The installations the Welcome is for.
+        welcome_to: Vec<InstallationId>,
+    },
+}
+
+/// A stored intent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Its id, increasing per group.
+    pub id: u64,
+    /// What it changes.
+    pub kind: IntentKind,
+    /// Where it is.
+    pub state: IntentState,
+}

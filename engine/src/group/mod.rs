@@ -1,0 +1,35 @@
+//! Groups and DMs: the conversation engine (DESIGN.md sections 5, 7 and 9).
+//!
+//! ```text
+//!  envelopes ──► Group::handle_envelope ─┬─► OpenMLS (process, validate, merge)
+//!  commands  ──► Group::send_message      ├─► ClientStore (messages, cursor, intents, outbox)
+//!               Group::queue_intent/advance┘
+//!  outputs   ◄── Group::poll_outbound / poll_event
+//! ```
+//!
+//! [`metadata`] holds the GroupContext extensions and policies; commits are
+//! checked by `validate` before any merge; [`store`] is the client's own
+//! store port; [`identities`] the identity cache commit checks consult.
+
+mod content;
+mod error;
+mod group_state;
+mod identities;
+mod intent;
+pub mod metadata;
+pub mod store;
+mod validate;
+
+pub use content::{
+    CONTENT_TYPE_TEXT, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload, message_id,
+};
+pub use error::GroupError;
+pub use group_state::{Group, GroupEvent, MAX_PAST_EPOCHS, Me, NewGroup, ReconcilePlan};
+pub use identities::IdentityCache;
+pub use intent::{Intent, IntentKind, IntentState};
+pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
+pub use store::{
+    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, KvStore,
+    MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
+};
+pub use validate::CommitSummary;

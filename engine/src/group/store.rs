@@ -1,0 +1,437 @@
+//! The client's own store: conversations, messages, intents, the outbox,
+//! cursors and the identity cache.
+//!
+//! The engine declares a small key-value port, [`KvStore`], and owns the key
+//! layout and the record encoding (MessagePack through serde) in
+//! [`ClientStore`]. `kith-storage` implements the port in the same sled tree
+//! as the OpenMLS state, so that one engine step (the MLS state, the stored
+//! message, the cursor and the intent) commits in one sled batch.
+//! [`MemoryKvStore`] is the in-memory port for tests.
+//!
+//! ```text
+//!  'v' conv id                      -> ConversationRecord
+//!  'm' conv id | time | message id  -> StoredMessage      (by conversation and time)
+//!  'x' conv id | message id         -> time               (de-duplication index)
+//!  'i' group id | intent id         -> Intent
+//!  'o' group id | outbox id         -> Outbound
+//!  'g' group id                     -> GroupRecord
+//!  'c' topic key                    -> Cursor
+//!  'd' inbox                        -> identity updates
+//! ```
+//! Variable-length ids are length-prefixed so that one id is never a prefix
+//! of another's keys.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{GroupError, intent::Intent};
+use crate::{
+    delivery::{Cursor, Topic},
+    identity::{IdentityUpdate, InboxId, InstallationId},
+};
+
+/// A byte-oriented store with atomic steps, implemented by `kith-storage`.
+///
+/// Writes made while the implementation has a step open on this thread are
+/// applied together or not at all; reads see them.
+pub trait KvStore {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The value under `key`.
+    fn kv_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Store `value` under `key`.
+    fn kv_put(&self, key: &[u8], value: &[u8]) -> Result<(), Self::Error>;
+    /// Remove `key`.
+    fn kv_delete(&self, key: &[u8]) -> Result<(), Self::Error>;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn kv_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Self::Error>;
+}
+
+/// A [`KvStore`] in memory, without steps (each write applies at once).
+#[derive(Debug, Default)]
+pub struct MemoryKvStore {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryKvStore {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl KvStore for MemoryKvStore {
+    type Error = std::convert::Infallible;
+
+    fn kv_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.map().get(key).cloned())
+    }
+
+    fn kv_put(&self, key: &[u8], value: &[u8]) -> Result<(), Self::Error> {
+        self.map().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn kv_delete(&self, key: &[u8]) -> Result<(), Self::Error> {
+        self.map().remove(key);
+        Ok(())
+    }
+
+    fn kv_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Self::Error> {
+        Ok(self
+            .map()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// A conversation's id: the group id for a group, and for a DM an id
+/// derived from its two inboxes, so that both sides and all DM groups
+/// between them share it (see [`dm_conversation_id`]).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConversationId(pub Vec<u8>);
+
+impl std::fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl std::fmt::Debug for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConversationId({self})")
+    }
+}
+
+/// The conversation id of the DM between `a` and `b` (in either order).
+pub fn dm_conversation_id(a: InboxId, b: InboxId) -> ConversationId {
+    use sha2::{Digest, Sha256};
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut hasher = Sha256::new();
+    hasher.update(b"kith dm conversation v1");
+    hasher.update(lo.as_bytes());
+    hasher.update(hi.as_bytes());
+    ConversationId(hasher.finalize()[..16].to_vec())
+}
+
+/// Whether this installation still takes part in a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConversationState {
+    /// A member.
+    Active,
+    /// Removed by another member, or left.
+    Removed,
+}
+
+/// A conversation in the conversation list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    /// Its id.
+    pub id: ConversationId,
+    /// For a DM, the other inbox.
+    pub dm_peer: Option<InboxId>,
+    /// Its MLS groups. A group has one; a DM that both sides created at
+    /// once has several, and the lowest id is the one used for sending.
+    pub group_ids: Vec<Vec<u8>>,
+    /// When this installation first saw it, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Whether this installation is still a member.
+    pub state: ConversationState,
+}
+
+impl ConversationRecord {
+    /// The group to send in: the lowest group id, which both sides agree on.
+    pub fn active_group(&self) -> Option<&[u8]> {
+        self.group_ids.iter().min().map(Vec::as_slice)
+    }
+}
+
+/// Whether a stored message reached the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Sent by this installation, not yet acknowledged by the node.
+    Unpublished,
+    /// On the node.
+    Published,
+}
+
+/// A message as stored and shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The MLS group it came through.
+    pub group_id: Vec<u8>,
+    /// Its id (hash of sender, group and a random nonce).
+    pub message_id: [u8; 32],
+    /// Who sent it.
+    pub sender_inbox: InboxId,
+    /// From which installation.
+    pub sender_installation: InstallationId,
+    /// Its content type, e.g. `text/plain`.
+    pub content_type: String,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// The sender's clock when sending, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// Its place in the conversation's order: the node's time for received
+    /// messages, the local time for own ones.
+    pub time_ms: u64,
+    /// Whether it reached the node.
+    pub delivery: Delivery,
+}
+
+/// What the engine wants published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    /// Its id, increasing per group.
+    pub id: u64,
+    /// The topic, as its string form.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The own message this carries, to mark it published.
+    pub message_id: Option<[u8; 32]>,
+}
+
+/// Engine bookkeeping per group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The conversation the group belongs to.
+    pub conversation_id: Option<ConversationId>,
+    /// The next intent id.
+    pub next_intent_id: u64,
+    /// The next outbox id.
+    pub next_outbox_id: u64,
+    /// When installations were last reconciled, ms since the Unix epoch.
+    pub last_reconciled_ms: u64,
+}
+
+fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + id.len());
+    key.push(tag);
+    key.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+/// Typed access to the client's records over a [`KvStore`].
+#[derive(Debug)]
+pub struct ClientStore<'a, S: ?Sized>(pub &'a S);
+
+impl<S: KvStore + ?Sized> ClientStore<'_, S> {
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, GroupError> {
+        match self.0.kv_get(key).map_err(GroupError::store)? {
+            None => Ok(None),
+            Some(bytes) => rmp_serde::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| GroupError::Corrupt(format!("record {}: {e}", hex::encode(key)))),
+        }
+    }
+
+    fn put<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), GroupError> {
+        let bytes = rmp_serde::to_vec(value)
+            .map_err(|e| GroupError::Corrupt(format!("encoding a record: {e}")))?;
+        self.0.kv_put(key, &bytes).map_err(GroupError::store)
+    }
+
+    fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, GroupError> {
+        self.0
+            .kv_scan(prefix)
+            .map_err(GroupError::store)?
+            .into_iter()
+            .map(|(k, v)| {
+                rmp_serde::from_slice(&v)
+                    .map_err(|e| GroupError::Corrupt(format!("record {}: {e}", hex::encode(k))))
+            })
+            .collect()
+    }
+
+    /// Store a conversation, replacing its previous record.
+    pub fn put_conversation(&self, record: &ConversationRecord) -> Result<(), GroupError> {
+        self.put(&with_len(b'v', &record.id.0), record)
+    }
+
+    /// One conversation.
+    pub fn conversation(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationRecord>, GroupError> {
+        self.get(&with_len(b'v', &id.0))
+    }
+
+    /// All conversations, by id.
+    pub fn conversations(&self) -> Result<Vec<ConversationRecord>, GroupError> {
+        self.scan(b"v")
+    }
+
+    fn message_key(message: &StoredMessage) -> Vec<u8> {
+        let mut key = with_len(b'm', &message.conversation_id.0);
+        key.extend_from_slice(&message.time_ms.to_be_bytes());
+        key.extend_from_slice(&message.message_id);
+        key
+    }
+
+    fn index_key(conversation: &ConversationId, message_id: &[u8; 32]) -> Vec<u8> {
+        let mut key = with_len(b'x', &conversation.0);
+        key.extend_from_slice(message_id);
+        key
+    }
+
+    /// Store `message` unless its conversation already holds one with its
+    /// id. Returns whether it was stored.
+    pub fn insert_message(&self, message: &StoredMessage) -> Result<bool, GroupError> {
+        let index = Self::index_key(&message.conversation_id, &message.message_id);
+        if self.0.kv_get(&index).map_err(GroupError::store)?.is_some() {
+            return Ok(false);
+        }
+        self.put(&Self::message_key(message), message)?;
+        self.put(&index, &message.time_ms)?;
+        Ok(true)
+    }
+
+    /// A stored message by id.
+    pub fn message(
+        &self,
+        conversation: &ConversationId,
+        message_id: &[u8; 32],
+    ) -> Result<Option<StoredMessage>, GroupError> {
+        let Some(time_ms) = self.get::<u64>(&Self::index_key(conversation, message_id))? else {
+            return Ok(None);
+        };
+        let mut key = with_len(b'm', &conversation.0);
+        key.extend_from_slice(&time_ms.to_be_bytes());
+        key.extend_from_slice(message_id);
+        self.get(&key)
+    }
+
+    /// Replace a stored message in place (same conversation, time and id).
+    pub fn update_message(&self, message: &StoredMessage) -> Result<(), GroupError> {
+        self.put(&Self::message_key(message), message)
+    }
+
+    /// A conversation's messages, oldest first.
+    pub fn messages(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<StoredMessage>, GroupError> {
+        self.scan(&with_len(b'm', &conversation.0))
+    }
+
+    /// A topic's cursor (empty if none was stored).
+    pub fn cursor(&self, topic: &Topic) -> Result<Cursor, GroupError> {
+        Ok(self
+            .get(&with_len(b'c', &topic.to_key()))?
+            .unwrap_or_default())
+    }
+
+    /// Store a topic's cursor.
+    pub fn put_cursor(&self, topic: &Topic, cursor: &Cursor) -> Result<(), GroupError> {
+        self.put(&with_len(b'c', &topic.to_key()), cursor)
+    }
+
+    /// A group's bookkeeping.
+    pub fn group_record(&self, group_id: &[u8]) -> Result<GroupRecord, GroupError> {
+        Ok(self.get(&with_len(b'g', group_id))?.unwrap_or_default())
+    }
+
+    /// Store a group's bookkeeping.
+    pub fn put_group_record(
+        &self,
+        group_id: &[u8],
+        record: &GroupRecord,
+    ) -> Result<(), GroupError> {
+        self.put(&with_len(b'g', group_id), record)
+    }
+
+    fn intent_key(group_id: &[u8], id: u64) -> Vec<u8> {
+        let mut key = with_len(b'i', group_id);
+        key.extend_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    /// A group's open intents, oldest first.
+    pub fn intents(&self, group_id: &[u8]) -> Result<Vec<Intent>, GroupError> {
+        self.scan(&with_len(b'i', group_id))
+    }
+
+    /// Store an intent.
+    pub fn put_intent(&self, group_id: &[u8], intent: &Intent) -> Result<(), GroupError> {
+        self.put(&Self::intent_key(group_id, intent.id), intent)
+    }
+
+    /// Remove a finished intent.
+    pub fn remove_intent(&self, group_id: &[u8], id: u64) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::intent_key(group_id, id))
+            .map_err(GroupError::store)
+    }
+
+    fn outbox_key(group_id: &[u8], id: u64) -> Vec<u8> {
+        let mut key = with_len(b'o', group_id);
+        key.extend_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    /// A group's unpublished outbound payloads, oldest first.
+    pub fn outbox(&self, group_id: &[u8]) -> Result<Vec<Outbound>, GroupError> {
+        self.scan(&with_len(b'o', group_id))
+    }
+
+    /// Queue a payload for publishing.
+    pub fn push_outbox(&self, group_id: &[u8], item: &Outbound) -> Result<(), GroupError> {
+        self.put(&Self::outbox_key(group_id, item.id), item)
+    }
+
+    /// Drop a published payload.
+    pub fn remove_outbox(&self, group_id: &[u8], id: u64) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::outbox_key(group_id, id))
+            .map_err(GroupError::store)
+    }
+
+    /// The cached identity log of `inbox` (empty if none).
+    pub fn identity_updates(&self, inbox: &InboxId) -> Result<Vec<IdentityUpdate>, GroupError> {
+        let stored: Option<Vec<Vec<u8>>> = self.get(&with_len(b'd', inbox.as_bytes()))?;
+        stored
+            .unwrap_or_default()
+            .iter()
+            .map(|bytes| {
+                IdentityUpdate::from_bytes(bytes)
+                    .map_err(|e| GroupError::Corrupt(format!("cached identity update: {e}")))
+            })
+            .collect()
+    }
+
+    /// Every cached identity log.
+    pub fn all_identity_updates(&self) -> Result<Vec<Vec<IdentityUpdate>>, GroupError> {
+        let stored: Vec<Vec<Vec<u8>>> = self.scan(b"d")?;
+        stored
+            .iter()
+            .map(|log| {
+                log.iter()
+                    .map(|bytes| {
+                        IdentityUpdate::from_bytes(bytes).map_err(|e| {
+                            GroupError::Corrupt(format!("cached identity update: {e}"))
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Store the cached identity log of `inbox`.
+    pub fn put_identity_updates(
+        &self,
+        inbox: &InboxId,
+        updates: &[IdentityUpdate],
+    ) -> Result<(), GroupError> {
+        let encoded: Vec<Vec<u8>> = updates.iter().map(IdentityUpdate::to_bytes).collect();
+        self.put(&with_len(b'd', inbox.as_bytes()), &encoded)
+    }
+}
