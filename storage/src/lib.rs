@@ -28,6 +28,7 @@
 //! identity logs and key-package pools, flushed before every
 //! acknowledgement.
 
+mod client_store;
 mod codec;
 mod error;
 mod identity_store;

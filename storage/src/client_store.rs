@@ -1,0 +1,43 @@
+//! The engine's client-store port ([`KvStore`]) over the same sled tree as
+//! the OpenMLS state, under its own namespace byte (`C`).
+//!
+//! Because it goes through the same step machinery, one engine step (the
+//! MLS state, the stored message, the cursor and the intent) commits in one
+//! sled batch: a crash either keeps all of it or none.
+
+use kith_engine::group::KvStore;
+
+use crate::{error::StorageError, mls_storage::SledMlsStorage};
+
+const NAMESPACE: u8 = b'C';
+
+fn key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(NAMESPACE);
+    out.extend_from_slice(key);
+    out
+}
+
+impl KvStore for SledMlsStorage {
+    type Error = StorageError;
+
+    fn kv_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get(&key(k))
+    }
+
+    fn kv_put(&self, k: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.put(key(k), value.to_vec())
+    }
+
+    fn kv_delete(&self, k: &[u8]) -> Result<(), StorageError> {
+        self.remove(key(k))
+    }
+
+    fn kv_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        Ok(self
+            .scan(&key(prefix))?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), v))
+            .collect())
+    }
+}
