@@ -359,7 +359,22 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     }
 
     /// Verify `update` against the stored log of its inbox and store it.
+    ///
+    /// Once stored, the update is also announced on the inbox's identity
+    /// topic, so that clients following it learn of new or revoked
+    /// installations without polling. The announcement is a hint: a client
+    /// that misses it finds the update on its next periodic check.
     pub async fn publish_identity_update(&self, update: IdentityUpdate) -> Result<u64, NodeError> {
+        let topic = kith_engine::delivery::Topic::Identity(update.unsigned.inbox).to_string();
+        let bytes = update.to_bytes();
+        let sequence = self.store_identity_update(update).await?;
+        if let Err(e) = self.publish(vec![(topic, bytes)]).await {
+            tracing::warn!(error = %e, "could not announce an identity update");
+        }
+        Ok(sequence)
+    }
+
+    async fn store_identity_update(&self, update: IdentityUpdate) -> Result<u64, NodeError> {
         self.blocking(move |store| {
             let inbox = update.unsigned.inbox;
             let mut state = load_identity(store, inbox)?;
