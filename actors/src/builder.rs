@@ -1,0 +1,195 @@
+//! [`ClientBuilder`]: the required pieces first (wallet, data directory,
+//! node), tuning after, with documented defaults.
+
+use std::{path::PathBuf, sync::Arc};
+
+use kith_engine::{
+    delivery::NodeStore,
+    group::{ClientStore, IdentityCache},
+    identity::{InboxId, LocalWallet, load_or_create_installation},
+};
+use kith_storage::{KithProvider, StorageConfig};
+use kith_transport::client::{DeliveryClient, GrpcClient, LocalNode};
+
+use crate::{Client, ClientConfig, Error, client::Inner, shared::Shared};
+
+/// Signs identity updates for an inbox: a [`LocalWallet`], or an external
+/// wallet (hardware, browser, remote signer) behind this trait.
+#[async_trait::async_trait]
+pub trait WalletSigner: Send + Sync {
+    /// The inbox (the wallet's address).
+    fn inbox_id(&self) -> InboxId;
+    /// Sign `text` with EIP-191 `personal_sign`: a 65-byte `r ‖ s ‖ v`
+    /// signature with `v` in {27, 28}.
+    async fn sign_personal(&self, text: &str) -> Result<[u8; 65], String>;
+}
+
+#[async_trait::async_trait]
+impl WalletSigner for LocalWallet {
+    fn inbox_id(&self) -> InboxId {
+        LocalWallet::inbox_id(self)
+    }
+
+    async fn sign_personal(&self, text: &str) -> Result<[u8; 65], String> {
+        Ok(LocalWallet::sign_personal(self, text.as_bytes()))
+    }
+}
+
+/// Which node a client talks to.
+#[derive(Clone)]
+pub enum Node {
+    /// Any [`DeliveryClient`]: a [`LocalNode`] in this process, or a
+    /// [`GrpcClient`].
+    Client(Arc<dyn DeliveryClient>),
+    /// The URL of a `kith-node`, e.g. `http://127.0.0.1:5556`.
+    Url(String),
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Client(_) => f.write_str("Node::Client(..)"),
+            Node::Url(url) => write!(f, "Node::Url({url:?})"),
+        }
+    }
+}
+
+impl<S: NodeStore + 'static> From<LocalNode<S>> for Node {
+    fn from(node: LocalNode<S>) -> Self {
+        Node::Client(Arc::new(node))
+    }
+}
+
+impl From<GrpcClient> for Node {
+    fn from(client: GrpcClient) -> Self {
+        Node::Client(Arc::new(client))
+    }
+}
+
+impl From<&str> for Node {
+    fn from(url: &str) -> Self {
+        Node::Url(url.to_owned())
+    }
+}
+
+impl From<String> for Node {
+    fn from(url: String) -> Self {
+        Node::Url(url)
+    }
+}
+
+/// Builds a [`Client`]. See [`Client::builder`].
+#[derive(Default)]
+pub struct ClientBuilder {
+    wallet: Option<Arc<dyn WalletSigner>>,
+    data_dir: Option<PathBuf>,
+    node: Option<Node>,
+    config: ClientConfig,
+    storage: StorageConfig,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("data_dir", &self.data_dir)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// The wallet that owns the inbox (required): a [`LocalWallet`].
+    pub fn wallet(mut self, wallet: LocalWallet) -> Self {
+        self.wallet = Some(Arc::new(wallet));
+        self
+    }
+
+    /// An external wallet that signs through a callback (instead of
+    /// [`ClientBuilder::wallet`]).
+    pub fn wallet_signer(mut self, signer: Arc<dyn WalletSigner>) -> Self {
+        self.wallet = Some(signer);
+        self
+    }
+
+    /// Where this installation keeps its state (required). One directory
+    /// holds one installation; it is created if missing.
+    pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(path.into());
+        self
+    }
+
+    /// The node (required): a [`LocalNode`], a [`GrpcClient`] or a URL.
+    pub fn node(mut self, node: impl Into<Node>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Tuning; see [`ClientConfig`] for the defaults.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Storage tuning (default: fsync every step).
+    pub fn storage(mut self, storage: StorageConfig) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Open the stores (creating this installation's keys on first use) and
+    /// start the actors. Call [`Client::register`] once per installation.
+    pub async fn build(self) -> Result<Client, Error> {
+        let wallet = self
+            .wallet
+            .ok_or_else(|| Error::Config("a wallet is required: call .wallet(..)".into()))?;
+        let data_dir = self.data_dir.ok_or_else(|| {
+            Error::Config("a data directory is required: call .data_dir(..)".into())
+        })?;
+        let node: Arc<dyn DeliveryClient> = match self
+            .node
+            .ok_or_else(|| Error::Config("a node is required: call .node(..)".into()))?
+        {
+            Node::Client(client) => client,
+            Node::Url(url) => Arc::new(
+                GrpcClient::connect_lazy(&url)
+                    .map_err(|e| Error::Config(format!("node URL {url:?}: {e}")))?,
+            ),
+        };
+        let storage_config = self.storage;
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|e| Error::Storage(format!("{}: {e}", data_dir.display())))?;
+            let provider = KithProvider::open_with(data_dir.join("kith.sled"), storage_config)?;
+            let storage = {
+                use openmls_traits::OpenMlsProvider as _;
+                provider.storage()
+            };
+            let keys = load_or_create_installation(storage, &mut rand_core::OsRng)
+                .map_err(|e| Error::Storage(e.to_string()))?;
+            let mut identities = IdentityCache::new();
+            for log in ClientStore(storage).all_identity_updates()? {
+                if let Some(first) = log.first() {
+                    let inbox = first.unsigned.inbox;
+                    identities
+                        .extend(inbox, log)
+                        .map_err(|e| Error::Storage(format!("cached identity log: {e}")))?;
+                }
+            }
+            Ok((provider, keys, identities))
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("opening the store: {e}")))??;
+        let (provider, keys, identities) = opened;
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            provider,
+            keys,
+            inbox: wallet.inbox_id(),
+            node,
+            identities: std::sync::RwLock::new(identities),
+            events,
+            config: self.config,
+        });
+        Ok(Client::from_inner(Inner::start(shared, wallet).await?))
+    }
+}

@@ -1,0 +1,693 @@
+//! [`Client`] and [`Conversation`]: the public, async face of Kith. Both
+//! are cheap, cloneable, `Send + Sync` handles that work from any tokio
+//! runtime; the actors run on their own threads.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError, Weak},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use actix::Addr;
+use futures::{Stream, StreamExt as _};
+use kith_engine::{
+    group::{
+        CONTENT_TYPE_TEXT, ConversationId, ConversationKind, ConversationRecord, ConversationState,
+        Group, IntentKind, NewGroup, PolicyPreset, dm_conversation_id,
+        metadata::{ATTRIBUTE_DESCRIPTION, ATTRIBUTE_IMAGE_URL, ATTRIBUTE_NAME},
+    },
+    identity::{InboxId, InstallationId, UnsignedIdentityUpdate},
+};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::{
+    Error, WalletSigner,
+    builder::ClientBuilder,
+    events::{Event, Message, MessageId, Metadata},
+    group_actor::{Change, GroupActor, Info, InjectPanic, Restarts, Send as SendMessage, Sync},
+    installation_discovery::Discover,
+    key_package_manager::Refill,
+    shared::{Shared, now_ms},
+    supervisor::{Adopt, GetGroup, ProcessWelcomes, Supervisor, WatchIdentity},
+};
+
+/// Options for [`Client::create_group`].
+#[derive(Debug, Clone, Default)]
+pub struct GroupOptions {
+    name: Option<String>,
+    description: Option<String>,
+    image_url: Option<String>,
+    attributes: Vec<(String, String)>,
+    preset: PolicyPreset,
+}
+
+impl GroupOptions {
+    /// The group's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The group's description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// The group's image URL.
+    pub fn image_url(mut self, url: impl Into<String>) -> Self {
+        self.image_url = Some(url.into());
+        self
+    }
+
+    /// Any other attribute.
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.push((key.into(), value.into()));
+        self
+    }
+
+    /// The policy preset (default [`PolicyPreset::Default`]).
+    pub fn policies(mut self, preset: PolicyPreset) -> Self {
+        self.preset = preset;
+        self
+    }
+
+    /// Shorthand for [`PolicyPreset::AdminsOnly`].
+    pub fn admins_only(self) -> Self {
+        self.policies(PolicyPreset::AdminsOnly)
+    }
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The inbox.
+    pub inbox: InboxId,
+    /// Its installations in the group.
+    pub installations: Vec<InstallationId>,
+}
+
+pub(crate) struct Inner {
+    shared: Arc<Shared>,
+    supervisor: Addr<Supervisor>,
+    wallet: Arc<dyn WalletSigner>,
+    system: actix::System,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        wallet: Arc<dyn WalletSigner>,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let for_system = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("kith-actors".into())
+            .spawn(move || {
+                let system = actix::System::new();
+                let supervisor = system.block_on(async move {
+                    use actix::Actor as _;
+                    Supervisor::new(for_system).start()
+                });
+                let _ = tx.send((supervisor, actix::System::current()));
+                if let Err(e) = system.run() {
+                    tracing::error!(error = %e, "the actor system failed");
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the actor thread: {e}")))?;
+        let (supervisor, system) = rx.await.map_err(|_| Error::Shutdown)?;
+        Ok(Self {
+            shared,
+            supervisor,
+            wallet,
+            system,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.system.stop();
+    }
+}
+
+/// A Kith client: one installation of one inbox. See the crate docs.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("inbox", &self.inner.shared.inbox)
+            .field("installation", &self.inner.shared.keys.id())
+            .finish()
+    }
+}
+
+async fn blocking<T: std::marker::Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + std::marker::Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Storage(format!("blocking task: {e}")))?
+}
+
+impl Client {
+    /// Start building a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn from_inner(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// This client's inbox.
+    pub fn inbox_id(&self) -> InboxId {
+        self.inner.shared.inbox
+    }
+
+    /// This installation's id.
+    pub fn installation_id(&self) -> InstallationId {
+        self.inner.shared.keys.id()
+    }
+
+    /// Register this installation in the inbox's identity log (the wallet
+    /// signs once) and upload its key packages. Does nothing if it is
+    /// registered already.
+    pub async fn register(&self) -> Result<(), Error> {
+        let shared = self.shared();
+        let inbox = shared.inbox;
+        shared.refresh_identities([inbox]).await?;
+        let (registered, sequence) = {
+            let cache = shared.identities();
+            (
+                cache
+                    .state(&inbox)
+                    .is_some_and(|s| s.is_active(&shared.keys.id())),
+                cache.sequence(&inbox),
+            )
+        };
+        if !registered {
+            let unsigned = UnsignedIdentityUpdate::add_installation(
+                inbox,
+                &shared.keys,
+                sequence + 1,
+                now_ms(),
+            );
+            let signature = self
+                .inner
+                .wallet
+                .sign_personal(&unsigned.signature_text())
+                .await
+                .map_err(Error::Wallet)?;
+            let update = unsigned.sign(signature, Some(&shared.keys));
+            shared.node.publish_identity_update(update).await?;
+            shared.refresh_identities([inbox]).await?;
+        }
+        let kpm = self.supervisor_part(|s| s.key_packages.clone()).await?;
+        kpm.send(Refill).await??;
+        self.inner.supervisor.do_send(WatchIdentity(inbox));
+        Ok(())
+    }
+
+    /// Revoke another installation of this inbox (the wallet signs). Groups
+    /// remove it as discovery finds the revocation.
+    pub async fn revoke_installation(&self, installation: InstallationId) -> Result<(), Error> {
+        let shared = self.shared();
+        let inbox = shared.inbox;
+        shared.refresh_identities([inbox]).await?;
+        let (identity_key, sequence) = {
+            let cache = shared.identities();
+            let state = cache
+                .state(&inbox)
+                .ok_or_else(|| Error::InvalidInput("this inbox has no identity log".into()))?;
+            let active = state.installation(&installation).ok_or_else(|| {
+                Error::InvalidInput(format!("{installation} is not an active installation"))
+            })?;
+            (active.identity_key, state.sequence())
+        };
+        let unsigned = UnsignedIdentityUpdate::revoke_installation(
+            inbox,
+            installation,
+            identity_key,
+            sequence + 1,
+            now_ms(),
+        );
+        let signature = self
+            .inner
+            .wallet
+            .sign_personal(&unsigned.signature_text())
+            .await
+            .map_err(Error::Wallet)?;
+        shared
+            .node
+            .publish_identity_update(unsigned.sign(signature, None))
+            .await?;
+        shared.refresh_identities([inbox]).await?;
+        Ok(())
+    }
+
+    async fn supervisor_part<T: std::marker::Send + 'static>(
+        &self,
+        f: impl FnOnce(&Supervisor) -> Option<T> + std::marker::Send + 'static,
+    ) -> Result<T, Error> {
+        self.inner
+            .supervisor
+            .send(Peek(Box::new(move |s| Box::new(f(s)))))
+            .await?
+            .downcast::<Option<T>>()
+            .ok()
+            .and_then(|b| *b)
+            .ok_or(Error::Shutdown)
+    }
+
+    /// The conversations this installation is in, oldest first.
+    pub async fn conversations(&self) -> Result<Vec<Conversation>, Error> {
+        let shared = Arc::clone(self.shared());
+        let mut records = blocking(move || Ok(shared.store().conversations()?)).await?;
+        records.retain(|r| r.state == ConversationState::Active);
+        records.sort_by_key(|r| r.created_at_ms);
+        Ok(records
+            .into_iter()
+            .map(|r| self.conversation_from(r))
+            .collect())
+    }
+
+    /// One conversation by id.
+    pub async fn conversation(&self, id: &ConversationId) -> Result<Conversation, Error> {
+        let shared = Arc::clone(self.shared());
+        let key = id.clone();
+        let record = blocking(move || Ok(shared.store().conversation(&key)?)).await?;
+        record
+            .map(|r| self.conversation_from(r))
+            .ok_or_else(|| Error::UnknownConversation(id.to_string()))
+    }
+
+    fn conversation_from(&self, record: ConversationRecord) -> Conversation {
+        Conversation {
+            client: self.clone(),
+            id: record.id,
+            dm_peer: record.dm_peer,
+        }
+    }
+
+    async fn create(&self, new: NewGroup, members: Vec<InboxId>) -> Result<Conversation, Error> {
+        let shared = Arc::clone(self.shared());
+        let group_id = blocking(move || {
+            shared.step(|| {
+                let group = Group::create(
+                    &shared.provider,
+                    shared.storage(),
+                    shared.me(),
+                    &shared.identities(),
+                    new,
+                )?;
+                Ok(group.group_id().to_vec())
+            })
+        })
+        .await?;
+        let addr = self.inner.supervisor.send(Adopt(group_id)).await?;
+        let info = addr.send(Info).await??;
+        self.shared().emit(Event::Joined {
+            conversation: info.conversation.clone(),
+        });
+        if !members.is_empty() {
+            addr.send(Change::AddMembers(members)).await??;
+        }
+        self.conversation(&info.conversation).await
+    }
+
+    /// Create a group with `members` (all their installations) and this
+    /// installation; this inbox becomes its super admin.
+    pub async fn create_group(
+        &self,
+        members: &[InboxId],
+        options: GroupOptions,
+    ) -> Result<Conversation, Error> {
+        let mut attributes = std::collections::BTreeMap::new();
+        for (key, value) in [
+            (ATTRIBUTE_NAME, options.name),
+            (ATTRIBUTE_DESCRIPTION, options.description),
+            (ATTRIBUTE_IMAGE_URL, options.image_url),
+        ] {
+            if let Some(value) = value {
+                attributes.insert(key.to_owned(), value);
+            }
+        }
+        attributes.extend(options.attributes);
+        let members: Vec<InboxId> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.inbox_id())
+            .collect();
+        self.create(
+            NewGroup {
+                kind: ConversationKind::Group,
+                dm_peer: None,
+                attributes,
+                preset: options.preset,
+                now_ms: now_ms(),
+            },
+            members,
+        )
+        .await
+    }
+
+    /// The DM with `peer`, created if there is none. If both sides create
+    /// it at once, each ends up in both groups, which are shown as one
+    /// conversation; both send in the group with the lower id.
+    pub async fn find_or_create_dm(&self, peer: InboxId) -> Result<Conversation, Error> {
+        if peer == self.inbox_id() {
+            return Err(Error::InvalidInput("a DM needs another inbox".into()));
+        }
+        self.sync_welcomes().await?;
+        let id = dm_conversation_id(self.inbox_id(), peer);
+        if let Ok(existing) = self.conversation(&id).await
+            && existing.is_active().await?
+        {
+            return Ok(existing);
+        }
+        self.create(
+            NewGroup {
+                kind: ConversationKind::Dm,
+                dm_peer: Some(peer),
+                attributes: Default::default(),
+                preset: PolicyPreset::Default,
+                now_ms: now_ms(),
+            },
+            vec![peer],
+        )
+        .await
+    }
+
+    async fn sync_welcomes(&self) -> Result<(), Error> {
+        self.inner.supervisor.send(ProcessWelcomes).await??;
+        Ok(())
+    }
+
+    /// Fetch Welcomes and every group's new envelopes now (pushes do this
+    /// in the background; this is for callers that want it done).
+    pub async fn sync(&self) -> Result<(), Error> {
+        self.sync_welcomes().await?;
+        for conversation in self.conversations().await? {
+            conversation.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Run installation discovery now, over every group.
+    pub async fn discover_installations(&self) -> Result<(), Error> {
+        let discovery = self.supervisor_part(|s| s.discovery.clone()).await?;
+        discovery.send(Discover).await??;
+        Ok(())
+    }
+
+    /// A stream of events: messages, membership and metadata changes. It
+    /// starts now; a consumer that falls more than 4,096 events behind
+    /// skips the oldest.
+    pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + 'static {
+        BroadcastStream::new(self.inner.shared.events.subscribe())
+            .filter_map(|item| async move { item.ok() })
+    }
+
+    /// Stop the actors and close the store, so that the data directory can
+    /// be opened again (by a new `Client`). Other clones of this client
+    /// stop working.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let weak: Weak<Shared> = Arc::downgrade(&self.inner.shared);
+        self.inner.system.stop();
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(self);
+        if let Some(thread) = thread {
+            blocking(move || {
+                thread
+                    .join()
+                    .map_err(|_| Error::Storage("the actor thread panicked".into()))
+            })
+            .await?;
+        }
+        // Group threads drop their handles as they wind down.
+        for _ in 0..500 {
+            if weak.strong_count() == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Error::Storage(
+            "the store is still in use (another clone of the client is alive?)".into(),
+        ))
+    }
+}
+
+/// Run a closure on the supervisor to read one of its parts.
+struct Peek(
+    Box<dyn FnOnce(&Supervisor) -> Box<dyn std::any::Any + std::marker::Send> + std::marker::Send>,
+);
+
+impl actix::Message for Peek {
+    type Result = Box<dyn std::any::Any + std::marker::Send>;
+}
+
+impl actix::Handler<Peek> for Supervisor {
+    type Result = actix::MessageResult<Peek>;
+
+    fn handle(&mut self, msg: Peek, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult((msg.0)(self))
+    }
+}
+
+/// A group or DM. Cheap to clone.
+#[derive(Clone)]
+pub struct Conversation {
+    client: Client,
+    id: ConversationId,
+    dm_peer: Option<InboxId>,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation")
+            .field("id", &self.id)
+            .field("dm_peer", &self.dm_peer)
+            .finish()
+    }
+}
+
+impl Conversation {
+    /// Its id.
+    pub fn id(&self) -> &ConversationId {
+        &self.id
+    }
+
+    /// For a DM, the other inbox.
+    pub fn dm_peer(&self) -> Option<InboxId> {
+        self.dm_peer
+    }
+
+    async fn record(&self) -> Result<ConversationRecord, Error> {
+        let shared = Arc::clone(self.client.shared());
+        let id = self.id.clone();
+        blocking(move || {
+            shared
+                .store()
+                .conversation(&id)?
+                .ok_or_else(|| Error::UnknownConversation(id.to_string()))
+        })
+        .await
+    }
+
+    async fn actor(&self) -> Result<Addr<GroupActor>, Error> {
+        let record = self.record().await?;
+        let group = record
+            .active_group()
+            .ok_or_else(|| Error::UnknownConversation(self.id.to_string()))?
+            .to_vec();
+        self.client.inner.supervisor.send(GetGroup(group)).await?
+    }
+
+    /// Whether this installation is still a member.
+    pub async fn is_active(&self) -> Result<bool, Error> {
+        Ok(self.record().await?.state == ConversationState::Active)
+    }
+
+    /// Send text; returns the message id once the node has it.
+    pub async fn send_text(&self, text: &str) -> Result<MessageId, Error> {
+        self.send(CONTENT_TYPE_TEXT, text.as_bytes()).await
+    }
+
+    /// Send a message of any content type.
+    pub async fn send(&self, content_type: &str, body: &[u8]) -> Result<MessageId, Error> {
+        let id = self
+            .actor()
+            .await?
+            .send(SendMessage {
+                content_type: content_type.to_owned(),
+                body: body.to_vec(),
+            })
+            .await??;
+        Ok(MessageId(id))
+    }
+
+    /// The stored messages, oldest first.
+    pub async fn messages(&self) -> Result<Vec<Message>, Error> {
+        let shared = Arc::clone(self.client.shared());
+        let id = self.id.clone();
+        let stored = blocking(move || Ok(shared.store().messages(&id)?)).await?;
+        Ok(stored.into_iter().map(Message::from).collect())
+    }
+
+    /// The members and their installations.
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        let info = self.actor().await?.send(Info).await??;
+        Ok(info
+            .members
+            .into_iter()
+            .map(|(inbox, installations)| Member {
+                inbox,
+                installations,
+            })
+            .collect())
+    }
+
+    /// The metadata of the current epoch.
+    pub async fn metadata(&self) -> Result<Metadata, Error> {
+        Ok(self.actor().await?.send(Info).await??.metadata)
+    }
+
+    /// The group's epoch and epoch authenticator (equal on every member in
+    /// the same state; for diagnostics and tests).
+    pub async fn epoch_state(&self) -> Result<(u64, Vec<u8>), Error> {
+        let info = self.actor().await?.send(Info).await??;
+        Ok((info.epoch, info.epoch_authenticator))
+    }
+
+    async fn change(&self, change: Change) -> Result<(), Error> {
+        self.actor().await?.send(change).await?
+    }
+
+    /// Add inboxes, with all their installations.
+    pub async fn add_members(&self, inboxes: &[InboxId]) -> Result<(), Error> {
+        self.change(Change::AddMembers(inboxes.to_vec())).await
+    }
+
+    /// Remove inboxes, with all their installations.
+    pub async fn remove_members(&self, inboxes: &[InboxId]) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::RemoveMembers {
+            inboxes: inboxes.to_vec(),
+        }))
+        .await
+    }
+
+    /// Leave: propose this installation's removal, which the next member
+    /// to commit includes.
+    pub async fn leave(&self) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::Leave)).await
+    }
+
+    /// Set the name.
+    pub async fn update_name(&self, name: &str) -> Result<(), Error> {
+        self.set_attribute(ATTRIBUTE_NAME, name).await
+    }
+
+    /// Set the description.
+    pub async fn update_description(&self, description: &str) -> Result<(), Error> {
+        self.set_attribute(ATTRIBUTE_DESCRIPTION, description).await
+    }
+
+    /// Set any attribute.
+    pub async fn set_attribute(&self, key: &str, value: &str) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::UpdateAttributes {
+            changes: vec![(key.to_owned(), Some(value.to_owned()))],
+        }))
+        .await
+    }
+
+    /// Make `inbox` an admin.
+    pub async fn add_admin(&self, inbox: InboxId) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::UpdateAdmins {
+            add: vec![inbox],
+            remove: vec![],
+            super_admin: false,
+        }))
+        .await
+    }
+
+    /// Take admin rights from `inbox`.
+    pub async fn remove_admin(&self, inbox: InboxId) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::UpdateAdmins {
+            add: vec![],
+            remove: vec![inbox],
+            super_admin: false,
+        }))
+        .await
+    }
+
+    /// Make `inbox` a super admin.
+    pub async fn add_super_admin(&self, inbox: InboxId) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::UpdateAdmins {
+            add: vec![inbox],
+            remove: vec![],
+            super_admin: true,
+        }))
+        .await
+    }
+
+    /// Replace the group's policies.
+    pub async fn set_policies(&self, policies: kith_engine::group::Policies) -> Result<(), Error> {
+        let encoded = kith_engine::group::metadata::encode_policies(&policies);
+        self.change(Change::Intent(IntentKind::SetPolicies { encoded }))
+            .await
+    }
+
+    /// Check the members' identity logs now and add or remove
+    /// installations to match.
+    pub async fn reconcile_installations(&self) -> Result<(), Error> {
+        self.change(Change::Reconcile { refresh: true }).await
+    }
+
+    /// Fetch and apply what is new on the node, and publish what is queued.
+    pub async fn sync(&self) -> Result<(), Error> {
+        let record = self.record().await?;
+        for group in record.group_ids {
+            let addr = self.client.inner.supervisor.send(GetGroup(group)).await??;
+            addr.send(Sync).await??;
+        }
+        Ok(())
+    }
+
+    #[doc(hidden)]
+    /// Fault injection for supervision tests: make this conversation's
+    /// actor panic inside a storage step. Returns the error it reported.
+    pub async fn inject_actor_panic(&self) -> Error {
+        match self.actor().await {
+            Ok(addr) => match addr.send(InjectPanic).await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => Error::Storage("the injected panic did not happen".into()),
+                Err(e) => e.into(),
+            },
+            Err(e) => e,
+        }
+    }
+
+    #[doc(hidden)]
+    /// How often this conversation's actor was restarted.
+    pub async fn actor_restarts(&self) -> Result<u64, Error> {
+        Ok(self.actor().await?.send(Restarts).await?)
+    }
+}

@@ -1,0 +1,196 @@
+//! What a client tells its application: messages, membership and metadata
+//! changes, and failures that need attention, as [`Event`]s.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kith_engine::{
+    group::{ConversationId, ConversationKind, Delivery, GroupEvent, GroupMetadata, StoredMessage},
+    identity::{InboxId, InstallationId},
+};
+
+/// A message id: SHA-256 of sender, group and a random nonce.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 32]);
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// A message in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its id; the same on every member.
+    pub id: MessageId,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Who sent it.
+    pub sender: InboxId,
+    /// From which installation.
+    pub sender_installation: InstallationId,
+    /// Its content type (`text/plain` for text).
+    pub content_type: String,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// The sender's clock when sending, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// Its place in the conversation: the node's time (local time for own
+    /// messages), ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Whether it is on the node (always true for received messages).
+    pub published: bool,
+}
+
+impl Message {
+    /// The body as text, if it is text.
+    pub fn text(&self) -> Option<&str> {
+        if self.content_type == kith_engine::group::CONTENT_TYPE_TEXT {
+            std::str::from_utf8(&self.body).ok()
+        } else {
+            None
+        }
+    }
+}
+
+impl From<StoredMessage> for Message {
+    fn from(m: StoredMessage) -> Self {
+        Self {
+            id: MessageId(m.message_id),
+            conversation: m.conversation_id,
+            sender: m.sender_inbox,
+            sender_installation: m.sender_installation,
+            content_type: m.content_type,
+            body: m.body,
+            sent_at_ms: m.sent_at_ms,
+            time_ms: m.time_ms,
+            published: m.delivery == Delivery::Published,
+        }
+    }
+}
+
+/// A conversation's metadata as the application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Group or DM.
+    pub kind: ConversationKind,
+    /// Who created it.
+    pub creator: InboxId,
+    /// When it was created (the creator's clock), ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The name, if set.
+    pub name: Option<String>,
+    /// The description, if set.
+    pub description: Option<String>,
+    /// Every attribute, including name and description.
+    pub attributes: BTreeMap<String, String>,
+    /// Admins.
+    pub admins: BTreeSet<InboxId>,
+    /// Super admins.
+    pub super_admins: BTreeSet<InboxId>,
+}
+
+impl From<&GroupMetadata> for Metadata {
+    fn from(m: &GroupMetadata) -> Self {
+        Self {
+            kind: m.immutable.kind,
+            creator: m.immutable.creator,
+            created_at_ms: m.immutable.created_at_ms,
+            name: m.name().map(str::to_owned),
+            description: m.description().map(str::to_owned),
+            attributes: m.mutable.attributes.clone(),
+            admins: m.mutable.admins.clone(),
+            super_admins: m.mutable.super_admins.clone(),
+        }
+    }
+}
+
+/// Something that happened in one of the client's conversations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message was received, or sent by this installation.
+    Message(Message),
+    /// Installations joined or left a conversation.
+    MembersChanged {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who made the change.
+        by: InboxId,
+        /// Installations added.
+        added: Vec<(InboxId, InstallationId)>,
+        /// Installations removed.
+        removed: Vec<(InboxId, InstallationId)>,
+    },
+    /// A conversation's name, description, admins or policies changed.
+    MetadataChanged {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who made the change.
+        by: InboxId,
+        /// The metadata now.
+        metadata: Metadata,
+    },
+    /// This installation joined a conversation (created it, or was added).
+    Joined {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// This installation was removed from a conversation (or left it).
+    Removed {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// A change this installation asked for failed for good.
+    ChangeFailed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: String,
+    },
+    /// Another member's commit broke the group's rules and was ignored.
+    CommitRejected {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The public event for an engine event, if the application should see
+    /// it.
+    pub(crate) fn from_group(conversation: &ConversationId, event: GroupEvent) -> Option<Self> {
+        let conversation = conversation.clone();
+        Some(match event {
+            GroupEvent::Message(m) => Event::Message(m.into()),
+            GroupEvent::MembersChanged { by, added, removed } => Event::MembersChanged {
+                conversation,
+                by,
+                added,
+                removed,
+            },
+            GroupEvent::MetadataChanged { by, metadata } => Event::MetadataChanged {
+                conversation,
+                by,
+                metadata: Metadata::from(&*metadata),
+            },
+            GroupEvent::IntentFailed { reason, .. } => Event::ChangeFailed {
+                conversation,
+                reason,
+            },
+            GroupEvent::CommitRejected { reason } => Event::CommitRejected {
+                conversation,
+                reason,
+            },
+            GroupEvent::Removed => Event::Removed { conversation },
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,621 @@
+//! `GroupActor`: one per conversation group. It holds the group's engine
+//! state, feeds it the group topic in canonical order, and publishes what
+//! it outputs.
+//!
+//! Every handler that touches the group runs as an `AtomicResponse`: the
+//! mailbox waits until it is done, so envelopes are applied strictly in
+//! order even though fetching them awaits the node. The engine work itself
+//! is synchronous and runs on the group threads (never the thread of the
+//! `NetworkPoller` or the `Supervisor`), one storage step per input.
+//!
+//! A panic inside a handler is caught, the step it was in is discarded, and
+//! the actor stops; `actix::Supervisor` restarts it, and the restarted actor
+//! reloads the group from storage.
+
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    str::FromStr as _,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use actix::prelude::*;
+use futures::FutureExt as _;
+use kith_engine::{
+    delivery::Topic,
+    group::{ConversationId, Group, GroupError, GroupEvent, IntentKind, StoredMessage},
+    identity::{InboxId, InstallationId},
+};
+
+use crate::{
+    Error,
+    events::{Event, Metadata},
+    shared::{Shared, now_ms},
+};
+
+/// The most rounds of publish-and-sync one command waits for before it
+/// reports its change as still pending.
+const MAX_ROUNDS: usize = 8;
+
+/// A member as [`GroupInfo`] reports it.
+pub(crate) type MemberList = Vec<(InboxId, Vec<InstallationId>)>;
+
+/// A snapshot of a group for the API.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupInfo {
+    pub(crate) conversation: ConversationId,
+    pub(crate) metadata: Metadata,
+    pub(crate) members: MemberList,
+    pub(crate) active: bool,
+    pub(crate) epoch: u64,
+    pub(crate) epoch_authenticator: Vec<u8>,
+}
+
+enum Failure {
+    Need(Vec<InboxId>),
+    Fatal(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+/// The group's state, shared between the actor and the futures its
+/// handlers run. The mutex is never held across an `.await`.
+pub(crate) struct GroupCore {
+    shared: Arc<Shared>,
+    group_id: Vec<u8>,
+    group: Mutex<Option<Group>>,
+    outcomes: Mutex<HashMap<u64, Result<(), (String, bool)>>>,
+    wake_pending: AtomicBool,
+    pub(crate) restarts: AtomicU64,
+}
+
+impl std::fmt::Debug for GroupCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCore")
+            .field("group_id", &hex::encode(&self.group_id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupCore {
+    pub(crate) fn new(shared: Arc<Shared>, group_id: Vec<u8>) -> Self {
+        Self {
+            shared,
+            group_id,
+            group: Mutex::new(None),
+            outcomes: Mutex::new(HashMap::new()),
+            wake_pending: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    fn topic(&self) -> Topic {
+        Topic::Group(self.group_id.clone())
+    }
+
+    /// Forget the in-memory state; the next use reloads it from storage.
+    fn reset(&self) {
+        *self.group.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Run `f` on the group in one storage step. On failure the step is
+    /// discarded and the in-memory group dropped, so the next call reloads
+    /// exactly what is stored.
+    fn with_group<T>(
+        &self,
+        f: impl FnOnce(&mut Group, &Shared) -> Result<T, GroupError>,
+    ) -> Result<T, Failure> {
+        let shared = &*self.shared;
+        let mut slot = self.group.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let loaded = Group::load(&shared.provider, shared.storage(), &self.group_id)
+                .map_err(|e| Failure::Fatal(e.into()))?;
+            *slot = Some(loaded.ok_or_else(|| {
+                Failure::Fatal(Error::UnknownConversation(hex::encode(&self.group_id)))
+            })?);
+        }
+        let Some(group) = slot.as_mut() else {
+            return Err(Failure::Fatal(Error::Storage("group vanished".into())));
+        };
+        let mut need = None;
+        let result = shared.step(|| match f(group, shared) {
+            Err(GroupError::NeedIdentities(list)) => {
+                need = Some(list);
+                Err(GroupError::InvalidInput("identity logs needed".into()))
+            }
+            other => other,
+        });
+        match result {
+            Ok(value) => {
+                let conversation = group.conversation_id();
+                while let Some(event) = group.poll_event() {
+                    self.observe(&conversation, event);
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                *slot = None;
+                match need {
+                    Some(list) => Err(Failure::Need(list.into_iter().map(|(i, _)| i).collect())),
+                    None => Err(Failure::Fatal(e)),
+                }
+            }
+        }
+    }
+
+    fn observe(&self, conversation: &ConversationId, event: GroupEvent) {
+        match &event {
+            GroupEvent::IntentDone { id } => {
+                self.outcomes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(*id, Ok(()));
+            }
+            GroupEvent::IntentFailed { id, reason, denied } => {
+                self.outcomes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(*id, Err((reason.clone(), *denied)));
+            }
+            GroupEvent::EnvelopeSkipped { reason } => {
+                tracing::debug!(group = %hex::encode(&self.group_id), %reason, "envelope skipped");
+            }
+            GroupEvent::CommitRejected { reason } => {
+                tracing::warn!(group = %hex::encode(&self.group_id), %reason, "commit rejected");
+            }
+            _ => {}
+        }
+        if let Some(event) = Event::from_group(conversation, event) {
+            self.shared.emit(event);
+        }
+    }
+
+    /// [`GroupCore::with_group`], fetching identity logs the engine asks
+    /// for and retrying.
+    async fn apply<T>(
+        &self,
+        mut f: impl FnMut(&mut Group, &Shared) -> Result<T, GroupError>,
+    ) -> Result<T, Error> {
+        for _ in 0..3 {
+            match self.with_group(&mut f) {
+                Ok(value) => return Ok(value),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Need(inboxes)) => {
+                    self.shared.refresh_identities(inboxes).await?;
+                }
+            }
+        }
+        Err(Error::Network(
+            "the node's identity logs do not cover what the group refers to".into(),
+        ))
+    }
+
+    /// Read the group topic from the stored cursor and apply every
+    /// envelope, one step each.
+    pub(crate) async fn sync(&self) -> Result<(), Error> {
+        let topic = self.topic();
+        loop {
+            let cursor = self.shared.store().cursor(&topic)?;
+            let page = self.shared.node.query(&topic, &cursor, 0).await?;
+            for envelope in &page.envelopes {
+                self.apply(|group, shared| {
+                    let identities = shared.identities();
+                    group.handle_envelope(
+                        &shared.provider,
+                        shared.storage(),
+                        shared.me(),
+                        &identities,
+                        envelope,
+                    )
+                })
+                .await?;
+            }
+            if !page.more || page.envelopes.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Turn waiting intents into commits and publish everything queued,
+    /// syncing after each publish so our commits are seen back (and merged)
+    /// or lose to another member's.
+    async fn flush(&self) -> Result<(), Error> {
+        for _ in 0..MAX_ROUNDS {
+            let pending = self
+                .apply(|group, shared| {
+                    let identities = shared.identities();
+                    group.advance(
+                        &shared.provider,
+                        shared.storage(),
+                        shared.me(),
+                        &identities,
+                        now_ms(),
+                    )?;
+                    Ok(group.pending_outbound().cloned().collect::<Vec<_>>())
+                })
+                .await?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut batch = Vec::with_capacity(pending.len());
+            for item in &pending {
+                let topic = Topic::from_str(&item.topic)
+                    .map_err(|e| Error::Storage(format!("outbox topic: {e}")))?;
+                batch.push((topic, item.payload.clone()));
+            }
+            self.shared.node.publish(batch).await?;
+            self.apply(|group, shared| {
+                for item in &pending {
+                    group.ack_outbound(shared.storage(), item)?;
+                }
+                Ok(())
+            })
+            .await?;
+            self.sync().await?;
+        }
+        Ok(())
+    }
+
+    async fn drive(&self) -> Result<(), Error> {
+        self.sync().await?;
+        self.flush().await
+    }
+
+    /// Queue `kind` and drive it to its outcome.
+    async fn change(&self, kind: IntentKind) -> Result<(), Error> {
+        self.sync().await?;
+        let id = self
+            .apply(|group, shared| group.queue_intent(shared.storage(), kind.clone()))
+            .await?;
+        for _ in 0..MAX_ROUNDS {
+            self.flush().await?;
+            let outcome = self
+                .outcomes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            match outcome {
+                Some(Ok(())) => return Ok(()),
+                Some(Err((reason, true))) => return Err(Error::NotPermitted(reason)),
+                Some(Err((reason, false))) => return Err(Error::InvalidInput(reason)),
+                None => self.sync().await?,
+            }
+        }
+        Err(Error::Pending(
+            "other members' commits kept winning; it is retried on the next sync".into(),
+        ))
+    }
+
+    async fn add_members(&self, inboxes: Vec<InboxId>) -> Result<(), Error> {
+        self.shared
+            .refresh_identities(inboxes.iter().copied())
+            .await?;
+        let (targets, sequences) = {
+            let cache = self.shared.identities();
+            let mut targets = Vec::new();
+            let mut sequences = Vec::new();
+            for inbox in &inboxes {
+                let state = cache.state(inbox);
+                let active: Vec<InstallationId> = state
+                    .map(|s| s.active_installations().map(|(id, _)| *id).collect())
+                    .unwrap_or_default();
+                if active.is_empty() {
+                    return Err(Error::InvalidInput(format!(
+                        "{inbox} has no registered installations"
+                    )));
+                }
+                sequences.push((*inbox, state.map_or(0, |s| s.sequence())));
+                targets.extend(active);
+            }
+            (targets, sequences)
+        };
+        let fetched = self.shared.fetch_key_packages(targets).await?;
+        let key_packages: Vec<Vec<u8>> = fetched
+            .into_iter()
+            .filter_map(|f| f.key_package.map(|k| k.bytes))
+            .collect();
+        if key_packages.is_empty() {
+            return Err(Error::InvalidInput(
+                "none of the installations has a key package on the node".into(),
+            ));
+        }
+        self.change(IntentKind::AddMembers {
+            key_packages,
+            sequences,
+        })
+        .await
+    }
+
+    /// Bring the group's installations in line with the identity logs.
+    /// With `refresh`, fetch the members' logs first (one request).
+    pub(crate) async fn reconcile(&self, refresh: bool) -> Result<(), Error> {
+        self.sync().await?;
+        let members: Vec<InboxId> = self
+            .apply(|group, _| Ok(group.members().into_keys().collect()))
+            .await?;
+        if refresh {
+            self.shared.refresh_identities(members).await?;
+        }
+        let plan = self
+            .apply(|group, shared| Ok(group.reconcile_plan(&shared.identities())))
+            .await?;
+        if !plan.is_empty() {
+            let fetched = self
+                .shared
+                .fetch_key_packages(plan.add.iter().map(|(_, x)| *x).collect())
+                .await?;
+            let key_packages = fetched
+                .into_iter()
+                .filter_map(|f| f.key_package.map(|k| k.bytes))
+                .collect();
+            self.change(IntentKind::Reconcile {
+                key_packages,
+                remove: plan.remove,
+                sequences: plan.sequences,
+            })
+            .await?;
+        }
+        self.apply(|group, shared| group.mark_reconciled(shared.storage(), now_ms()))
+            .await
+    }
+
+    async fn send(&self, content_type: String, body: Vec<u8>) -> Result<[u8; 32], Error> {
+        let stale = {
+            let last = self
+                .apply(|group, _| Ok(group.last_reconciled_ms()))
+                .await?;
+            let threshold = u64::try_from(self.shared.config.discovery_before_send.as_millis())
+                .unwrap_or(u64::MAX);
+            now_ms().saturating_sub(last) > threshold
+        };
+        if stale {
+            // A failed check must not stop the message; it is retried.
+            if let Err(e) = self.reconcile(true).await {
+                tracing::warn!(error = %e, "installation check before send failed");
+            }
+        }
+        self.sync().await?;
+        let id = self
+            .apply(|group, shared| {
+                group.send_message(
+                    &shared.provider,
+                    shared.storage(),
+                    shared.me(),
+                    &content_type,
+                    &body,
+                    now_ms(),
+                )
+            })
+            .await?;
+        self.flush().await?;
+        Ok(id)
+    }
+
+    fn info(&self) -> Result<GroupInfo, Error> {
+        self.with_group(|group, _| {
+            Ok(GroupInfo {
+                conversation: group.conversation_id(),
+                metadata: Metadata::from(group.metadata()),
+                members: group
+                    .members()
+                    .into_iter()
+                    .map(|(i, set)| (i, set.into_iter().collect()))
+                    .collect(),
+                active: group.is_active(),
+                epoch: group.epoch(),
+                epoch_authenticator: group.epoch_authenticator(),
+            })
+        })
+        .map_err(|f| match f {
+            Failure::Fatal(e) => e,
+            Failure::Need(_) => Error::Storage("unexpected identity request".into()),
+        })
+    }
+}
+
+/// The actor around a [`GroupCore`].
+#[derive(Debug)]
+pub(crate) struct GroupActor {
+    core: Arc<GroupCore>,
+}
+
+impl GroupActor {
+    pub(crate) fn new(core: Arc<GroupCore>) -> Self {
+        Self { core }
+    }
+}
+
+impl Actor for GroupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let interval = self.core.shared.config.sync_interval;
+        ctx.run_interval(interval, |_, ctx| ctx.notify(Wake));
+        // Catch up (and publish anything a crash left in the outbox).
+        ctx.notify(Wake);
+    }
+}
+
+impl actix::Supervised for GroupActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.core.restarts.fetch_add(1, Ordering::SeqCst);
+        self.core.reset();
+        tracing::warn!(group = %hex::encode(&self.core.group_id), "group actor restarted from storage");
+    }
+}
+
+/// Run `fut` atomically on the actor; a panic inside it stops the actor
+/// (to be restarted from storage) and is reported as [`Error::Restarted`].
+fn guarded<T: 'static>(
+    fut: impl Future<Output = Result<T, Error>> + 'static,
+) -> AtomicResponse<GroupActor, Result<T, Error>> {
+    AtomicResponse::new(Box::pin(
+        actix::fut::wrap_future::<_, GroupActor>(AssertUnwindSafe(fut).catch_unwind()).map(
+            |result, _, ctx: &mut Context<GroupActor>| match result {
+                Ok(value) => value,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    tracing::error!(%what, "group actor panicked");
+                    ctx.stop();
+                    Err(Error::Restarted(what))
+                }
+            },
+        ),
+    ))
+}
+
+/// A push for the group topic arrived (or the timer fired): sync soon.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Wake;
+
+impl Handler<Wake> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        if !self.core.wake_pending.swap(true, Ordering::SeqCst) {
+            ctx.notify(Sync);
+        }
+    }
+}
+
+/// Sync with the node and publish what is queued.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct Sync;
+
+impl Handler<Sync> for GroupActor {
+    type Result = AtomicResponse<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _: Sync, _: &mut Self::Context) -> Self::Result {
+        let core = Arc::clone(&self.core);
+        guarded(async move {
+            core.wake_pending.store(false, Ordering::SeqCst);
+            let span = tracing::debug_span!("group_sync", group = %hex::encode(&core.group_id));
+            let _enter = span.enter();
+            core.drive().await
+        })
+    }
+}
+
+/// Send an application message; returns its id.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<[u8; 32], Error>")]
+pub(crate) struct Send {
+    pub(crate) content_type: String,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Handler<Send> for GroupActor {
+    type Result = AtomicResponse<Self, Result<[u8; 32], Error>>;
+
+    fn handle(&mut self, msg: Send, _: &mut Self::Context) -> Self::Result {
+        let core = Arc::clone(&self.core);
+        guarded(async move { core.send(msg.content_type, msg.body).await })
+    }
+}
+
+/// Make a change to the group.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) enum Change {
+    /// Add inboxes (all their installations).
+    AddMembers(Vec<InboxId>),
+    /// Bring installations in line with the identity logs.
+    Reconcile {
+        /// Fetch the members' logs first.
+        refresh: bool,
+    },
+    /// Any other intent.
+    Intent(IntentKind),
+}
+
+impl Handler<Change> for GroupActor {
+    type Result = AtomicResponse<Self, Result<(), Error>>;
+
+    fn handle(&mut self, msg: Change, _: &mut Self::Context) -> Self::Result {
+        let core = Arc::clone(&self.core);
+        guarded(async move {
+            let span = tracing::info_span!("group_change", group = %hex::encode(&core.group_id));
+            let _enter = span.enter();
+            match msg {
+                Change::AddMembers(inboxes) => core.add_members(inboxes).await,
+                Change::Reconcile { refresh } => core.reconcile(refresh).await,
+                Change::Intent(kind) => core.change(kind).await,
+            }
+        })
+    }
+}
+
+/// A snapshot of the group.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<GroupInfo, Error>")]
+pub(crate) struct Info;
+
+impl Handler<Info> for GroupActor {
+    type Result = Result<GroupInfo, Error>;
+
+    fn handle(&mut self, _: Info, _: &mut Self::Context) -> Self::Result {
+        self.core.info()
+    }
+}
+
+/// Messages stored for the group's conversation (read here so that the
+/// read sees a consistent state between steps).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<StoredMessage>, Error>")]
+pub(crate) struct Messages(pub(crate) ConversationId);
+
+impl Handler<Messages> for GroupActor {
+    type Result = Result<Vec<StoredMessage>, Error>;
+
+    fn handle(&mut self, msg: Messages, _: &mut Self::Context) -> Self::Result {
+        Ok(self.core.shared.store().messages(&msg.0)?)
+    }
+}
+
+/// Fault injection for tests of supervision: panic inside a storage step.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct InjectPanic;
+
+impl Handler<InjectPanic> for GroupActor {
+    type Result = AtomicResponse<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) -> Self::Result {
+        let core = Arc::clone(&self.core);
+        guarded(async move {
+            core.apply(|group, shared| {
+                // Write something first, so the test can see that the
+                // step's writes were discarded.
+                group.mark_reconciled(shared.storage(), 1)?;
+                panic!("injected panic in a group step");
+            })
+            .await
+        })
+    }
+}
+
+/// How often the actor was restarted.
+#[derive(Message, Debug)]
+#[rtype(result = "u64")]
+pub(crate) struct Restarts;
+
+impl Handler<Restarts> for GroupActor {
+    type Result = u64;
+
+    fn handle(&mut self, _: Restarts, _: &mut Self::Context) -> u64 {
+        self.core.restarts.load(Ordering::SeqCst)
+    }
+}

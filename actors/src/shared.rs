@@ -1,0 +1,187 @@
+//! What every actor of one client shares: the stores, the installation's
+//! keys, the node, the identity cache and the event channel.
+//!
+//! Actors hold it as an `Arc`; nothing here is locked across an `.await`.
+
+use std::{
+    sync::{Arc, PoisonError, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use kith_engine::{
+    group::{ClientStore, GroupError, IdentityCache, Me},
+    identity::{InboxId, InstallationId, InstallationKeys, KeyPackagePolicy},
+};
+use kith_storage::{KithProvider, SledMlsStorage};
+use kith_transport::{
+    client::DeliveryClient,
+    node::{FetchedKeyPackage, KeyPackageFetch, fetch_signed_bytes},
+};
+use tokio::sync::broadcast;
+
+use crate::{Error, events::Event};
+
+/// Tuning knobs, with the defaults of DESIGN.md.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Periodic installation discovery (default 30 minutes).
+    pub discovery_interval: Duration,
+    /// Before a send, reconcile the group if its last check is older than
+    /// this (default 60 s).
+    pub discovery_before_send: Duration,
+    /// Run discovery when a subscribed identity topic gets an update
+    /// (default on).
+    pub discovery_on_push: bool,
+    /// How often each group re-syncs with the node even without pushes
+    /// (default 30 s), in case a push was missed.
+    pub sync_interval: Duration,
+    /// How often the key-package pool is checked (default 10 minutes).
+    pub key_package_interval: Duration,
+    /// The key-package pool's policy.
+    pub key_packages: KeyPackagePolicy,
+    /// Threads running group actors (default 2).
+    pub group_threads: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            discovery_interval: Duration::from_secs(30 * 60),
+            discovery_before_send: Duration::from_secs(60),
+            discovery_on_push: true,
+            sync_interval: Duration::from_secs(30),
+            key_package_interval: Duration::from_secs(10 * 60),
+            key_packages: KeyPackagePolicy::default(),
+            group_threads: 2,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) provider: KithProvider,
+    pub(crate) keys: InstallationKeys,
+    pub(crate) inbox: InboxId,
+    pub(crate) node: Arc<dyn DeliveryClient>,
+    pub(crate) identities: RwLock<IdentityCache>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) config: ClientConfig,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("inbox", &self.inbox)
+            .field("installation", &self.keys.id())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Shared {
+    pub(crate) fn me(&self) -> Me<'_> {
+        Me {
+            inbox: self.inbox,
+            keys: &self.keys,
+        }
+    }
+
+    pub(crate) fn storage(&self) -> &SledMlsStorage {
+        use openmls_traits::OpenMlsProvider as _;
+        self.provider.storage()
+    }
+
+    pub(crate) fn store(&self) -> ClientStore<'_, SledMlsStorage> {
+        ClientStore(self.storage())
+    }
+
+    pub(crate) fn identities(&self) -> std::sync::RwLockReadGuard<'_, IdentityCache> {
+        self.identities
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Run `f` as one storage step: all its writes commit together, or
+    /// none do if it fails (or panics).
+    pub(crate) fn step<T>(&self, f: impl FnOnce() -> Result<T, GroupError>) -> Result<T, Error> {
+        let storage = self.storage();
+        let step = storage.begin_step()?;
+        let value = f()?;
+        step.commit()?;
+        Ok(value)
+    }
+
+    /// Fetch the identity updates of `inboxes` since what the cache holds,
+    /// in one request; verify them into the cache and persist them.
+    /// Returns the inboxes whose logs grew.
+    pub(crate) async fn refresh_identities(
+        &self,
+        inboxes: impl IntoIterator<Item = InboxId>,
+    ) -> Result<Vec<InboxId>, Error> {
+        let requests: Vec<(InboxId, u64)> = {
+            let cache = self.identities();
+            let mut seen = std::collections::BTreeSet::new();
+            inboxes
+                .into_iter()
+                .filter(|i| seen.insert(*i))
+                .map(|i| (i, cache.sequence(&i)))
+                .collect()
+        };
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answers = self.node.identity_updates(requests.clone()).await?;
+        let mut changed = Vec::new();
+        let mut cache = self
+            .identities
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((inbox, _), updates) in requests.into_iter().zip(answers) {
+            match cache.extend(inbox, updates) {
+                Ok(true) => {
+                    self.store()
+                        .put_identity_updates(&inbox, cache.updates(&inbox))
+                        .map_err(Error::from)?;
+                    changed.push(inbox);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // The node vouched for updates that do not verify: keep
+                    // what we had and say so.
+                    tracing::warn!(%inbox, error = %e, "identity log from the node does not verify");
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Fetch one key package per installation, in one signed request.
+    pub(crate) async fn fetch_key_packages(
+        &self,
+        targets: Vec<InstallationId>,
+    ) -> Result<Vec<FetchedKeyPackage>, Error> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let timestamp_ms = now_ms();
+        let installation = self.keys.id();
+        let signed = fetch_signed_bytes(timestamp_ms, &self.inbox, &installation, &targets);
+        let fetch = KeyPackageFetch {
+            targets,
+            requester_inbox: self.inbox,
+            requester: installation,
+            timestamp_ms,
+            signature: self.keys.sign(&signed).to_vec(),
+        };
+        Ok(self.node.fetch_key_packages(fetch).await?)
+    }
+}

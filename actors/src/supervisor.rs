@@ -1,0 +1,334 @@
+//! `Supervisor`: the root of a client's actors. It owns the stores (through
+//! the shared context), starts the other actors, starts one `GroupActor` per
+//! group under `actix::Supervisor` (which restarts it after a panic), and
+//! turns Welcomes into new groups.
+
+use std::{collections::HashMap, sync::Arc};
+
+use actix::prelude::*;
+use kith_engine::{
+    delivery::Topic,
+    group::{ConversationState, Group, GroupError, WelcomePayload},
+    identity::{InboxId, KeyPackageInventoryStore as _},
+};
+use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
+
+use crate::{
+    Error,
+    events::Event,
+    group_actor::{GroupActor, GroupCore, Wake},
+    installation_discovery::InstallationDiscovery,
+    key_package_manager::{Consumed, KeyPackageManager},
+    network_poller::{NetworkPoller, Watch},
+    shared::{Shared, now_ms},
+};
+
+/// See the module docs.
+pub(crate) struct Supervisor {
+    shared: Arc<Shared>,
+    /// Threads for group actors, so that their storage work never blocks
+    /// the poller or the supervisor.
+    arbiters: Vec<Arbiter>,
+    groups: HashMap<Vec<u8>, Addr<GroupActor>>,
+    poller: Option<Addr<NetworkPoller>>,
+    pub(crate) key_packages: Option<Addr<KeyPackageManager>>,
+    pub(crate) discovery: Option<Addr<InstallationDiscovery>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let threads = shared.config.group_threads.max(1);
+        Self {
+            arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
+            shared,
+            groups: HashMap::new(),
+            poller: None,
+            key_packages: None,
+            discovery: None,
+        }
+    }
+
+    fn start_group(&mut self, group_id: Vec<u8>) -> Addr<GroupActor> {
+        if let Some(addr) = self.groups.get(&group_id) {
+            return addr.clone();
+        }
+        let index = group_id
+            .iter()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize))
+            % self.arbiters.len();
+        let core = Arc::new(GroupCore::new(Arc::clone(&self.shared), group_id.clone()));
+        let addr = actix::Supervisor::start_in_arbiter(&self.arbiters[index].handle(), move |_| {
+            GroupActor::new(core)
+        });
+        if let Some(poller) = &self.poller {
+            poller.do_send(Watch {
+                topic: Topic::Group(group_id.clone()),
+                recipient: addr.clone().recipient(),
+            });
+        }
+        self.groups.insert(group_id, addr.clone());
+        addr
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let poller = NetworkPoller::new(Arc::clone(&self.shared)).start();
+        poller.do_send(Watch {
+            topic: Topic::Welcome(self.shared.keys.id()),
+            recipient: ctx.address().recipient(),
+        });
+        self.poller = Some(poller.clone());
+        self.key_packages = Some(KeyPackageManager::new(Arc::clone(&self.shared)).start());
+        self.discovery = Some(
+            InstallationDiscovery::new(Arc::clone(&self.shared), ctx.address(), poller).start(),
+        );
+        match self.shared.store().conversations() {
+            Ok(conversations) => {
+                for conversation in conversations {
+                    if conversation.state == ConversationState::Active {
+                        for group_id in conversation.group_ids {
+                            self.start_group(group_id);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the conversation list"),
+        }
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        Running::Stop
+    }
+}
+
+/// The actor of a group, started if needed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Addr<GroupActor>, Error>")]
+pub(crate) struct GetGroup(pub(crate) Vec<u8>);
+
+impl Handler<GetGroup> for Supervisor {
+    type Result = Result<Addr<GroupActor>, Error>;
+
+    fn handle(&mut self, msg: GetGroup, _: &mut Self::Context) -> Self::Result {
+        if let Some(addr) = self.groups.get(&msg.0) {
+            return Ok(addr.clone());
+        }
+        let known = self
+            .shared
+            .store()
+            .conversations()?
+            .iter()
+            .any(|c| c.group_ids.contains(&msg.0));
+        if !known {
+            return Err(Error::UnknownConversation(hex::encode(&msg.0)));
+        }
+        Ok(self.start_group(msg.0))
+    }
+}
+
+/// Every running group actor.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<(Vec<u8>, Addr<GroupActor>)>")]
+pub(crate) struct Groups;
+
+impl Handler<Groups> for Supervisor {
+    type Result = MessageResult<Groups>;
+
+    fn handle(&mut self, _: Groups, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.groups
+                .iter()
+                .map(|(id, addr)| (id.clone(), addr.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Handler<Wake> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        ctx.notify(ProcessWelcomes);
+    }
+}
+
+/// Join the groups of new Welcomes; returns the ids of the joined groups.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<Vec<u8>>, Error>")]
+pub(crate) struct ProcessWelcomes;
+
+/// Join one Welcome off the actor threads, fetching identity logs the
+/// engine asks for. `Ok(None)`: already joined, or the Welcome is bad (it
+/// is logged and skipped, never retried forever).
+async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+    for _ in 0..3 {
+        let task_shared = Arc::clone(shared);
+        let task_payload = payload.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let shared = &*task_shared;
+            let storage = shared.storage();
+            let step = storage.begin_step()?;
+            let used_last_resort = note_last_resort_use(shared, &task_payload)?;
+            let joined = Group::join(
+                &shared.provider,
+                storage,
+                shared.me(),
+                &shared.identities(),
+                &task_payload,
+                now_ms(),
+            );
+            match joined {
+                Ok(group) => {
+                    step.commit()?;
+                    let _ = used_last_resort;
+                    Ok(Ok(
+                        group.map(|g| (g.group_id().to_vec(), g.conversation_id()))
+                    ))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("joining: {e}")))?;
+        match result {
+            Err(e) => return Err(e),
+            Ok(Ok(Some((group_id, conversation)))) => {
+                shared.emit(Event::Joined { conversation });
+                return Ok(Some(group_id));
+            }
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(GroupError::NeedIdentities(need))) => {
+                shared
+                    .refresh_identities(need.into_iter().map(|(i, _)| i))
+                    .await?;
+            }
+            Ok(Err(e @ (GroupError::Store(_) | GroupError::Corrupt(_)))) => {
+                return Err(e.into());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "skipping a Welcome that cannot be used");
+                return Ok(None);
+            }
+        }
+    }
+    tracing::warn!("skipping a Welcome whose members' identity logs the node does not serve");
+    Ok(None)
+}
+
+/// If the Welcome was made for our last-resort package, record its first
+/// use so that the package is rotated (DESIGN.md section 4). Runs inside
+/// the join's step.
+fn note_last_resort_use(shared: &Shared, payload: &[u8]) -> Result<bool, Error> {
+    let Ok(payload) = WelcomePayload::from_bytes(payload) else {
+        return Ok(false);
+    };
+    let Ok(message) = MlsMessageIn::tls_deserialize_exact(payload.welcome.as_slice()) else {
+        return Ok(false);
+    };
+    let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+        return Ok(false);
+    };
+    let storage = shared.storage();
+    let mut inventory = storage.load_inventory()?;
+    let Some(current) = inventory.last_resort.as_ref().map(|r| r.hash_ref.clone()) else {
+        return Ok(false);
+    };
+    let used = welcome
+        .secrets()
+        .iter()
+        .any(|s| s.new_member().as_slice() == current.as_slice());
+    if used {
+        inventory.note_last_resort_used(&current, now_ms());
+        storage.save_inventory(&inventory)?;
+    }
+    Ok(used)
+}
+
+impl Handler<ProcessWelcomes> for Supervisor {
+    type Result = AtomicResponse<Self, Result<Vec<Vec<u8>>, Error>>;
+
+    fn handle(&mut self, _: ProcessWelcomes, _: &mut Self::Context) -> Self::Result {
+        let shared = Arc::clone(&self.shared);
+        let fut = async move {
+            let topic = Topic::Welcome(shared.keys.id());
+            let mut joined = Vec::new();
+            loop {
+                let cursor = shared.store().cursor(&topic)?;
+                let page = shared.node.query(&topic, &cursor, 0).await?;
+                for envelope in &page.envelopes {
+                    if let Some(group_id) = join(&shared, envelope.payload.clone()).await? {
+                        joined.push(group_id);
+                    }
+                    let mut cursor = shared.store().cursor(&topic)?;
+                    cursor.advance(envelope);
+                    shared.store().put_cursor(&topic, &cursor)?;
+                }
+                if !page.more || page.envelopes.is_empty() {
+                    return Ok(joined);
+                }
+            }
+        };
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(fut).map(
+            |result: Result<Vec<Vec<u8>>, Error>, act: &mut Self, _| {
+                let joined = result?;
+                for group_id in &joined {
+                    act.start_group(group_id.clone());
+                }
+                if !joined.is_empty()
+                    && let Some(kpm) = &act.key_packages
+                {
+                    for _ in &joined {
+                        kpm.do_send(Consumed);
+                    }
+                }
+                Ok(joined)
+            },
+        )))
+    }
+}
+
+/// Start the actor of a group this client just created.
+#[derive(Message, Debug)]
+#[rtype(result = "Addr<GroupActor>")]
+pub(crate) struct Adopt(pub(crate) Vec<u8>);
+
+impl Handler<Adopt> for Supervisor {
+    type Result = MessageResult<Adopt>;
+
+    fn handle(&mut self, msg: Adopt, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.start_group(msg.0))
+    }
+}
+
+/// Follow an identity topic (for this client's own inbox, so that its own
+/// new installations are discovered too).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct WatchIdentity(pub(crate) InboxId);
+
+impl Handler<WatchIdentity> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchIdentity, _: &mut Self::Context) {
+        if let (Some(poller), Some(discovery)) = (&self.poller, &self.discovery) {
+            poller.do_send(Watch {
+                topic: Topic::Identity(msg.0),
+                recipient: discovery.clone().recipient(),
+            });
+        }
+    }
+}
