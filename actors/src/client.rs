@@ -28,7 +28,7 @@ use crate::{
     installation_discovery::Discover,
     key_package_manager::Refill,
     shared::{Shared, now_ms},
-    supervisor::{Adopt, GetGroup, ProcessWelcomes, Supervisor, WatchIdentity},
+    supervisor::{Adopt, GetGroup, ProcessWelcomes, Shutdown, Supervisor, WatchIdentity},
 };
 
 /// Options for [`Client::create_group`].
@@ -416,16 +416,29 @@ impl Client {
     /// A stream of events: messages, membership and metadata changes. It
     /// starts now; a consumer that falls more than 4,096 events behind
     /// skips the oldest.
-    pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + 'static {
+    pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + Unpin + 'static {
         BroadcastStream::new(self.inner.shared.events.subscribe())
-            .filter_map(|item| async move { item.ok() })
+            .filter_map(|item| futures::future::ready(item.ok()))
     }
 
     /// Stop the actors and close the store, so that the data directory can
     /// be opened again (by a new `Client`). Other clones of this client
     /// stop working.
+    ///
+    /// Drop this client's [`Conversation`] handles first: each holds the
+    /// client, and with it the store.
     pub async fn shutdown(self) -> Result<(), Error> {
         let weak: Weak<Shared> = Arc::downgrade(&self.inner.shared);
+        if let Ok(arbiters) = self.inner.supervisor.send(Shutdown).await {
+            blocking(move || {
+                for arbiter in arbiters {
+                    arbiter.stop();
+                    let _ = arbiter.join();
+                }
+                Ok(())
+            })
+            .await?;
+        }
         self.inner.system.stop();
         let thread = self
             .inner
@@ -450,7 +463,9 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(Error::Storage(
-            "the store is still in use (another clone of the client is alive?)".into(),
+            "the store is still in use: drop every clone of the client and its Conversation \
+             handles before shutdown"
+                .into(),
         ))
     }
 }

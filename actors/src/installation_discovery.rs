@@ -91,18 +91,15 @@ impl Handler<Discover> for InstallationDiscovery {
                 .iter()
                 .flat_map(|(_, list)| list.iter().map(|(i, _)| *i))
                 .collect();
-            let changed: BTreeSet<InboxId> = shared
-                .refresh_identities(inboxes.iter().copied())
-                .await?
-                .into_iter()
-                .collect();
+            shared.refresh_identities(inboxes.iter().copied()).await?;
+            // Every group compares its leaves with the logs, not only those
+            // whose logs just grew: an installation whose key packages were
+            // not on the node yet last time is still missing.
             let mut reconciled = 0;
-            for (addr, list) in members {
-                if list.iter().any(|(i, _)| changed.contains(i)) {
-                    match addr.send(Change::Reconcile { refresh: false }).await? {
-                        Ok(()) => reconciled += 1,
-                        Err(e) => tracing::warn!(error = %e, "reconciling a group failed"),
-                    }
+            for (addr, _) in members {
+                match addr.send(Change::Reconcile { refresh: false }).await? {
+                    Ok(()) => reconciled += 1,
+                    Err(e) => tracing::warn!(error = %e, "reconciling a group failed"),
                 }
             }
             Ok((inboxes, reconciled))

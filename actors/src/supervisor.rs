@@ -301,6 +301,26 @@ impl Handler<ProcessWelcomes> for Supervisor {
     }
 }
 
+/// Stop the group threads and hand them back, so that the caller can wait
+/// for them (and the store handles they hold) to be gone.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<Arbiter>")]
+pub(crate) struct Shutdown;
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = MessageResult<Shutdown>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.groups.clear();
+        let arbiters = std::mem::take(&mut self.arbiters);
+        for arbiter in &arbiters {
+            arbiter.stop();
+        }
+        ctx.stop();
+        MessageResult(arbiters)
+    }
+}
+
 /// Start the actor of a group this client just created.
 #[derive(Message, Debug)]
 #[rtype(result = "Addr<GroupActor>")]

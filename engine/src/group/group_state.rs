@@ -767,9 +767,8 @@ impl Group {
                 key_packages,
                 sequences,
             } => {
-                if self.metadata.immutable.kind == ConversationKind::Dm
-                    && sequences.iter().any(|(i, _)| !members.contains_key(i))
-                {
+                let dm = self.metadata.immutable.dm_members;
+                if dm.is_some_and(|(a, b)| sequences.iter().any(|(i, _)| *i != a && *i != b)) {
                     return Err(GroupError::NotPermitted(
                         "a DM cannot take other inboxes".into(),
                     ));

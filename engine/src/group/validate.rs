@@ -182,7 +182,16 @@ pub(crate) fn validate_commit(
                  sequence {sequence}"
             )));
         }
-        if !old_inboxes.contains(inbox) && !old.policies.add_member.allows(old.role(proposer)) {
+        // The two inboxes of a DM are its members by definition; the
+        // policy governs everyone else.
+        let dm_member = old
+            .immutable
+            .dm_members
+            .is_some_and(|(a, b)| *inbox == a || *inbox == b);
+        if !old_inboxes.contains(inbox)
+            && !dm_member
+            && !old.policies.add_member.allows(old.role(proposer))
+        {
             return Err(reject(format!("{proposer} may not add members")));
         }
     }

@@ -1,0 +1,81 @@
+//! The multi-client harness: a real `LocalNode` over a sled node store and
+//! clients over real sled stores, all in one temporary directory.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use kith::{Client, ClientConfig, Conversation, ConversationId, LocalNode, LocalWallet};
+use kith_storage::SledNodeStore;
+use kith_transport::node::{NodeConfig, NodeLogic};
+
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub node: LocalNode<SledNodeStore>,
+}
+
+pub fn wallet() -> LocalWallet {
+    LocalWallet::generate(&mut rand_core::OsRng)
+}
+
+impl Net {
+    pub fn new() -> Self {
+        // RUST_LOG=kith=debug shows what the actors do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+            )
+            .with_writer(std::io::stderr)
+            .try_init();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SledNodeStore::open(dir.path().join("node")).expect("node store");
+        let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), store)));
+        Self { dir, node }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client for `wallet` whose store is `name` (created, or reopened).
+    pub async fn open(&self, name: &str, wallet: &LocalWallet) -> Client {
+        Client::builder()
+            .wallet(wallet.clone())
+            .data_dir(self.path(name))
+            .node(self.node.clone())
+            .config(ClientConfig {
+                // Tests sync explicitly; keep background timers out of the way.
+                sync_interval: Duration::from_secs(3600),
+                ..ClientConfig::default()
+            })
+            .build()
+            .await
+            .expect("client")
+    }
+
+    /// A registered client.
+    pub async fn client(&self, name: &str, wallet: &LocalWallet) -> Client {
+        let client = self.open(name, wallet).await;
+        client.register().await.expect("register");
+        client
+    }
+}
+
+/// `client`'s view of conversation `id`, after a sync.
+pub async fn joined(client: &Client, id: &ConversationId) -> Conversation {
+    client.sync().await.expect("sync");
+    client.conversation(id).await.expect("the client joined")
+}
+
+/// The texts of a conversation, after a sync.
+pub async fn texts(conversation: &Conversation) -> Vec<String> {
+    conversation.sync().await.expect("sync");
+    conversation
+        .messages()
+        .await
+        .expect("messages")
+        .iter()
+        .map(|m| m.text().unwrap_or("<not text>").to_owned())
+        .collect()
+}

@@ -1,0 +1,233 @@
+//! Multi-client scenarios through a real `LocalNode`, on real sled stores.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Net, joined, texts, wallet};
+use futures::StreamExt as _;
+use kith::{ConversationKind, Error, Event, GroupOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_installation_receives_and_discovery_follows_the_identity_logs() {
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let a1 = net.client("a1", &aw).await;
+    let a2 = net.client("a2", &aw).await;
+    let b1 = net.client("b1", &bw).await;
+    let b2 = net.client("b2", &bw).await;
+    let c1 = net.client("c1", &cw).await;
+    let c2 = net.client("c2", &cw).await;
+
+    let group = a1
+        .create_group(
+            &[bw.inbox_id(), cw.inbox_id()],
+            GroupOptions::default().name("six"),
+        )
+        .await
+        .expect("create");
+    // The first send checks installations first, which brings in Alice's
+    // own second installation.
+    group.send_text("hello").await.expect("send");
+    let members = group.members().await.expect("members");
+    let installations: usize = members.iter().map(|m| m.installations.len()).sum();
+    assert_eq!(members.len(), 3);
+    assert_eq!(installations, 6, "all installations of all three inboxes");
+    for client in [&a2, &b1, &b2, &c1, &c2] {
+        let conversation = joined(client, group.id()).await;
+        assert_eq!(texts(&conversation).await, ["hello"], "{client:?}");
+    }
+
+    // Bob adds a third installation; discovery adds it to the group.
+    let b3 = net.client("b3", &bw).await;
+    a1.discover_installations().await.expect("discovery");
+    let b3_group = joined(&b3, group.id()).await;
+    group.send_text("welcome, b3").await.expect("send");
+    assert_eq!(texts(&b3_group).await, ["welcome, b3"]);
+
+    // Carol revokes c2; discovery removes it, and it cannot read on.
+    let c2_group = c2.conversation(group.id()).await.expect("c2 group");
+    c1.revoke_installation(c2.installation_id())
+        .await
+        .expect("revoke");
+    a1.discover_installations().await.expect("discovery");
+    let members = group.members().await.expect("members");
+    let carol = members
+        .iter()
+        .find(|m| m.inbox == cw.inbox_id())
+        .expect("carol is still a member");
+    assert_eq!(carol.installations, vec![c1.installation_id()]);
+    group.send_text("after the revocation").await.expect("send");
+    let seen_by_c2 = texts(&c2_group).await;
+    assert!(!seen_by_c2.iter().any(|t| t == "after the revocation"));
+    assert!(!c2_group.is_active().await.expect("state"));
+    let c1_group = c1.conversation(group.id()).await.expect("c1 group");
+    assert!(
+        texts(&c1_group)
+            .await
+            .iter()
+            .any(|t| t == "after the revocation")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_sees_name_description_and_admins() {
+    let net = Net::new();
+    let (aw, bw, dw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let dave = net.client("dave", &dw).await;
+    let group = alice
+        .create_group(
+            &[bw.inbox_id()],
+            GroupOptions::default()
+                .name("Book club")
+                .description("One book a month"),
+        )
+        .await
+        .expect("create");
+    group.add_admin(bw.inbox_id()).await.expect("admin");
+    group
+        .update_description("Two books a month")
+        .await
+        .expect("description");
+    group.add_members(&[dw.inbox_id()]).await.expect("add dave");
+
+    let late = joined(&dave, group.id()).await;
+    let metadata = late.metadata().await.expect("metadata");
+    assert_eq!(metadata.name.as_deref(), Some("Book club"));
+    assert_eq!(metadata.description.as_deref(), Some("Two books a month"));
+    assert_eq!(metadata.admins, BTreeSet::from([bw.inbox_id()]));
+    assert_eq!(metadata.super_admins, BTreeSet::from([aw.inbox_id()]));
+    assert_eq!(metadata.kind, ConversationKind::Group);
+    // Bob sees the same epoch as the joiner.
+    let bob_group = joined(&bob, group.id()).await;
+    assert_eq!(
+        bob_group.epoch_state().await.expect("epoch"),
+        late.epoch_state().await.expect("epoch")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_loses_and_duplicates_nothing() {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    group.send_text("one").await.expect("send");
+    bob_group.send_text("two").await.expect("send");
+    assert_eq!(texts(&bob_group).await, ["one", "two"]);
+
+    drop(bob_group);
+    bob.shutdown().await.expect("shutdown");
+    group.send_text("three").await.expect("send");
+    group.send_text("four").await.expect("send");
+
+    let bob = net.open("bob", &bw).await;
+    let bob_group = bob.conversation(group.id()).await.expect("still there");
+    assert_eq!(texts(&bob_group).await, ["one", "two", "three", "four"]);
+    // Syncing again fetches nothing twice.
+    assert_eq!(texts(&bob_group).await.len(), 4);
+    bob_group
+        .send_text("five")
+        .await
+        .expect("send after restart");
+    assert_eq!(texts(&group).await, ["one", "two", "three", "four", "five"]);
+    let ids: BTreeSet<_> = bob_group
+        .messages()
+        .await
+        .expect("messages")
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_created_at_once_become_one_conversation() {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let (a, b) = tokio::join!(
+        alice.find_or_create_dm(bw.inbox_id()),
+        bob.find_or_create_dm(aw.inbox_id())
+    );
+    let (a, b) = (a.expect("alice's dm"), b.expect("bob's dm"));
+    assert_eq!(a.id(), b.id(), "both sides derive the same DM id");
+    alice.sync().await.expect("sync");
+    bob.sync().await.expect("sync");
+    for client in [&alice, &bob] {
+        let conversations = client.conversations().await.expect("list");
+        assert_eq!(conversations.len(), 1, "exactly one DM");
+    }
+    a.send_text("hi bob").await.expect("send");
+    b.sync().await.expect("sync");
+    b.send_text("hi alice").await.expect("send");
+    assert_eq!(texts(&a).await, ["hi bob", "hi alice"]);
+    assert_eq!(texts(&b).await, ["hi bob", "hi alice"]);
+    // Asking again finds it.
+    let again = alice.find_or_create_dm(bw.inbox_id()).await.expect("dm");
+    assert_eq!(again.id(), a.id());
+    assert_eq!(
+        a.metadata().await.expect("metadata").kind,
+        ConversationKind::Dm
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_group_actor_restarts_from_storage() {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    group.send_text("before").await.expect("send");
+    let error = group.inject_actor_panic().await;
+    assert!(matches!(error, Error::Restarted(_)), "{error:?}");
+    group
+        .send_text("after")
+        .await
+        .expect("send after the restart");
+    assert_eq!(group.actor_restarts().await.expect("restarts"), 1);
+    let bob_group = joined(&bob, group.id()).await;
+    assert_eq!(texts(&bob_group).await, ["before", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_messages_members_and_metadata() {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let mut events = bob.stream_events();
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    group.update_name("renamed").await.expect("rename");
+    group.send_text("hello").await.expect("send");
+    bob_group.sync().await.expect("sync");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open");
+        seen.push(event);
+    }
+    assert!(matches!(&seen[0], Event::Joined { conversation } if conversation == group.id()));
+    assert!(
+        matches!(&seen[1], Event::MetadataChanged { metadata, by, .. } if metadata.name.as_deref() == Some("renamed") && *by == aw.inbox_id())
+    );
+    assert!(matches!(&seen[2], Event::Message(m) if m.text() == Some("hello")));
+}

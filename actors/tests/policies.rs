@@ -1,0 +1,174 @@
+//! Policies: a member's own client refuses forbidden changes, and commits
+//! made by hand that break the rules are rejected by every receiver, whose
+//! state stays as it was.
+
+mod common;
+
+use common::{Net, joined, texts, wallet};
+use futures::StreamExt as _;
+use kith::{Error, Event, GroupOptions};
+use kith_engine::{
+    delivery::Topic,
+    group::{GroupMetadata, metadata::ATTRIBUTE_NAME},
+    identity::InstallationStore as _,
+};
+use kith_storage::KithProvider;
+use kith_transport::client::DeliveryClient as _;
+use openmls::prelude::{GroupId, LeafNodeIndex, MlsGroup, tls_codec::Serialize as _};
+use openmls_traits::OpenMlsProvider as _;
+
+/// Make a commit by hand from the state in `dir`: `edit` gets the builder
+/// and the current metadata and adds what the commit should carry.
+fn forge(
+    dir: &std::path::Path,
+    group_id: &[u8],
+    edit: impl FnOnce(&MlsGroup, &mut GroupMetadata) -> Vec<LeafNodeIndex>,
+) -> Vec<u8> {
+    let provider = KithProvider::open(dir.join("kith.sled")).expect("open the store");
+    let keys = provider
+        .storage()
+        .load_installation()
+        .expect("keys")
+        .expect("keys stored");
+    let mut group = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        .expect("load")
+        .expect("group stored");
+    let mut metadata = GroupMetadata::from_extensions(group.extensions()).expect("metadata");
+    let removals = edit(&group, &mut metadata);
+    let bundle = group
+        .commit_builder()
+        .propose_removals(removals)
+        .propose_group_context_extensions(metadata.to_extensions())
+        .expect("extensions")
+        .load_psks(provider.storage())
+        .expect("psks")
+        .build(provider.rand(), provider.crypto(), &keys, |_| true)
+        .expect("build")
+        .stage_commit(&provider)
+        .expect("stage");
+    bundle.commit().tls_serialize_detached().expect("serialize")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_admin_cannot_remove_in_an_admins_only_group() {
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
+    let group = alice
+        .create_group(
+            &[bw.inbox_id(), cw.inbox_id()],
+            GroupOptions::default().admins_only(),
+        )
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    let carol_group = joined(&carol, group.id()).await;
+    let before = group.epoch_state().await.expect("epoch");
+
+    // Bob's own client refuses, and publishes nothing.
+    let refused = bob_group.remove_members(&[cw.inbox_id()]).await;
+    assert!(
+        matches!(refused, Err(Error::NotPermitted(_))),
+        "{refused:?}"
+    );
+    assert_eq!(group.epoch_state().await.expect("epoch"), before);
+
+    // A commit Bob makes by hand is rejected by everyone else.
+    drop(bob_group);
+    bob.shutdown().await.expect("shutdown");
+    let carol_leaf = |group: &MlsGroup| {
+        group
+            .members()
+            .find(|m| m.signature_key == carol.installation_id().as_bytes().to_vec())
+            .expect("carol's leaf")
+            .index
+    };
+    let mut alice_events = alice.stream_events();
+    let commit = forge(&net.path("bob"), &group.id().0, |g, metadata| {
+        metadata.membership.remove(&cw.inbox_id());
+        vec![carol_leaf(g)]
+    });
+    net.node
+        .publish(vec![(Topic::Group(group.id().0.clone()), commit)])
+        .await
+        .expect("publish");
+    group.sync().await.expect("sync");
+    carol_group.sync().await.expect("sync");
+    assert_eq!(group.epoch_state().await.expect("epoch"), before);
+    assert_eq!(carol_group.epoch_state().await.expect("epoch"), before);
+    assert!(carol_group.is_active().await.expect("state"));
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), alice_events.next())
+        .await
+        .expect("an event")
+        .expect("stream");
+    assert!(
+        matches!(&event, Event::CommitRejected { reason, .. } if reason.contains("may not remove")),
+        "{event:?}"
+    );
+    // The group goes on.
+    group.send_text("still here").await.expect("send");
+    assert_eq!(texts(&carol_group).await, ["still here"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
+    let group = alice
+        .create_group(
+            &[bw.inbox_id(), cw.inbox_id()],
+            GroupOptions::default().name("official").admins_only(),
+        )
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    let carol_group = joined(&carol, group.id()).await;
+    let refused = bob_group.update_name("hijacked").await;
+    assert!(
+        matches!(refused, Err(Error::NotPermitted(_))),
+        "{refused:?}"
+    );
+    drop(bob_group);
+    bob.shutdown().await.expect("shutdown");
+
+    // A change that would be allowed (an attribute anyone may... no: in an
+    // admins-only group none is) mixed with a forbidden one: the name, plus
+    // making Bob an admin.
+    let commit = forge(&net.path("bob"), &group.id().0, |_, metadata| {
+        metadata
+            .mutable
+            .attributes
+            .insert(ATTRIBUTE_NAME.into(), "hijacked".into());
+        metadata.mutable.admins.insert(bw.inbox_id());
+        Vec::new()
+    });
+    let before = group.epoch_state().await.expect("epoch");
+    net.node
+        .publish(vec![(Topic::Group(group.id().0.clone()), commit)])
+        .await
+        .expect("publish");
+    for conversation in [&group, &carol_group] {
+        conversation.sync().await.expect("sync");
+        let metadata = conversation.metadata().await.expect("metadata");
+        assert_eq!(metadata.name.as_deref(), Some("official"));
+        assert!(metadata.admins.is_empty());
+        assert_eq!(conversation.epoch_state().await.expect("epoch"), before);
+    }
+    // A legitimate change still goes through afterwards.
+    group.update_name("official, v2").await.expect("rename");
+    carol_group.sync().await.expect("sync");
+    assert_eq!(
+        carol_group
+            .metadata()
+            .await
+            .expect("metadata")
+            .name
+            .as_deref(),
+        Some("official, v2")
+    );
+}
