@@ -1,0 +1,309 @@
+//! The commit flow on the sans-IO engine, with an in-test node: an own
+//! commit that loses to another member's is cleared and regenerated, and
+//! no sender-ratchet generation is used twice (a receiver would fail with
+//! `SecretReuseError`), for messages sent while the commit was pending and
+//! after it was cleared, and for a proposal sent afterwards.
+
+use kith_engine::{
+    delivery::{Envelope, Topic},
+    group::{
+        ConversationKind, Group, GroupEvent, IdentityCache, IntentKind, Me, MemoryKvStore,
+        NewGroup, PolicyPreset,
+    },
+    identity::{
+        DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
+        generate_key_package,
+    },
+};
+use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
+
+/// OpenMLS checks key-package lifetimes against the system clock, so the
+/// test's time is the real one.
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("clock after 1970")
+}
+
+struct Member {
+    provider: OpenMlsRustCrypto,
+    kv: MemoryKvStore,
+    keys: InstallationKeys,
+    inbox: InboxId,
+    events: Vec<GroupEvent>,
+}
+
+impl Member {
+    fn me(&self) -> Me<'_> {
+        Me {
+            inbox: self.inbox,
+            keys: &self.keys,
+        }
+    }
+
+    fn drain(&mut self, group: &mut Group) {
+        while let Some(event) = group.poll_event() {
+            self.events.push(event);
+        }
+    }
+}
+
+fn member(rng: &mut ChaCha20Rng, identities: &mut IdentityCache) -> Member {
+    let wallet = LocalWallet::generate(rng);
+    let keys = InstallationKeys::generate(rng);
+    let unsigned = UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
+    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+    identities
+        .extend(wallet.inbox_id(), [unsigned.sign(signature, Some(&keys))])
+        .expect("valid log");
+    Member {
+        provider: OpenMlsRustCrypto::default(),
+        kv: MemoryKvStore::default(),
+        keys,
+        inbox: wallet.inbox_id(),
+        events: Vec::new(),
+    }
+}
+
+/// The node: an ordered topic.
+#[derive(Default)]
+struct Node {
+    envelopes: Vec<Envelope>,
+}
+
+impl Node {
+    fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Envelope {
+        let sequence = self.envelopes.len() as u64 + 1;
+        let envelope = Envelope {
+            topic: topic.parse().expect("topic"),
+            payload,
+            originator_node_id: 1,
+            originator_sequence_id: sequence,
+            originator_time_ms: now_ms() + sequence,
+        };
+        self.envelopes.push(envelope.clone());
+        envelope
+    }
+
+    /// Publish everything `group` has queued.
+    fn flush(&mut self, group: &mut Group, member: &Member) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        while let Some(item) = group.poll_outbound() {
+            out.push(self.publish(&item.topic, item.payload.clone()));
+            group.ack_outbound(&member.kv, &item).expect("ack");
+        }
+        out
+    }
+
+    fn deliver(&self, group: &mut Group, member: &mut Member, identities: &IdentityCache) {
+        let topic = Topic::Group(group.group_id().to_vec());
+        for envelope in self.envelopes.iter().filter(|e| e.topic == topic) {
+            group
+                .handle_envelope(
+                    &member.provider,
+                    &member.kv,
+                    member.me(),
+                    identities,
+                    envelope,
+                )
+                .expect("handle");
+        }
+        member.drain(group);
+    }
+}
+
+fn texts(member: &Member, group: &Group) -> Vec<String> {
+    kith_engine::group::ClientStore(&member.kv)
+        .messages(&group.conversation_id())
+        .expect("messages")
+        .into_iter()
+        .map(|m| String::from_utf8(m.body).expect("utf-8"))
+        .collect()
+}
+
+#[test]
+fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut identities = IdentityCache::new();
+    let mut alice = member(&mut rng, &mut identities);
+    let mut bob = member(&mut rng, &mut identities);
+    let mut node = Node::default();
+
+    let mut a = Group::create(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        &identities,
+        NewGroup {
+            kind: ConversationKind::Group,
+            dm_peer: None,
+            attributes: Default::default(),
+            preset: PolicyPreset::Default,
+            now_ms: now_ms(),
+        },
+    )
+    .expect("create");
+    let key_package = generate_key_package(
+        &bob.provider,
+        &bob.keys,
+        bob.inbox,
+        now_ms() / 1000,
+        DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .expect("key package");
+    let key_package = MlsMessageOut::from(key_package)
+        .tls_serialize_detached()
+        .expect("serialize");
+    a.queue_intent(
+        &alice.kv,
+        IntentKind::AddMembers {
+            key_packages: vec![key_package],
+            sequences: vec![(bob.inbox, 1)],
+        },
+    )
+    .expect("queue");
+    a.advance(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        &identities,
+        now_ms(),
+    )
+    .expect("advance");
+    assert!(a.has_pending_commit());
+    assert_eq!(a.epoch(), 0, "staging a commit does not move the epoch");
+    node.flush(&mut a, &alice);
+    node.deliver(&mut a, &mut alice, &identities);
+    assert_eq!(
+        a.epoch(),
+        1,
+        "the own commit came back first and was merged"
+    );
+    let welcomes = node.flush(&mut a, &alice);
+    assert_eq!(welcomes.len(), 1, "the Welcome goes out after the merge");
+    let mut b = Group::join(
+        &bob.provider,
+        &bob.kv,
+        bob.me(),
+        &identities,
+        &welcomes[0].payload,
+        now_ms(),
+    )
+    .expect("join")
+    .expect("new group");
+
+    // Bob commits first; Alice stages a commit and sends while it pends.
+    b.queue_intent(&bob.kv, IntentKind::UpdateKeys)
+        .expect("queue");
+    b.advance(&bob.provider, &bob.kv, bob.me(), &identities, now_ms())
+        .expect("advance");
+    node.flush(&mut b, &bob);
+    a.queue_intent(
+        &alice.kv,
+        IntentKind::UpdateAttributes {
+            changes: vec![("name".into(), Some("mine".into()))],
+        },
+    )
+    .expect("queue");
+    a.advance(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        &identities,
+        now_ms(),
+    )
+    .expect("advance");
+    for text in ["pending 1", "pending 2"] {
+        a.send_message(
+            &alice.provider,
+            &alice.kv,
+            alice.me(),
+            "text/plain",
+            text.as_bytes(),
+            now_ms(),
+        )
+        .expect("send while pending");
+    }
+    node.flush(&mut a, &alice);
+
+    // Alice sees Bob's commit first: hers is cleared and regenerated.
+    node.deliver(&mut a, &mut alice, &identities);
+    assert_eq!(a.epoch(), 2);
+    assert_eq!(a.metadata().name(), None, "her change is not in yet");
+    a.advance(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        &identities,
+        now_ms(),
+    )
+    .expect("regenerate");
+    assert!(a.has_pending_commit(), "regenerated on the new epoch");
+    a.send_message(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        "text/plain",
+        b"after clearing",
+        now_ms(),
+    )
+    .expect("send");
+    node.flush(&mut a, &alice);
+    node.deliver(&mut a, &mut alice, &identities);
+    assert_eq!(a.epoch(), 3);
+    assert_eq!(a.metadata().name(), Some("mine"));
+    a.send_message(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        "text/plain",
+        b"epoch 3",
+        now_ms(),
+    )
+    .expect("send");
+    // A proposal after the commit: Alice leaves.
+    a.queue_intent(&alice.kv, IntentKind::Leave).expect("queue");
+    a.advance(
+        &alice.provider,
+        &alice.kv,
+        alice.me(),
+        &identities,
+        now_ms(),
+    )
+    .expect("propose");
+    node.flush(&mut a, &alice);
+
+    node.deliver(&mut b, &mut bob, &identities);
+    assert_eq!(b.epoch(), 3);
+    assert_eq!(b.epoch_authenticator(), a.epoch_authenticator());
+    assert_eq!(
+        texts(&bob, &b),
+        ["pending 1", "pending 2", "after clearing", "epoch 3"]
+    );
+    let skipped: Vec<&String> = bob
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            GroupEvent::EnvelopeSkipped { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    // Only Alice's lost commit (of a past epoch) is skipped; nothing failed
+    // for a reused generation.
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(!skipped[0].contains("SecretReuse"), "{skipped:?}");
+    // Bob holds Alice's leave proposal and will commit it.
+    b.advance(&bob.provider, &bob.kv, bob.me(), &identities, now_ms())
+        .expect("commit the leave");
+    node.flush(&mut b, &bob);
+    node.deliver(&mut b, &mut bob, &identities);
+    assert_eq!(b.members().len(), 1, "Alice left");
+    node.deliver(&mut a, &mut alice, &identities);
+    assert!(!a.is_active());
+    assert!(alice.events.contains(&GroupEvent::Removed));
+}
