@@ -471,9 +471,10 @@ impl Client {
 }
 
 /// Run a closure on the supervisor to read one of its parts.
-struct Peek(
-    Box<dyn FnOnce(&Supervisor) -> Box<dyn std::any::Any + std::marker::Send> + std::marker::Send>,
-);
+type PeekFn =
+    Box<dyn FnOnce(&Supervisor) -> Box<dyn std::any::Any + std::marker::Send> + std::marker::Send>;
+
+struct Peek(PeekFn);
 
 impl actix::Message for Peek {
     type Result = Box<dyn std::any::Any + std::marker::Send>;

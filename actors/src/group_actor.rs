@@ -54,6 +54,10 @@ pub(crate) struct GroupInfo {
     pub(crate) epoch_authenticator: Vec<u8>,
 }
 
+/// How an intent ended: done, or failed with a reason and whether the
+/// policy denied it.
+type Outcome = Result<(), (String, bool)>;
+
 enum Failure {
     Need(Vec<InboxId>),
     Fatal(Error),
@@ -71,7 +75,7 @@ pub(crate) struct GroupCore {
     shared: Arc<Shared>,
     group_id: Vec<u8>,
     group: Mutex<Option<Group>>,
-    outcomes: Mutex<HashMap<u64, Result<(), (String, bool)>>>,
+    outcomes: Mutex<HashMap<u64, Outcome>>,
     wake_pending: AtomicBool,
     pub(crate) restarts: AtomicU64,
 }

@@ -5,7 +5,7 @@
 //! MLS state, the stored message, the cursor and the intent) commits in one
 //! sled batch: a crash either keeps all of it or none.
 
-use kith_engine::group::KvStore;
+use kith_engine::group::{KvEntries, KvStore};
 
 use crate::{error::StorageError, mls_storage::SledMlsStorage};
 
@@ -33,7 +33,7 @@ impl KvStore for SledMlsStorage {
         self.remove(key(k))
     }
 
-    fn kv_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn kv_scan(&self, prefix: &[u8]) -> Result<KvEntries, StorageError> {
         Ok(self
             .scan(&key(prefix))?
             .into_iter()

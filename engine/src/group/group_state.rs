@@ -754,9 +754,10 @@ impl Group {
                 {
                     continue;
                 }
-                if !metadata.membership.contains_key(&inbox) {
-                    metadata.membership.insert(inbox, state.sequence());
-                }
+                metadata
+                    .membership
+                    .entry(inbox)
+                    .or_insert_with(|| state.sequence());
                 welcome_to.push(valid.installation);
                 adds.push(valid.key_package);
             }

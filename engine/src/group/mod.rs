@@ -29,7 +29,7 @@ pub use identities::IdentityCache;
 pub use intent::{Intent, IntentKind, IntentState};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
 pub use store::{
-    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, KvStore,
-    MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
+    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, KvEntries,
+    KvStore, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
 };
 pub use validate::CommitSummary;

@@ -31,6 +31,9 @@ use crate::{
     identity::{IdentityUpdate, InboxId, InstallationId},
 };
 
+/// Key and value pairs, as a scan returns them.
+pub type KvEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A byte-oriented store with atomic steps, implemented by `kith-storage`.
 ///
 /// Writes made while the implementation has a step open on this thread are
@@ -46,7 +49,7 @@ pub trait KvStore {
     /// Remove `key`.
     fn kv_delete(&self, key: &[u8]) -> Result<(), Self::Error>;
     /// All entries whose key starts with `prefix`, in key order.
-    fn kv_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Self::Error>;
+    fn kv_scan(&self, prefix: &[u8]) -> Result<KvEntries, Self::Error>;
 }
 
 /// A [`KvStore`] in memory, without steps (each write applies at once).
@@ -80,7 +83,7 @@ impl KvStore for MemoryKvStore {
         Ok(())
     }
 
-    fn kv_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Self::Error> {
+    fn kv_scan(&self, prefix: &[u8]) -> Result<KvEntries, Self::Error> {
         Ok(self
             .map()
             .range(prefix.to_vec()..)

@@ -1,0 +1,248 @@
+//! Conversations end to end through the `kith` client (actors, sled, a
+//! `LocalNode` over sled), each against raw OpenMLS in memory in the same
+//! run:
+//!
+//! - send-to-receive: one client sends, another syncs and decrypts it, vs
+//!   raw encrypt plus decrypt;
+//! - creating groups of 100 and 1,000 installations, vs raw create + add;
+//! - adding one member to a 1,000-member group, vs a raw add + merge.
+//!
+//! The other members of the big groups are "virtual" installations: real
+//! identity logs and real last-resort key packages on the node, but no
+//! client running for them, so that the benchmark measures the adder.
+
+use std::{sync::Arc, time::Duration};
+
+use criterion::Criterion;
+use kith::{Client, ClientConfig, Conversation, GroupOptions, InboxId, LocalNode, LocalWallet};
+use kith_benches::{
+    Backend as _, CIPHERSUITE, Member, Pair, Recorder, bench_recorded, key_packages,
+};
+use kith_engine::identity::{
+    DEFAULT_LIFETIME_SECS, InstallationKeys, UnsignedIdentityUpdate, generate_key_package,
+};
+use kith_storage::SledNodeStore;
+use kith_transport::{
+    client::DeliveryClient as _,
+    node::{BucketLimit, KeyPackageUpload, NodeConfig, NodeLimits, NodeLogic, upload_signed_bytes},
+};
+use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("clock")
+}
+
+type Node = LocalNode<SledNodeStore>;
+
+fn node(dir: &std::path::Path) -> Node {
+    let unlimited = BucketLimit {
+        burst: 1_000_000,
+        per_minute: 1_000_000,
+    };
+    let config = NodeConfig {
+        node_id: 1,
+        limits: NodeLimits {
+            fetch_per_requester: unlimited,
+            fetch_per_target: unlimited,
+            ..NodeLimits::default()
+        },
+    };
+    let store = SledNodeStore::open(dir.join("node")).expect("node store");
+    LocalNode::new(Arc::new(NodeLogic::new(config, store)))
+}
+
+/// An inbox with one installation and a last-resort key package on the
+/// node (handed out on every fetch), and no client.
+async fn virtual_member(node: &Node) -> InboxId {
+    let mut rng = rand_core::OsRng;
+    let wallet = LocalWallet::generate(&mut rng);
+    let keys = InstallationKeys::generate(&mut rng);
+    let unsigned = UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
+    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+    node.publish_identity_update(unsigned.sign(signature, Some(&keys)))
+        .await
+        .expect("identity");
+    let provider = OpenMlsRustCrypto::default();
+    let key_package = generate_key_package(
+        &provider,
+        &keys,
+        wallet.inbox_id(),
+        now_ms() / 1000,
+        DEFAULT_LIFETIME_SECS,
+        true,
+    )
+    .expect("key package");
+    let bytes = MlsMessageOut::from(key_package)
+        .tls_serialize_detached()
+        .expect("serialize");
+    let timestamp_ms = now_ms();
+    let signed = upload_signed_bytes(timestamp_ms, &keys.id(), &[], Some(&bytes));
+    node.upload_key_packages(KeyPackageUpload {
+        installation: keys.id(),
+        one_time: Vec::new(),
+        last_resort: Some(bytes),
+        timestamp_ms,
+        signature: keys.sign(&signed).to_vec(),
+    })
+    .await
+    .expect("upload");
+    wallet.inbox_id()
+}
+
+async fn client(dir: &std::path::Path, name: &str, node: &Node) -> Client {
+    let client = Client::builder()
+        .wallet(LocalWallet::generate(&mut rand_core::OsRng))
+        .data_dir(dir.join(name))
+        .node(node.clone())
+        .config(ClientConfig {
+            sync_interval: Duration::from_secs(3600),
+            discovery_before_send: Duration::from_secs(3600),
+            ..ClientConfig::default()
+        })
+        .build()
+        .await
+        .expect("client");
+    client.register().await.expect("register");
+    client
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let recorder = Recorder::default();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let node = node(dir.path());
+
+    // --- send to receive ---------------------------------------------
+    let (alice, bob) = rt.block_on(async {
+        (
+            client(dir.path(), "alice", &node).await,
+            client(dir.path(), "bob", &node).await,
+        )
+    });
+    let (group, bob_group): (Conversation, Conversation) = rt.block_on(async {
+        let group = alice
+            .create_group(&[bob.inbox_id()], GroupOptions::default())
+            .await
+            .expect("group");
+        bob.sync().await.expect("sync");
+        let bob_group = bob.conversation(group.id()).await.expect("joined");
+        // The first send also checks installations; keep it out of the
+        // measurement.
+        group.send_text("warm up").await.expect("send");
+        bob_group.sync().await.expect("sync");
+        (group, bob_group)
+    });
+    let payload = "x".repeat(100);
+    bench_recorded(
+        &mut c,
+        &recorder,
+        ("send to receive, 100 B", "kith actors + sled"),
+        (20, Duration::from_secs(10)),
+        || {
+            rt.block_on(async {
+                group.send_text(&payload).await.expect("send");
+                bob_group.sync().await.expect("receive");
+            })
+        },
+    );
+    let mut pair = Pair::new(
+        OpenMlsRustCrypto::default(),
+        OpenMlsRustCrypto::default(),
+        b"raw pair",
+        &[],
+    );
+    bench_recorded(
+        &mut c,
+        &recorder,
+        ("send to receive, 100 B", "raw openmls memory"),
+        (20, Duration::from_secs(5)),
+        || pair.message_round_trip(payload.as_bytes()),
+    );
+
+    // --- big groups --------------------------------------------------
+    let members: Vec<InboxId> = rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..1_500 {
+            out.push(virtual_member(&node).await);
+        }
+        out
+    });
+    for size in [100usize, 1_000] {
+        let operation = format!("create a group of {size}");
+        let others = &members[..size - 1];
+        bench_recorded(
+            &mut c,
+            &recorder,
+            (&operation, "kith actors + sled"),
+            (10, Duration::from_secs(20)),
+            || {
+                rt.block_on(async {
+                    alice
+                        .create_group(others, GroupOptions::default())
+                        .await
+                        .expect("create");
+                })
+            },
+        );
+        let packages = key_packages(size - 1);
+        let creator = Member::new("creator", OpenMlsRustCrypto::default());
+        let mut n = 0u64;
+        bench_recorded(
+            &mut c,
+            &recorder,
+            (&operation, "raw openmls memory"),
+            (10, Duration::from_secs(10)),
+            || {
+                n += 1;
+                creator.create_and_add(&n.to_be_bytes(), &packages);
+            },
+        );
+    }
+
+    // --- add one member to a 1,000-member group ----------------------
+    let big = rt.block_on(async {
+        alice
+            .create_group(&members[..999], GroupOptions::default())
+            .await
+            .expect("create")
+    });
+    let mut spare = members[999..].iter();
+    bench_recorded(
+        &mut c,
+        &recorder,
+        ("add one member to 1,000", "kith actors + sled"),
+        (10, Duration::from_secs(10)),
+        || {
+            let inbox = *spare.next().expect("enough spare members");
+            rt.block_on(async { big.add_members(&[inbox]).await.expect("add") })
+        },
+    );
+    let creator = Member::new("creator", OpenMlsRustCrypto::default());
+    let mut raw_group = creator.create_and_add(b"raw big group", &key_packages(999));
+    bench_recorded(
+        &mut c,
+        &recorder,
+        ("add one member to 1,000", "raw openmls memory"),
+        (10, Duration::from_secs(10)),
+        || {
+            let joiner = key_packages(1);
+            creator.provider.step(|| {
+                raw_group
+                    .add_members(&creator.provider, &creator.signer, &joiner)
+                    .expect("add");
+                raw_group
+                    .merge_pending_commit(&creator.provider)
+                    .expect("merge");
+            });
+        },
+    );
+    let _ = CIPHERSUITE;
+    recorder.print_ratios("raw openmls memory");
+    c.final_summary();
+}
