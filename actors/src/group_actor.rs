@@ -29,6 +29,7 @@ use kith_engine::{
     group::{ConversationId, Group, GroupError, GroupEvent, IntentKind, StoredMessage},
     identity::{InboxId, InstallationId},
 };
+use tracing::Instrument as _;
 
 use crate::{
     Error,
@@ -350,15 +351,17 @@ impl GroupCore {
         let plan = self
             .apply(|group, shared| Ok(group.reconcile_plan(&shared.identities())))
             .await?;
+        let mut missing = 0;
         if !plan.is_empty() {
             let fetched = self
                 .shared
                 .fetch_key_packages(plan.add.iter().map(|(_, x)| *x).collect())
                 .await?;
-            let key_packages = fetched
+            let key_packages: Vec<Vec<u8>> = fetched
                 .into_iter()
                 .filter_map(|f| f.key_package.map(|k| k.bytes))
                 .collect();
+            missing = plan.add.len() - key_packages.len();
             self.change(IntentKind::Reconcile {
                 key_packages,
                 remove: plan.remove,
@@ -367,7 +370,16 @@ impl GroupCore {
             .await?;
         }
         self.apply(|group, shared| group.mark_reconciled(shared.storage(), now_ms()))
-            .await
+            .await?;
+        if missing > 0 {
+            // A new installation publishes its identity update before its
+            // key packages (the node only takes packages from registered
+            // installations), so a push can arrive too early.
+            return Err(Error::Pending(format!(
+                "{missing} new installation(s) have no key packages on the node yet"
+            )));
+        }
+        Ok(())
     }
 
     async fn send(&self, content_type: String, body: Vec<u8>) -> Result<[u8; 32], Error> {
@@ -380,7 +392,8 @@ impl GroupCore {
             now_ms().saturating_sub(last) > threshold
         };
         if stale {
-            // A failed check must not stop the message; it is retried.
+            // A failed or incomplete check must not stop the message; it
+            // is retried.
             if let Err(e) = self.reconcile(true).await {
                 tracing::warn!(error = %e, "installation check before send failed");
             }
@@ -458,24 +471,26 @@ impl actix::Supervised for GroupActor {
 /// Run `fut` atomically on the actor; a panic inside it stops the actor
 /// (to be restarted from storage) and is reported as [`Error::Restarted`].
 fn guarded<T: 'static>(
+    span: tracing::Span,
     fut: impl Future<Output = Result<T, Error>> + 'static,
 ) -> AtomicResponse<GroupActor, Result<T, Error>> {
     AtomicResponse::new(Box::pin(
-        actix::fut::wrap_future::<_, GroupActor>(AssertUnwindSafe(fut).catch_unwind()).map(
-            |result, _, ctx: &mut Context<GroupActor>| match result {
-                Ok(value) => value,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into());
-                    tracing::error!(%what, "group actor panicked");
-                    ctx.stop();
-                    Err(Error::Restarted(what))
-                }
-            },
-        ),
+        actix::fut::wrap_future::<_, GroupActor>(
+            AssertUnwindSafe(fut.instrument(span)).catch_unwind(),
+        )
+        .map(|result, _, ctx: &mut Context<GroupActor>| match result {
+            Ok(value) => value,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!(%what, "group actor panicked");
+                ctx.stop();
+                Err(Error::Restarted(what))
+            }
+        }),
     ))
 }
 
@@ -504,10 +519,9 @@ impl Handler<Sync> for GroupActor {
 
     fn handle(&mut self, _: Sync, _: &mut Self::Context) -> Self::Result {
         let core = Arc::clone(&self.core);
-        guarded(async move {
+        let span = tracing::debug_span!("group_sync", group = %hex::encode(&core.group_id));
+        guarded(span, async move {
             core.wake_pending.store(false, Ordering::SeqCst);
-            let span = tracing::debug_span!("group_sync", group = %hex::encode(&core.group_id));
-            let _enter = span.enter();
             core.drive().await
         })
     }
@@ -526,7 +540,11 @@ impl Handler<Send> for GroupActor {
 
     fn handle(&mut self, msg: Send, _: &mut Self::Context) -> Self::Result {
         let core = Arc::clone(&self.core);
-        guarded(async move { core.send(msg.content_type, msg.body).await })
+        let span = tracing::debug_span!("group_send", group = %hex::encode(&core.group_id));
+        guarded(
+            span,
+            async move { core.send(msg.content_type, msg.body).await },
+        )
     }
 }
 
@@ -545,14 +563,32 @@ pub(crate) enum Change {
     Intent(IntentKind),
 }
 
+impl Change {
+    fn name(&self) -> &'static str {
+        match self {
+            Change::AddMembers(_) => "add members",
+            Change::Reconcile { .. } => "reconcile installations",
+            Change::Intent(IntentKind::RemoveMembers { .. }) => "remove members",
+            Change::Intent(IntentKind::UpdateAttributes { .. }) => "update attributes",
+            Change::Intent(IntentKind::UpdateAdmins { .. }) => "update admins",
+            Change::Intent(IntentKind::SetPolicies { .. }) => "set policies",
+            Change::Intent(IntentKind::Leave) => "leave",
+            Change::Intent(_) => "other",
+        }
+    }
+}
+
 impl Handler<Change> for GroupActor {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
     fn handle(&mut self, msg: Change, _: &mut Self::Context) -> Self::Result {
         let core = Arc::clone(&self.core);
-        guarded(async move {
-            let span = tracing::info_span!("group_change", group = %hex::encode(&core.group_id));
-            let _enter = span.enter();
+        let span = tracing::info_span!(
+            "group_change",
+            group = %hex::encode(&core.group_id),
+            change = msg.name()
+        );
+        guarded(span, async move {
             match msg {
                 Change::AddMembers(inboxes) => core.add_members(inboxes).await,
                 Change::Reconcile { refresh } => core.reconcile(refresh).await,
@@ -599,7 +635,8 @@ impl Handler<InjectPanic> for GroupActor {
 
     fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) -> Self::Result {
         let core = Arc::clone(&self.core);
-        guarded(async move {
+        let span = tracing::info_span!("group_inject_panic");
+        guarded(span, async move {
             core.apply(|group, shared| {
                 // Write something first, so the test can see that the
                 // step's writes were discarded.

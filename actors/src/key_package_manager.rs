@@ -9,6 +9,7 @@ use actix::prelude::*;
 use kith_engine::identity::{KeyPackageInventoryStore as _, execute_plan};
 use kith_transport::node::{KeyPackageUpload, upload_signed_bytes};
 use openmls::prelude::tls_codec::Serialize as _;
+use tracing::Instrument as _;
 
 use crate::{
     Error,
@@ -119,15 +120,16 @@ impl Handler<Refill> for KeyPackageManager {
     fn handle(&mut self, _: Refill, _: &mut Self::Context) -> Self::Result {
         let shared = Arc::clone(&self.shared);
         let remaining = Arc::clone(&self.remaining);
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future(async move {
+        let fut = async move {
             use std::sync::atomic::Ordering;
-            let span = tracing::debug_span!("key_package_refill");
-            let _ = span;
             if let Some(left) = refill(shared, remaining.load(Ordering::SeqCst)).await? {
+                tracing::debug!(left, "key packages uploaded");
                 remaining.store(left, Ordering::SeqCst);
             }
             Ok(())
-        })))
+        };
+        let span = tracing::debug_span!("key_package_refill");
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(fut.instrument(span))))
     }
 }
 

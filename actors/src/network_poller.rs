@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use actix::prelude::*;
 use futures::StreamExt as _;
 use kith_engine::delivery::{Cursor, Topic};
+use tracing::Instrument as _;
 
 use crate::{group_actor::Wake, shared::Shared};
 
@@ -76,9 +77,8 @@ impl NetworkPoller {
             .collect();
         let routes = self.watched.clone();
         let node = Arc::clone(&self.shared.node);
+        let span = tracing::debug_span!("subscription", topics = topics.len());
         let fut = async move {
-            let span = tracing::debug_span!("subscribe", topics = topics.len());
-            let _ = span;
             match node.subscribe(topics).await {
                 Ok(mut stream) => {
                     while let Some(item) = stream.next().await {
@@ -98,6 +98,7 @@ impl NetworkPoller {
                 Err(e) => tracing::warn!(error = %e, "cannot subscribe"),
             }
         }
+        .instrument(span)
         .into_actor(self)
         .map(|(), act, ctx| act.schedule(ctx, RESUBSCRIBE_DELAY));
         self.subscription = Some(ctx.spawn(fut));

@@ -32,6 +32,9 @@ pub struct ClientConfig {
     /// Run discovery when a subscribed identity topic gets an update
     /// (default on).
     pub discovery_on_push: bool,
+    /// How soon discovery runs again when a new installation had no key
+    /// packages on the node yet (default 5 s).
+    pub discovery_retry: Duration,
     /// How often each group re-syncs with the node even without pushes
     /// (default 30 s), in case a push was missed.
     pub sync_interval: Duration,
@@ -49,6 +52,7 @@ impl Default for ClientConfig {
             discovery_interval: Duration::from_secs(30 * 60),
             discovery_before_send: Duration::from_secs(60),
             discovery_on_push: true,
+            discovery_retry: Duration::from_secs(5),
             sync_interval: Duration::from_secs(30),
             key_package_interval: Duration::from_secs(10 * 60),
             key_packages: KeyPackagePolicy::default(),

@@ -12,12 +12,13 @@ use kith_engine::{
     identity::{InboxId, KeyPackageInventoryStore as _},
 };
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
+use tracing::Instrument as _;
 
 use crate::{
     Error,
     events::Event,
     group_actor::{GroupActor, GroupCore, Wake},
-    installation_discovery::InstallationDiscovery,
+    installation_discovery::{InstallationDiscovery, WatchGroup},
     key_package_manager::{Consumed, KeyPackageManager},
     network_poller::{NetworkPoller, Watch},
     shared::{Shared, now_ms},
@@ -73,6 +74,9 @@ impl Supervisor {
                 topic: Topic::Group(group_id.clone()),
                 recipient: addr.clone().recipient(),
             });
+        }
+        if let Some(discovery) = &self.discovery {
+            discovery.do_send(WatchGroup(addr.clone()));
         }
         self.groups.insert(group_id, addr.clone());
         addr
@@ -282,7 +286,8 @@ impl Handler<ProcessWelcomes> for Supervisor {
                 }
             }
         };
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future(fut).map(
+        let span = tracing::debug_span!("process_welcomes");
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(fut.instrument(span)).map(
             |result: Result<Vec<Vec<u8>>, Error>, act: &mut Self, _| {
                 let joined = result?;
                 for group_id in &joined {

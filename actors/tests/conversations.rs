@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Net, joined, texts, wallet};
+use common::{Net, eventually, joined, texts, wallet};
 use futures::StreamExt as _;
 use kith::{ConversationKind, Error, Event, GroupOptions};
 
@@ -230,4 +230,96 @@ async fn events_stream_messages_members_and_metadata() {
         matches!(&seen[1], Event::MetadataChanged { metadata, by, .. } if metadata.name.as_deref() == Some("renamed") && *by == aw.inbox_id())
     );
     assert!(matches!(&seen[2], Event::Message(m) if m.text() == Some("hello")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_installation_is_added_on_the_identity_push_alone() {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let _bob = net.client("bob", &bw).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    // No explicit discovery: Alice follows Bob's identity topic, and the
+    // announcement of Bob's new installation triggers it.
+    let bob_phone = net.client("bob-phone", &bw).await;
+    eventually(&bob_phone, "the new installation joined", || async {
+        bob_phone.conversation(group.id()).await.is_ok()
+    })
+    .await;
+    group.send_text("hello, phone").await.expect("send");
+    let phone_group = bob_phone.conversation(group.id()).await.expect("joined");
+    assert_eq!(texts(&phone_group).await, ["hello, phone"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_leaves_is_removed_by_the_next_commit() {
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
+    let group = alice
+        .create_group(&[bw.inbox_id(), cw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    let carol_group = joined(&carol, group.id()).await;
+    carol_group.leave().await.expect("leave");
+    // Alice and Bob both see the proposal; whoever commits first removes
+    // Carol, and the other's commit for the same epoch is dropped.
+    group.sync().await.expect("sync");
+    bob_group.sync().await.expect("sync");
+    group.sync().await.expect("sync");
+    carol_group.sync().await.expect("sync");
+    assert!(!carol_group.is_active().await.expect("state"));
+    let inboxes: Vec<_> = group
+        .members()
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| m.inbox)
+        .collect();
+    assert!(!inboxes.contains(&cw.inbox_id()));
+    assert_eq!(inboxes.len(), 2);
+    assert_eq!(
+        group.epoch_state().await.expect("epoch"),
+        bob_group.epoch_state().await.expect("epoch")
+    );
+    group.send_text("just us").await.expect("send");
+    assert_eq!(texts(&bob_group).await, ["just us"]);
+    assert!(texts(&carol_group).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_and_a_non_member_get_clear_errors() {
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    // Carol never registered: she has no installations to add.
+    let unregistered = group.add_members(&[cw.inbox_id()]).await;
+    assert!(
+        matches!(unregistered, Err(Error::InvalidInput(_))),
+        "{unregistered:?}"
+    );
+    let not_member = group.remove_members(&[cw.inbox_id()]).await;
+    assert!(
+        matches!(not_member, Err(Error::InvalidInput(_))),
+        "{not_member:?}"
+    );
+    group
+        .remove_members(&[bw.inbox_id()])
+        .await
+        .expect("remove bob");
+    bob_group.sync().await.expect("sync");
+    let after = bob_group.send_text("am I still here?").await;
+    assert!(matches!(after, Err(Error::NotMember)), "{after:?}");
 }

@@ -47,6 +47,7 @@ impl Net {
             .config(ClientConfig {
                 // Tests sync explicitly; keep background timers out of the way.
                 sync_interval: Duration::from_secs(3600),
+                discovery_retry: Duration::from_millis(200),
                 ..ClientConfig::default()
             })
             .build()
@@ -78,4 +79,20 @@ pub async fn texts(conversation: &Conversation) -> Vec<String> {
         .iter()
         .map(|m| m.text().unwrap_or("<not text>").to_owned())
         .collect()
+}
+
+/// Wait until `check` holds, syncing `client` between tries.
+pub async fn eventually<F, Fut>(client: &Client, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        client.sync().await.expect("sync");
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
 }
