@@ -33,3 +33,6 @@ pub use store::{
     KvStore, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
 };
 pub use validate::CommitSummary;
+
+#[cfg(any(test, feature = "test-suite"))]
+pub mod test_suite;

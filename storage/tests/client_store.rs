@@ -1,0 +1,228 @@
+//! The engine's client-store port over sled: the shared suite, and the
+//! property the port exists for: one engine step (MLS state, stored
+//! message, cursor) commits together, so a crash neither loses nor
+//! duplicates a message.
+
+use kith_engine::{
+    delivery::{Envelope, Topic},
+    group::{
+        ClientStore, ConversationKind, Group, IdentityCache, IntentKind, Me, MemoryKvStore,
+        NewGroup, PolicyPreset,
+    },
+    identity::{
+        DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
+        generate_key_package,
+    },
+};
+use kith_storage::{KithProvider, SledMlsStorage};
+use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider as _;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng as _;
+
+#[test]
+fn sled_client_store_passes_the_suite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let storage = SledMlsStorage::open(dir.path().join("db")).expect("open");
+    kith_engine::group::test_suite::client_store_suite(&storage);
+}
+
+/// OpenMLS checks key-package lifetimes against the system clock.
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("clock after 1970")
+}
+
+fn identity(rng: &mut ChaCha20Rng, cache: &mut IdentityCache) -> (InboxId, InstallationKeys) {
+    let wallet = LocalWallet::generate(rng);
+    let keys = InstallationKeys::generate(rng);
+    let unsigned = UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
+    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+    cache
+        .extend(wallet.inbox_id(), [unsigned.sign(signature, Some(&keys))])
+        .expect("valid log");
+    (wallet.inbox_id(), keys)
+}
+
+fn envelope(group_id: &[u8], sequence: u64, payload: Vec<u8>) -> Envelope {
+    Envelope {
+        topic: Topic::Group(group_id.to_vec()),
+        payload,
+        originator_node_id: 1,
+        originator_sequence_id: sequence,
+        originator_time_ms: 1_000 + sequence,
+    }
+}
+
+#[test]
+fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let mut identities = IdentityCache::new();
+    let (alice_inbox, alice_keys) = identity(&mut rng, &mut identities);
+    let (bob_inbox, bob_keys) = identity(&mut rng, &mut identities);
+    let alice_provider = OpenMlsRustCrypto::default();
+    let alice_kv = MemoryKvStore::default();
+    let alice = Me {
+        inbox: alice_inbox,
+        keys: &alice_keys,
+    };
+    let bob = Me {
+        inbox: bob_inbox,
+        keys: &bob_keys,
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("bob");
+
+    // Alice creates a group with Bob (whose state is on sled).
+    let bob_provider = KithProvider::open(&path).expect("open");
+    let key_package = generate_key_package(
+        &bob_provider,
+        &bob_keys,
+        bob_inbox,
+        now_ms() / 1000,
+        DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .expect("key package");
+    let mut group = Group::create(
+        &alice_provider,
+        &alice_kv,
+        alice,
+        &identities,
+        NewGroup {
+            kind: ConversationKind::Group,
+            dm_peer: None,
+            attributes: Default::default(),
+            preset: PolicyPreset::Default,
+            now_ms: now_ms(),
+        },
+    )
+    .expect("create");
+    let group_id = group.group_id().to_vec();
+    group
+        .queue_intent(
+            &alice_kv,
+            IntentKind::AddMembers {
+                key_packages: vec![
+                    MlsMessageOut::from(key_package)
+                        .tls_serialize_detached()
+                        .expect("serialize"),
+                ],
+                sequences: vec![(bob_inbox, 1)],
+            },
+        )
+        .expect("queue");
+    group
+        .advance(&alice_provider, &alice_kv, alice, &identities, now_ms())
+        .expect("advance");
+    let commit = group.poll_outbound().expect("commit");
+    group
+        .handle_envelope(
+            &alice_provider,
+            &alice_kv,
+            alice,
+            &identities,
+            &envelope(&group_id, 1, commit.payload),
+        )
+        .expect("merge own commit");
+    let welcome = group.poll_outbound().expect("welcome");
+    let storage = bob_provider.storage();
+    let step = storage.begin_step().expect("step");
+    Group::join(
+        &bob_provider,
+        storage,
+        bob,
+        &identities,
+        &welcome.payload,
+        now_ms(),
+    )
+    .expect("join")
+    .expect("new");
+    step.commit().expect("commit the join");
+
+    group
+        .send_message(
+            &alice_provider,
+            &alice_kv,
+            alice,
+            "text/plain",
+            b"once",
+            now_ms(),
+        )
+        .expect("send");
+    let message = envelope(
+        &group_id,
+        2,
+        group.poll_outbound().expect("message").payload,
+    );
+    let conversation = group.conversation_id();
+    let cursor_topic = Topic::Group(group_id.clone());
+
+    // Bob processes it, and crashes before the step commits.
+    {
+        let storage = bob_provider.storage();
+        let step = storage.begin_step().expect("step");
+        let mut bob_group = Group::load(&bob_provider, storage, &group_id)
+            .expect("load")
+            .expect("stored");
+        bob_group
+            .handle_envelope(&bob_provider, storage, bob, &identities, &message)
+            .expect("handle");
+        assert_eq!(
+            ClientStore(storage)
+                .messages(&conversation)
+                .expect("read")
+                .len(),
+            1,
+            "the step sees its own write"
+        );
+        drop(step); // the crash: nothing of the step reaches the disk
+    }
+    drop(bob_provider);
+    let bob_provider = KithProvider::open(&path).expect("reopen");
+    let storage = bob_provider.storage();
+    assert!(
+        ClientStore(storage)
+            .messages(&conversation)
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        ClientStore(storage)
+            .cursor(&cursor_topic)
+            .expect("cursor")
+            .get(1),
+        1,
+        "the cursor did not move past the lost step"
+    );
+
+    // The retry decrypts it (the ratchet was not advanced on disk either)
+    // and stores it once.
+    let step = storage.begin_step().expect("step");
+    let mut bob_group = Group::load(&bob_provider, storage, &group_id)
+        .expect("load")
+        .expect("stored");
+    bob_group
+        .handle_envelope(&bob_provider, storage, bob, &identities, &message)
+        .expect("handle again");
+    step.commit().expect("commit");
+    drop(bob_group);
+    drop(bob_provider);
+
+    // After a restart, the same envelope delivered again changes nothing.
+    let bob_provider = KithProvider::open(&path).expect("reopen");
+    let storage = bob_provider.storage();
+    let mut bob_group = Group::load(&bob_provider, storage, &group_id)
+        .expect("load")
+        .expect("stored");
+    bob_group
+        .handle_envelope(&bob_provider, storage, bob, &identities, &message)
+        .expect("duplicate delivery");
+    let messages = ClientStore(storage).messages(&conversation).expect("read");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].body, b"once");
+}
