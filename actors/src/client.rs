@@ -416,6 +416,33 @@ impl Client {
     /// A stream of events: messages, membership and metadata changes. It
     /// starts now; a consumer that falls more than 4,096 events behind
     /// skips the oldest.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use kith::{Client, Event, GroupOptions, LocalNode, LocalWallet};
+    /// # use kith_engine::delivery::MemoryNodeStore;
+    /// # use kith_transport::node::{NodeConfig, NodeLogic};
+    /// use futures::StreamExt as _;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), MemoryNodeStore::default())));
+    /// # let dir = tempfile::tempdir()?;
+    /// # let open = |name: &str| Client::builder()
+    /// #     .wallet(LocalWallet::generate(&mut rand_core::OsRng))
+    /// #     .data_dir(dir.path().join(name)).node(node.clone()).build();
+    /// # let (alice, bob) = (open("alice").await?, open("bob").await?);
+    /// # alice.register().await?; bob.register().await?;
+    /// let mut events = bob.stream_events();
+    /// let group = alice.create_group(&[bob.inbox_id()], GroupOptions::default()).await?;
+    /// group.send_text("hi").await?;
+    /// bob.sync().await?; // pushes do this in the background too
+    /// while let Some(event) = events.next().await {
+    ///     if let Event::Message(message) = event {
+    ///         assert_eq!(message.text(), Some("hi"));
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + Unpin + 'static {
         BroadcastStream::new(self.inner.shared.events.subscribe())
             .filter_map(|item| futures::future::ready(item.ok()))
@@ -489,6 +516,38 @@ impl actix::Handler<Peek> for Supervisor {
 }
 
 /// A group or DM. Cheap to clone.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use kith::{Client, GroupOptions, LocalNode, LocalWallet};
+/// # use kith_engine::delivery::MemoryNodeStore;
+/// # use kith_transport::node::{NodeConfig, NodeLogic};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), MemoryNodeStore::default())));
+/// # let dir = tempfile::tempdir()?;
+/// # let open = |name: &str| Client::builder()
+/// #     .wallet(LocalWallet::generate(&mut rand_core::OsRng))
+/// #     .data_dir(dir.path().join(name)).node(node.clone()).build();
+/// # let (alice, bob, carol) = (open("alice").await?, open("bob").await?, open("carol").await?);
+/// # for c in [&alice, &bob, &carol] { c.register().await?; }
+/// let group = alice
+///     .create_group(&[bob.inbox_id()], GroupOptions::default().admins_only())
+///     .await?;
+/// group.add_members(&[carol.inbox_id()]).await?;
+/// group.update_name("Board").await?;
+/// group.add_admin(bob.inbox_id()).await?;
+/// assert_eq!(group.members().await?.len(), 3);
+///
+/// // Carol is not an admin: her own client refuses to remove anyone.
+/// carol.sync().await?;
+/// let carols = carol.conversation(group.id()).await?;
+/// assert!(matches!(
+///     carols.remove_members(&[bob.inbox_id()]).await,
+///     Err(kith::Error::NotPermitted(_))
+/// ));
+/// group.remove_members(&[carol.inbox_id()]).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Conversation {
     client: Client,

@@ -26,6 +26,8 @@ pub(crate) struct InstallationDiscovery {
     poller: Addr<NetworkPoller>,
     watched: BTreeSet<InboxId>,
     retry_scheduled: bool,
+    /// A run is queued: further pushes fold into it.
+    queued: bool,
 }
 
 impl std::fmt::Debug for InstallationDiscovery {
@@ -48,6 +50,7 @@ impl InstallationDiscovery {
             poller,
             watched: BTreeSet::new(),
             retry_scheduled: false,
+            queued: false,
         }
     }
 }
@@ -100,7 +103,8 @@ impl Handler<Wake> for InstallationDiscovery {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
-        if self.shared.config.discovery_on_push {
+        if self.shared.config.discovery_on_push && !self.queued {
+            self.queued = true;
             ctx.notify(Discover);
         }
     }
@@ -115,6 +119,7 @@ impl Handler<Discover> for InstallationDiscovery {
     type Result = AtomicResponse<Self, Result<usize, Error>>;
 
     fn handle(&mut self, _: Discover, _: &mut Self::Context) -> Self::Result {
+        self.queued = false;
         let shared = Arc::clone(&self.shared);
         let supervisor = self.supervisor.clone();
         let fut = async move {

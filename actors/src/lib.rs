@@ -5,24 +5,38 @@
 //! `kith-node`), and exposes conversations ([`Conversation`]) and a stream
 //! of [`Event`]s.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), kith::Error> {
-//! use kith::{Client, GroupOptions, LocalWallet};
-//! # let (node, bob, dir) = todo_node();
-//! let wallet = LocalWallet::generate(&mut rand_core::OsRng);
-//! let client = Client::builder()
-//!     .wallet(wallet)
-//!     .data_dir(dir)
-//!     .node(node)
-//!     .build()
-//!     .await?;
-//! client.register().await?;
-//! let group = client
-//!     .create_group(&[bob], GroupOptions::default().name("Climbing"))
+//! ```
+//! use std::sync::Arc;
+//!
+//! use kith::{Client, GroupOptions, LocalNode, LocalWallet};
+//! use kith_engine::delivery::MemoryNodeStore;
+//! use kith_transport::node::{NodeConfig, NodeLogic};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // An embedded node; a remote one is `.node("http://host:port")`.
+//! let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), MemoryNodeStore::default())));
+//! let dir = tempfile::tempdir()?;
+//! let open = |name: &str| {
+//!     Client::builder()
+//!         .wallet(LocalWallet::generate(&mut rand_core::OsRng))
+//!         .data_dir(dir.path().join(name))
+//!         .node(node.clone())
+//!         .build()
+//! };
+//! let (alice, bob) = (open("alice").await?, open("bob").await?);
+//! alice.register().await?;
+//! bob.register().await?;
+//!
+//! let group = alice
+//!     .create_group(&[bob.inbox_id()], GroupOptions::default().name("Climbing"))
 //!     .await?;
 //! group.send_text("Saturday, 9am?").await?;
+//!
+//! bob.sync().await?;
+//! let bobs = bob.conversation(group.id()).await?;
+//! assert_eq!(bobs.metadata().await?.name.as_deref(), Some("Climbing"));
+//! assert_eq!(bobs.messages().await?[0].text(), Some("Saturday, 9am?"));
 //! # Ok(()) }
-//! # fn todo_node() -> (kith::Node, kith::InboxId, std::path::PathBuf) { unimplemented!() }
 //! ```
 //!
 //! # Actors

@@ -7,11 +7,15 @@
 //! a duplicate, or a re-subscription that replays old envelopes costs a
 //! query, never correctness.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use actix::prelude::*;
 use futures::StreamExt as _;
-use kith_engine::delivery::{Cursor, Topic};
+use kith_engine::delivery::{Cursor, NodeId, Topic};
 use tracing::Instrument as _;
 
 use crate::{group_actor::Wake, shared::Shared};
@@ -27,6 +31,18 @@ pub(crate) struct NetworkPoller {
     watched: BTreeMap<Topic, Recipient<Wake>>,
     subscription: Option<SpawnHandle>,
     resubscribe_scheduled: bool,
+    /// Per topic, the envelopes already routed.
+    seen: Arc<Mutex<BTreeMap<Topic, Cursor>>>,
+}
+
+/// The entry-wise maximum of two cursors.
+fn merge(a: &Cursor, b: &Cursor) -> Cursor {
+    let mut out: BTreeMap<NodeId, u64> = a.entries().collect();
+    for (node, sequence) in b.entries() {
+        let entry = out.entry(node).or_insert(0);
+        *entry = (*entry).max(sequence);
+    }
+    out.into_iter().collect()
 }
 
 impl std::fmt::Debug for NetworkPoller {
@@ -44,6 +60,7 @@ impl NetworkPoller {
             watched: BTreeMap::new(),
             subscription: None,
             resubscribe_scheduled: false,
+            seen: Arc::default(),
         }
     }
 
@@ -65,17 +82,26 @@ impl NetworkPoller {
             return;
         }
         let store = self.shared.store();
-        let topics: Vec<(Topic, Cursor)> = self
-            .watched
-            .keys()
-            .map(|t| {
-                // Identity topics have no cursor of their own: a replay of
-                // old updates costs one discovery run.
-                let cursor = store.cursor(t).unwrap_or_default();
-                (t.clone(), cursor)
-            })
-            .collect();
+        let topics: Vec<(Topic, Cursor)> = {
+            let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            self.watched
+                .keys()
+                .map(|t| {
+                    // Start past both what the owner applied (its stored
+                    // cursor) and what was already routed to it, so that a
+                    // re-subscription does not replay old envelopes.
+                    // Identity topics have only the latter.
+                    let stored = store.cursor(t).unwrap_or_default();
+                    let cursor = match seen.get(t) {
+                        Some(routed) => merge(&stored, routed),
+                        None => stored,
+                    };
+                    (t.clone(), cursor)
+                })
+                .collect()
+        };
         let routes = self.watched.clone();
+        let seen = Arc::clone(&self.seen);
         let node = Arc::clone(&self.shared.node);
         let span = tracing::debug_span!("subscription", topics = topics.len());
         let fut = async move {
@@ -84,7 +110,15 @@ impl NetworkPoller {
                     while let Some(item) = stream.next().await {
                         match item {
                             Ok(envelope) => {
-                                if let Some(recipient) = routes.get(&envelope.topic) {
+                                let fresh = {
+                                    let mut seen =
+                                        seen.lock().unwrap_or_else(PoisonError::into_inner);
+                                    let cursor = seen.entry(envelope.topic.clone()).or_default();
+                                    let fresh = cursor.is_before(&envelope);
+                                    cursor.advance(&envelope);
+                                    fresh
+                                };
+                                if fresh && let Some(recipient) = routes.get(&envelope.topic) {
                                     recipient.do_send(Wake);
                                 }
                             }

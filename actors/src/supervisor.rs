@@ -34,6 +34,8 @@ pub(crate) struct Supervisor {
     poller: Option<Addr<NetworkPoller>>,
     pub(crate) key_packages: Option<Addr<KeyPackageManager>>,
     pub(crate) discovery: Option<Addr<InstallationDiscovery>>,
+    /// A Welcome run is queued: further pushes fold into it.
+    welcomes_queued: bool,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -54,6 +56,7 @@ impl Supervisor {
             poller: None,
             key_packages: None,
             discovery: None,
+            welcomes_queued: false,
         }
     }
 
@@ -166,7 +169,10 @@ impl Handler<Wake> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
-        ctx.notify(ProcessWelcomes);
+        if !self.welcomes_queued {
+            self.welcomes_queued = true;
+            ctx.notify(ProcessWelcomes);
+        }
     }
 }
 
@@ -266,6 +272,7 @@ impl Handler<ProcessWelcomes> for Supervisor {
     type Result = AtomicResponse<Self, Result<Vec<Vec<u8>>, Error>>;
 
     fn handle(&mut self, _: ProcessWelcomes, _: &mut Self::Context) -> Self::Result {
+        self.welcomes_queued = false;
         let shared = Arc::clone(&self.shared);
         let fut = async move {
             let topic = Topic::Welcome(shared.keys.id());
