@@ -1,11 +1,15 @@
-//! `NetworkPoller`: keeps one subscription to the node covering every topic
-//! the client follows, and routes each envelope's arrival to the actor that
-//! owns its topic as a [`Wake`].
+//! `NetworkPoller`: follows every topic the client cares about and routes
+//! each envelope's arrival to the actor that owns its topic as a [`Wake`].
 //!
 //! A wake only says "there is something new": the owner then reads its
 //! topic from its own durable cursor, in canonical order. So a lost push,
 //! a duplicate, or a re-subscription that replays old envelopes costs a
 //! query, never correctness.
+//!
+//! Topics arrive over time (one per new group, one per member inbox), so
+//! they are subscribed in batches: each batch of newly watched topics gets
+//! a subscription of its own, and a batch whose stream ends is subscribed
+//! again after a delay. Adding a group never re-subscribes the others.
 
 use std::{
     collections::BTreeMap,
@@ -20,17 +24,21 @@ use tracing::Instrument as _;
 
 use crate::{group_actor::Wake, shared::Shared};
 
-/// How long to wait before re-subscribing after the stream ended.
+/// How long to wait before re-subscribing after a stream ended.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
-/// Watches arriving together are folded into one re-subscription.
+/// Watches arriving together are folded into one subscription.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+
+type Routes = Arc<Mutex<BTreeMap<Topic, Recipient<Wake>>>>;
 
 /// See the module docs.
 pub(crate) struct NetworkPoller {
     shared: Arc<Shared>,
-    watched: BTreeMap<Topic, Recipient<Wake>>,
-    subscription: Option<SpawnHandle>,
-    resubscribe_scheduled: bool,
+    /// Who owns each watched topic.
+    routes: Routes,
+    /// Topics watched but not yet subscribed.
+    pending: Vec<Topic>,
+    flush_scheduled: bool,
     /// Per topic, the envelopes already routed.
     seen: Arc<Mutex<BTreeMap<Topic, Cursor>>>,
 }
@@ -48,7 +56,7 @@ fn merge(a: &Cursor, b: &Cursor) -> Cursor {
 impl std::fmt::Debug for NetworkPoller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetworkPoller")
-            .field("topics", &self.watched.len())
+            .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
 }
@@ -57,40 +65,39 @@ impl NetworkPoller {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            watched: BTreeMap::new(),
-            subscription: None,
-            resubscribe_scheduled: false,
+            routes: Arc::default(),
+            pending: Vec::new(),
+            flush_scheduled: false,
             seen: Arc::default(),
         }
     }
 
-    fn schedule(&mut self, ctx: &mut Context<Self>, delay: Duration) {
-        if !self.resubscribe_scheduled {
-            self.resubscribe_scheduled = true;
-            ctx.run_later(delay, |act, ctx| {
-                act.resubscribe_scheduled = false;
-                act.resubscribe(ctx);
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(DEBOUNCE, |act, ctx| {
+                act.flush_scheduled = false;
+                let batch = std::mem::take(&mut act.pending);
+                act.subscribe(batch, ctx);
             });
         }
     }
 
-    fn resubscribe(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.subscription.take() {
-            ctx.cancel_future(handle);
-        }
-        if self.watched.is_empty() {
+    /// Subscribe to `batch`, starting past what each topic's owner applied
+    /// and what was already routed, and re-subscribe it when the stream
+    /// ends.
+    fn subscribe(&mut self, batch: Vec<Topic>, ctx: &mut Context<Self>) {
+        if batch.is_empty() {
             return;
         }
         let store = self.shared.store();
         let topics: Vec<(Topic, Cursor)> = {
             let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            self.watched
-                .keys()
+            batch
+                .iter()
                 .map(|t| {
-                    // Start past both what the owner applied (its stored
-                    // cursor) and what was already routed to it, so that a
-                    // re-subscription does not replay old envelopes.
-                    // Identity topics have only the latter.
+                    // Identity topics have no stored cursor: only what was
+                    // routed keeps them from replaying.
                     let stored = store.cursor(t).unwrap_or_default();
                     let cursor = match seen.get(t) {
                         Some(routed) => merge(&stored, routed),
@@ -100,7 +107,7 @@ impl NetworkPoller {
                 })
                 .collect()
         };
-        let routes = self.watched.clone();
+        let routes = Arc::clone(&self.routes);
         let seen = Arc::clone(&self.seen);
         let node = Arc::clone(&self.shared.node);
         let span = tracing::debug_span!("subscription", topics = topics.len());
@@ -109,19 +116,7 @@ impl NetworkPoller {
                 Ok(mut stream) => {
                     while let Some(item) = stream.next().await {
                         match item {
-                            Ok(envelope) => {
-                                let fresh = {
-                                    let mut seen =
-                                        seen.lock().unwrap_or_else(PoisonError::into_inner);
-                                    let cursor = seen.entry(envelope.topic.clone()).or_default();
-                                    let fresh = cursor.is_before(&envelope);
-                                    cursor.advance(&envelope);
-                                    fresh
-                                };
-                                if fresh && let Some(recipient) = routes.get(&envelope.topic) {
-                                    recipient.do_send(Wake);
-                                }
-                            }
+                            Ok(envelope) => route(&routes, &seen, &envelope),
                             Err(e) => {
                                 tracing::warn!(error = %e, "subscription failed");
                                 break;
@@ -134,8 +129,31 @@ impl NetworkPoller {
         }
         .instrument(span)
         .into_actor(self)
-        .map(|(), act, ctx| act.schedule(ctx, RESUBSCRIBE_DELAY));
-        self.subscription = Some(ctx.spawn(fut));
+        .map(move |(), _, ctx: &mut Context<Self>| {
+            ctx.run_later(RESUBSCRIBE_DELAY, move |act, ctx| act.subscribe(batch, ctx));
+        });
+        ctx.spawn(fut);
+    }
+}
+
+/// Wake the owner of `envelope`'s topic, unless it was routed before.
+fn route(
+    routes: &Routes,
+    seen: &Mutex<BTreeMap<Topic, Cursor>>,
+    envelope: &kith_engine::delivery::Envelope,
+) {
+    let fresh = {
+        let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let cursor = seen.entry(envelope.topic.clone()).or_default();
+        let fresh = cursor.is_before(envelope);
+        cursor.advance(envelope);
+        fresh
+    };
+    if fresh {
+        let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(recipient) = routes.get(&envelope.topic) {
+            recipient.do_send(Wake);
+        }
     }
 }
 
@@ -161,8 +179,15 @@ impl Handler<Watch> for NetworkPoller {
     type Result = ();
 
     fn handle(&mut self, msg: Watch, ctx: &mut Self::Context) {
-        if self.watched.insert(msg.topic, msg.recipient).is_none() {
-            self.schedule(ctx, DEBOUNCE);
+        let new = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(msg.topic.clone(), msg.recipient)
+            .is_none();
+        if new {
+            self.pending.push(msg.topic);
+            self.schedule_flush(ctx);
         }
     }
 }
