@@ -41,6 +41,9 @@ use crate::{
 /// reports its change as still pending.
 const MAX_ROUNDS: usize = 8;
 
+/// The most envelopes published in one request.
+const PUBLISH_CHUNK: usize = 500;
+
 /// A member as [`GroupInfo`] reports it.
 pub(crate) type MemberList = Vec<(InboxId, Vec<InstallationId>)>;
 
@@ -251,11 +254,18 @@ impl GroupCore {
             }
             let mut batch = Vec::with_capacity(pending.len());
             for item in &pending {
-                let topic = Topic::from_str(&item.topic)
-                    .map_err(|e| Error::Storage(format!("outbox topic: {e}")))?;
-                batch.push((topic, item.payload.clone()));
+                for topic in &item.topics {
+                    let topic = Topic::from_str(topic)
+                        .map_err(|e| Error::Storage(format!("outbox topic: {e}")))?;
+                    batch.push((topic, item.payload.clone()));
+                }
             }
-            self.shared.node.publish(batch).await?;
+            // A Welcome to many joiners is many envelopes; stay well under
+            // the node's batch limit (a chunk that fails is re-published
+            // whole, and joiners ignore a Welcome they already used).
+            for chunk in batch.chunks(PUBLISH_CHUNK) {
+                self.shared.node.publish(chunk.to_vec()).await?;
+            }
             self.apply(|group, shared| {
                 for item in &pending {
                     group.ack_outbound(shared.storage(), item)?;

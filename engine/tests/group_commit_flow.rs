@@ -93,7 +93,9 @@ impl Node {
     fn flush(&mut self, group: &mut Group, member: &Member) -> Vec<Envelope> {
         let mut out = Vec::new();
         while let Some(item) = group.poll_outbound() {
-            out.push(self.publish(&item.topic, item.payload.clone()));
+            for topic in &item.topics {
+                out.push(self.publish(topic, item.payload.clone()));
+            }
             group.ack_outbound(&member.kv, &item).expect("ack");
         }
         out

@@ -477,7 +477,8 @@ impl Group {
 
     // ----- outputs -------------------------------------------------------
 
-    /// The next payload to publish. It stays in the store's outbox until
+    /// The next payload to publish (on each of its topics). It stays in the
+    /// store's outbox until
     /// [`Group::ack_outbound`].
     pub fn poll_outbound(&mut self) -> Option<Outbound> {
         self.outbound.pop_front()
@@ -515,13 +516,13 @@ impl Group {
     fn push_outbound<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
-        topic: Topic,
+        topics: &[Topic],
         payload: Vec<u8>,
         message_id: Option<[u8; 32]>,
     ) -> Result<(), GroupError> {
         let item = Outbound {
             id: self.record.next_outbox_id,
-            topic: topic.to_string(),
+            topics: topics.iter().map(Topic::to_string).collect(),
             payload,
             message_id,
         };
@@ -581,7 +582,7 @@ impl Group {
         ClientStore(kv).insert_message(&message)?;
         self.push_outbound(
             kv,
-            Topic::Group(self.group_id().to_vec()),
+            &[Topic::Group(self.group_id().to_vec())],
             serialize(&out)?,
             Some(id),
         )?;
@@ -664,7 +665,12 @@ impl Group {
                         welcome_to,
                     };
                     store.put_intent(self.group_id(), &intent)?;
-                    self.push_outbound(kv, Topic::Group(self.group_id().to_vec()), commit, None)?;
+                    self.push_outbound(
+                        kv,
+                        &[Topic::Group(self.group_id().to_vec())],
+                        commit,
+                        None,
+                    )?;
                     return Ok(());
                 }
                 Ok(Built::Done) => {
@@ -876,7 +882,7 @@ impl Group {
                     .map_err(GroupError::mls)?;
                 self.push_outbound(
                     kv,
-                    Topic::Group(self.group_id().to_vec()),
+                    &[Topic::Group(self.group_id().to_vec())],
                     serialize(&proposal)?,
                     None,
                 )?;
@@ -1153,9 +1159,8 @@ impl Group {
                 cursor,
             }
             .to_bytes();
-            for installation in welcome_to {
-                self.push_outbound(kv, Topic::Welcome(installation), payload.clone(), None)?;
-            }
+            let topics: Vec<Topic> = welcome_to.into_iter().map(Topic::Welcome).collect();
+            self.push_outbound(kv, &topics, payload, None)?;
         }
         self.after_merge(kv, summary, false)?;
         self.events

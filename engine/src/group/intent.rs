@@ -19,6 +19,7 @@ pub enum IntentKind {
     /// identity-log sequence each inbox was read at.
     AddMembers {
         /// The key packages.
+        #[serde(with = "byte_lists")]
         key_packages: Vec<Vec<u8>>,
         /// Inbox -> sequence number recorded in the membership extension.
         sequences: Vec<(InboxId, u64)>,
@@ -45,11 +46,13 @@ pub enum IntentKind {
     /// Replace the policies (encoded as in the policies extension).
     SetPolicies {
         /// The encoded policies.
+        #[serde(with = "serde_bytes")]
         encoded: Vec<u8>,
     },
     /// Bring installations in line with the identity logs.
     Reconcile {
         /// Key packages of installations to add.
+        #[serde(with = "byte_lists")]
         key_packages: Vec<Vec<u8>>,
         /// Installations to remove.
         remove: Vec<InstallationId>,
@@ -77,6 +80,7 @@ pub enum IntentState {
         /// SHA-256 of the published commit's bytes.
         commit_hash: [u8; 32],
         /// The Welcome to publish once the commit is accepted.
+        #[serde(with = "serde_bytes")]
         welcome: Option<Vec<u8>>,
         /// The installations the Welcome is for.
         welcome_to: Vec<InstallationId>,
@@ -92,4 +96,29 @@ pub struct Intent {
     pub kind: IntentKind,
     /// Where it is.
     pub state: IntentState,
+}
+
+/// Lists of byte strings, encoded as lists of binary values rather than
+/// lists of lists of integers (which MessagePack would spend a byte of
+/// type tag on per byte).
+pub(crate) mod byte_lists {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub(crate) fn serialize<S: Serializer>(
+        lists: &[Vec<u8>],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let borrowed: Vec<&Bytes> = lists.iter().map(|b| Bytes::new(b)).collect();
+        borrowed.serialize(serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<ByteBuf>::deserialize(deserializer)?
+            .into_iter()
+            .map(ByteBuf::into_vec)
+            .collect())
+    }
 }

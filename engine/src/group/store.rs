@@ -97,7 +97,7 @@ impl KvStore for MemoryKvStore {
 /// derived from its two inboxes, so that both sides and all DM groups
 /// between them share it (see [`dm_conversation_id`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ConversationId(pub Vec<u8>);
+pub struct ConversationId(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl std::fmt::Display for ConversationId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +140,7 @@ pub struct ConversationRecord {
     pub dm_peer: Option<InboxId>,
     /// Its MLS groups. A group has one; a DM that both sides created at
     /// once has several, and the lowest id is the one used for sending.
+    #[serde(with = "super::intent::byte_lists")]
     pub group_ids: Vec<Vec<u8>>,
     /// When this installation first saw it, ms since the Unix epoch.
     pub created_at_ms: u64,
@@ -169,6 +170,7 @@ pub struct StoredMessage {
     /// The conversation.
     pub conversation_id: ConversationId,
     /// The MLS group it came through.
+    #[serde(with = "serde_bytes")]
     pub group_id: Vec<u8>,
     /// Its id (hash of sender, group and a random nonce).
     pub message_id: [u8; 32],
@@ -179,6 +181,7 @@ pub struct StoredMessage {
     /// Its content type, e.g. `text/plain`.
     pub content_type: String,
     /// Its body.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The sender's clock when sending, ms since the Unix epoch.
     pub sent_at_ms: u64,
@@ -194,9 +197,11 @@ pub struct StoredMessage {
 pub struct Outbound {
     /// Its id, increasing per group.
     pub id: u64,
-    /// The topic, as its string form.
-    pub topic: String,
+    /// The topics to publish it on (a Welcome goes to every joiner's
+    /// topic), as their string form. Stored once however many there are.
+    pub topics: Vec<String>,
     /// The payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The own message this carries, to mark it published.
     pub message_id: Option<[u8; 32]>,

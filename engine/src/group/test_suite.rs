@@ -112,7 +112,7 @@ pub fn client_store_suite<S: KvStore>(kv: &S) {
 
     let item = Outbound {
         id: 4,
-        topic: topic.to_string(),
+        topics: vec![topic.to_string()],
         payload: vec![7; 10],
         message_id: Some([2; 32]),
     };
