@@ -215,13 +215,7 @@ impl GroupCore {
             for envelope in &page.envelopes {
                 self.apply(|group, shared| {
                     let identities = shared.identities();
-                    group.handle_envelope(
-                        &shared.provider,
-                        shared.storage(),
-                        shared.me(),
-                        &identities,
-                        envelope,
-                    )
+                    group.handle_envelope(&shared.provider, shared.storage(), &identities, envelope)
                 })
                 .await?;
             }

@@ -105,13 +105,7 @@ impl Node {
         let topic = Topic::Group(group.group_id().to_vec());
         for envelope in self.envelopes.iter().filter(|e| e.topic == topic) {
             group
-                .handle_envelope(
-                    &member.provider,
-                    &member.kv,
-                    member.me(),
-                    identities,
-                    envelope,
-                )
+                .handle_envelope(&member.provider, &member.kv, identities, envelope)
                 .expect("handle");
         }
         member.drain(group);

@@ -124,7 +124,6 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         .handle_envelope(
             &alice_provider,
             &alice_kv,
-            alice,
             &identities,
             &envelope(&group_id, 1, commit.payload),
         )
@@ -170,7 +169,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
             .expect("load")
             .expect("stored");
         bob_group
-            .handle_envelope(&bob_provider, storage, bob, &identities, &message)
+            .handle_envelope(&bob_provider, storage, &identities, &message)
             .expect("handle");
         assert_eq!(
             ClientStore(storage)
@@ -207,7 +206,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         .expect("load")
         .expect("stored");
     bob_group
-        .handle_envelope(&bob_provider, storage, bob, &identities, &message)
+        .handle_envelope(&bob_provider, storage, &identities, &message)
         .expect("handle again");
     step.commit().expect("commit");
     drop(bob_group);
@@ -220,7 +219,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         .expect("load")
         .expect("stored");
     bob_group
-        .handle_envelope(&bob_provider, storage, bob, &identities, &message)
+        .handle_envelope(&bob_provider, storage, &identities, &message)
         .expect("duplicate delivery");
     let messages = ClientStore(storage).messages(&conversation).expect("read");
     assert_eq!(messages.len(), 1);

@@ -225,7 +225,7 @@ impl Group {
             .max_past_epochs(MAX_PAST_EPOCHS)
             .build(provider, me.keys, credential)
             .map_err(GroupError::mls)?;
-        let conversation = conversation_id(&metadata, me.inbox, &group_id);
+        let conversation = conversation_id(&metadata, &group_id);
         let group = Self {
             mls,
             record: GroupRecord {
@@ -337,7 +337,7 @@ impl Group {
         store.put_cursor(&Topic::Group(group_id.clone()), &payload.cursor)?;
         let group = Self {
             record: GroupRecord {
-                conversation_id: Some(conversation_id(&metadata, me.inbox, &group_id)),
+                conversation_id: Some(conversation_id(&metadata, &group_id)),
                 ..GroupRecord::default()
             },
             mls,
@@ -949,7 +949,6 @@ impl Group {
         &mut self,
         provider: &P,
         kv: &S,
-        me: Me<'_>,
         identities: &IdentityCache,
         envelope: &Envelope,
     ) -> Result<(), GroupError> {
@@ -965,7 +964,7 @@ impl Group {
         if !cursor.is_before(envelope) {
             return Ok(());
         }
-        self.process(provider, kv, me, identities, envelope)?;
+        self.process(provider, kv, identities, envelope)?;
         cursor.advance(envelope);
         store.put_cursor(&topic, &cursor)?;
         Ok(())
@@ -980,7 +979,6 @@ impl Group {
         &mut self,
         provider: &P,
         kv: &S,
-        me: Me<'_>,
         identities: &IdentityCache,
         envelope: &Envelope,
     ) -> Result<(), GroupError> {
@@ -990,7 +988,7 @@ impl Group {
             matches!(&i.state, IntentState::Published { commit_hash, .. } if *commit_hash == hash)
         });
         if let Some(intent) = published {
-            return self.merge_own(provider, kv, me, identities, envelope, intent);
+            return self.merge_own(provider, kv, identities, envelope, intent);
         }
         if !self.mls.is_active() {
             return Ok(());
@@ -1113,7 +1111,6 @@ impl Group {
         &mut self,
         provider: &P,
         kv: &S,
-        me: Me<'_>,
         identities: &IdentityCache,
         envelope: &Envelope,
         intent: Intent,
@@ -1165,7 +1162,6 @@ impl Group {
         self.after_merge(kv, summary, false)?;
         self.events
             .push_back(GroupEvent::IntentDone { id: intent.id });
-        let _ = me;
         Ok(())
     }
 
@@ -1236,12 +1232,12 @@ impl ReconcilePlan {
     }
 }
 
-fn conversation_id(metadata: &GroupMetadata, me: InboxId, group_id: &[u8]) -> ConversationId {
+/// A DM's conversation id comes from its two inboxes, so that every DM
+/// group between them (both sides may create one at once) is shown as one
+/// conversation; a group's is its group id.
+fn conversation_id(metadata: &GroupMetadata, group_id: &[u8]) -> ConversationId {
     match metadata.immutable.dm_members {
-        Some((a, b)) => {
-            let _ = me;
-            dm_conversation_id(a, b)
-        }
+        Some((a, b)) => dm_conversation_id(a, b),
         None => ConversationId(group_id.to_vec()),
     }
 }
