@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Net, eventually, joined, texts, wallet};
+use common::{Net, eventually, group_with, joined, texts, wallet};
 use futures::StreamExt as _;
 use kith::{ConversationKind, Error, Event, GroupOptions};
 
@@ -114,11 +114,8 @@ async fn a_restarted_client_loses_and_duplicates_nothing() {
     let (aw, bw) = (wallet(), wallet());
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
-    let group = alice
-        .create_group(&[bw.inbox_id()], GroupOptions::default())
-        .await
-        .expect("create");
-    let bob_group = joined(&bob, group.id()).await;
+    let (group, mut views) = group_with(&alice, &[&bob], GroupOptions::default()).await;
+    let bob_group = views.remove(0);
     group.send_text("one").await.expect("send");
     bob_group.send_text("two").await.expect("send");
     assert_eq!(texts(&bob_group).await, ["one", "two"]);
@@ -261,12 +258,8 @@ async fn a_member_who_leaves_is_removed_by_the_next_commit() {
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
     let carol = net.client("carol", &cw).await;
-    let group = alice
-        .create_group(&[bw.inbox_id(), cw.inbox_id()], GroupOptions::default())
-        .await
-        .expect("create");
-    let bob_group = joined(&bob, group.id()).await;
-    let carol_group = joined(&carol, group.id()).await;
+    let (group, views) = group_with(&alice, &[&bob, &carol], GroupOptions::default()).await;
+    let [bob_group, carol_group] = [&views[0], &views[1]];
     carol_group.leave().await.expect("leave");
     // Alice and Bob both see the proposal; whoever commits first removes
     // Carol, and the other's commit for the same epoch is dropped.
@@ -299,11 +292,8 @@ async fn a_removed_member_and_a_non_member_get_clear_errors() {
     let (aw, bw, cw) = (wallet(), wallet(), wallet());
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
-    let group = alice
-        .create_group(&[bw.inbox_id()], GroupOptions::default())
-        .await
-        .expect("create");
-    let bob_group = joined(&bob, group.id()).await;
+    let (group, views) = group_with(&alice, &[&bob], GroupOptions::default()).await;
+    let bob_group = &views[0];
     // Carol never registered: she has no installations to add.
     let unregistered = group.add_members(&[cw.inbox_id()]).await;
     assert!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Net, joined, texts, wallet};
+use common::{Net, group_with, texts, wallet};
 use futures::StreamExt as _;
 use kith::{Error, Event, GroupOptions};
 use kith_engine::{
@@ -56,15 +56,13 @@ async fn a_non_admin_cannot_remove_in_an_admins_only_group() {
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
     let carol = net.client("carol", &cw).await;
-    let group = alice
-        .create_group(
-            &[bw.inbox_id(), cw.inbox_id()],
-            GroupOptions::default().admins_only(),
-        )
-        .await
-        .expect("create");
-    let bob_group = joined(&bob, group.id()).await;
-    let carol_group = joined(&carol, group.id()).await;
+    let (group, mut views) = group_with(
+        &alice,
+        &[&bob, &carol],
+        GroupOptions::default().admins_only(),
+    )
+    .await;
+    let (carol_group, bob_group) = (views.remove(1), views.remove(0));
     let before = group.epoch_state().await.expect("epoch");
 
     // Bob's own client refuses, and publishes nothing.
@@ -119,15 +117,13 @@ async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
     let carol = net.client("carol", &cw).await;
-    let group = alice
-        .create_group(
-            &[bw.inbox_id(), cw.inbox_id()],
-            GroupOptions::default().name("official").admins_only(),
-        )
-        .await
-        .expect("create");
-    let bob_group = joined(&bob, group.id()).await;
-    let carol_group = joined(&carol, group.id()).await;
+    let (group, mut views) = group_with(
+        &alice,
+        &[&bob, &carol],
+        GroupOptions::default().name("official").admins_only(),
+    )
+    .await;
+    let (carol_group, bob_group) = (views.remove(1), views.remove(0));
     let refused = bob_group.update_name("hijacked").await;
     assert!(
         matches!(refused, Err(Error::NotPermitted(_))),

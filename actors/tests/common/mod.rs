@@ -5,7 +5,9 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use kith::{Client, ClientConfig, Conversation, ConversationId, LocalNode, LocalWallet};
+use kith::{
+    Client, ClientConfig, Conversation, ConversationId, GroupOptions, LocalNode, LocalWallet,
+};
 use kith_storage::SledNodeStore;
 use kith_transport::node::{NodeConfig, NodeLogic};
 
@@ -95,4 +97,23 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting until {what}");
+}
+
+/// `creator` makes a group with `others`, and each of them joins it.
+/// Returns the creator's view and the others' views, in order.
+pub async fn group_with(
+    creator: &Client,
+    others: &[&Client],
+    options: GroupOptions,
+) -> (Conversation, Vec<Conversation>) {
+    let inboxes: Vec<_> = others.iter().map(|c| c.inbox_id()).collect();
+    let group = creator
+        .create_group(&inboxes, options)
+        .await
+        .expect("create");
+    let mut views = Vec::new();
+    for other in others {
+        views.push(joined(other, group.id()).await);
+    }
+    (group, views)
 }
