@@ -282,8 +282,8 @@ async fn a_member_who_leaves_is_removed_by_the_next_commit() {
         bob_group.epoch_state().await.expect("epoch")
     );
     group.send_text("just us").await.expect("send");
-    assert_eq!(texts(&bob_group).await, ["just us"]);
-    assert!(texts(&carol_group).await.is_empty());
+    assert_eq!(texts(bob_group).await, ["just us"]);
+    assert!(texts(carol_group).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

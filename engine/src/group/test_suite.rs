@@ -140,7 +140,7 @@ pub fn client_store_suite<S: KvStore>(kv: &S) {
         store
             .identity_updates(&wallet.inbox_id())
             .expect("identity"),
-        [update.clone()]
+        std::slice::from_ref(&update)
     );
     assert_eq!(store.all_identity_updates().expect("all"), [vec![update]]);
 }
