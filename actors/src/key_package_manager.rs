@@ -20,17 +20,11 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct KeyPackageManager {
     shared: Arc<Shared>,
-    /// One-time packages the node last reported; unknown (0) at start, so
-    /// the first run tops the pool up.
-    remaining: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl KeyPackageManager {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            remaining: Arc::default(),
-        }
+        Self { shared }
     }
 }
 
@@ -43,7 +37,41 @@ impl Actor for KeyPackageManager {
     }
 }
 
-async fn refill(shared: Arc<Shared>, remaining: u32) -> Result<Option<u32>, Error> {
+/// Upload packages (possibly none, to learn the count), signed by the
+/// installation; returns the one-time packages the node now holds.
+async fn upload(
+    shared: &Shared,
+    one_time: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+) -> Result<u32, Error> {
+    let timestamp_ms = now_ms();
+    let installation = shared.keys.id();
+    let signed = upload_signed_bytes(
+        timestamp_ms,
+        &installation,
+        &one_time,
+        last_resort.as_deref(),
+    );
+    let left = shared
+        .node
+        .upload_key_packages(KeyPackageUpload {
+            installation,
+            one_time,
+            last_resort,
+            timestamp_ms,
+            signature: shared.keys.sign(&signed).to_vec(),
+        })
+        .await?;
+    Ok(u32::try_from(left).unwrap_or(u32::MAX))
+}
+
+/// Run the inventory plan once; returns the one-time packages left on the
+/// node.
+async fn refill(shared: Arc<Shared>) -> Result<u32, Error> {
+    // Ask the node how many are left (an empty upload) rather than keep an
+    // estimate: others' fetches drain the pool without telling us, and
+    // after a restart an estimate would be gone.
+    let remaining = upload(&shared, Vec::new(), None).await?;
     let now = now_ms();
     let generated = {
         let shared = Arc::clone(&shared);
@@ -75,7 +103,7 @@ async fn refill(shared: Arc<Shared>, remaining: u32) -> Result<Option<u32>, Erro
         .map_err(|e| Error::Storage(format!("key-package generation: {e}")))??
     };
     let Some(generated) = generated else {
-        return Ok(None);
+        return Ok(remaining);
     };
     let encode = |kp: &openmls::prelude::KeyPackage| -> Result<Vec<u8>, Error> {
         openmls::prelude::MlsMessageOut::from(kp.clone())
@@ -88,25 +116,7 @@ async fn refill(shared: Arc<Shared>, remaining: u32) -> Result<Option<u32>, Erro
         .map(encode)
         .collect::<Result<Vec<_>, _>>()?;
     let last_resort = generated.last_resort.as_ref().map(encode).transpose()?;
-    let timestamp_ms = now_ms();
-    let installation = shared.keys.id();
-    let signed = upload_signed_bytes(
-        timestamp_ms,
-        &installation,
-        &one_time,
-        last_resort.as_deref(),
-    );
-    let left = shared
-        .node
-        .upload_key_packages(KeyPackageUpload {
-            installation,
-            one_time,
-            last_resort,
-            timestamp_ms,
-            signature: shared.keys.sign(&signed).to_vec(),
-        })
-        .await?;
-    Ok(Some(u32::try_from(left).unwrap_or(u32::MAX)))
+    upload(&shared, one_time, last_resort).await
 }
 
 /// Check the pool now.
@@ -119,13 +129,9 @@ impl Handler<Refill> for KeyPackageManager {
 
     fn handle(&mut self, _: Refill, _: &mut Self::Context) -> Self::Result {
         let shared = Arc::clone(&self.shared);
-        let remaining = Arc::clone(&self.remaining);
         let fut = async move {
-            use std::sync::atomic::Ordering;
-            if let Some(left) = refill(shared, remaining.load(Ordering::SeqCst)).await? {
-                tracing::debug!(left, "key packages uploaded");
-                remaining.store(left, Ordering::SeqCst);
-            }
+            let left = refill(shared).await?;
+            tracing::debug!(left, "key-package pool checked");
             Ok(())
         };
         let span = tracing::debug_span!("key_package_refill");
@@ -142,9 +148,6 @@ impl Handler<Consumed> for KeyPackageManager {
     type Result = ();
 
     fn handle(&mut self, _: Consumed, ctx: &mut Self::Context) {
-        use std::sync::atomic::Ordering;
-        let left = self.remaining.load(Ordering::SeqCst).saturating_sub(1);
-        self.remaining.store(left, Ordering::SeqCst);
         ctx.notify(Refill);
     }
 }
