@@ -168,6 +168,10 @@ async fn dms_created_at_once_become_one_conversation() {
     b.send_text("hi alice").await.expect("send");
     assert_eq!(texts(&a).await, ["hi bob", "hi alice"]);
     assert_eq!(texts(&b).await, ["hi bob", "hi alice"]);
+    // A DM takes nobody else.
+    let carol = net.client("carol", &wallet()).await;
+    let third = a.add_members(&[carol.inbox_id()]).await;
+    assert!(matches!(third, Err(Error::NotPermitted(_))), "{third:?}");
     // Asking again finds it.
     let again = alice.find_or_create_dm(bw.inbox_id()).await.expect("dm");
     assert_eq!(again.id(), a.id());

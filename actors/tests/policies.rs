@@ -14,15 +14,23 @@ use kith_engine::{
 };
 use kith_storage::KithProvider;
 use kith_transport::client::DeliveryClient as _;
-use openmls::prelude::{GroupId, LeafNodeIndex, MlsGroup, tls_codec::Serialize as _};
+use openmls::prelude::{GroupId, KeyPackage, LeafNodeIndex, MlsGroup, tls_codec::Serialize as _};
 use openmls_traits::OpenMlsProvider as _;
 
-/// Make a commit by hand from the state in `dir`: `edit` gets the builder
-/// and the current metadata and adds what the commit should carry.
+/// What a hand-made commit carries besides its metadata.
+#[derive(Default)]
+struct Forged {
+    removals: Vec<LeafNodeIndex>,
+    adds: Vec<KeyPackage>,
+}
+
+/// Make a commit by hand from the state in `dir`: `edit` gets the group
+/// and its current metadata, changes the metadata, and says what else the
+/// commit carries.
 fn forge(
     dir: &std::path::Path,
     group_id: &[u8],
-    edit: impl FnOnce(&MlsGroup, &mut GroupMetadata) -> Vec<LeafNodeIndex>,
+    edit: impl FnOnce(&MlsGroup, &mut GroupMetadata) -> Forged,
 ) -> Vec<u8> {
     let provider = KithProvider::open(dir.join("kith.sled")).expect("open the store");
     let keys = provider
@@ -34,10 +42,11 @@ fn forge(
         .expect("load")
         .expect("group stored");
     let mut metadata = GroupMetadata::from_extensions(group.extensions()).expect("metadata");
-    let removals = edit(&group, &mut metadata);
+    let forged = edit(&group, &mut metadata);
     let bundle = group
         .commit_builder()
-        .propose_removals(removals)
+        .propose_removals(forged.removals)
+        .propose_adds(forged.adds)
         .propose_group_context_extensions(metadata.to_extensions())
         .expect("extensions")
         .load_psks(provider.storage())
@@ -86,7 +95,10 @@ async fn a_non_admin_cannot_remove_in_an_admins_only_group() {
     let mut alice_events = alice.stream_events();
     let commit = forge(&net.path("bob"), &group.id().0, |g, metadata| {
         metadata.membership.remove(&cw.inbox_id());
-        vec![carol_leaf(g)]
+        Forged {
+            removals: vec![carol_leaf(g)],
+            ..Forged::default()
+        }
     });
     net.node
         .publish(vec![(Topic::Group(group.id().0.clone()), commit)])
@@ -141,7 +153,7 @@ async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
             .attributes
             .insert(ATTRIBUTE_NAME.into(), "hijacked".into());
         metadata.mutable.admins.insert(bw.inbox_id());
-        Vec::new()
+        Forged::default()
     });
     let before = group.epoch_state().await.expect("epoch");
     net.node
@@ -166,5 +178,67 @@ async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
             .name
             .as_deref(),
         Some("official, v2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_slip_in_a_device_that_is_not_in_the_identity_log() {
+    use kith_engine::identity::{DEFAULT_LIFETIME_SECS, InstallationKeys, generate_key_package};
+
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
+    let (group, mut views) = group_with(&alice, &[&bob, &carol], GroupOptions::default()).await;
+    let bob_group = views.remove(0);
+    let before = group.epoch_state().await.expect("epoch");
+    drop(bob_group);
+    bob.shutdown().await.expect("shutdown");
+
+    // Bob makes a key package that claims to be one of Carol's devices, for
+    // a key that Carol's wallet never registered, and commits it.
+    let rogue = InstallationKeys::generate(&mut rand_core::OsRng);
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .expect("clock");
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let key_package = generate_key_package(
+        &provider,
+        &rogue,
+        cw.inbox_id(),
+        now,
+        DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .expect("key package");
+    let commit = forge(&net.path("bob"), &group.id().0, |_, _| Forged {
+        adds: vec![key_package],
+        ..Forged::default()
+    });
+    let mut events = alice.stream_events();
+    net.node
+        .publish(vec![(Topic::Group(group.id().0.clone()), commit)])
+        .await
+        .expect("publish");
+    group.sync().await.expect("sync");
+    assert_eq!(group.epoch_state().await.expect("epoch"), before);
+    let members = group.members().await.expect("members");
+    let carol_devices = members
+        .iter()
+        .find(|m| m.inbox == cw.inbox_id())
+        .map(|m| m.installations.clone())
+        .expect("carol");
+    assert_eq!(carol_devices, vec![carol.installation_id()]);
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        .await
+        .expect("an event")
+        .expect("stream");
+    assert!(
+        matches!(&event, Event::CommitRejected { reason, .. }
+            if reason.contains("not active in the identity log")),
+        "{event:?}"
     );
 }
