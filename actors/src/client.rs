@@ -460,6 +460,8 @@ impl Client {
             blocking(move || {
                 for arbiter in arbiters {
                     arbiter.stop();
+                    // A group thread that panicked has nothing left to
+                    // clean up; its store handle is dropped either way.
                     let _ = arbiter.join();
                 }
                 Ok(())

@@ -192,7 +192,7 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
             let shared = &*task_shared;
             let storage = shared.storage();
             let step = storage.begin_step()?;
-            let used_last_resort = note_last_resort_use(shared, &task_payload)?;
+            note_last_resort_use(shared, &task_payload)?;
             let joined = Group::join(
                 &shared.provider,
                 storage,
@@ -204,7 +204,6 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
             match joined {
                 Ok(group) => {
                     step.commit()?;
-                    let _ = used_last_resort;
                     Ok(Ok(
                         group.map(|g| (g.group_id().to_vec(), g.conversation_id()))
                     ))
@@ -242,20 +241,21 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
 /// If the Welcome was made for our last-resort package, record its first
 /// use so that the package is rotated (DESIGN.md section 4). Runs inside
 /// the join's step.
-fn note_last_resort_use(shared: &Shared, payload: &[u8]) -> Result<bool, Error> {
+fn note_last_resort_use(shared: &Shared, payload: &[u8]) -> Result<(), Error> {
+    // A payload that does not decode is refused by the join itself.
     let Ok(payload) = WelcomePayload::from_bytes(payload) else {
-        return Ok(false);
+        return Ok(());
     };
     let Ok(message) = MlsMessageIn::tls_deserialize_exact(payload.welcome.as_slice()) else {
-        return Ok(false);
+        return Ok(());
     };
     let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-        return Ok(false);
+        return Ok(());
     };
     let storage = shared.storage();
     let mut inventory = storage.load_inventory()?;
     let Some(current) = inventory.last_resort.as_ref().map(|r| r.hash_ref.clone()) else {
-        return Ok(false);
+        return Ok(());
     };
     let used = welcome
         .secrets()
@@ -265,7 +265,7 @@ fn note_last_resort_use(shared: &Shared, payload: &[u8]) -> Result<bool, Error> 
         inventory.note_last_resort_used(&current, now_ms());
         storage.save_inventory(&inventory)?;
     }
-    Ok(used)
+    Ok(())
 }
 
 impl Handler<ProcessWelcomes> for Supervisor {
