@@ -35,6 +35,37 @@ impl WalletSigner for LocalWallet {
     }
 }
 
+/// A [`WalletSigner`] that calls an async function: the way to plug in a
+/// wallet that signs elsewhere (a hardware wallet, a browser extension, a
+/// remote signer). Build it with [`ClientBuilder::wallet_callback`].
+pub struct CallbackSigner<F> {
+    inbox: InboxId,
+    sign: F,
+}
+
+impl<F> std::fmt::Debug for CallbackSigner<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackSigner")
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> WalletSigner for CallbackSigner<F>
+where
+    F: Fn(String) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<[u8; 65], String>> + Send,
+{
+    fn inbox_id(&self) -> InboxId {
+        self.inbox
+    }
+
+    async fn sign_personal(&self, text: &str) -> Result<[u8; 65], String> {
+        (self.sign)(text.to_owned()).await
+    }
+}
+
 /// Which node a client talks to.
 #[derive(Clone)]
 pub enum Node {
@@ -104,11 +135,24 @@ impl ClientBuilder {
         self
     }
 
-    /// An external wallet that signs through a callback (instead of
+    /// A wallet behind the [`WalletSigner`] trait (instead of
     /// [`ClientBuilder::wallet`]).
     pub fn wallet_signer(mut self, signer: Arc<dyn WalletSigner>) -> Self {
         self.wallet = Some(signer);
         self
+    }
+
+    /// An external wallet for `inbox` that signs through `sign` (instead of
+    /// [`ClientBuilder::wallet`]). `sign` gets the text to sign with EIP-191
+    /// `personal_sign` and returns the 65-byte signature, or why the wallet
+    /// refused. It is called once per identity update (registering or
+    /// revoking an installation), never for messages.
+    pub fn wallet_callback<F, Fut>(self, inbox: InboxId, sign: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<[u8; 65], String>> + Send + 'static,
+    {
+        self.wallet_signer(Arc::new(CallbackSigner { inbox, sign }))
     }
 
     /// Where this installation keeps its state (required). One directory

@@ -303,6 +303,23 @@ impl Client {
     }
 
     async fn create(&self, new: NewGroup, members: Vec<InboxId>) -> Result<Conversation, Error> {
+        // Refuse unknown inboxes before anything is created, so that a bad
+        // member list leaves no half-made group behind.
+        self.shared()
+            .refresh_identities(members.iter().copied())
+            .await?;
+        {
+            let cache = self.shared().identities();
+            if let Some(missing) = members.iter().find(|inbox| {
+                cache
+                    .state(inbox)
+                    .is_none_or(|s| s.active_installations().next().is_none())
+            }) {
+                return Err(Error::InvalidInput(format!(
+                    "{missing} has no registered installations"
+                )));
+            }
+        }
         let shared = Arc::clone(self.shared());
         let group_id = blocking(move || {
             shared.step(|| {

@@ -79,7 +79,7 @@ mod network_poller;
 mod shared;
 mod supervisor;
 
-pub use builder::{ClientBuilder, Node, WalletSigner};
+pub use builder::{CallbackSigner, ClientBuilder, Node, WalletSigner};
 pub use client::{Client, Conversation, GroupOptions, Member};
 pub use error::Error;
 pub use events::{Event, Message, MessageId, Metadata};

@@ -317,3 +317,56 @@ async fn a_removed_member_and_a_non_member_get_clear_errors() {
     let after = bob_group.send_text("am I still here?").await;
     assert!(matches!(after, Err(Error::NotMember)), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_wallet_signs_through_a_callback() {
+    let net = Net::new();
+    let external = wallet();
+    let inbox = external.inbox_id();
+    // The callback stands in for a wallet elsewhere; it refuses first.
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = std::sync::Arc::clone(&refuse);
+    let client = kith::Client::builder()
+        .wallet_callback(inbox, move |text: String| {
+            let external = external.clone();
+            let refused = gate.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if refused {
+                    Err("the user declined".to_owned())
+                } else {
+                    Ok(external.sign_personal(text.as_bytes()))
+                }
+            }
+        })
+        .data_dir(net.path("external"))
+        .node(net.node.clone())
+        .build()
+        .await
+        .expect("client");
+    let declined = client.register().await;
+    assert!(matches!(declined, Err(Error::Wallet(_))), "{declined:?}");
+    let alice = net.client("alice", &wallet()).await;
+    let nobody = alice.create_group(&[inbox], GroupOptions::default()).await;
+    assert!(
+        matches!(nobody, Err(Error::InvalidInput(_))),
+        "nothing was registered: {nobody:?}"
+    );
+    assert!(
+        alice.conversations().await.expect("list").is_empty(),
+        "a refused creation leaves no group behind"
+    );
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    client.register().await.expect("register");
+    let group = alice
+        .create_group(&[inbox], GroupOptions::default())
+        .await
+        .expect("the external inbox can be added now");
+    assert_eq!(client.inbox_id(), inbox);
+    assert!(
+        joined(&client, group.id())
+            .await
+            .is_active()
+            .await
+            .expect("state")
+    );
+}

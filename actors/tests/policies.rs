@@ -9,7 +9,10 @@ use futures::StreamExt as _;
 use kith::{Error, Event, GroupOptions};
 use kith_engine::{
     delivery::Topic,
-    group::{GroupMetadata, metadata::ATTRIBUTE_NAME},
+    group::{
+        GroupMetadata,
+        metadata::{ATTRIBUTE_DESCRIPTION, ATTRIBUTE_NAME},
+    },
     identity::InstallationStore as _,
 };
 use kith_storage::KithProvider;
@@ -123,7 +126,70 @@ async fn a_non_admin_cannot_remove_in_an_admins_only_group() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
+async fn a_commit_mixing_allowed_and_forbidden_changes_is_rejected_whole() {
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
+    // Default policies: any member may edit attributes; only super admins
+    // manage admins.
+    let (group, mut views) = group_with(
+        &alice,
+        &[&bob, &carol],
+        GroupOptions::default().name("club").description("original"),
+    )
+    .await;
+    let (carol_group, bob_group) = (views.remove(1), views.remove(0));
+    let refused = bob_group.add_admin(bw.inbox_id()).await;
+    assert!(
+        matches!(refused, Err(Error::NotPermitted(_))),
+        "{refused:?}"
+    );
+    drop(bob_group);
+    bob.shutdown().await.expect("shutdown");
+
+    // Bob's hand-made commit: a description change he may make, plus
+    // making himself an admin, which he may not.
+    let commit = forge(&net.path("bob"), &group.id().0, |_, metadata| {
+        metadata
+            .mutable
+            .attributes
+            .insert(ATTRIBUTE_DESCRIPTION.into(), "rewritten".into());
+        metadata.mutable.admins.insert(bw.inbox_id());
+        Forged::default()
+    });
+    let before = group.epoch_state().await.expect("epoch");
+    net.node
+        .publish(vec![(Topic::Group(group.id().0.clone()), commit)])
+        .await
+        .expect("publish");
+    for conversation in [&group, &carol_group] {
+        conversation.sync().await.expect("sync");
+        let metadata = conversation.metadata().await.expect("metadata");
+        assert_eq!(metadata.description.as_deref(), Some("original"));
+        assert!(metadata.admins.is_empty());
+        assert_eq!(conversation.epoch_state().await.expect("epoch"), before);
+    }
+    // The allowed change alone goes through, from a member's own client.
+    carol_group
+        .update_description("rewritten by carol")
+        .await
+        .expect("members may edit attributes");
+    group.sync().await.expect("sync");
+    assert_eq!(
+        group
+            .metadata()
+            .await
+            .expect("metadata")
+            .description
+            .as_deref(),
+        Some("rewritten by carol")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_metadata_change_is_rejected_by_every_receiver() {
     let net = Net::new();
     let (aw, bw, cw) = (wallet(), wallet(), wallet());
     let alice = net.client("alice", &aw).await;
@@ -141,18 +207,19 @@ async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
         matches!(refused, Err(Error::NotPermitted(_))),
         "{refused:?}"
     );
+    let too_long = group.update_name(&"n".repeat(257)).await;
+    assert!(
+        matches!(too_long, Err(Error::InvalidInput(_))),
+        "{too_long:?}"
+    );
     drop(bob_group);
     bob.shutdown().await.expect("shutdown");
 
-    // A change that would be allowed (an attribute anyone may... no: in an
-    // admins-only group none is) mixed with a forbidden one: the name, plus
-    // making Bob an admin.
     let commit = forge(&net.path("bob"), &group.id().0, |_, metadata| {
         metadata
             .mutable
             .attributes
             .insert(ATTRIBUTE_NAME.into(), "hijacked".into());
-        metadata.mutable.admins.insert(bw.inbox_id());
         Forged::default()
     });
     let before = group.epoch_state().await.expect("epoch");
@@ -164,7 +231,6 @@ async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
         conversation.sync().await.expect("sync");
         let metadata = conversation.metadata().await.expect("metadata");
         assert_eq!(metadata.name.as_deref(), Some("official"));
-        assert!(metadata.admins.is_empty());
         assert_eq!(conversation.epoch_state().await.expect("epoch"), before);
     }
     // A legitimate change still goes through afterwards.
@@ -179,6 +245,43 @@ async fn a_forbidden_metadata_change_is_rejected_whole_by_every_receiver() {
             .as_deref(),
         Some("official, v2")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn super_admins_change_policies_and_others_cannot() {
+    use kith::{Permission, Policies, PolicyPreset};
+
+    let net = Net::new();
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
+    let (group, mut views) = group_with(&alice, &[&bob], GroupOptions::default()).await;
+    let bob_group = views.remove(0);
+
+    // Bob may not change the policies; Alice (the super admin) may.
+    let mut open = Policies::preset(PolicyPreset::Default);
+    open.remove_member = Permission::Allow;
+    let refused = bob_group.set_policies(open.clone()).await;
+    assert!(
+        matches!(refused, Err(Error::NotPermitted(_))),
+        "{refused:?}"
+    );
+    let mut closed = Policies::preset(PolicyPreset::Default);
+    closed.add_member = Permission::SuperAdminOnly;
+    group.set_policies(closed).await.expect("super admin");
+    bob_group.sync().await.expect("sync");
+    // Under the new policy Bob can no longer add anyone.
+    let refused = bob_group.add_members(&[carol.inbox_id()]).await;
+    assert!(
+        matches!(refused, Err(Error::NotPermitted(_))),
+        "{refused:?}"
+    );
+    group
+        .add_members(&[carol.inbox_id()])
+        .await
+        .expect("alice adds");
+    assert_eq!(group.members().await.expect("members").len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -681,13 +681,21 @@ impl Group {
                 Err(GroupError::NotPermitted(reason)) => {
                     self.fail_intent(kv, intent.id, reason, true)?;
                 }
+                // Missing identity logs can be fetched, and a failing store
+                // may recover: the intent waits. Anything else would fail
+                // the same way on every retry and wedge the group behind it,
+                // so the intent fails for good.
+                Err(
+                    e @ (GroupError::NeedIdentities(_)
+                    | GroupError::Store(_)
+                    | GroupError::Corrupt(_)),
+                ) => return Err(e),
                 Err(GroupError::InvalidInput(reason)) => {
                     self.fail_intent(kv, intent.id, reason, false)?;
                 }
-                Err(GroupError::KeyPackage(e)) => {
-                    self.fail_intent(kv, intent.id, e.to_string(), false)?;
+                Err(other) => {
+                    self.fail_intent(kv, intent.id, other.to_string(), false)?;
                 }
-                Err(other) => return Err(other),
             }
         }
     }
