@@ -14,8 +14,12 @@
 use std::{sync::Arc, time::Duration};
 
 use criterion::Criterion;
-use kith::{Client, ClientConfig, Conversation, GroupOptions, InboxId, LocalNode, LocalWallet};
+use kith::{
+    Client, ClientConfig, Conversation, GroupOptions, InboxId, InstallationId, LocalNode,
+    LocalWallet,
+};
 use kith_benches::{Backend as _, Member, Pair, Recorder, bench_recorded, key_packages};
+use kith_engine::delivery::{Cursor, Topic};
 use kith_engine::identity::{
     DEFAULT_LIFETIME_SECS, InstallationKeys, UnsignedIdentityUpdate, generate_key_package,
 };
@@ -56,7 +60,7 @@ fn node(dir: &std::path::Path) -> Node {
 
 /// An inbox with one installation and a last-resort key package on the
 /// node (handed out on every fetch), and no client.
-async fn virtual_member(node: &Node) -> InboxId {
+async fn virtual_member(node: &Node) -> (InboxId, InstallationId) {
     let mut rng = rand_core::OsRng;
     let wallet = LocalWallet::generate(&mut rng);
     let keys = InstallationKeys::generate(&mut rng);
@@ -89,7 +93,7 @@ async fn virtual_member(node: &Node) -> InboxId {
     })
     .await
     .expect("upload");
-    wallet.inbox_id()
+    (wallet.inbox_id(), keys.id())
 }
 
 async fn client(dir: &std::path::Path, name: &str, node: &Node) -> Client {
@@ -167,7 +171,7 @@ fn main() {
     let members: Vec<InboxId> = rt.block_on(async {
         let mut out = Vec::new();
         for _ in 0..1_000 {
-            out.push(virtual_member(&node).await);
+            out.push(virtual_member(&node).await.0);
         }
         out
     });
@@ -208,13 +212,16 @@ fn main() {
     // gigabytes of Welcomes in the node's store.
     let dir = tempfile::tempdir().expect("temporary directory");
     let node = self::node(dir.path());
-    let (alice, members) = rt.block_on(async {
+    let (alice, members, installations) = rt.block_on(async {
         let alice = client(dir.path(), "alice", &node).await;
         let mut members = Vec::new();
+        let mut installations = Vec::new();
         for _ in 0..1_500 {
-            members.push(virtual_member(&node).await);
+            let (inbox, installation) = virtual_member(&node).await;
+            members.push(inbox);
+            installations.push(installation);
         }
-        (alice, members)
+        (alice, members, installations)
     });
     let big = rt.block_on(async {
         alice
@@ -222,6 +229,18 @@ fn main() {
             .await
             .expect("create")
     });
+    // What a joiner of a 1,000-member group receives.
+    let welcome = rt.block_on(async {
+        node.query(&Topic::Welcome(installations[0]), &Cursor::new(), 1)
+            .await
+            .expect("query")
+    });
+    if let Some(envelope) = welcome.envelopes.first() {
+        println!(
+            "Welcome for a 1,000-member group: {} bytes per joiner",
+            envelope.payload.len()
+        );
+    }
     let mut spare = members[999..].iter();
     bench_recorded(
         &mut c,
@@ -233,6 +252,19 @@ fn main() {
             rt.block_on(async { big.add_members(&[inbox]).await.expect("add") })
         },
     );
+    // What the first member added to it received (no other joiners'
+    // secrets in it).
+    let added = rt.block_on(async {
+        node.query(&Topic::Welcome(installations[999]), &Cursor::new(), 1)
+            .await
+            .expect("query")
+    });
+    if let Some(envelope) = added.envelopes.first() {
+        println!(
+            "Welcome for one member added to a 1,000-member group: {} bytes",
+            envelope.payload.len()
+        );
+    }
     let creator = Member::new("creator", OpenMlsRustCrypto::default());
     let mut raw_group = creator.create_and_add(b"raw big group", &key_packages(999));
     bench_recorded(
