@@ -340,7 +340,12 @@ impl Client {
             conversation: info.conversation.clone(),
         });
         if !members.is_empty() {
-            addr.send(Change::AddMembers(members)).await??;
+            // `create` fetched their identity logs just now.
+            addr.send(Change::AddMembers {
+                inboxes: members,
+                refresh: false,
+            })
+            .await??;
         }
         self.conversation(&info.conversation).await
     }
@@ -677,7 +682,11 @@ impl Conversation {
 
     /// Add inboxes, with all their installations.
     pub async fn add_members(&self, inboxes: &[InboxId]) -> Result<(), Error> {
-        self.change(Change::AddMembers(inboxes.to_vec())).await
+        self.change(Change::AddMembers {
+            inboxes: inboxes.to_vec(),
+            refresh: true,
+        })
+        .await
     }
 
     /// Remove inboxes, with all their installations.

@@ -302,10 +302,12 @@ impl GroupCore {
         ))
     }
 
-    async fn add_members(&self, inboxes: Vec<InboxId>) -> Result<(), Error> {
-        self.shared
-            .refresh_identities(inboxes.iter().copied())
-            .await?;
+    async fn add_members(&self, inboxes: Vec<InboxId>, refresh: bool) -> Result<(), Error> {
+        if refresh {
+            self.shared
+                .refresh_identities(inboxes.iter().copied())
+                .await?;
+        }
         let (targets, sequences) = {
             let cache = self.shared.identities();
             let mut targets = Vec::new();
@@ -556,8 +558,14 @@ impl Handler<Send> for GroupActor {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), Error>")]
 pub(crate) enum Change {
-    /// Add inboxes (all their installations).
-    AddMembers(Vec<InboxId>),
+    /// Add inboxes (all their installations). Without `refresh`, the
+    /// identity cache is trusted to be current (the caller just fetched).
+    AddMembers {
+        /// The inboxes.
+        inboxes: Vec<InboxId>,
+        /// Fetch their identity logs first.
+        refresh: bool,
+    },
     /// Bring installations in line with the identity logs.
     Reconcile {
         /// Fetch the members' logs first.
@@ -570,7 +578,7 @@ pub(crate) enum Change {
 impl Change {
     fn name(&self) -> &'static str {
         match self {
-            Change::AddMembers(_) => "add members",
+            Change::AddMembers { .. } => "add members",
             Change::Reconcile { .. } => "reconcile installations",
             Change::Intent(IntentKind::RemoveMembers { .. }) => "remove members",
             Change::Intent(IntentKind::UpdateAttributes { .. }) => "update attributes",
@@ -594,7 +602,7 @@ impl Handler<Change> for GroupActor {
         );
         guarded(span, async move {
             match msg {
-                Change::AddMembers(inboxes) => core.add_members(inboxes).await,
+                Change::AddMembers { inboxes, refresh } => core.add_members(inboxes, refresh).await,
                 Change::Reconcile { refresh } => core.reconcile(refresh).await,
                 Change::Intent(kind) => core.change(kind).await,
             }
