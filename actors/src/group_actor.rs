@@ -215,7 +215,13 @@ impl GroupCore {
             for envelope in &page.envelopes {
                 self.apply(|group, shared| {
                     let identities = shared.identities();
-                    group.handle_envelope(&shared.provider, shared.storage(), &identities, envelope)
+                    group.handle_envelope(
+                        &shared.provider,
+                        shared.storage(),
+                        &identities,
+                        envelope,
+                        now_ms(),
+                    )
                 })
                 .await?;
             }

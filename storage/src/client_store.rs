@@ -3,11 +3,15 @@
 //!
 //! Because it goes through the same step machinery, one engine step (the
 //! MLS state, the stored message, the cursor and the intent) commits in one
-//! sled batch: a crash either keeps all of it or none.
+//! sled batch: a crash either keeps all of it or none. The engine's
+//! rollback port ([`GroupSnapshots`]) is [`SledMlsStorage::snapshot_group`]
+//! and [`SledMlsStorage::restore_group`] in [`GroupSnapshot`]'s encoding.
 
-use kith_engine::group::{KvEntries, KvStore};
+use kith_engine::group::{GroupSnapshots, KvEntries, KvStore};
+use openmls::prelude::GroupId;
+use zeroize::Zeroizing;
 
-use crate::{error::StorageError, mls_storage::SledMlsStorage};
+use crate::{error::StorageError, mls_storage::SledMlsStorage, snapshot::GroupSnapshot};
 
 const NAMESPACE: u8 = b'C';
 
@@ -39,5 +43,21 @@ impl KvStore for SledMlsStorage {
             .into_iter()
             .map(|(k, v)| (k[1..].to_vec(), v))
             .collect())
+    }
+}
+
+impl GroupSnapshots for SledMlsStorage {
+    fn snapshot_group(&self, group_id: &[u8]) -> Result<Zeroizing<Vec<u8>>, StorageError> {
+        Ok(SledMlsStorage::snapshot_group(self, &GroupId::from_slice(group_id))?.to_bytes())
+    }
+
+    fn restore_group(&self, group_id: &[u8], snapshot: &[u8]) -> Result<(), StorageError> {
+        let snapshot = GroupSnapshot::from_bytes(snapshot)?;
+        if snapshot.group_id() != group_id {
+            return Err(StorageError::MalformedSnapshot(
+                "the snapshot belongs to another group".into(),
+            ));
+        }
+        SledMlsStorage::restore_group(self, &snapshot)
     }
 }

@@ -6,8 +6,7 @@
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        ClientStore, ConversationKind, Group, IdentityCache, IntentKind, Me, MemoryKvStore,
-        NewGroup, PolicyPreset,
+        ClientStore, ConversationKind, Group, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
     },
     identity::{
         DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
@@ -16,7 +15,6 @@ use kith_engine::{
 };
 use kith_storage::{KithProvider, SledMlsStorage};
 use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng as _;
@@ -64,8 +62,9 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
     let mut identities = IdentityCache::new();
     let (alice_inbox, alice_keys) = identity(&mut rng, &mut identities);
     let (bob_inbox, bob_keys) = identity(&mut rng, &mut identities);
-    let alice_provider = OpenMlsRustCrypto::default();
-    let alice_kv = MemoryKvStore::default();
+    let alice_dir = tempfile::tempdir().expect("tempdir");
+    let alice_provider = KithProvider::open(alice_dir.path()).expect("open");
+    let alice_kv = alice_provider.storage();
     let alice = Me {
         inbox: alice_inbox,
         keys: &alice_keys,
@@ -90,7 +89,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
     .expect("key package");
     let mut group = Group::create(
         &alice_provider,
-        &alice_kv,
+        alice_kv,
         alice,
         &identities,
         NewGroup {
@@ -105,7 +104,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
     let group_id = group.group_id().to_vec();
     group
         .queue_intent(
-            &alice_kv,
+            alice_kv,
             IntentKind::AddMembers {
                 key_packages: vec![
                     MlsMessageOut::from(key_package)
@@ -117,15 +116,16 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         )
         .expect("queue");
     group
-        .advance(&alice_provider, &alice_kv, alice, &identities, now_ms())
+        .advance(&alice_provider, alice_kv, alice, &identities, now_ms())
         .expect("advance");
     let commit = group.poll_outbound().expect("commit");
     group
         .handle_envelope(
             &alice_provider,
-            &alice_kv,
+            alice_kv,
             &identities,
             &envelope(&group_id, 1, commit.payload),
+            now_ms(),
         )
         .expect("merge own commit");
     let welcome = group.poll_outbound().expect("welcome");
@@ -146,7 +146,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
     group
         .send_message(
             &alice_provider,
-            &alice_kv,
+            alice_kv,
             alice,
             "text/plain",
             b"once",
@@ -169,7 +169,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
             .expect("load")
             .expect("stored");
         bob_group
-            .handle_envelope(&bob_provider, storage, &identities, &message)
+            .handle_envelope(&bob_provider, storage, &identities, &message, now_ms())
             .expect("handle");
         assert_eq!(
             ClientStore(storage)
@@ -206,7 +206,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         .expect("load")
         .expect("stored");
     bob_group
-        .handle_envelope(&bob_provider, storage, &identities, &message)
+        .handle_envelope(&bob_provider, storage, &identities, &message, now_ms())
         .expect("handle again");
     step.commit().expect("commit");
     drop(bob_group);
@@ -219,7 +219,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         .expect("load")
         .expect("stored");
     bob_group
-        .handle_envelope(&bob_provider, storage, &identities, &message)
+        .handle_envelope(&bob_provider, storage, &identities, &message, now_ms())
         .expect("duplicate delivery");
     let messages = ClientStore(storage).messages(&conversation).expect("read");
     assert_eq!(messages.len(), 1);

@@ -24,9 +24,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use openmls::prelude::{
-    CredentialWithKey, GroupId, KeyPackage, LeafNodeIndex, MlsGroup, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent,
-    Proposal, ProtocolMessage, Sender, StagedWelcome,
+    ContentType, CredentialWithKey, GroupId, KeyPackage, LeafNodeIndex, MlsGroup,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    ProcessedMessageContent, Proposal, ProtocolMessage, Sender, StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
 };
 use openmls_traits::{OpenMlsProvider, random::OpenMlsRand as _};
@@ -37,10 +37,12 @@ use super::{
     GroupError,
     content::{Content, WelcomePayload, message_id},
     identities::IdentityCache,
-    intent::{Intent, IntentKind, IntentState},
+    intent::{Intent, IntentKind, IntentState, PublishedCommit},
     metadata::{
         ConversationKind, GroupMetadata, ImmutableMetadata, MutableMetadata, Policies, PolicyPreset,
     },
+    rewind::{COMMIT_HISTORY, MAX_HELD, OwnCommit, RetainedEnvelope, RewindPolicy, RewindStats},
+    store::GroupSnapshots,
     store::{
         ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupRecord,
         KvStore, Outbound, StoredMessage, dm_conversation_id,
@@ -58,6 +60,9 @@ use crate::{
 /// How many past epochs' secrets are kept, so that application messages
 /// sent just before a commit still decrypt after it.
 pub const MAX_PAST_EPOCHS: usize = 5;
+
+/// How many failed intents a group keeps in its store.
+pub const KEPT_FAILED_INTENTS: usize = 32;
 
 /// The installation acting: its inbox and keys.
 #[derive(Debug, Clone, Copy)]
@@ -132,16 +137,72 @@ pub enum GroupEvent {
     },
     /// This installation is no longer a member.
     Removed,
+    /// A received message was known only from an epoch that lost; it is
+    /// kept, marked [`Delivery::Superseded`], until the sender's re-sent
+    /// copy arrives.
+    MessageSuperseded {
+        /// Its id.
+        message_id: [u8; 32],
+    },
+    /// An own message was sent in an epoch that lost and cannot be re-sent
+    /// (this installation is no longer a member); it is marked
+    /// [`Delivery::Failed`].
+    MessageFailed {
+        /// Its id.
+        message_id: [u8; 32],
+        /// Why.
+        reason: String,
+    },
+    /// The re-sent copy of a superseded message arrived in the canonical
+    /// branch; the message is delivered again.
+    MessageConfirmed {
+        /// Its id.
+        message_id: [u8; 32],
+    },
+    /// A commit arrived that sorts before the one applied for its epoch:
+    /// the group was restored to that epoch and the envelopes since
+    /// replayed in canonical order.
+    RolledBack {
+        /// The epoch restored.
+        to_epoch: u64,
+        /// How many envelopes were replayed.
+        replayed: u64,
+        /// The group's rollback metrics now.
+        stats: RewindStats,
+    },
+    /// Epoch transitions settled and their snapshots were deleted.
+    Settled {
+        /// The group's rollback metrics now.
+        stats: RewindStats,
+    },
+    /// This installation found itself on a fork of the group: its epoch
+    /// differs from the canonical one and it can no longer roll back.
+    Forked {
+        /// Its epoch.
+        epoch: u64,
+        /// The evidence.
+        reason: String,
+    },
 }
 
 /// One conversation's MLS group and its engine state. See the module docs.
 #[derive(Debug)]
 pub struct Group {
-    mls: MlsGroup,
-    record: GroupRecord,
-    metadata: GroupMetadata,
-    outbound: VecDeque<Outbound>,
-    events: VecDeque<GroupEvent>,
+    pub(super) mls: MlsGroup,
+    pub(super) record: GroupRecord,
+    pub(super) metadata: GroupMetadata,
+    pub(super) outbound: VecDeque<Outbound>,
+    pub(super) events: VecDeque<GroupEvent>,
+    pub(super) policy: RewindPolicy,
+}
+
+/// What one input call carries through routing and replay.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) identities: &'a IdentityCache,
+    pub(crate) now_ms: u64,
+    /// During a replay: the messages it delivered again.
+    pub(crate) confirmed: Option<BTreeSet<[u8; 32]>>,
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -156,7 +217,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn serialize(message: &openmls::prelude::MlsMessageOut) -> Result<Vec<u8>, GroupError> {
+pub(crate) fn serialize(message: &openmls::prelude::MlsMessageOut) -> Result<Vec<u8>, GroupError> {
     message.tls_serialize_detached().map_err(GroupError::mls)
 }
 
@@ -235,6 +296,7 @@ impl Group {
             metadata,
             outbound: VecDeque::new(),
             events: VecDeque::new(),
+            policy: RewindPolicy::default(),
         };
         group.register_conversation(kv, me, new.now_ms)?;
         group.save_record(kv)?;
@@ -262,6 +324,7 @@ impl Group {
             metadata,
             outbound,
             events: VecDeque::new(),
+            policy: RewindPolicy::default(),
         }))
     }
 
@@ -344,6 +407,7 @@ impl Group {
             metadata,
             outbound: VecDeque::new(),
             events: VecDeque::new(),
+            policy: RewindPolicy::default(),
         };
         group.register_conversation(kv, me, now_ms)?;
         group.save_record(kv)?;
@@ -373,7 +437,7 @@ impl Group {
         store.put_conversation(&record)
     }
 
-    fn save_record<S: KvStore + ?Sized>(&self, kv: &S) -> Result<(), GroupError> {
+    pub(super) fn save_record<S: KvStore + ?Sized>(&self, kv: &S) -> Result<(), GroupError> {
         ClientStore(kv).put_group_record(self.group_id(), &self.record)
     }
 
@@ -434,6 +498,11 @@ impl Group {
     /// The epoch authenticator, equal on every member in the same epoch.
     pub fn epoch_authenticator(&self) -> Vec<u8> {
         self.mls.epoch_authenticator().as_slice().to_vec()
+    }
+
+    /// This installation's leaf index in the group's tree.
+    pub fn own_leaf_index(&self) -> u32 {
+        self.mls.own_leaf_index().u32()
     }
 
     /// When installations were last reconciled, ms since the Unix epoch.
@@ -513,7 +582,7 @@ impl Group {
         Ok(())
     }
 
-    fn push_outbound<S: KvStore + ?Sized>(
+    pub(super) fn push_outbound<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
         topics: &[Topic],
@@ -563,10 +632,15 @@ impl Group {
             body: body.to_vec(),
             sent_at_ms: now_ms,
         };
+        // Readable without the epoch secret, so that a member on another
+        // branch can tell which branch sorts first (see `rewind`).
+        let aad = self.current_aad(kv)?;
+        self.mls.set_aad(aad.encode());
         let out = self
             .mls
             .create_message(provider, me.keys, &content.encode_to_vec())
             .map_err(GroupError::mls)?;
+        self.track_send(kv, &content, id)?;
         let message = StoredMessage {
             conversation_id: self.conversation_id(),
             group_id: self.group_id().to_vec(),
@@ -599,6 +673,16 @@ impl Group {
         if !self.mls.is_active() {
             return Err(GroupError::NotMember);
         }
+        // Refuse a mistake now; by the time the intent is built, another
+        // member's commit may have made the same change, which satisfies it.
+        if let IntentKind::RemoveMembers { inboxes } = &kind {
+            let members = self.members();
+            if let Some(stranger) = inboxes.iter().find(|i| !members.contains_key(*i)) {
+                return Err(GroupError::InvalidInput(format!(
+                    "{stranger} is not a member"
+                )));
+            }
+        }
         let intent = Intent {
             id: self.record.next_intent_id,
             kind,
@@ -620,9 +704,15 @@ impl Group {
         self.save_record(kv)
     }
 
-    /// If no commit of ours is pending, turn the oldest waiting intent into
-    /// a published commit (or proposal). Intents that cannot be carried out
+    /// Settle what is due, re-send own messages whose epoch lost, and, if
+    /// no commit of ours is pending, turn the oldest waiting intent into a
+    /// published commit (or proposal). Intents that cannot be carried out
     /// fail with an event.
+    ///
+    /// Call it after reading the group topic up to the node's head: an
+    /// epoch transition settles once `now_ms` is past its commit's time
+    /// plus the settle window, on the ground that every envelope sorting
+    /// before it has then been read.
     pub fn advance<P: OpenMlsProvider, S: KvStore + ?Sized>(
         &mut self,
         provider: &P,
@@ -632,15 +722,14 @@ impl Group {
         now_ms: u64,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
+        self.resend_lost(provider, kv, me)?;
+        self.settle(kv, Some(now_ms), now_ms)?;
         loop {
             if self.mls.pending_commit().is_some() {
                 return Ok(());
             }
             let intents = store.intents(self.group_id())?;
-            let Some(mut intent) = intents
-                .into_iter()
-                .find(|i| i.state == IntentState::ToPublish)
-            else {
+            let Some(mut intent) = intents.into_iter().find(|i| i.state.is_waiting()) else {
                 return Ok(());
             };
             if !self.mls.is_active() {
@@ -658,12 +747,22 @@ impl Group {
                     welcome,
                     welcome_to,
                 }) => {
-                    intent.state = IntentState::Published {
+                    let published = PublishedCommit {
                         epoch: self.epoch(),
                         commit_hash: sha256(&commit),
-                        welcome,
-                        welcome_to,
                     };
+                    store.put_own_commit(
+                        self.group_id(),
+                        &OwnCommit {
+                            hash: published.commit_hash,
+                            intent_id: intent.id,
+                            epoch: published.epoch,
+                            auth_digest: self.auth_digest(),
+                            welcome,
+                            welcome_to,
+                        },
+                    )?;
+                    intent.state = IntentState::Published(published);
                     store.put_intent(self.group_id(), &intent)?;
                     self.push_outbound(
                         kv,
@@ -700,6 +799,9 @@ impl Group {
         }
     }
 
+    /// Move an intent to `Failed` and tell the application. The newest
+    /// [`KEPT_FAILED_INTENTS`] failed intents stay in the store, for
+    /// inspection after a restart.
     fn fail_intent<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
@@ -707,7 +809,26 @@ impl Group {
         reason: String,
         denied: bool,
     ) -> Result<(), GroupError> {
-        ClientStore(kv).remove_intent(self.group_id(), id)?;
+        let store = ClientStore(kv);
+        let intents = store.intents(self.group_id())?;
+        if let Some(mut intent) = intents.iter().find(|i| i.id == id).cloned() {
+            intent.state = IntentState::Failed {
+                reason: reason.clone(),
+                denied,
+            };
+            store.put_intent(self.group_id(), &intent)?;
+        }
+        let failed: Vec<u64> = intents
+            .iter()
+            .filter(|i| i.state.is_final() || i.id == id)
+            .map(|i| i.id)
+            .collect();
+        for old in failed
+            .iter()
+            .take(failed.len().saturating_sub(KEPT_FAILED_INTENTS))
+        {
+            store.remove_intent(self.group_id(), *old)?;
+        }
         self.events
             .push_back(GroupEvent::IntentFailed { id, reason, denied });
         Ok(())
@@ -794,10 +915,9 @@ impl Group {
                 }
             }
             IntentKind::RemoveMembers { inboxes } => {
+                // Inboxes already gone were removed by another member's
+                // commit: that part of the intent is satisfied.
                 for inbox in inboxes {
-                    if !members.contains_key(inbox) {
-                        return Err(GroupError::InvalidInput(format!("{inbox} is not a member")));
-                    }
                     metadata.membership.remove(inbox);
                 }
                 removals = leaves_of(&|i, _| inboxes.contains(&i));
@@ -899,6 +1019,15 @@ impl Group {
         }
         metadata.check_limits()?;
         let metadata_changed = metadata != self.metadata;
+        if !metadata_changed
+            && adds.is_empty()
+            && removals.is_empty()
+            && !consume_proposals
+            && !force_update
+        {
+            // Another member's commit already made this change.
+            return Ok(Built::Done);
+        }
         if metadata_changed {
             super::validate::check_metadata_change(&self.metadata, &metadata, &me.inbox)
                 .map_err(GroupError::NotPermitted)?;
@@ -950,15 +1079,21 @@ impl Group {
 
     // ----- inputs --------------------------------------------------------
 
-    /// Process one envelope of the group topic. Envelopes the cursor has
-    /// passed are ignored; bad envelopes from peers become events, never
-    /// errors. Errors are ours (or [`GroupError::NeedIdentities`]).
-    pub fn handle_envelope<P: OpenMlsProvider, S: KvStore + ?Sized>(
+    /// Process one envelope of the group topic, in arrival order. Envelopes
+    /// the cursor has passed are ignored; bad envelopes from peers become
+    /// events, never errors. Errors are ours (or
+    /// [`GroupError::NeedIdentities`]).
+    ///
+    /// A commit that sorts before the one applied for its epoch rolls the
+    /// group back and replays (see [`super::rewind`]), which is why the
+    /// store must also take [`GroupSnapshots`].
+    pub fn handle_envelope<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
         identities: &IdentityCache,
         envelope: &Envelope,
+        now_ms: u64,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
         let topic = Topic::Group(self.group_id().to_vec());
@@ -972,66 +1107,197 @@ impl Group {
         if !cursor.is_before(envelope) {
             return Ok(());
         }
-        self.process(provider, kv, identities, envelope)?;
+        let entry = RetainedEnvelope::new(self.record.next_arrival, envelope);
+        self.record.next_arrival += 1;
+        let mut ctx = Ctx {
+            identities,
+            now_ms,
+            confirmed: None,
+        };
+        self.route(provider, kv, &mut ctx, entry, true)?;
         cursor.advance(envelope);
         store.put_cursor(&topic, &cursor)?;
-        Ok(())
+        self.save_record(kv)
     }
 
-    fn skip(&mut self, reason: String) {
+    pub(super) fn skip(&mut self, reason: String) {
         self.events
             .push_back(GroupEvent::EnvelopeSkipped { reason });
     }
 
-    fn process<P: OpenMlsProvider, S: KvStore + ?Sized>(
+    /// Decide what an envelope is and where it goes: applied now, held for
+    /// a future epoch, or (a commit for a past epoch) a rollback or a drop.
+    pub(super) fn route<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
-        identities: &IdentityCache,
-        envelope: &Envelope,
+        ctx: &mut Ctx<'_>,
+        mut entry: RetainedEnvelope,
+        allow_rollback: bool,
     ) -> Result<(), GroupError> {
-        let hash = sha256(&envelope.payload);
         let store = ClientStore(kv);
-        let published = store.intents(self.group_id())?.into_iter().find(|i| {
-            matches!(&i.state, IntentState::Published { commit_hash, .. } if *commit_hash == hash)
-        });
-        if let Some(intent) = published {
-            return self.merge_own(provider, kv, identities, envelope, intent);
-        }
-        if !self.mls.is_active() {
+        let current = self.epoch();
+        if let Some(own) = store.own_commit(self.group_id(), &sha256(&entry.payload))? {
+            entry.epoch = own.epoch;
+            if own.epoch == current
+                && own.auth_digest == self.auth_digest()
+                && self.mls.pending_commit().is_some()
+            {
+                return self.merge_own(provider, kv, ctx, entry, own);
+            }
+            if own.epoch < current {
+                return self.past_commit(provider, kv, ctx, entry, allow_rollback);
+            }
+            // Built on a branch that was rolled away.
+            self.skip(format!(
+                "an own commit for epoch {} of an abandoned branch",
+                own.epoch
+            ));
             return Ok(());
         }
-        let message = match MlsMessageIn::tls_deserialize_exact(envelope.payload.as_slice()) {
-            Ok(m) => m,
-            Err(e) => {
-                self.skip(format!("malformed MLS message: {e}"));
+        let protocol = match MlsMessageIn::tls_deserialize_exact(entry.payload.as_slice())
+            .map_err(|e| format!("malformed MLS message: {e}"))
+            .and_then(|m| {
+                m.try_into_protocol_message()
+                    .map_err(|e| format!("not a group message: {e:?}"))
+            }) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.skip(reason);
                 return Ok(());
             }
         };
-        let protocol: ProtocolMessage = match message.try_into_protocol_message() {
-            Ok(p) => p,
-            Err(e) => {
-                self.skip(format!("not a group message: {e:?}"));
-                return Ok(());
-            }
+        if protocol.group_id().as_slice() != self.group_id() {
+            self.skip("a message for another group".into());
+            return Ok(());
+        }
+        entry.epoch = protocol.epoch().as_u64();
+        let is_commit = protocol.content_type() == ContentType::Commit;
+        if is_commit && entry.epoch < current {
+            return self.past_commit(provider, kv, ctx, entry, allow_rollback);
+        }
+        if !self.mls.is_active() {
+            // Removed: only a rollback (above) can bring it back.
+            return Ok(());
+        }
+        if entry.epoch > current {
+            return self.hold(kv, entry);
+        }
+        self.apply(provider, kv, ctx, entry, protocol, is_commit)
+    }
+
+    /// Keep an envelope of a future epoch until the group reaches it.
+    fn hold<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        mut entry: RetainedEnvelope,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let held = store
+            .retained(self.group_id())?
+            .iter()
+            .filter(|e| e.held)
+            .count();
+        if held >= MAX_HELD {
+            self.skip(format!(
+                "a message of future epoch {} (already holding {MAX_HELD})",
+                entry.epoch
+            ));
+            return Ok(());
+        }
+        entry.held = true;
+        store.put_retained(self.group_id(), &entry)
+    }
+
+    /// After the epoch moved, apply the held envelopes it unblocked.
+    fn release_held<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let current = self.epoch();
+        let mut ready: Vec<RetainedEnvelope> = store
+            .retained(self.group_id())?
+            .into_iter()
+            .filter(|e| e.held && e.epoch <= current)
+            .collect();
+        ready.sort_by_key(|e| e.key);
+        for mut entry in ready {
+            store.remove_retained(self.group_id(), entry.arrival)?;
+            entry.held = false;
+            self.route(provider, kv, ctx, entry, false)?;
+        }
+        Ok(())
+    }
+
+    /// Keep an applied envelope for replay while the ring holds snapshots.
+    fn retain<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        entry: &RetainedEnvelope,
+    ) -> Result<(), GroupError> {
+        if self.policy.retains() && self.ring_len(kv)? > 0 {
+            ClientStore(kv).put_retained(self.group_id(), entry)?;
+        }
+        Ok(())
+    }
+
+    /// Apply an envelope of the current epoch (or an application message
+    /// of a past one).
+    fn apply<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        ctx: &mut Ctx<'_>,
+        mut entry: RetainedEnvelope,
+        protocol: ProtocolMessage,
+        is_commit: bool,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let aad = match &protocol {
+            ProtocolMessage::PrivateMessage(m) => m.aad().to_vec(),
+            ProtocolMessage::PublicMessage(_) => Vec::new(),
+        };
+        let epoch = entry.epoch;
+        // The snapshot is taken before the commit is even decrypted, so
+        // that a restore leaves its handshake generation unspent.
+        let before = if is_commit && self.policy.retains() {
+            Some((self.capture(kv)?, self.auth_digest()))
+        } else {
+            None
         };
         let processed = match self.mls.process_message(provider, protocol) {
             Ok(p) => p,
             Err(e) => {
+                if epoch == self.epoch() && !is_commit {
+                    self.undecryptable(kv, &aad, ctx.now_ms)?;
+                }
                 self.skip(format!("cannot process: {e}"));
-                return Ok(());
+                return self.retain(kv, &entry);
             }
         };
         let sender = processed.sender().clone();
+        let signer = crate::identity::credential_inbox(processed.credential()).ok();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let Sender::Member(leaf) = sender else {
                     self.skip("an application message from a non-member".into());
                     return Ok(());
                 };
-                let Some((inbox, installation)) = leaf_identity(&self.mls, leaf) else {
-                    self.skip("an application message from an invalid leaf".into());
+                let Some(signer) = signer else {
+                    self.skip("an application message with a foreign credential".into());
                     return Ok(());
+                };
+                // A message of a past epoch may come from a leaf that has
+                // left since (or been taken by someone else): OpenMLS checked
+                // it against that epoch's tree, whose credential names the
+                // inbox; the installation is known only if the leaf is
+                // still the sender's.
+                let (inbox, installation) = match leaf_identity(&self.mls, leaf) {
+                    Some((inbox, installation)) if inbox == signer => (inbox, installation),
+                    _ => (signer, InstallationId::UNKNOWN),
                 };
                 let (content, id) = match Content::decode_checked(&app.into_bytes()) {
                     Ok(c) => c,
@@ -1049,12 +1315,24 @@ impl Group {
                     content_type: content.content_type,
                     body: content.body,
                     sent_at_ms: content.sent_at_ms,
-                    time_ms: envelope.originator_time_ms,
+                    time_ms: entry.key.0,
                     delivery: Delivery::Published,
                 };
+                entry.message_id = Some(id);
+                if let Some(confirmed) = ctx.confirmed.as_mut() {
+                    confirmed.insert(id);
+                }
                 if store.insert_message(&message)? {
                     self.events.push_back(GroupEvent::Message(message));
+                } else if let Some(mut stored) = store.message(&message.conversation_id, &id)?
+                    && stored.delivery == Delivery::Superseded
+                {
+                    stored.delivery = Delivery::Published;
+                    store.update_message(&stored)?;
+                    self.events
+                        .push_back(GroupEvent::MessageConfirmed { message_id: id });
                 }
+                self.retain(kv, &entry)
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 // Kith sends one kind of standalone proposal: a member
@@ -1072,105 +1350,147 @@ impl Group {
                     .store_pending_proposal(provider.storage(), *proposal)
                     .map_err(GroupError::mls)?;
                 let intents = store.intents(self.group_id())?;
-                if !intents.iter().any(|i| i.kind == IntentKind::CommitPending) {
+                if !intents
+                    .iter()
+                    .any(|i| i.kind == IntentKind::CommitPending && i.state.is_waiting())
+                {
                     self.queue_intent(kv, IntentKind::CommitPending)?;
                 }
+                self.retain(kv, &entry)
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let Sender::Member(committer) = sender else {
                     self.skip("a commit from a non-member".into());
                     return Ok(());
                 };
-                match validate_commit(&self.mls, &self.metadata, &staged, committer, identities) {
+                match validate_commit(
+                    &self.mls,
+                    &self.metadata,
+                    &staged,
+                    committer,
+                    ctx.identities,
+                ) {
                     Ok(summary) => {
                         let self_removed = staged.self_removed();
+                        if let Some((state, auth)) = &before {
+                            self.keep_snapshot(kv, state, &entry, epoch, *auth, ctx.now_ms)?;
+                        }
                         self.mls
                             .merge_staged_commit(provider, *staged)
                             .map_err(GroupError::mls)?;
                         // A pending commit of ours lost: regenerate it.
                         for mut intent in store.intents(self.group_id())? {
-                            if matches!(intent.state, IntentState::Published { .. }) {
-                                intent.state = IntentState::ToPublish;
+                            if matches!(intent.state, IntentState::Published(_)) {
+                                intent.state = IntentState::Regenerate;
                                 store.put_intent(self.group_id(), &intent)?;
                             }
                         }
-                        self.after_merge(kv, summary, self_removed)?;
+                        self.merged(provider, kv, ctx, &entry, summary, self_removed)
                     }
-                    Err(Verdict::NeedIdentities(need)) => {
-                        return Err(GroupError::NeedIdentities(need));
-                    }
+                    Err(Verdict::NeedIdentities(need)) => Err(GroupError::NeedIdentities(need)),
                     Err(Verdict::Reject(reason)) => {
                         self.events.push_back(GroupEvent::CommitRejected { reason });
+                        Ok(())
                     }
                 }
             }
             ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
                 self.skip("external join proposals are not used by Kith".into());
+                Ok(())
             }
-            _ => {
-                // Our own private message (we cannot decrypt our own sends):
-                // it is stored already.
-            }
+            // Our own messages, which OpenMLS cannot decrypt: sent messages
+            // are stored already, and own commits are recognised by hash.
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    fn merge_own<P: OpenMlsProvider, S: KvStore + ?Sized>(
+    /// Bookkeeping after any merge: the commit's position, the envelope
+    /// kept for replay, the ring bound, events, and held envelopes.
+    fn merged<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
-        identities: &IdentityCache,
-        envelope: &Envelope,
-        intent: Intent,
+        ctx: &mut Ctx<'_>,
+        entry: &RetainedEnvelope,
+        summary: CommitSummary,
+        self_removed: bool,
     ) -> Result<(), GroupError> {
-        let IntentState::Published {
-            welcome,
-            welcome_to,
-            ..
-        } = intent.state
-        else {
-            return Ok(());
-        };
+        ClientStore(kv).put_commit_key(self.group_id(), entry.epoch, entry.key, COMMIT_HISTORY)?;
+        self.retain(kv, entry)?;
+        self.after_merge(kv, summary, self_removed)?;
+        if self.policy.retains() {
+            // Only the ring's bound: settling by time waits for `advance`,
+            // which the driver calls once it has read the topic's backlog.
+            self.settle(kv, None, ctx.now_ms)?;
+        } else {
+            // No rollback is possible: the transition settles at once.
+            self.settle(kv, Some(ctx.now_ms), ctx.now_ms)?;
+        }
+        self.release_held(provider, kv, ctx)
+    }
+
+    fn merge_own<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        ctx: &mut Ctx<'_>,
+        entry: RetainedEnvelope,
+        own: OwnCommit,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let intent = store
+            .intents(self.group_id())?
+            .into_iter()
+            .find(|i| i.id == own.intent_id);
         let own_leaf = self.mls.own_leaf_index();
         let summary = match self.mls.pending_commit() {
             Some(staged) => {
-                validate_commit(&self.mls, &self.metadata, staged, own_leaf, identities)
+                validate_commit(&self.mls, &self.metadata, staged, own_leaf, ctx.identities)
             }
             None => Err(Verdict::Reject("no pending commit".into())),
         };
-        let store = ClientStore(kv);
         let summary = match summary {
             Ok(s) => s,
             Err(Verdict::NeedIdentities(need)) => return Err(GroupError::NeedIdentities(need)),
             Err(Verdict::Reject(reason)) => {
+                // Every other member rejects it too, so the epoch stays.
                 self.mls
                     .clear_pending_commit(provider.storage())
                     .map_err(GroupError::mls)?;
-                self.fail_intent(kv, intent.id, reason, true)?;
+                if intent.is_some() {
+                    self.fail_intent(kv, own.intent_id, reason, true)?;
+                }
                 return Ok(());
             }
         };
+        if self.policy.retains() {
+            let state = self.capture(kv)?;
+            let auth = self.auth_digest();
+            self.keep_snapshot(kv, &state, &entry, entry.epoch, auth, ctx.now_ms)?;
+        }
         self.mls
             .merge_pending_commit(provider)
             .map_err(GroupError::mls)?;
-        store.remove_intent(self.group_id(), intent.id)?;
-        if let Some(welcome) = welcome {
+        if let Some(mut intent) = intent {
+            let commit = match intent.state {
+                IntentState::Published(commit) => commit,
+                // Regenerated meanwhile, then rolled back to the state in
+                // which this commit is pending: it is this commit that won.
+                _ => PublishedCommit {
+                    epoch: own.epoch,
+                    commit_hash: own.hash,
+                },
+            };
             // The joiner reads the group topic from just past this commit.
-            let mut cursor = store.cursor(&Topic::Group(self.group_id().to_vec()))?;
-            cursor.advance(envelope);
-            let payload = WelcomePayload {
-                welcome,
-                group_id: self.group_id().to_vec(),
-                cursor,
-            }
-            .to_bytes();
-            let topics: Vec<Topic> = welcome_to.into_iter().map(Topic::Welcome).collect();
-            self.push_outbound(kv, &topics, payload, None)?;
+            let mut joiner_cursor = store.cursor(&Topic::Group(self.group_id().to_vec()))?;
+            joiner_cursor.advance(&entry.envelope(self.group_id()));
+            intent.state = IntentState::Committed {
+                commit,
+                joiner_cursor,
+            };
+            store.put_intent(self.group_id(), &intent)?;
         }
-        self.after_merge(kv, summary, false)?;
-        self.events
-            .push_back(GroupEvent::IntentDone { id: intent.id });
-        Ok(())
+        self.merged(provider, kv, ctx, &entry, summary, false)
     }
 
     fn after_merge<S: KvStore + ?Sized>(
@@ -1205,6 +1525,12 @@ impl Group {
                 store.put_conversation(&record)?;
             }
             for intent in store.intents(self.group_id())? {
+                // A merged commit of ours still owes its joiners their
+                // Welcome once it settles.
+                if intent.state.is_final() || matches!(intent.state, IntentState::Committed { .. })
+                {
+                    continue;
+                }
                 self.fail_intent(kv, intent.id, "this installation was removed".into(), false)?;
             }
             self.events.push_back(GroupEvent::Removed);

@@ -67,24 +67,67 @@ pub enum IntentKind {
     Leave,
 }
 
-/// Where an intent is in its life.
+/// A commit this installation staged and published for an intent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedCommit {
+    /// The epoch the commit leaves.
+    pub epoch: u64,
+    /// SHA-256 of the published commit's bytes; the commit's own record
+    /// (with its Welcome) is kept under it until the epoch settles.
+    pub commit_hash: [u8; 32],
+}
+
+/// Where an intent is in its life (DESIGN.md section 7).
+///
+/// ```text
+///  ToPublish ──► Published ──(own commit canonical)──► Committed ──(settled)──► done
+///      ▲             │                                    │
+///      │             └──(another commit won)──► Regenerate ◄──(rolled back)
+///      └──────────────────────────────────────────────┘
+///  any state ──(cannot be carried out)──► Failed
+/// ```
+///
+/// An intent that another member's commit already satisfied is done
+/// without a commit of its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IntentState {
-    /// Not yet turned into a commit (or its commit lost and it must be
-    /// regenerated on the new epoch).
+    /// Not yet turned into a commit.
     ToPublish,
     /// Its commit is staged as the pending commit and published.
-    Published {
-        /// The epoch the commit leaves.
-        epoch: u64,
-        /// SHA-256 of the published commit's bytes.
-        commit_hash: [u8; 32],
-        /// The Welcome to publish once the commit is accepted.
-        #[serde(with = "serde_bytes")]
-        welcome: Option<Vec<u8>>,
-        /// The installations the Welcome is for.
-        welcome_to: Vec<InstallationId>,
+    Published(PublishedCommit),
+    /// Its commit was merged as the canonical commit of its epoch, which
+    /// has not settled yet: a rollback can still undo it. Its Welcome goes
+    /// out when the epoch settles.
+    Committed {
+        /// The commit.
+        commit: PublishedCommit,
+        /// Where joiners start reading the group topic: just past the
+        /// commit.
+        joiner_cursor: crate::delivery::Cursor,
     },
+    /// Its commit lost to another member's (or was rolled back): it must
+    /// be rebuilt on the current epoch.
+    Regenerate,
+    /// It cannot be carried out; the application was told why.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Whether the group's policy forbade it.
+        denied: bool,
+    },
+}
+
+impl IntentState {
+    /// Whether [`crate::group::Group::advance`] should (re)build a commit
+    /// for it.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, Self::ToPublish | Self::Regenerate)
+    }
+
+    /// Whether it reached an end state.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Failed { .. })
+    }
 }
 
 /// A stored intent.

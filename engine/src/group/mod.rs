@@ -8,8 +8,10 @@
 //! ```
 //!
 //! [`metadata`] holds the GroupContext extensions and policies; commits are
-//! checked by `validate` before any merge; [`store`] is the client's own
-//! store port; [`identities`] the identity cache commit checks consult.
+//! checked by `validate` before any merge; [`rewind`] rolls a group back
+//! and replays when the network delivered a group's commits out of
+//! canonical order; [`store`] is the client's own store port; [`identities`]
+//! the identity cache commit checks consult.
 
 mod content;
 mod error;
@@ -17,6 +19,7 @@ mod group_state;
 mod identities;
 mod intent;
 pub mod metadata;
+pub mod rewind;
 pub mod store;
 mod validate;
 
@@ -24,13 +27,16 @@ pub use content::{
     CONTENT_TYPE_TEXT, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload, message_id,
 };
 pub use error::GroupError;
-pub use group_state::{Group, GroupEvent, MAX_PAST_EPOCHS, Me, NewGroup, ReconcilePlan};
+pub use group_state::{
+    Group, GroupEvent, KEPT_FAILED_INTENTS, MAX_PAST_EPOCHS, Me, NewGroup, ReconcilePlan,
+};
 pub use identities::IdentityCache;
-pub use intent::{Intent, IntentKind, IntentState};
+pub use intent::{Intent, IntentKind, IntentState, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
+pub use rewind::{RewindPolicy, RewindStats};
 pub use store::{
-    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, KvEntries,
-    KvStore, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
+    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupSnapshots,
+    KvEntries, KvStore, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
 };
 pub use validate::CommitSummary;
 

@@ -17,6 +17,12 @@
 //!  'g' group id                     -> GroupRecord
 //!  'c' topic key                    -> Cursor
 //!  'd' inbox                        -> identity updates
+//!  's' group id | epoch             -> EpochSnapshot       (the rollback ring)
+//!  'S' group id | epoch             -> snapshot state bytes (secret)
+//!  'r' group id | arrival           -> RetainedEnvelope    (replayed after a rollback)
+//!  'p' group id | commit hash       -> OwnCommit           (own commits of unsettled epochs)
+//!  'u' group id | message id        -> OwnSend             (own messages of unsettled epochs)
+//!  'k' group id | epoch             -> order key of the commit that left the epoch
 //! ```
 //! Variable-length ids are length-prefixed so that one id is never a prefix
 //! of another's keys.
@@ -25,7 +31,11 @@ use std::{collections::BTreeMap, sync::Mutex};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::{GroupError, intent::Intent};
+use super::{
+    GroupError,
+    intent::Intent,
+    rewind::{EpochSnapshot, OrderKey, OwnCommit, OwnSend, RetainedEnvelope},
+};
 use crate::{
     delivery::{Cursor, Topic},
     identity::{IdentityUpdate, InboxId, InstallationId},
@@ -50,6 +60,18 @@ pub trait KvStore {
     fn kv_delete(&self, key: &[u8]) -> Result<(), Self::Error>;
     /// All entries whose key starts with `prefix`, in key order.
     fn kv_scan(&self, prefix: &[u8]) -> Result<KvEntries, Self::Error>;
+}
+
+/// Whole-group snapshots of the MLS state, which rolling back needs and
+/// the OpenMLS storage trait cannot express. `kith-storage` implements it
+/// on the same store as [`KvStore`], so that a snapshot, a restore and the
+/// records around them commit in one step.
+pub trait GroupSnapshots: KvStore {
+    /// Everything stored for the group (including a pending commit and the
+    /// epoch's key pairs), encoded. The bytes hold secrets.
+    fn snapshot_group(&self, group_id: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Self::Error>;
+    /// Replace everything stored for the group with `snapshot`.
+    fn restore_group(&self, group_id: &[u8], snapshot: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// A [`KvStore`] in memory, without steps (each write applies at once).
@@ -162,6 +184,13 @@ pub enum Delivery {
     Unpublished,
     /// On the node.
     Published,
+    /// Received only in an epoch that lost to another branch of the group
+    /// (DESIGN.md section 7). It turns back into `Published` when the
+    /// sender's re-sent copy arrives in the canonical branch.
+    Superseded,
+    /// Sent by this installation in an epoch that lost, and it could not be
+    /// re-sent (this installation is no longer a member).
+    Failed,
 }
 
 /// A message as stored and shown.
@@ -218,6 +247,15 @@ pub struct GroupRecord {
     pub next_outbox_id: u64,
     /// When installations were last reconciled, ms since the Unix epoch.
     pub last_reconciled_ms: u64,
+    /// The arrival number of the next envelope of the group topic.
+    #[serde(default)]
+    pub next_arrival: u64,
+    /// Rollback metrics.
+    #[serde(default)]
+    pub rewind: super::rewind::RewindStats,
+    /// Set when this installation found itself on a fork of the group.
+    #[serde(default)]
+    pub forked: Option<super::rewind::Fork>,
 }
 
 fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
@@ -401,6 +439,167 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         self.0
             .kv_delete(&Self::outbox_key(group_id, id))
             .map_err(GroupError::store)
+    }
+
+    fn epoch_key(tag: u8, group_id: &[u8], epoch: u64) -> Vec<u8> {
+        let mut key = with_len(tag, group_id);
+        key.extend_from_slice(&epoch.to_be_bytes());
+        key
+    }
+
+    /// The retained snapshots of a group, oldest epoch first.
+    pub fn snapshots(&self, group_id: &[u8]) -> Result<Vec<EpochSnapshot>, GroupError> {
+        self.scan(&with_len(b's', group_id))
+    }
+
+    /// The retained snapshot of one epoch.
+    pub fn snapshot(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+    ) -> Result<Option<EpochSnapshot>, GroupError> {
+        self.get(&Self::epoch_key(b's', group_id, epoch))
+    }
+
+    /// Store a snapshot.
+    pub fn put_snapshot(
+        &self,
+        group_id: &[u8],
+        snapshot: &EpochSnapshot,
+    ) -> Result<(), GroupError> {
+        self.put(&Self::epoch_key(b's', group_id, snapshot.epoch), snapshot)
+    }
+
+    /// Delete a snapshot: its ring entry and its state.
+    pub fn remove_snapshot(&self, group_id: &[u8], epoch: u64) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::epoch_key(b'S', group_id, epoch))
+            .map_err(GroupError::store)?;
+        self.0
+            .kv_delete(&Self::epoch_key(b's', group_id, epoch))
+            .map_err(GroupError::store)
+    }
+
+    /// The state bytes of a retained snapshot.
+    pub fn snapshot_state(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, GroupError> {
+        Ok(self
+            .0
+            .kv_get(&Self::epoch_key(b'S', group_id, epoch))
+            .map_err(GroupError::store)?
+            .map(zeroize::Zeroizing::new))
+    }
+
+    /// Store the state bytes of a snapshot.
+    pub fn put_snapshot_state(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        state: &[u8],
+    ) -> Result<(), GroupError> {
+        self.0
+            .kv_put(&Self::epoch_key(b'S', group_id, epoch), state)
+            .map_err(GroupError::store)
+    }
+
+    /// The retained envelopes of a group, by arrival.
+    pub fn retained(&self, group_id: &[u8]) -> Result<Vec<RetainedEnvelope>, GroupError> {
+        self.scan(&with_len(b'r', group_id))
+    }
+
+    /// Store a retained envelope.
+    pub fn put_retained(
+        &self,
+        group_id: &[u8],
+        entry: &RetainedEnvelope,
+    ) -> Result<(), GroupError> {
+        self.put(&Self::epoch_key(b'r', group_id, entry.arrival), entry)
+    }
+
+    /// Drop a retained envelope.
+    pub fn remove_retained(&self, group_id: &[u8], arrival: u64) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::epoch_key(b'r', group_id, arrival))
+            .map_err(GroupError::store)
+    }
+
+    fn hash_key(tag: u8, group_id: &[u8], hash: &[u8; 32]) -> Vec<u8> {
+        let mut key = with_len(tag, group_id);
+        key.extend_from_slice(hash);
+        key
+    }
+
+    /// Own commits of a group's unsettled epochs.
+    pub fn own_commits(&self, group_id: &[u8]) -> Result<Vec<OwnCommit>, GroupError> {
+        self.scan(&with_len(b'p', group_id))
+    }
+
+    /// The own commit whose bytes hash to `hash`.
+    pub fn own_commit(
+        &self,
+        group_id: &[u8],
+        hash: &[u8; 32],
+    ) -> Result<Option<OwnCommit>, GroupError> {
+        self.get(&Self::hash_key(b'p', group_id, hash))
+    }
+
+    /// Record an own commit.
+    pub fn put_own_commit(&self, group_id: &[u8], commit: &OwnCommit) -> Result<(), GroupError> {
+        self.put(&Self::hash_key(b'p', group_id, &commit.hash), commit)
+    }
+
+    /// Forget an own commit.
+    pub fn remove_own_commit(&self, group_id: &[u8], hash: &[u8; 32]) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::hash_key(b'p', group_id, hash))
+            .map_err(GroupError::store)
+    }
+
+    /// Own messages of a group's unsettled epochs.
+    pub fn own_sends(&self, group_id: &[u8]) -> Result<Vec<OwnSend>, GroupError> {
+        self.scan(&with_len(b'u', group_id))
+    }
+
+    /// Record an own message.
+    pub fn put_own_send(&self, group_id: &[u8], send: &OwnSend) -> Result<(), GroupError> {
+        self.put(&Self::hash_key(b'u', group_id, &send.message_id), send)
+    }
+
+    /// Forget an own message.
+    pub fn remove_own_send(
+        &self,
+        group_id: &[u8],
+        message_id: &[u8; 32],
+    ) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::hash_key(b'u', group_id, message_id))
+            .map_err(GroupError::store)
+    }
+
+    /// The order key of the commit that left `epoch`, if still recorded.
+    pub fn commit_key(&self, group_id: &[u8], epoch: u64) -> Result<Option<OrderKey>, GroupError> {
+        self.get(&Self::epoch_key(b'k', group_id, epoch))
+    }
+
+    /// Record the commit that left `epoch`, forgetting those `keep` epochs
+    /// older.
+    pub fn put_commit_key(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        key: OrderKey,
+        keep: u64,
+    ) -> Result<(), GroupError> {
+        self.put(&Self::epoch_key(b'k', group_id, epoch), &key)?;
+        if let Some(old) = epoch.checked_sub(keep) {
+            self.0
+                .kv_delete(&Self::epoch_key(b'k', group_id, old))
+                .map_err(GroupError::store)?;
+        }
+        Ok(())
     }
 
     /// The cached identity log of `inbox` (empty if none).

@@ -29,6 +29,10 @@ use super::error::IdentityError;
 pub struct InstallationId(pub [u8; 32]);
 
 impl InstallationId {
+    /// All zeros: the sender of a message whose leaf left the group before
+    /// the message was processed (its inbox is still known).
+    pub const UNKNOWN: Self = Self([0; 32]);
+
     /// The raw public key.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

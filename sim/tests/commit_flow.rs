@@ -7,16 +7,16 @@
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        ConversationKind, Group, GroupEvent, IdentityCache, IntentKind, Me, MemoryKvStore,
-        NewGroup, PolicyPreset,
+        ConversationKind, Group, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
     },
     identity::{
         DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
         generate_key_package,
     },
 };
+use kith_storage::{KithProvider, SledMlsStorage, StorageConfig};
+use openmls::prelude::OpenMlsProvider as _;
 use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
 
 /// OpenMLS checks key-package lifetimes against the system clock, so the
@@ -30,14 +30,17 @@ fn now_ms() -> u64 {
 }
 
 struct Member {
-    provider: OpenMlsRustCrypto,
-    kv: MemoryKvStore,
+    provider: KithProvider,
     keys: InstallationKeys,
     inbox: InboxId,
     events: Vec<GroupEvent>,
 }
 
 impl Member {
+    fn kv(&self) -> &SledMlsStorage {
+        self.provider.storage()
+    }
+
     fn me(&self) -> Me<'_> {
         Me {
             inbox: self.inbox,
@@ -61,8 +64,13 @@ fn member(rng: &mut ChaCha20Rng, identities: &mut IdentityCache) -> Member {
         .extend(wallet.inbox_id(), [unsigned.sign(signature, Some(&keys))])
         .expect("valid log");
     Member {
-        provider: OpenMlsRustCrypto::default(),
-        kv: MemoryKvStore::default(),
+        provider: KithProvider::from_storage(
+            SledMlsStorage::from_db(
+                sled::Config::new().temporary(true).open().expect("sled"),
+                StorageConfig::default(),
+            )
+            .expect("storage"),
+        ),
         keys,
         inbox: wallet.inbox_id(),
         events: Vec::new(),
@@ -96,7 +104,7 @@ impl Node {
             for topic in &item.topics {
                 out.push(self.publish(topic, item.payload.clone()));
             }
-            group.ack_outbound(&member.kv, &item).expect("ack");
+            group.ack_outbound(member.kv(), &item).expect("ack");
         }
         out
     }
@@ -105,7 +113,13 @@ impl Node {
         let topic = Topic::Group(group.group_id().to_vec());
         for envelope in self.envelopes.iter().filter(|e| e.topic == topic) {
             group
-                .handle_envelope(&member.provider, &member.kv, identities, envelope)
+                .handle_envelope(
+                    &member.provider,
+                    member.kv(),
+                    identities,
+                    envelope,
+                    now_ms(),
+                )
                 .expect("handle");
         }
         member.drain(group);
@@ -113,7 +127,7 @@ impl Node {
 }
 
 fn texts(member: &Member, group: &Group) -> Vec<String> {
-    kith_engine::group::ClientStore(&member.kv)
+    kith_engine::group::ClientStore(member.kv())
         .messages(&group.conversation_id())
         .expect("messages")
         .into_iter()
@@ -131,7 +145,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
 
     let mut a = Group::create(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         &identities,
         NewGroup {
@@ -156,7 +170,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
         .tls_serialize_detached()
         .expect("serialize");
     a.queue_intent(
-        &alice.kv,
+        alice.kv(),
         IntentKind::AddMembers {
             key_packages: vec![key_package],
             sequences: vec![(bob.inbox, 1)],
@@ -165,7 +179,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     .expect("queue");
     a.advance(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         &identities,
         now_ms(),
@@ -184,7 +198,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     assert_eq!(welcomes.len(), 1, "the Welcome goes out after the merge");
     let mut b = Group::join(
         &bob.provider,
-        &bob.kv,
+        bob.kv(),
         bob.me(),
         &identities,
         &welcomes[0].payload,
@@ -194,13 +208,13 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     .expect("new group");
 
     // Bob commits first; Alice stages a commit and sends while it pends.
-    b.queue_intent(&bob.kv, IntentKind::UpdateKeys)
+    b.queue_intent(bob.kv(), IntentKind::UpdateKeys)
         .expect("queue");
-    b.advance(&bob.provider, &bob.kv, bob.me(), &identities, now_ms())
+    b.advance(&bob.provider, bob.kv(), bob.me(), &identities, now_ms())
         .expect("advance");
     node.flush(&mut b, &bob);
     a.queue_intent(
-        &alice.kv,
+        alice.kv(),
         IntentKind::UpdateAttributes {
             changes: vec![("name".into(), Some("mine".into()))],
         },
@@ -208,7 +222,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     .expect("queue");
     a.advance(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         &identities,
         now_ms(),
@@ -217,7 +231,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     for text in ["pending 1", "pending 2"] {
         a.send_message(
             &alice.provider,
-            &alice.kv,
+            alice.kv(),
             alice.me(),
             "text/plain",
             text.as_bytes(),
@@ -233,7 +247,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     assert_eq!(a.metadata().name(), None, "her change is not in yet");
     a.advance(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         &identities,
         now_ms(),
@@ -242,7 +256,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     assert!(a.has_pending_commit(), "regenerated on the new epoch");
     a.send_message(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         "text/plain",
         b"after clearing",
@@ -255,7 +269,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     assert_eq!(a.metadata().name(), Some("mine"));
     a.send_message(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         "text/plain",
         b"epoch 3",
@@ -263,10 +277,11 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     )
     .expect("send");
     // A proposal after the commit: Alice leaves.
-    a.queue_intent(&alice.kv, IntentKind::Leave).expect("queue");
+    a.queue_intent(alice.kv(), IntentKind::Leave)
+        .expect("queue");
     a.advance(
         &alice.provider,
-        &alice.kv,
+        alice.kv(),
         alice.me(),
         &identities,
         now_ms(),
@@ -294,7 +309,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert!(!skipped[0].contains("SecretReuse"), "{skipped:?}");
     // Bob holds Alice's leave proposal and will commit it.
-    b.advance(&bob.provider, &bob.kv, bob.me(), &identities, now_ms())
+    b.advance(&bob.provider, bob.kv(), bob.me(), &identities, now_ms())
         .expect("commit the leave");
     node.flush(&mut b, &bob);
     node.deliver(&mut b, &mut bob, &identities);

@@ -1,0 +1,753 @@
+//! Rollback and replay over a bounded ring of snapshots (DESIGN.md
+//! section 7).
+//!
+//! The network may show members the envelopes of a group topic in
+//! different orders. Every member applies them as they arrive and keeps,
+//! for each epoch transition that has not *settled*, a snapshot of the
+//! group state taken just before the transition, and the envelopes that
+//! arrived since. When a commit arrives that sorts before the commit
+//! applied for its epoch, the member restores that epoch's snapshot and
+//! replays the retained envelopes, the new one included, in canonical
+//! order: the first valid commit of each epoch wins, as on every other
+//! member.
+//!
+//! A transition settles when `now >= commit time + settle_window`, or when
+//! the ring holds more than `max_rewind` snapshots; its snapshot is then
+//! deleted at once. With a settle window of 0 (a single node, or nodes
+//! sharing one database: a strong order) no snapshot is ever taken.
+//!
+//! What a rollback undoes, and how:
+//! - own commits that lost are regenerated (their intents go to
+//!   [`IntentState::Regenerate`]);
+//! - own messages sent in an epoch that lost are re-sent, with the same
+//!   message id, in the current epoch;
+//! - received messages known only from a losing epoch are marked
+//!   [`Delivery::Superseded`]; the re-sent copy turns them back.
+//!
+//! Fork detection: every Kith application message carries, in its
+//! authenticated data, the canonical position of the commit that started
+//! its epoch and a digest of the epoch authenticator. A member that cannot
+//! decrypt a message of its own epoch learns from it whether the sender's
+//! branch sorts first; if it does and this member can no longer roll back,
+//! this member is on a fork. So is a member that receives a commit, for an
+//! epoch that already settled, that sorts before the one it applied.
+
+use std::collections::BTreeSet;
+
+use openmls::prelude::{GroupId, MlsGroup};
+use openmls_traits::OpenMlsProvider;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    GroupError,
+    content::{Content, WelcomePayload},
+    group_state::{Group, GroupEvent, Me},
+    intent::IntentState,
+    metadata::GroupMetadata,
+    store::{ClientStore, ConversationState, Delivery, GroupSnapshots, KvStore},
+};
+use crate::delivery::{Envelope, NodeId, Topic};
+
+/// An envelope's place in canonical order: `(time, node, sequence)`.
+pub type OrderKey = (u64, NodeId, u64);
+
+/// How many past epochs' commit positions are remembered for fork
+/// detection (positions only: no secrets).
+pub const COMMIT_HISTORY: u64 = 64;
+
+/// How many envelopes of future epochs a group holds.
+pub const MAX_HELD: usize = 1024;
+
+/// How far back a group can roll, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewindPolicy {
+    /// At most this many unsettled epoch transitions are kept (default 5).
+    pub max_rewind: usize,
+    /// How long after its commit's originator time a transition settles,
+    /// in ms. Taken from the node's info: 0 for a strong order.
+    pub settle_window_ms: u64,
+}
+
+impl Default for RewindPolicy {
+    fn default() -> Self {
+        Self {
+            max_rewind: 5,
+            settle_window_ms: 0,
+        }
+    }
+}
+
+impl RewindPolicy {
+    /// Whether snapshots are taken at all.
+    pub fn retains(&self) -> bool {
+        self.max_rewind > 0 && self.settle_window_ms > 0
+    }
+}
+
+/// The ring entry for one unsettled epoch transition. The snapshot bytes
+/// are stored beside it, under their own key, so that scanning the ring
+/// reads no secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochSnapshot {
+    /// The epoch the snapshot captures (the one the commit left).
+    pub epoch: u64,
+    /// The arrival number of the commit applied to leave it: envelopes
+    /// from this one on are replayed after a restore.
+    pub arrival: u64,
+    /// The applied commit's canonical position.
+    pub commit_key: OrderKey,
+    /// When the snapshot was taken (the driver's clock).
+    pub taken_at_ms: u64,
+    /// Digest of the epoch authenticator of `epoch`.
+    pub auth_digest: [u8; 8],
+}
+
+/// An envelope of the group topic kept for replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedEnvelope {
+    /// Arrival number, increasing per group.
+    pub arrival: u64,
+    /// Its bytes.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Its canonical position.
+    pub key: OrderKey,
+    /// The epoch in its MLS header.
+    pub epoch: u64,
+    /// From a future epoch: not applied yet.
+    pub held: bool,
+    /// The application message it delivered, if any.
+    pub message_id: Option<[u8; 32]>,
+}
+
+impl RetainedEnvelope {
+    pub(crate) fn new(arrival: u64, envelope: &Envelope) -> Self {
+        Self {
+            arrival,
+            payload: envelope.payload.clone(),
+            key: envelope.order_key(),
+            epoch: 0,
+            held: false,
+            message_id: None,
+        }
+    }
+
+    /// The envelope, on the group's topic.
+    pub fn envelope(&self, group_id: &[u8]) -> Envelope {
+        Envelope {
+            topic: Topic::Group(group_id.to_vec()),
+            payload: self.payload.clone(),
+            originator_time_ms: self.key.0,
+            originator_node_id: self.key.1,
+            originator_sequence_id: self.key.2,
+        }
+    }
+}
+
+/// A commit this installation published, remembered until its epoch
+/// settles so that it is recognised (by the hash of its bytes) even after
+/// a rollback brought back the state in which it is pending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnCommit {
+    /// SHA-256 of its bytes.
+    pub hash: [u8; 32],
+    /// The intent it carries out.
+    pub intent_id: u64,
+    /// The epoch it leaves.
+    pub epoch: u64,
+    /// Digest of that epoch's authenticator (which branch it was built on).
+    pub auth_digest: [u8; 8],
+    /// The Welcome to publish once the commit is canonical and settled.
+    #[serde(with = "serde_bytes")]
+    pub welcome: Option<Vec<u8>>,
+    /// The installations the Welcome is for.
+    pub welcome_to: Vec<crate::identity::InstallationId>,
+}
+
+/// An own application message sent in an epoch whose transition has not
+/// settled, kept so that it can be re-sent if that epoch loses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnSend {
+    /// Its id.
+    pub message_id: [u8; 32],
+    /// The epoch it was encrypted in.
+    pub epoch: u64,
+    /// Digest of that epoch's authenticator.
+    pub auth_digest: [u8; 8],
+    /// The encoded [`Content`].
+    #[serde(with = "serde_bytes")]
+    pub content: Vec<u8>,
+    /// Its epoch lost: [`Group::advance`] re-sends it.
+    pub resend: bool,
+}
+
+/// Rollback metrics of one group, kept in its record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewindStats {
+    /// Rollbacks done.
+    pub rollbacks: u64,
+    /// Envelopes replayed by them.
+    pub replayed: u64,
+    /// The oldest a snapshot got before it was deleted, in ms.
+    pub max_snapshot_age_ms: u64,
+    /// Commits dropped because their epoch had settled.
+    pub dropped_settled: u64,
+}
+
+/// How this installation found itself on a fork.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// Its epoch when the fork was found.
+    pub epoch: u64,
+    /// The evidence.
+    pub reason: String,
+    /// When (the driver's clock).
+    pub detected_at_ms: u64,
+}
+
+/// Kith's authenticated data on application messages: where the sender's
+/// epoch began and which epoch secret it has, readable without the secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KithAad {
+    pub(crate) entered_by: Option<OrderKey>,
+    pub(crate) auth_digest: [u8; 8],
+}
+
+const AAD_TAG: &[u8; 2] = b"k1";
+
+impl KithAad {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(31);
+        out.extend_from_slice(AAD_TAG);
+        out.extend_from_slice(&self.auth_digest);
+        if let Some((time, node, seq)) = self.entered_by {
+            out.push(1);
+            out.extend_from_slice(&time.to_be_bytes());
+            out.extend_from_slice(&node.to_be_bytes());
+            out.extend_from_slice(&seq.to_be_bytes());
+        } else {
+            out.push(0);
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(AAD_TAG)?;
+        let (digest, rest) = rest.split_first_chunk::<8>()?;
+        let (flag, rest) = rest.split_first()?;
+        let entered_by = match flag {
+            0 if rest.is_empty() => None,
+            1 if rest.len() == 20 => {
+                let (time, rest) = rest.split_first_chunk::<8>()?;
+                let (node, seq) = rest.split_first_chunk::<4>()?;
+                let seq: [u8; 8] = seq.try_into().ok()?;
+                Some((
+                    u64::from_be_bytes(*time),
+                    u32::from_be_bytes(*node),
+                    u64::from_be_bytes(seq),
+                ))
+            }
+            _ => return None,
+        };
+        Some(Self {
+            entered_by,
+            auth_digest: *digest,
+        })
+    }
+}
+
+pub(crate) fn auth_digest(authenticator: &[u8]) -> [u8; 8] {
+    let hash = Sha256::new()
+        .chain_update(b"kith epoch digest v1")
+        .chain_update(authenticator)
+        .finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&hash[..8]);
+    out
+}
+
+impl Group {
+    /// The rollback policy in force.
+    pub fn rewind_policy(&self) -> RewindPolicy {
+        self.policy
+    }
+
+    /// Set the rollback policy (from the node's settle window). Not
+    /// stored: the driver sets it whenever it loads the group.
+    pub fn set_rewind_policy(&mut self, policy: RewindPolicy) {
+        self.policy = policy;
+    }
+
+    /// Rollback metrics.
+    pub fn rewind_stats(&self) -> RewindStats {
+        self.record.rewind
+    }
+
+    /// Whether this installation found itself on a fork, and why.
+    pub fn fork(&self) -> Option<&Fork> {
+        self.record.forked.as_ref()
+    }
+
+    /// When the oldest retained snapshot settles by time (so that the
+    /// driver can wake up then), if any is retained.
+    pub fn next_settle_ms<S: KvStore + ?Sized>(&self, kv: &S) -> Result<Option<u64>, GroupError> {
+        Ok(ClientStore(kv)
+            .snapshots(self.group_id())?
+            .first()
+            .map(|s| s.commit_key.0.saturating_add(self.policy.settle_window_ms)))
+    }
+
+    pub(crate) fn auth_digest(&self) -> [u8; 8] {
+        auth_digest(self.mls.epoch_authenticator().as_slice())
+    }
+
+    pub(crate) fn current_aad<S: KvStore + ?Sized>(&self, kv: &S) -> Result<KithAad, GroupError> {
+        let epoch = self.epoch();
+        let entered_by = match epoch.checked_sub(1) {
+            Some(previous) => ClientStore(kv).commit_key(self.group_id(), previous)?,
+            None => None,
+        };
+        Ok(KithAad {
+            entered_by,
+            auth_digest: self.auth_digest(),
+        })
+    }
+
+    /// Whether the ring holds a snapshot (so envelopes must be retained).
+    pub(crate) fn ring_len<S: KvStore + ?Sized>(&self, kv: &S) -> Result<usize, GroupError> {
+        Ok(ClientStore(kv).snapshots(self.group_id())?.len())
+    }
+
+    /// Capture the state before applying the commit `entry` (called only
+    /// when the policy retains snapshots). The bytes are written by
+    /// [`Group::keep_snapshot`] once the commit proved valid.
+    pub(crate) fn capture<S: GroupSnapshots + ?Sized>(
+        &self,
+        kv: &S,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, GroupError> {
+        kv.snapshot_group(self.group_id())
+            .map_err(GroupError::store)
+    }
+
+    pub(crate) fn keep_snapshot<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        state: &[u8],
+        entry: &RetainedEnvelope,
+        epoch: u64,
+        auth: [u8; 8],
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        store.put_snapshot_state(self.group_id(), epoch, state)?;
+        store.put_snapshot(
+            self.group_id(),
+            &EpochSnapshot {
+                epoch,
+                arrival: entry.arrival,
+                commit_key: entry.key,
+                taken_at_ms: now_ms,
+                auth_digest: auth,
+            },
+        )
+    }
+
+    /// A commit for an epoch this installation already left.
+    pub(crate) fn past_commit<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        ctx: &mut super::group_state::Ctx<'_>,
+        entry: RetainedEnvelope,
+        allow_rollback: bool,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let epoch = entry.epoch;
+        match store.snapshot(self.group_id(), epoch)? {
+            Some(snapshot) if entry.key < snapshot.commit_key && allow_rollback => {
+                store.put_retained(self.group_id(), &entry)?;
+                self.rollback(provider, kv, ctx, snapshot)
+            }
+            Some(_) => {
+                self.skip(format!(
+                    "a commit for epoch {epoch} that sorts after the one applied"
+                ));
+                Ok(())
+            }
+            None => {
+                self.record.rewind.dropped_settled += 1;
+                let applied = store.commit_key(self.group_id(), epoch)?;
+                if applied.is_some_and(|applied| entry.key < applied) {
+                    self.flag_fork(
+                        kv,
+                        format!(
+                            "a commit for settled epoch {epoch} sorts before the one applied: \
+                             the group went on without this installation"
+                        ),
+                        ctx.now_ms,
+                    )?;
+                }
+                self.skip(format!(
+                    "a commit for epoch {epoch}, which has settled, was dropped"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// A message of this installation's epoch that it cannot decrypt: the
+    /// sender is on another branch. Which branch sorts first decides who
+    /// is forked.
+    pub(crate) fn undecryptable<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        aad: &[u8],
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        let Some(theirs) = KithAad::decode(aad) else {
+            return Ok(());
+        };
+        let mine = self.current_aad(kv)?;
+        if theirs.auth_digest == mine.auth_digest {
+            return Ok(());
+        }
+        let (Some(their_start), Some(my_start)) = (theirs.entered_by, mine.entered_by) else {
+            return Ok(());
+        };
+        if their_start >= my_start {
+            // The sender's branch loses; the sender will roll back.
+            return Ok(());
+        }
+        let previous = self.epoch().saturating_sub(1);
+        if ClientStore(kv)
+            .snapshot(self.group_id(), previous)?
+            .is_some()
+        {
+            // The earlier commit has not reached us yet; when it does, we
+            // roll back to it.
+            return Ok(());
+        }
+        self.flag_fork(
+            kv,
+            format!(
+                "a member's epoch {} began with an earlier commit than ours, which has settled",
+                self.epoch()
+            ),
+            now_ms,
+        )
+    }
+
+    pub(crate) fn flag_fork<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        reason: String,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        if self.record.forked.is_some() {
+            return Ok(());
+        }
+        let fork = Fork {
+            epoch: self.epoch(),
+            reason,
+            detected_at_ms: now_ms,
+        };
+        self.events.push_back(GroupEvent::Forked {
+            epoch: fork.epoch,
+            reason: fork.reason.clone(),
+        });
+        self.record.forked = Some(fork);
+        self.save_record(kv)
+    }
+
+    /// Restore the snapshot of `snapshot.epoch` and replay, in canonical
+    /// order, every envelope retained since it (and every held one).
+    fn rollback<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        ctx: &mut super::group_state::Ctx<'_>,
+        snapshot: EpochSnapshot,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let group_id = self.group_id().to_vec();
+        let epoch = snapshot.epoch;
+        let state = store.snapshot_state(&group_id, epoch)?.ok_or_else(|| {
+            GroupError::Corrupt(format!("the snapshot of epoch {epoch} has no state"))
+        })?;
+        kv.restore_group(&group_id, &state)
+            .map_err(GroupError::store)?;
+        self.mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
+            .map_err(GroupError::mls)?
+            .ok_or_else(|| GroupError::Corrupt("the restored group does not load".into()))?;
+        self.metadata = GroupMetadata::from_extensions(self.mls.extensions())?;
+        // The ring from this epoch on is rebuilt by the replay.
+        for later in store.snapshots(&group_id)? {
+            if later.epoch >= epoch {
+                store.remove_snapshot(&group_id, later.epoch)?;
+            }
+        }
+        // Own commits: the one pending in the snapshot may still win; any
+        // built on a later epoch is gone with that epoch.
+        for mut intent in store.intents(&group_id)? {
+            let next = match &intent.state {
+                IntentState::Committed { commit, .. } if commit.epoch == epoch => {
+                    Some(IntentState::Published(commit.clone()))
+                }
+                IntentState::Committed { commit, .. } if commit.epoch > epoch => {
+                    Some(IntentState::Regenerate)
+                }
+                IntentState::Published(commit) if commit.epoch > epoch => {
+                    Some(IntentState::Regenerate)
+                }
+                _ => None,
+            };
+            if let Some(next) = next {
+                intent.state = next;
+                store.put_intent(&group_id, &intent)?;
+            }
+        }
+        let mut entries: Vec<RetainedEnvelope> = store
+            .retained(&group_id)?
+            .into_iter()
+            .filter(|e| e.arrival >= snapshot.arrival || e.held)
+            .collect();
+        entries.sort_by_key(|e| e.key);
+        let candidates: BTreeSet<[u8; 32]> = entries
+            .iter()
+            .filter(|e| e.epoch > epoch)
+            .filter_map(|e| e.message_id)
+            .collect();
+        let replayed = entries.len() as u64;
+        let outer = ctx.confirmed.replace(BTreeSet::new());
+        for mut entry in entries {
+            entry.held = false;
+            entry.message_id = None;
+            self.route(provider, kv, ctx, entry, false)?;
+        }
+        let confirmed = std::mem::replace(&mut ctx.confirmed, outer).unwrap_or_default();
+        let conversation = self.conversation_id();
+        for id in candidates.difference(&confirmed) {
+            if let Some(mut message) = store.message(&conversation, id)?
+                && message.delivery != Delivery::Superseded
+            {
+                message.delivery = Delivery::Superseded;
+                store.update_message(&message)?;
+                self.events
+                    .push_back(GroupEvent::MessageSuperseded { message_id: *id });
+            }
+        }
+        self.flag_lost_sends(kv, epoch)?;
+        if self.mls.is_active() {
+            // The replay may have undone a removal of this installation.
+            let mut record = store.conversation(&conversation)?;
+            if let Some(record) = record.as_mut()
+                && (record.state != ConversationState::Active
+                    || !record.group_ids.contains(&group_id))
+            {
+                record.state = ConversationState::Active;
+                if !record.group_ids.contains(&group_id) {
+                    record.group_ids.push(group_id.clone());
+                }
+                store.put_conversation(record)?;
+            }
+        }
+        self.record.rewind.rollbacks += 1;
+        self.record.rewind.replayed += replayed;
+        self.save_record(kv)?;
+        self.events.push_back(GroupEvent::RolledBack {
+            to_epoch: epoch,
+            replayed,
+            stats: self.record.rewind,
+        });
+        Ok(())
+    }
+
+    /// Flag own messages whose epoch lost, for [`Group::advance`] to
+    /// re-send with the same id.
+    fn flag_lost_sends<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        restored: u64,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let group_id = self.group_id();
+        let current = self.epoch();
+        let digest = self.auth_digest();
+        let ring = store.snapshots(group_id)?;
+        for mut send in store.own_sends(group_id)? {
+            if send.epoch <= restored || send.resend {
+                continue;
+            }
+            let on_branch = (send.epoch == current && send.auth_digest == digest)
+                || ring
+                    .iter()
+                    .any(|s| s.epoch == send.epoch && s.auth_digest == send.auth_digest);
+            if !on_branch {
+                send.resend = true;
+                store.put_own_send(group_id, &send)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-send the flagged own messages in the current epoch.
+    pub(crate) fn resend_lost<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let group_id = self.group_id().to_vec();
+        for mut send in store.own_sends(&group_id)? {
+            if !send.resend {
+                continue;
+            }
+            if !self.mls.is_active() {
+                store.remove_own_send(&group_id, &send.message_id)?;
+                let conversation = self.conversation_id();
+                if let Some(mut message) = store.message(&conversation, &send.message_id)? {
+                    message.delivery = Delivery::Failed;
+                    store.update_message(&message)?;
+                }
+                self.events.push_back(GroupEvent::MessageFailed {
+                    message_id: send.message_id,
+                    reason: "sent in an epoch that lost, after which this installation \
+                             was no longer a member"
+                        .into(),
+                });
+                continue;
+            }
+            let aad = self.current_aad(kv)?;
+            self.mls.set_aad(aad.encode());
+            let out = self
+                .mls
+                .create_message(provider, me.keys, &send.content)
+                .map_err(GroupError::mls)?;
+            self.push_outbound(
+                kv,
+                &[Topic::Group(group_id.clone())],
+                super::group_state::serialize(&out)?,
+                Some(send.message_id),
+            )?;
+            send.epoch = self.epoch();
+            send.auth_digest = self.auth_digest();
+            send.resend = false;
+            store.put_own_send(&group_id, &send)?;
+        }
+        Ok(())
+    }
+
+    /// Settle what is due: delete snapshots whose transition settled (by
+    /// time, or because the ring is over its bound), then finish what
+    /// waited for settling below the oldest snapshot left.
+    ///
+    /// `synced_ms` is the time up to which the topic has been read (`None`
+    /// applies only the ring's bound); `now_ms` measures snapshot ages.
+    pub(crate) fn settle<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        synced_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let group_id = self.group_id().to_vec();
+        let ring = store.snapshots(&group_id)?;
+        let mut left = ring.len();
+        let mut oldest_kept = None;
+        let mut settled_any = false;
+        for snapshot in ring {
+            let due = synced_ms.is_some_and(|synced| {
+                synced
+                    >= snapshot
+                        .commit_key
+                        .0
+                        .saturating_add(self.policy.settle_window_ms)
+            }) || left > self.policy.max_rewind;
+            if !due {
+                oldest_kept = Some(snapshot);
+                break;
+            }
+            store.remove_snapshot(&group_id, snapshot.epoch)?;
+            let age = now_ms.saturating_sub(snapshot.taken_at_ms);
+            self.record.rewind.max_snapshot_age_ms =
+                self.record.rewind.max_snapshot_age_ms.max(age);
+            settled_any = true;
+            left -= 1;
+        }
+        let horizon = oldest_kept.as_ref().map_or(self.epoch(), |s| s.epoch);
+        // Own commits and Welcomes of settled transitions.
+        for intent in store.intents(&group_id)? {
+            if let IntentState::Committed {
+                commit,
+                joiner_cursor,
+            } = &intent.state
+                && commit.epoch < horizon
+            {
+                if let Some(own) = store.own_commit(&group_id, &commit.commit_hash)?
+                    && let Some(welcome) = own.welcome
+                {
+                    let payload = WelcomePayload {
+                        welcome,
+                        group_id: group_id.clone(),
+                        cursor: joiner_cursor.clone(),
+                    }
+                    .to_bytes();
+                    let topics: Vec<Topic> =
+                        own.welcome_to.iter().copied().map(Topic::Welcome).collect();
+                    self.push_outbound(kv, &topics, payload, None)?;
+                }
+                store.remove_intent(&group_id, intent.id)?;
+                self.events
+                    .push_back(GroupEvent::IntentDone { id: intent.id });
+            }
+        }
+        for own in store.own_commits(&group_id)? {
+            if own.epoch < horizon {
+                store.remove_own_commit(&group_id, &own.hash)?;
+            }
+        }
+        for send in store.own_sends(&group_id)? {
+            if send.epoch <= horizon && !send.resend {
+                store.remove_own_send(&group_id, &send.message_id)?;
+            }
+        }
+        let keep_from = oldest_kept.as_ref().map_or(u64::MAX, |s| s.arrival);
+        for entry in store.retained(&group_id)? {
+            if !entry.held && entry.arrival < keep_from {
+                store.remove_retained(&group_id, entry.arrival)?;
+            }
+        }
+        if settled_any {
+            self.save_record(kv)?;
+            self.events.push_back(GroupEvent::Settled {
+                stats: self.record.rewind,
+            });
+        }
+        Ok(())
+    }
+
+    /// Record an own message for re-sending if its epoch loses.
+    pub(crate) fn track_send<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        content: &Content,
+        message_id: [u8; 32],
+    ) -> Result<(), GroupError> {
+        if !self.policy.retains() || self.ring_len(kv)? == 0 {
+            return Ok(());
+        }
+        ClientStore(kv).put_own_send(
+            self.group_id(),
+            &OwnSend {
+                message_id,
+                epoch: self.epoch(),
+                auth_digest: self.auth_digest(),
+                content: content.encode_to_vec(),
+                resend: false,
+            },
+        )
+    }
+}

@@ -1,0 +1,488 @@
+//! Rollback and replay, hand-driven: each test builds the exact arrival
+//! order it is about, on real sled stores, and checks what the members
+//! end with and what they were told.
+
+use kith_engine::{
+    delivery::{Envelope, Topic},
+    group::{
+        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupEvent,
+        IdentityCache, IntentKind, KvStore, Me, NewGroup, Outbound, PolicyPreset, RewindPolicy,
+    },
+};
+use kith_sim::client::{Client, StepError, population};
+use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
+
+const WINDOW: u64 = 1_000;
+
+struct World {
+    identities: IdentityCache,
+    clients: Vec<Client>,
+    group_id: Vec<u8>,
+    /// Start of time; every test time is an offset from it.
+    base: u64,
+}
+
+#[allow(clippy::disallowed_methods)]
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("clock after 1970")
+}
+
+fn policy() -> RewindPolicy {
+    RewindPolicy {
+        max_rewind: 5,
+        settle_window_ms: WINDOW,
+    }
+}
+
+impl World {
+    /// `count` clients; client 0 creates the group and `members` of them
+    /// (client 0 included) are in it at epoch 1, all settled.
+    fn new(seed: u64, count: usize, members: usize) -> Self {
+        let base = wall_clock_ms();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (identities, mut clients) = population(&mut rng, count, 1, base).expect("clients");
+        let creator = &mut clients[0];
+        let storage = creator.storage();
+        let me = creator.me();
+        let mut group = storage
+            .step(|| {
+                Ok::<_, StepError>(Group::create(
+                    &creator.provider,
+                    storage,
+                    me,
+                    &identities,
+                    NewGroup {
+                        kind: ConversationKind::Group,
+                        dm_peer: None,
+                        attributes: Default::default(),
+                        preset: PolicyPreset::Default,
+                        now_ms: base,
+                    },
+                )?)
+            })
+            .expect("create");
+        group.set_rewind_policy(policy());
+        let group_id = group.group_id().to_vec();
+        creator.group_id = Some(group_id.clone());
+        creator.group = Some(group);
+        let mut world = Self {
+            identities,
+            clients,
+            group_id,
+            base,
+        };
+        let added: Vec<usize> = (1..members).collect();
+        world.add(0, &added, 10);
+        world
+    }
+
+    /// An envelope stamped by `node`. The setup used node 1 up to sequence
+    /// 10, so tests continue node 1 from 11.
+    fn env(&self, time: u64, node: u32, sequence: u64, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            topic: Topic::Group(self.group_id.clone()),
+            payload,
+            originator_node_id: node,
+            originator_sequence_id: sequence,
+            originator_time_ms: self.base + time,
+        }
+    }
+
+    fn handle(&mut self, client: usize, envelope: &Envelope, at: u64) {
+        let identities = &self.identities;
+        let now = self.base + at;
+        self.clients[client]
+            .step(|group, provider, storage| {
+                Ok(group.handle_envelope(provider, storage, identities, envelope, now)?)
+            })
+            .expect("handle envelope");
+    }
+
+    fn advance(&mut self, client: usize, at: u64) {
+        let identities = &self.identities;
+        let now = self.base + at;
+        let inbox = self.clients[client].inbox;
+        let keys = self.clients[client].keys.clone();
+        self.clients[client]
+            .step(|group, provider, storage| {
+                let me = Me { inbox, keys: &keys };
+                Ok(group.advance(provider, storage, me, identities, now)?)
+            })
+            .expect("advance");
+    }
+
+    /// Take (and acknowledge) what `client` queued for publishing.
+    fn outbox(&mut self, client: usize) -> Vec<Outbound> {
+        let pending: Vec<Outbound> = self.group(client).pending_outbound().cloned().collect();
+        self.clients[client]
+            .step(|group, _, storage| {
+                for item in &pending {
+                    group.ack_outbound(storage, item)?;
+                }
+                Ok(())
+            })
+            .expect("ack");
+        pending
+    }
+
+    fn queue(&mut self, client: usize, kind: IntentKind) {
+        self.clients[client]
+            .step(|group, _, storage| Ok(group.queue_intent(storage, kind)?))
+            .expect("queue");
+    }
+
+    fn send(&mut self, client: usize, text: &str, at: u64) -> [u8; 32] {
+        let inbox = self.clients[client].inbox;
+        let keys = self.clients[client].keys.clone();
+        let now = self.base + at;
+        self.clients[client]
+            .step(|group, provider, storage| {
+                let me = Me { inbox, keys: &keys };
+                Ok(group.send_message(
+                    provider,
+                    storage,
+                    me,
+                    CONTENT_TYPE_TEXT,
+                    text.as_bytes(),
+                    now,
+                )?)
+            })
+            .expect("send")
+    }
+
+    fn group(&self, client: usize) -> &Group {
+        self.clients[client].group.as_ref().expect("a member")
+    }
+
+    /// `adder` adds `clients` in one commit at `time`; the commit is
+    /// delivered to every member, settles, and the joiners join.
+    fn add(&mut self, adder: usize, clients: &[usize], time: u64) {
+        let mut key_packages = Vec::new();
+        let mut sequences = Vec::new();
+        for &c in clients {
+            key_packages.push(self.clients[c].key_package.take().expect("key package"));
+            sequences.push((self.clients[c].inbox, 1));
+        }
+        self.queue(
+            adder,
+            IntentKind::AddMembers {
+                key_packages,
+                sequences,
+            },
+        );
+        self.advance(adder, time);
+        let commit = self.outbox(adder).remove(0);
+        let envelope = self.env(time, 1, time, commit.payload);
+        let members: Vec<usize> = (0..self.clients.len())
+            .filter(|c| self.clients[*c].is_member())
+            .collect();
+        for &m in &members {
+            self.handle(m, &envelope, time);
+            self.advance(m, time + WINDOW);
+        }
+        let welcome = self.outbox(adder).remove(0);
+        for &c in clients {
+            let identities = &self.identities;
+            assert!(
+                self.clients[c]
+                    .join(
+                        identities,
+                        &welcome.payload,
+                        policy(),
+                        self.base + time + WINDOW
+                    )
+                    .expect("join"),
+                "joined"
+            );
+        }
+    }
+
+    fn events(&self, client: usize) -> &[GroupEvent] {
+        &self.clients[client].events
+    }
+
+    fn delivery(&self, client: usize, id: &[u8; 32]) -> Option<Delivery> {
+        let conversation = self.group(client).conversation_id();
+        ClientStore(self.clients[client].storage())
+            .message(&conversation, id)
+            .expect("read")
+            .map(|m| m.delivery)
+    }
+
+    fn state(&self, client: usize) -> (u64, Vec<u8>) {
+        let g = self.group(client);
+        (g.epoch(), g.epoch_authenticator())
+    }
+}
+
+fn rename(name: &str) -> IntentKind {
+    IntentKind::UpdateAttributes {
+        changes: vec![("name".into(), Some(name.into()))],
+    }
+}
+
+/// Bob and Carol commit on epoch 1 at once; Carol's sorts first but reaches
+/// Alice and Bob after Bob's, and after a message Bob sent on his branch.
+#[test]
+fn an_earlier_commit_rolls_back_and_replays_in_canonical_order() {
+    let mut w = World::new(1, 3, 3);
+    let (alice, bob, carol) = (0, 1, 2);
+    w.queue(bob, rename("bob's"));
+    w.advance(bob, 100);
+    let bob_commit = w.outbox(bob).remove(0);
+    w.queue(carol, rename("carol's"));
+    w.advance(carol, 100);
+    let carol_commit = w.outbox(carol).remove(0);
+    // Carol's reached node 1 at 200, Bob's node 2 at 300.
+    let b = w.env(300, 2, 1, bob_commit.payload);
+    let c = w.env(200, 1, 100, carol_commit.payload);
+
+    // Bob sees his own commit first, merges it, and sends on his branch.
+    w.handle(bob, &b, 310);
+    assert_eq!(w.group(bob).epoch(), 2);
+    let id = w.send(bob, "on bob's branch", 320);
+    let first_copy = w.outbox(bob).remove(0);
+    let m = w.env(330, 2, 2, first_copy.payload);
+
+    // Alice: Bob's commit, Bob's message, then Carol's earlier commit.
+    w.handle(alice, &b, 340);
+    w.handle(alice, &m, 350);
+    assert_eq!(w.delivery(alice, &id), Some(Delivery::Published));
+    w.handle(alice, &c, 360);
+    assert_eq!(
+        w.group(alice).metadata().mutable.attributes["name"],
+        "carol's"
+    );
+    assert!(w.events(alice).iter().any(|e| matches!(
+        e,
+        GroupEvent::RolledBack {
+            to_epoch: 1,
+            replayed: 3,
+            ..
+        }
+    )));
+    assert_eq!(
+        w.delivery(alice, &id),
+        Some(Delivery::Superseded),
+        "a message known only from the losing branch is superseded"
+    );
+    assert!(
+        w.events(alice).iter().any(
+            |e| matches!(e, GroupEvent::MessageSuperseded { message_id } if *message_id == id)
+        )
+    );
+
+    // Bob and Carol get the other commit; Bob rolls back too.
+    w.handle(bob, &c, 370);
+    w.handle(carol, &c, 370);
+    w.handle(carol, &b, 375);
+    w.handle(carol, &m, 376);
+    assert_eq!(w.state(alice), w.state(bob));
+    assert_eq!(w.state(alice), w.state(carol));
+    assert_eq!(w.group(bob).rewind_stats().rollbacks, 1);
+
+    // Bob re-sends his message with the same id, and regenerates his
+    // rename on the canonical epoch.
+    w.advance(bob, 400);
+    let out = w.outbox(bob);
+    assert_eq!(
+        out.len(),
+        2,
+        "the re-sent message and the regenerated commit"
+    );
+    assert_eq!(out[0].message_id, Some(id));
+    let resent = w.env(410, 2, 3, out[0].payload.clone());
+    let regenerated = w.env(420, 2, 4, out[1].payload.clone());
+    for member in [alice, bob, carol] {
+        w.handle(member, &resent, 430);
+        w.handle(member, &regenerated, 440);
+    }
+    assert_eq!(w.delivery(alice, &id), Some(Delivery::Published));
+    assert!(
+        w.events(alice)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::MessageConfirmed { message_id } if *message_id == id))
+    );
+    assert_eq!(w.delivery(carol, &id), Some(Delivery::Published));
+    let conversation = w.group(alice).conversation_id();
+    let copies = ClientStore(w.clients[alice].storage())
+        .messages(&conversation)
+        .expect("messages")
+        .iter()
+        .filter(|m| m.message_id == id)
+        .count();
+    assert_eq!(copies, 1, "one copy per message id");
+    for member in [alice, bob, carol] {
+        assert_eq!(w.group(member).epoch(), 3);
+        assert_eq!(
+            w.group(member).metadata().mutable.attributes["name"],
+            "bob's"
+        );
+    }
+    assert_eq!(w.state(alice), w.state(bob));
+    assert_eq!(w.state(alice), w.state(carol));
+}
+
+/// Snapshots are deleted, from the store, as soon as their transition
+/// settles; none is kept past the window.
+#[test]
+fn a_settled_snapshot_is_gone_from_the_store() {
+    let mut w = World::new(2, 2, 2);
+    let (alice, bob) = (0, 1);
+    w.queue(bob, IntentKind::UpdateKeys);
+    w.advance(bob, 100);
+    let commit = w.outbox(bob).remove(0);
+    let e = w.env(200, 1, 200, commit.payload);
+    w.handle(alice, &e, 210);
+    let storage = w.clients[alice].storage();
+    assert_eq!(w.clients[alice].snapshots().len(), 1);
+    let mut prefix = vec![b'S'];
+    prefix.extend_from_slice(&(w.group_id.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(&w.group_id);
+    let raw_state_keys = |s: &kith_storage::SledMlsStorage| s.kv_scan(&prefix).expect("scan").len();
+    assert_eq!(raw_state_keys(storage), 1, "the snapshot's state is stored");
+    w.advance(alice, 200 + WINDOW - 1);
+    assert_eq!(w.clients[alice].snapshots().len(), 1, "not yet settled");
+    w.advance(alice, 200 + WINDOW);
+    assert!(w.clients[alice].snapshots().is_empty());
+    assert_eq!(
+        raw_state_keys(w.clients[alice].storage()),
+        0,
+        "the snapshot's state is deleted from the store"
+    );
+    let stats = w.group(alice).rewind_stats();
+    assert!(stats.max_snapshot_age_ms > 0 && stats.max_snapshot_age_ms <= WINDOW);
+    assert!(
+        w.events(alice)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Settled { .. }))
+    );
+}
+
+/// The ring keeps at most `max_rewind` transitions, whatever the window.
+#[test]
+fn the_ring_is_bounded() {
+    let mut w = World::new(3, 2, 2);
+    let (alice, bob) = (0, 1);
+    for round in 0..8u64 {
+        w.queue(bob, IntentKind::UpdateKeys);
+        w.advance(bob, 100 + round * 10);
+        let commit = w.outbox(bob).remove(0);
+        let e = w.env(100 + round * 10, 1, 100 + round, commit.payload);
+        w.handle(bob, &e, 101 + round * 10);
+        w.handle(alice, &e, 101 + round * 10);
+        assert!(w.clients[alice].snapshots().len() <= 5);
+    }
+    assert_eq!(w.clients[alice].snapshots().len(), 5);
+    assert_eq!(w.state(alice), w.state(bob));
+}
+
+/// A commit for an epoch that already settled is dropped with a reason;
+/// if it sorts before the one applied, this member is on a fork and says
+/// so.
+#[test]
+fn a_commit_for_a_settled_epoch_is_dropped_and_reveals_a_fork() {
+    let mut w = World::new(4, 3, 3);
+    let (alice, bob, carol) = (0, 1, 2);
+    w.queue(bob, rename("bob's"));
+    w.advance(bob, 100);
+    let b = w.outbox(bob).remove(0);
+    w.queue(carol, rename("carol's"));
+    w.advance(carol, 100);
+    let c = w.outbox(carol).remove(0);
+    let b = w.env(300, 2, 1, b.payload);
+    let c = w.env(200, 1, 100, c.payload);
+    w.handle(alice, &b, 310);
+    // Replication lagged past the window: Alice settles Bob's commit.
+    w.advance(alice, 300 + WINDOW);
+    w.handle(alice, &c, 300 + WINDOW + 10);
+    assert_eq!(w.group(alice).rewind_stats().dropped_settled, 1);
+    assert!(w.group(alice).fork().is_some());
+    assert!(
+        w.events(alice)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Forked { epoch: 2, .. }))
+    );
+    assert!(w.events(alice).iter().any(
+        |e| matches!(e, GroupEvent::EnvelopeSkipped { reason } if reason.contains("settled"))
+    ));
+}
+
+/// A Welcome goes out only once its commit settled; an add whose commit
+/// lost is rebuilt, and the joiner only ever sees the canonical one.
+#[test]
+fn a_welcome_waits_for_settling_and_never_follows_a_losing_commit() {
+    let mut w = World::new(5, 3, 2);
+    let (alice, bob, dave) = (0, 1, 2);
+    let kp = w.clients[dave].key_package.take().expect("key package");
+    w.queue(
+        alice,
+        IntentKind::AddMembers {
+            key_packages: vec![kp],
+            sequences: vec![(w.clients[dave].inbox, 1)],
+        },
+    );
+    w.advance(alice, 100);
+    let a = w.outbox(alice).remove(0);
+    w.queue(bob, rename("bob's"));
+    w.advance(bob, 100);
+    let b = w.outbox(bob).remove(0);
+    let a = w.env(300, 1, 11, a.payload);
+    let b = w.env(200, 2, 1, b.payload);
+    // Alice merges her own add first: no Welcome until it settles.
+    w.handle(alice, &a, 310);
+    w.advance(alice, 320);
+    assert!(w.outbox(alice).is_empty(), "no Welcome before settling");
+    // Bob's earlier commit wins; Alice's add is rebuilt on it.
+    w.handle(alice, &b, 330);
+    w.handle(bob, &b, 330);
+    w.handle(bob, &a, 331);
+    w.advance(alice, 340);
+    let out = w.outbox(alice);
+    assert_eq!(out.len(), 1, "only the rebuilt commit, no Welcome");
+    assert!(out[0].topics[0].starts_with("group/"));
+    let a2 = w.env(400, 1, 12, out[0].payload.clone());
+    w.handle(alice, &a2, 410);
+    w.handle(bob, &a2, 410);
+    w.advance(alice, 400 + WINDOW - 1);
+    assert!(w.outbox(alice).is_empty());
+    w.advance(alice, 400 + WINDOW);
+    let welcome = w.outbox(alice);
+    assert_eq!(welcome.len(), 1);
+    assert!(welcome[0].topics[0].starts_with("welcome/"));
+    let identities = &w.identities;
+    assert!(
+        w.clients[dave]
+            .join(identities, &welcome[0].payload, policy(), w.base + 2000)
+            .expect("join")
+    );
+    assert_eq!(w.state(dave), w.state(alice));
+    assert_eq!(w.state(bob), w.state(alice));
+    assert_eq!(w.group(dave).metadata().mutable.attributes["name"], "bob's");
+}
+
+/// A message of an epoch the member has not reached is held, then applied
+/// when the commit arrives.
+#[test]
+fn a_message_from_a_future_epoch_is_held_until_its_epoch() {
+    let mut w = World::new(6, 3, 3);
+    let (alice, bob, carol) = (0, 1, 2);
+    w.queue(bob, IntentKind::UpdateKeys);
+    w.advance(bob, 100);
+    let payload = w.outbox(bob).remove(0).payload;
+    let commit = w.env(200, 1, 200, payload);
+    w.handle(bob, &commit, 210);
+    let id = w.send(bob, "after the commit", 220);
+    let payload = w.outbox(bob).remove(0).payload;
+    let message = w.env(230, 2, 1, payload);
+    w.handle(carol, &message, 240);
+    assert_eq!(w.delivery(carol, &id), None, "held, not dropped");
+    w.handle(carol, &commit, 250);
+    assert_eq!(w.delivery(carol, &id), Some(Delivery::Published));
+    w.handle(alice, &commit, 250);
+    w.handle(alice, &message, 251);
+    assert_eq!(w.state(alice), w.state(carol));
+}
