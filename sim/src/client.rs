@@ -86,13 +86,12 @@ impl Client {
             .flush_every_ms(None)
             .open()
             .map_err(|e| StepError::Storage(StorageError::from(e)))?;
-        // JSON, so that the simulator's generation oracle can read the
-        // sender ratchets; buffered, because a simulated crash loses the
-        // process, not the disk.
+        // Buffered, because a simulated crash loses the process, not the
+        // disk.
         let storage = SledMlsStorage::from_db(
             db,
             StorageConfig {
-                codec: Codec::Json,
+                codec: Codec::MessagePack,
                 durability: Durability::Buffered {
                     flush_every_ms: 3_600_000,
                 },

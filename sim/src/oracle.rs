@@ -2,15 +2,19 @@
 //! ciphertext used.
 //!
 //! OpenMLS does not expose generations, so the oracle reads the sender's
-//! own ratchets from its store (the simulator stores OpenMLS values as
-//! JSON) before and after every engine call, and attributes the
+//! own ratchets from its store (OpenMLS values are MessagePack with named
+//! fields there) before and after every engine call, and attributes the
 //! generations spent in between, in order, to the ciphertexts the call
 //! produced. A rewound ratchet shows up either as a generation going
-//! backwards or as a tuple reused with different bytes.
+//! backwards or as a tuple reused with different bytes. Only the fields
+//! the oracle needs are decoded; the rest of OpenMLS's layout is ignored,
+//! so a layout change makes the oracle return `None` (and the simulator
+//! report it) rather than guess.
 
 use kith_storage::{EntryKind, SledMlsStorage};
 use openmls::prelude::GroupId;
-use serde_json::Value;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 /// The next generation of this installation's application and handshake
 /// sender ratchets in the current epoch.
@@ -22,11 +26,36 @@ pub struct Generations {
     pub handshake: u64,
 }
 
-fn own_generation(ratchets: &Value) -> Option<u64> {
+#[derive(Deserialize)]
+struct Store {
+    message_secrets: Secrets,
+}
+
+#[derive(Deserialize)]
+struct Secrets {
+    secret_tree: Tree,
+}
+
+#[derive(Deserialize)]
+struct Tree {
+    handshake_sender_ratchets: Vec<Option<Ratchet>>,
+    application_sender_ratchets: Vec<Option<Ratchet>>,
+}
+
+#[derive(Deserialize)]
+enum Ratchet {
+    EncryptionRatchet { generation: u64 },
+    DecryptionRatchet(IgnoredAny),
+}
+
+fn own(ratchets: &[Option<Ratchet>]) -> u64 {
     ratchets
-        .as_array()?
         .iter()
-        .find_map(|r| r.get("EncryptionRatchet")?.get("generation")?.as_u64())
+        .find_map(|r| match r {
+            Some(Ratchet::EncryptionRatchet { generation }) => Some(*generation),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// Read the generations from the store; `None` if the group or its
@@ -35,14 +64,14 @@ pub fn generations(storage: &SledMlsStorage, group_id: &[u8]) -> Option<Generati
     let group = GroupId::from_slice(group_id);
     let kinds = storage.group_entries(&group).ok()?;
     let entries = storage.raw_group_entries(&group).ok()?;
-    let (_, value) = kinds
+    let (_, (_, value)) = kinds
         .iter()
         .zip(entries.iter())
         .find(|(kind, _)| **kind == EntryKind::MessageSecrets)?;
-    let json: Value = serde_json::from_slice(&value.1).ok()?;
-    let tree = json.get("message_secrets")?.get("secret_tree")?;
+    let store: Store = rmp_serde::from_slice(value).ok()?;
+    let tree = store.message_secrets.secret_tree;
     Some(Generations {
-        application: own_generation(tree.get("application_sender_ratchets")?).unwrap_or(0),
-        handshake: own_generation(tree.get("handshake_sender_ratchets")?).unwrap_or(0),
+        application: own(&tree.application_sender_ratchets),
+        handshake: own(&tree.handshake_sender_ratchets),
     })
 }

@@ -36,7 +36,6 @@ fn seeds(default: Range<u64>) -> Range<u64> {
 }
 
 fn run_seeds(range: Range<u64>) {
-    let config = Config::default();
     let next = AtomicU64::new(range.start);
     let failed: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
     let passed = AtomicU64::new(0);
@@ -51,7 +50,7 @@ fn run_seeds(range: Range<u64>) {
                     if seed >= range.end {
                         return;
                     }
-                    let outcome = run(seed, &config);
+                    let outcome = run(seed, &Config::for_seed(seed));
                     rollbacks.fetch_add(outcome.rollbacks, Ordering::Relaxed);
                     replayed.fetch_add(outcome.replayed, Ordering::Relaxed);
                     if outcome.passed() {

@@ -213,7 +213,7 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
@@ -760,6 +760,7 @@ impl Group {
                             auth_digest: self.auth_digest(),
                             welcome,
                             welcome_to,
+                            joiner_cursor: store.cursor(&Topic::Group(self.group_id().to_vec()))?,
                         },
                     )?;
                     intent.state = IntentState::Published(published);
@@ -1481,12 +1482,9 @@ impl Group {
                     commit_hash: own.hash,
                 },
             };
-            // The joiner reads the group topic from just past this commit.
-            let mut joiner_cursor = store.cursor(&Topic::Group(self.group_id().to_vec()))?;
-            joiner_cursor.advance(&entry.envelope(self.group_id()));
             intent.state = IntentState::Committed {
                 commit,
-                joiner_cursor,
+                joiner_cursor: own.joiner_cursor.clone(),
             };
             store.put_intent(self.group_id(), &intent)?;
         }

@@ -98,6 +98,8 @@ pub struct EpochSnapshot {
     pub arrival: u64,
     /// The applied commit's canonical position.
     pub commit_key: OrderKey,
+    /// SHA-256 of the applied commit's bytes (a copy of it is no rival).
+    pub commit_hash: [u8; 32],
     /// When the snapshot was taken (the driver's clock).
     pub taken_at_ms: u64,
     /// Digest of the epoch authenticator of `epoch`.
@@ -164,6 +166,11 @@ pub struct OwnCommit {
     pub welcome: Option<Vec<u8>>,
     /// The installations the Welcome is for.
     pub welcome_to: Vec<crate::identity::InstallationId>,
+    /// The group topic's cursor when the commit was staged: where its
+    /// joiners start reading. Everything of the commit's new epoch comes
+    /// after it, whatever order this installation saw envelopes in
+    /// afterwards (held ones, a replay).
+    pub joiner_cursor: crate::delivery::Cursor,
 }
 
 /// An own application message sent in an epoch whose transition has not
@@ -348,6 +355,7 @@ impl Group {
                 epoch,
                 arrival: entry.arrival,
                 commit_key: entry.key,
+                commit_hash: super::group_state::sha256(&entry.payload),
                 taken_at_ms: now_ms,
                 auth_digest: auth,
             },
@@ -366,9 +374,15 @@ impl Group {
         let store = ClientStore(kv);
         let epoch = entry.epoch;
         match store.snapshot(self.group_id(), epoch)? {
+            Some(snapshot)
+                if super::group_state::sha256(&entry.payload) == snapshot.commit_hash =>
+            {
+                // The same commit again (published twice): nothing changes.
+                Ok(())
+            }
             Some(snapshot) if entry.key < snapshot.commit_key && allow_rollback => {
                 store.put_retained(self.group_id(), &entry)?;
-                self.rollback(provider, kv, ctx, snapshot)
+                self.rollback(provider, kv, ctx, snapshot, entry)
             }
             Some(_) => {
                 self.skip(format!(
@@ -461,14 +475,23 @@ impl Group {
         self.save_record(kv)
     }
 
-    /// Restore the snapshot of `snapshot.epoch` and replay, in canonical
-    /// order, every envelope retained since it (and every held one).
+    /// Restore the snapshot of `snapshot.epoch` and apply `first`, the
+    /// commit that sorts before the one applied. If it is merged, the
+    /// branch changed: replay, in canonical order, every envelope retained
+    /// since the snapshot (and every held one). If it is not (invalid, or
+    /// not decryptable), put the state back as it was.
+    ///
+    /// Never replaying onto the same branch matters for more than speed:
+    /// re-deriving an epoch from the same commit yields the same secrets
+    /// with fresh sender ratchets, and sending from them would reuse key
+    /// and nonce pairs already spent.
     fn rollback<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
         ctx: &mut super::group_state::Ctx<'_>,
         snapshot: EpochSnapshot,
+        first: RetainedEnvelope,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
         let group_id = self.group_id().to_vec();
@@ -476,50 +499,67 @@ impl Group {
         let state = store.snapshot_state(&group_id, epoch)?.ok_or_else(|| {
             GroupError::Corrupt(format!("the snapshot of epoch {epoch} has no state"))
         })?;
-        kv.restore_group(&group_id, &state)
-            .map_err(GroupError::store)?;
-        self.mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
-            .map_err(GroupError::mls)?
-            .ok_or_else(|| GroupError::Corrupt("the restored group does not load".into()))?;
-        self.metadata = GroupMetadata::from_extensions(self.mls.extensions())?;
-        // The ring from this epoch on is rebuilt by the replay.
-        for later in store.snapshots(&group_id)? {
-            if later.epoch >= epoch {
-                store.remove_snapshot(&group_id, later.epoch)?;
-            }
-        }
-        // Own commits: the one pending in the snapshot may still win; any
-        // built on a later epoch is gone with that epoch.
-        for mut intent in store.intents(&group_id)? {
-            let next = match &intent.state {
-                IntentState::Committed { commit, .. } if commit.epoch == epoch => {
-                    Some(IntentState::Published(commit.clone()))
-                }
-                IntentState::Committed { commit, .. } if commit.epoch > epoch => {
-                    Some(IntentState::Regenerate)
-                }
-                IntentState::Published(commit) if commit.epoch > epoch => {
-                    Some(IntentState::Regenerate)
-                }
-                _ => None,
-            };
-            if let Some(next) = next {
-                intent.state = next;
-                store.put_intent(&group_id, &intent)?;
-            }
-        }
+        // What to replay is decided before `first` is applied: applying it
+        // rewrites this epoch's ring entry, and settling by the ring's bound
+        // would drop the envelopes it no longer covers. Held envelopes are
+        // not listed: each merge releases those its new epoch unblocks.
+        let first_arrival = first.arrival;
         let mut entries: Vec<RetainedEnvelope> = store
             .retained(&group_id)?
             .into_iter()
-            .filter(|e| e.arrival >= snapshot.arrival || e.held)
+            .filter(|e| e.arrival >= snapshot.arrival && !e.held && e.arrival != first_arrival)
             .collect();
         entries.sort_by_key(|e| e.key);
+        let current = self.capture(kv)?;
+        self.restore(provider, kv, &state)?;
+        let first_hash = super::group_state::sha256(&first.payload);
+        let events_before = self.events.len();
+        self.route(provider, kv, ctx, first, false)?;
+        if self.epoch() == epoch {
+            self.restore(provider, kv, &current)?;
+            // What `first` changed went with the restore; keep only why
+            // it was refused.
+            let kept: Vec<GroupEvent> = self
+                .events
+                .drain(events_before..)
+                .filter(|e| {
+                    matches!(
+                        e,
+                        GroupEvent::CommitRejected { .. } | GroupEvent::EnvelopeSkipped { .. }
+                    )
+                })
+                .collect();
+            self.events.extend(kept);
+            return Ok(());
+        }
+        // The branch changed: the ring past this epoch belongs to the old
+        // one (this epoch's entry was rewritten by the merge).
+        for later in store.snapshots(&group_id)? {
+            if later.epoch > epoch {
+                store.remove_snapshot(&group_id, later.epoch)?;
+            }
+        }
+        // Own commits that won on the old branch lost on this one, and
+        // those built on its later epochs are gone with them.
+        for mut intent in store.intents(&group_id)? {
+            let lost = match &intent.state {
+                IntentState::Committed { commit, .. } => {
+                    commit.epoch >= epoch && commit.commit_hash != first_hash
+                }
+                IntentState::Published(commit) => commit.epoch > epoch,
+                _ => false,
+            };
+            if lost {
+                intent.state = IntentState::Regenerate;
+                store.put_intent(&group_id, &intent)?;
+            }
+        }
         let candidates: BTreeSet<[u8; 32]> = entries
             .iter()
             .filter(|e| e.epoch > epoch)
             .filter_map(|e| e.message_id)
             .collect();
-        let replayed = entries.len() as u64;
+        let replayed = entries.len() as u64 + 1;
         let outer = ctx.confirmed.replace(BTreeSet::new());
         for mut entry in entries {
             entry.held = false;
@@ -589,6 +629,22 @@ impl Group {
                 store.put_own_send(group_id, &send)?;
             }
         }
+        Ok(())
+    }
+
+    fn restore<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        state: &[u8],
+    ) -> Result<(), GroupError> {
+        let group_id = self.group_id().to_vec();
+        kv.restore_group(&group_id, state)
+            .map_err(GroupError::store)?;
+        self.mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
+            .map_err(GroupError::mls)?
+            .ok_or_else(|| GroupError::Corrupt("the restored group does not load".into()))?;
+        self.metadata = GroupMetadata::from_extensions(self.mls.extensions())?;
         Ok(())
     }
 
