@@ -483,6 +483,23 @@ impl Sim {
                 }
                 Ok(())
             });
+            if std::env::var_os("KITH_SIM_TRACE").is_some() {
+                let header = MlsMessageIn::tls_deserialize_exact(envelope.payload.as_slice())
+                    .ok()
+                    .and_then(|m| m.try_into_protocol_message().ok())
+                    .map(|p| (p.epoch().as_u64(), p.content_type()));
+                eprintln!(
+                    "t={} client {index} handles {} {:?} key ({}, {}, {}) -> {:?} {:?}",
+                    self.now % 100_000,
+                    hex8(&Sha256::digest(&envelope.payload)),
+                    header,
+                    envelope.originator_time_ms % 100_000,
+                    envelope.originator_node_id,
+                    envelope.originator_sequence_id,
+                    result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                    self.clients[index].group.as_ref().map(|g| g.epoch()),
+                );
+            }
             if self.handle(index, result, "handling an envelope").is_none() {
                 return true;
             }

@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use openmls::prelude::{
     ContentType, CredentialWithKey, GroupId, KeyPackage, LeafNodeIndex, MlsGroup,
     MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
-    ProcessedMessageContent, Proposal, ProtocolMessage, Sender, StagedWelcome,
+    ProcessedMessageContent, Proposal, ProtocolMessage, Sender, SenderRatchetConfiguration,
+    StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
 };
 use openmls_traits::{OpenMlsProvider, random::OpenMlsRand as _};
@@ -59,7 +60,7 @@ use crate::{
 
 /// How many past epochs' secrets are kept, so that application messages
 /// sent just before a commit still decrypt after it.
-pub const MAX_PAST_EPOCHS: usize = 5;
+pub const MAX_PAST_EPOCHS: usize = 16;
 
 /// How many failed intents a group keeps in its store.
 pub const KEPT_FAILED_INTENTS: usize = 32;
@@ -205,8 +206,21 @@ pub(crate) struct Ctx<'a> {
     pub(crate) confirmed: Option<BTreeSet<[u8; 32]>>,
 }
 
+/// How many generations behind the newest a sender's message may arrive
+/// and still decrypt. OpenMLS's default (5) assumes one ordered stream;
+/// envelopes of one sender reach members through different originator
+/// nodes (the sender moved, replication lagged), so they can arrive far
+/// out of order. The cost is up to this many kept keys per sender and
+/// epoch.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 128;
+
+fn sender_ratchets() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, 1000)
+}
+
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
+        .sender_ratchet_configuration(sender_ratchets())
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
@@ -284,6 +298,7 @@ impl Group {
             .use_ratchet_tree_extension(true)
             .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(sender_ratchets())
             .build(provider, me.keys, credential)
             .map_err(GroupError::mls)?;
         let conversation = conversation_id(&metadata, &group_id);
@@ -1228,6 +1243,11 @@ impl Group {
         for mut entry in ready {
             store.remove_retained(self.group_id(), entry.arrival)?;
             entry.held = false;
+            // It is applied now, after the snapshot this merge may just have
+            // taken: number it as arriving now, so that a rollback to that
+            // snapshot replays it.
+            entry.arrival = self.record.next_arrival;
+            self.record.next_arrival += 1;
             self.route(provider, kv, ctx, entry, false)?;
         }
         Ok(())

@@ -28,7 +28,8 @@ pub use content::{
 };
 pub use error::GroupError;
 pub use group_state::{
-    Group, GroupEvent, KEPT_FAILED_INTENTS, MAX_PAST_EPOCHS, Me, NewGroup, ReconcilePlan,
+    Group, GroupEvent, KEPT_FAILED_INTENTS, MAX_PAST_EPOCHS, Me, NewGroup, OUT_OF_ORDER_TOLERANCE,
+    ReconcilePlan,
 };
 pub use identities::IdentityCache;
 pub use intent::{Intent, IntentKind, IntentState, PublishedCommit};

@@ -385,6 +385,9 @@ impl Group {
                 self.rollback(provider, kv, ctx, snapshot, entry)
             }
             Some(_) => {
+                // It lost on this branch, but a rollback to an earlier epoch
+                // may bring back the branch it was built on: keep it.
+                store.put_retained(self.group_id(), &entry)?;
                 self.skip(format!(
                     "a commit for epoch {epoch} that sorts after the one applied"
                 ));
