@@ -214,7 +214,14 @@ impl Client {
         let Some(mut group) = joined else {
             return Ok(false);
         };
+        // Joined again after a fork: read the group topic from the
+        // Welcome's cursor, as a fresh member would.
+        self.read
+            .remove(&Topic::Group(group.group_id().to_vec()).to_string());
         group.set_rewind_policy(policy);
+        while let Some(event) = group.poll_event() {
+            self.events.push(event);
+        }
         self.join_epoch = Some(group.epoch());
         self.group_id = Some(group.group_id().to_vec());
         self.group = Some(group);

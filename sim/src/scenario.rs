@@ -8,7 +8,7 @@ use kith_engine::{
         CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupEvent,
         IdentityCache, IntentKind, NewGroup, Outbound, PolicyPreset, RewindPolicy,
     },
-    identity::InboxId,
+    identity::{InboxId, InstallationId},
 };
 use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
@@ -134,6 +134,10 @@ pub struct Outcome {
     pub epoch: u64,
     /// Virtual time the run took, in ms.
     pub virtual_ms: u64,
+    /// Forks found (over all clients).
+    pub forks: usize,
+    /// Forked clients that were re-added.
+    pub rejoins: usize,
 }
 
 impl Outcome {
@@ -169,6 +173,9 @@ struct Sim {
     /// Per client: the last generations seen, in which epoch.
     last_generations: BTreeMap<usize, (u64, [u8; 8], Generations)>,
     last_publish: u64,
+    /// Per client, how many of its events were looked at for rejoin
+    /// requests.
+    events_seen: BTreeMap<usize, usize>,
 }
 
 /// OpenMLS checks key-package lifetimes against the system clock, so the
@@ -207,6 +214,18 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
                 }
             }
             outcome.virtual_ms = sim.now.saturating_sub(sim.start);
+            for client in &sim.clients {
+                outcome.forks += client
+                    .events
+                    .iter()
+                    .filter(|e| matches!(e, GroupEvent::Forked { .. }))
+                    .count();
+                outcome.rejoins += client
+                    .events
+                    .iter()
+                    .filter(|e| matches!(e, GroupEvent::Rejoined { .. }))
+                    .count();
+            }
         }
         Err(e) => outcome.failures.push(format!("setup failed: {e}")),
     }
@@ -245,6 +264,7 @@ impl Sim {
             nonces: BTreeMap::new(),
             last_generations: BTreeMap::new(),
             last_publish: now,
+            events_seen: BTreeMap::new(),
         };
         sim.create()?;
         Ok(sim)
@@ -376,10 +396,7 @@ impl Sim {
             client.node = node;
             client.read.clear();
         }
-        let mut busy = false;
-        if self.clients[index].group_id.is_none() {
-            busy |= self.read_welcomes(index);
-        }
+        let mut busy = self.read_welcomes(index);
         if self.clients[index].group.is_none() {
             return busy;
         }
@@ -417,6 +434,7 @@ impl Sim {
             return true;
         }
         self.check_ring(index);
+        self.answer_rejoin_requests(index);
         busy | self.publish(index)
     }
 
@@ -447,6 +465,7 @@ impl Sim {
         for envelope in envelopes {
             busy = true;
             let now = self.now;
+            let had_group = self.clients[index].group_id.is_some();
             match self.clients[index].join(&self.identities, &envelope.payload, self.policy, now) {
                 Ok(joined) => {
                     if std::env::var_os("KITH_SIM_TRACE").is_some() {
@@ -457,6 +476,8 @@ impl Sim {
                         );
                     }
                 }
+                // A member re-reading its topic meets the Welcomes it used.
+                Err(_) if had_group => {}
                 Err(e) => self
                     .failures
                     .push(format!("client {index} could not join from a Welcome: {e}")),
@@ -711,6 +732,53 @@ impl Sim {
         result
     }
 
+    /// A member heard a forked member ask to be re-added: hand it a fresh
+    /// key package of that installation (as the node would) and queue the
+    /// re-add.
+    fn answer_rejoin_requests(&mut self, index: usize) {
+        let seen = self.events_seen.get(&index).copied().unwrap_or(0);
+        let requests: Vec<(InstallationId, Vec<u8>)> = self.clients[index].events[seen..]
+            .iter()
+            .filter_map(|e| match e {
+                GroupEvent::RejoinRequested {
+                    installation,
+                    stale_leaf,
+                    ..
+                } => Some((*installation, stale_leaf.clone())),
+                _ => None,
+            })
+            .collect();
+        self.events_seen
+            .insert(index, self.clients[index].events.len());
+        for (installation, stale_leaf) in requests {
+            let Some(target) = self
+                .clients
+                .iter()
+                .position(|c| c.keys.id() == installation)
+            else {
+                continue;
+            };
+            let key_package = match fresh_key_package(&self.clients[target], self.now) {
+                Ok(kp) => kp,
+                Err(e) => {
+                    self.failures.push(format!("client {target}: {e}"));
+                    continue;
+                }
+            };
+            let result = self.clients[index].step(|group, _, storage| {
+                Ok(group.queue_intent(
+                    storage,
+                    IntentKind::Readd {
+                        installation,
+                        key_package,
+                        stale_leaf,
+                    },
+                )?)
+            });
+            self.handle(index, result, "queueing a re-add");
+        }
+    }
+
     /// Publish everything queued; a client may crash between publishing
     /// and recording it (it publishes again after restarting).
     fn publish(&mut self, index: usize) -> bool {
@@ -947,6 +1015,22 @@ impl Sim {
             }
         }
     }
+}
+
+fn fresh_key_package(client: &Client, now_ms: u64) -> Result<Vec<u8>, String> {
+    use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+    let key_package = kith_engine::identity::generate_key_package(
+        &client.provider,
+        &client.keys,
+        client.inbox,
+        now_ms / 1000,
+        kith_engine::identity::DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    MlsMessageOut::from(key_package)
+        .tls_serialize_detached()
+        .map_err(|e| e.to_string())
 }
 
 fn hex8(bytes: &[u8]) -> String {

@@ -10,6 +10,7 @@ use kith_engine::{
     },
 };
 use kith_sim::client::{Client, StepError, population};
+use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
 
 const WINDOW: u64 = 1_000;
@@ -114,9 +115,18 @@ impl World {
             .expect("advance");
     }
 
-    /// Take (and acknowledge) what `client` queued for publishing.
+    /// Take (and acknowledge) what `client` queued for publishing, less
+    /// the epoch digests committers publish (which these tests do not
+    /// deliver).
     fn outbox(&mut self, client: usize) -> Vec<Outbound> {
         let pending: Vec<Outbound> = self.group(client).pending_outbound().cloned().collect();
+        let is_digest = |item: &Outbound| {
+            item.message_id.is_none()
+                && MlsMessageIn::tls_deserialize_exact(item.payload.as_slice())
+                    .ok()
+                    .and_then(|m| m.try_into_protocol_message().ok())
+                    .is_some_and(|p| p.content_type() == ContentType::Application)
+        };
         self.clients[client]
             .step(|group, _, storage| {
                 for item in &pending {
@@ -126,6 +136,9 @@ impl World {
             })
             .expect("ack");
         pending
+            .into_iter()
+            .filter(|item| !is_digest(item))
+            .collect()
     }
 
     fn queue(&mut self, client: usize, kind: IntentKind) {
@@ -380,11 +393,13 @@ fn the_ring_is_bounded() {
     assert_eq!(w.state(alice), w.state(bob));
 }
 
-/// A commit for an epoch that already settled is dropped with a reason;
-/// if it sorts before the one applied, this member is on a fork and says
-/// so.
+/// Replication lagged past the settle window: Alice settled Bob's commit
+/// before Carol's earlier one reached her. The commit is dropped with a
+/// reason; Carol's next message shows Alice that the group went on without
+/// her; Alice fails what she sent on the fork, asks to be re-added, Bob
+/// re-adds her, and all three agree again.
 #[test]
-fn a_commit_for_a_settled_epoch_is_dropped_and_reveals_a_fork() {
+fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     let mut w = World::new(4, 3, 3);
     let (alice, bob, carol) = (0, 1, 2);
     w.queue(bob, rename("bob's"));
@@ -395,20 +410,128 @@ fn a_commit_for_a_settled_epoch_is_dropped_and_reveals_a_fork() {
     let c = w.outbox(carol).remove(0);
     let b = w.env(300, 2, 1, b.payload);
     let c = w.env(200, 1, 100, c.payload);
+    for member in [bob, carol] {
+        w.handle(member, &c, 210);
+        w.handle(member, &b, 310);
+    }
     w.handle(alice, &b, 310);
-    // Replication lagged past the window: Alice settles Bob's commit.
+    let on_fork = w.send(alice, "on the fork", 320);
+    w.outbox(alice);
     w.advance(alice, 300 + WINDOW);
     w.handle(alice, &c, 300 + WINDOW + 10);
+    assert!(w.events(alice).iter().any(|e| matches!(
+        e,
+        GroupEvent::EnvelopeSkipped { reason } if reason.contains("settled")
+    )));
     assert_eq!(w.group(alice).rewind_stats().dropped_settled, 1);
-    assert!(w.group(alice).fork().is_some());
+
+    // Carol speaks on the canonical branch; Alice cannot decrypt it, and
+    // its authenticated data shows the branches parting at epoch 1.
+    w.send(carol, "canonical", 1400);
+    let m = w.outbox(carol).remove(0);
+    let m = w.env(1400, 1, 101, m.payload);
+    w.handle(alice, &m, 1410);
+    assert!(
+        w.group(alice).fork().is_some(),
+        "Alice knows she is on a fork"
+    );
     assert!(
         w.events(alice)
             .iter()
             .any(|e| matches!(e, GroupEvent::Forked { epoch: 2, .. }))
     );
+    assert_eq!(w.delivery(alice, &on_fork), Some(Delivery::Failed));
     assert!(w.events(alice).iter().any(
-        |e| matches!(e, GroupEvent::EnvelopeSkipped { reason } if reason.contains("settled"))
+        |e| matches!(e, GroupEvent::MessageFailed { message_id, .. } if *message_id == on_fork)
     ));
+
+    // She asks to be re-added; Bob, who applied Carol's commit, does it.
+    w.advance(alice, 1420);
+    let request = w.outbox(alice).remove(0);
+    assert!(kith_engine::group::RejoinRequest::is_request(
+        &request.payload
+    ));
+    let request = w.env(1420, 2, 2, request.payload);
+    w.handle(bob, &request, 1430);
+    let (installation, stale_leaf) = w
+        .events(bob)
+        .iter()
+        .find_map(|e| match e {
+            GroupEvent::RejoinRequested {
+                installation,
+                stale_leaf,
+                ..
+            } => Some((*installation, stale_leaf.clone())),
+            _ => None,
+        })
+        .expect("Bob hears the request");
+    let key_package = fresh_key_package(&w, alice);
+    w.queue(
+        bob,
+        IntentKind::Readd {
+            installation,
+            key_package,
+            stale_leaf,
+        },
+    );
+    // Bob's own rename lost to Carol's and is rebuilt first; then the
+    // re-add. Deliver what he publishes until the Welcome comes out.
+    for member in [bob, carol] {
+        w.handle(member, &m, 1435);
+    }
+    let mut welcome = None;
+    let (mut at, mut sequence) = (1440, 3);
+    while welcome.is_none() && at < 10_000 {
+        w.advance(bob, at);
+        for item in w.outbox(bob) {
+            if item.topics[0].starts_with("welcome/") {
+                welcome = Some(item);
+                continue;
+            }
+            let e = w.env(at + 5, 2, sequence, item.payload);
+            sequence += 1;
+            for member in [bob, carol] {
+                w.handle(member, &e, at + 10);
+            }
+        }
+        at += WINDOW / 2;
+    }
+    let welcome = welcome.expect("the re-add's Welcome");
+    let identities = &w.identities;
+    assert!(
+        w.clients[alice]
+            .join(identities, &welcome.payload, policy(), w.base + at)
+            .expect("join again")
+    );
+    assert!(w.group(alice).fork().is_none());
+    assert!(
+        w.events(alice)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Rejoined { forked_at: 2, .. }))
+    );
+    assert_eq!(w.state(alice), w.state(bob));
+    assert_eq!(w.state(alice), w.state(carol));
+    assert_eq!(
+        w.group(alice).metadata().mutable.attributes["name"],
+        "bob's"
+    );
+}
+
+fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
+    use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+    let c = &w.clients[client];
+    let kp = kith_engine::identity::generate_key_package(
+        &c.provider,
+        &c.keys,
+        c.inbox,
+        w.base / 1000,
+        kith_engine::identity::DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .expect("key package");
+    MlsMessageOut::from(kp)
+        .tls_serialize_detached()
+        .expect("serialize")
 }
 
 /// A Welcome goes out only once its commit settled; an add whose commit

@@ -60,4 +60,8 @@ impl GroupSnapshots for SledMlsStorage {
         }
         SledMlsStorage::restore_group(self, &snapshot)
     }
+
+    fn delete_group(&self, group_id: &[u8]) -> Result<(), StorageError> {
+        SledMlsStorage::delete_group(self, &GroupId::from_slice(group_id))
+    }
 }

@@ -13,6 +13,13 @@ use crate::{delivery::Cursor, identity::InboxId};
 /// The content type of plain text.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain";
 
+/// A control message: the digest of the sender's epoch authenticator,
+/// published by a committer once its commit merged, and by every member
+/// on a timer. It is never shown. Its real work is the traffic: its
+/// authenticated data names the sender's branch, which lets a member on a
+/// fork find out (see `rewind`).
+pub const CONTENT_TYPE_EPOCH_DIGEST: &str = "kith/epoch-digest";
+
 /// The longest content type, in bytes.
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
 

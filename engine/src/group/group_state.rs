@@ -176,6 +176,26 @@ pub enum GroupEvent {
         /// The group's rollback metrics now.
         stats: RewindStats,
     },
+    /// A member on a fork asked to be re-added. The driver fetches a key
+    /// package for the installation and queues [`IntentKind::Readd`] with
+    /// these fields.
+    RejoinRequested {
+        /// The member's inbox.
+        inbox: InboxId,
+        /// Its installation.
+        installation: InstallationId,
+        /// The encryption key of its leaf now.
+        stale_leaf: Vec<u8>,
+    },
+    /// This installation, which was on a fork, joined the group again from
+    /// a Welcome. Messages of the epochs between the fork and `epoch` may
+    /// be missing: it could not decrypt them.
+    Rejoined {
+        /// The epoch it joined at.
+        epoch: u64,
+        /// The epoch it was in when it found the fork.
+        forked_at: u64,
+    },
     /// This installation found itself on a fork of the group: its epoch
     /// differs from the canonical one and it can no longer roll back.
     Forked {
@@ -346,7 +366,11 @@ impl Group {
     /// Join a group from a Welcome payload. Every member's leaf is checked
     /// against the identity logs at the sequence numbers the group records.
     /// Returns `Ok(None)` if this installation already has the group.
-    pub fn join<P: OpenMlsProvider, S: KvStore + ?Sized>(
+    ///
+    /// A group this installation has but is on a fork of (or was removed
+    /// from) is replaced: its MLS state and everything kept of its branch
+    /// are dropped first, its messages stay.
+    pub fn join<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         provider: &P,
         kv: &S,
         me: Me<'_>,
@@ -356,11 +380,18 @@ impl Group {
     ) -> Result<Option<Self>, GroupError> {
         let payload = WelcomePayload::from_bytes(payload)
             .map_err(|e| GroupError::InvalidInput(e.to_string()))?;
-        if MlsGroup::load(provider.storage(), &GroupId::from_slice(&payload.group_id))
-            .map_err(GroupError::mls)?
-            .is_some()
-        {
-            return Ok(None);
+        let mut carried = None;
+        if let Some(old) = Self::load(provider, kv, &payload.group_id)? {
+            if !old.needs_rejoin() {
+                return Ok(None);
+            }
+            let forked_at = old.record.forked.as_ref().map_or(old.epoch(), |f| f.epoch);
+            let mut record = old.record.clone();
+            record.forked = None;
+            carried = Some((record, forked_at));
+            Self::forget_branch(kv, &payload.group_id)?;
+            kv.delete_group(&payload.group_id)
+                .map_err(GroupError::store)?;
         }
         let message = MlsMessageIn::tls_deserialize_exact(payload.welcome.as_slice())
             .map_err(|e| GroupError::InvalidInput(format!("welcome: {e}")))?;
@@ -413,15 +444,26 @@ impl Group {
         let group_id = mls.group_id().as_slice().to_vec();
         let store = ClientStore(kv);
         store.put_cursor(&Topic::Group(group_id.clone()), &payload.cursor)?;
-        let group = Self {
-            record: GroupRecord {
+        let mut events = VecDeque::new();
+        let record = match carried {
+            Some((record, forked_at)) => {
+                events.push_back(GroupEvent::Rejoined {
+                    epoch: mls.epoch().as_u64(),
+                    forked_at,
+                });
+                record
+            }
+            None => GroupRecord {
                 conversation_id: Some(conversation_id(&metadata, &group_id)),
                 ..GroupRecord::default()
             },
+        };
+        let group = Self {
+            record,
             mls,
             metadata,
             outbound: VecDeque::new(),
-            events: VecDeque::new(),
+            events,
             policy: RewindPolicy::default(),
         };
         group.register_conversation(kv, me, now_ms)?;
@@ -739,6 +781,12 @@ impl Group {
         let store = ClientStore(kv);
         self.resend_lost(provider, kv, me)?;
         self.settle(kv, Some(now_ms), now_ms)?;
+        if self.record.forked.is_some() {
+            // Nothing built on a fork reaches the others: wait to be
+            // re-added.
+            return self.ask_to_rejoin(kv, me, now_ms);
+        }
+        self.publish_digest(provider, kv, me, now_ms)?;
         loop {
             if self.mls.pending_commit().is_some() {
                 return Ok(());
@@ -1014,6 +1062,43 @@ impl Group {
                 consume_proposals = true;
             }
             IntentKind::UpdateKeys => force_update = true,
+            IntentKind::Readd {
+                installation,
+                key_package,
+                stale_leaf,
+            } => {
+                let Some(leaf) = self.leaf_of(installation) else {
+                    return Ok(Built::Done);
+                };
+                if self.leaf_encryption_key(leaf) != *stale_leaf {
+                    // Re-added (or updated) since it asked.
+                    return Ok(Built::Done);
+                }
+                let message = MlsMessageIn::tls_deserialize_exact(key_package.as_slice())
+                    .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
+                let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+                    return Err(GroupError::InvalidInput(
+                        "a key package message holds no key package".into(),
+                    ));
+                };
+                let inbox = crate::identity::credential_inbox(
+                    &key_package.unverified_credential().credential,
+                )
+                .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
+                let state = identities
+                    .state(&inbox)
+                    .ok_or_else(|| GroupError::NeedIdentities(vec![(inbox, 1)]))?;
+                let valid =
+                    validate_key_package(provider.crypto(), key_package, now_ms / 1000, state)?;
+                if valid.installation != *installation {
+                    return Err(GroupError::InvalidInput(
+                        "the key package is not the forked installation's".into(),
+                    ));
+                }
+                removals = vec![leaf];
+                welcome_to.push(valid.installation);
+                adds.push(valid.key_package);
+            }
             IntentKind::Leave => {
                 if self.mls.pending_proposals().any(|p| {
                     matches!(p.proposal(), Proposal::Remove(r) if r.removed() == self.mls.own_leaf_index())
@@ -1151,6 +1236,9 @@ impl Group {
         mut entry: RetainedEnvelope,
         allow_rollback: bool,
     ) -> Result<(), GroupError> {
+        if super::heal::RejoinRequest::is_request(&entry.payload) {
+            return self.rejoin_requested(kv, &entry.payload);
+        }
         let store = ClientStore(kv);
         let current = self.epoch();
         if let Some(own) = store.own_commit(self.group_id(), &sha256(&entry.payload))? {
@@ -1197,6 +1285,12 @@ impl Group {
             return Ok(());
         }
         if entry.epoch > current {
+            if let ProtocolMessage::PrivateMessage(m) = &protocol
+                && !is_commit
+            {
+                let aad = m.aad().to_vec();
+                self.check_branch(kv, &aad, ctx.now_ms)?;
+            }
             return self.hold(kv, entry);
         }
         self.apply(provider, kv, ctx, entry, protocol, is_commit)
@@ -1292,8 +1386,8 @@ impl Group {
         let processed = match self.mls.process_message(provider, protocol) {
             Ok(p) => p,
             Err(e) => {
-                if epoch == self.epoch() && !is_commit {
-                    self.undecryptable(kv, &aad, ctx.now_ms)?;
+                if !is_commit {
+                    self.check_branch(kv, &aad, ctx.now_ms)?;
                 }
                 self.skip(format!("cannot process: {e}"));
                 return self.retain(kv, &entry);
@@ -1327,6 +1421,14 @@ impl Group {
                         return Ok(());
                     }
                 };
+                if content.content_type == super::content::CONTENT_TYPE_EPOCH_DIGEST {
+                    // Decrypting it proves the same epoch secret, so the
+                    // digest can only match; a mismatch means a broken peer.
+                    if epoch == self.epoch() && content.body != self.auth_digest() {
+                        self.skip("an epoch digest that does not match ours".into());
+                    }
+                    return self.retain(kv, &entry);
+                }
                 let message = StoredMessage {
                     conversation_id: self.conversation_id(),
                     group_id: self.group_id().to_vec(),
@@ -1393,6 +1495,7 @@ impl Group {
                 ) {
                     Ok(summary) => {
                         let self_removed = staged.self_removed();
+                        let left_auth = self.auth_digest();
                         if let Some((state, auth)) = &before {
                             self.keep_snapshot(kv, state, &entry, epoch, *auth, ctx.now_ms)?;
                         }
@@ -1406,7 +1509,12 @@ impl Group {
                                 store.put_intent(self.group_id(), &intent)?;
                             }
                         }
-                        self.merged(provider, kv, ctx, &entry, summary, self_removed)
+                        let merge = Merge {
+                            left_auth,
+                            summary,
+                            self_removed,
+                        };
+                        self.merged(provider, kv, ctx, &entry, merge)
                     }
                     Err(Verdict::NeedIdentities(need)) => Err(GroupError::NeedIdentities(need)),
                     Err(Verdict::Reject(reason)) => {
@@ -1433,10 +1541,19 @@ impl Group {
         kv: &S,
         ctx: &mut Ctx<'_>,
         entry: &RetainedEnvelope,
-        summary: CommitSummary,
-        self_removed: bool,
+        merge: Merge,
     ) -> Result<(), GroupError> {
-        ClientStore(kv).put_commit_key(self.group_id(), entry.epoch, entry.key, COMMIT_HISTORY)?;
+        let Merge {
+            left_auth,
+            summary,
+            self_removed,
+        } = merge;
+        ClientStore(kv).put_commit_key(
+            self.group_id(),
+            entry.epoch,
+            (entry.key, left_auth),
+            COMMIT_HISTORY,
+        )?;
         self.retain(kv, entry)?;
         self.after_merge(kv, summary, self_removed)?;
         if self.policy.retains() {
@@ -1489,9 +1606,11 @@ impl Group {
             let auth = self.auth_digest();
             self.keep_snapshot(kv, &state, &entry, entry.epoch, auth, ctx.now_ms)?;
         }
+        let left_auth = self.auth_digest();
         self.mls
             .merge_pending_commit(provider)
             .map_err(GroupError::mls)?;
+        self.record.digest_due = true;
         if let Some(mut intent) = intent {
             let commit = match intent.state {
                 IntentState::Published(commit) => commit,
@@ -1508,7 +1627,12 @@ impl Group {
             };
             store.put_intent(self.group_id(), &intent)?;
         }
-        self.merged(provider, kv, ctx, &entry, summary, false)
+        let merge = Merge {
+            left_auth,
+            summary,
+            self_removed: false,
+        };
+        self.merged(provider, kv, ctx, &entry, merge)
     }
 
     fn after_merge<S: KvStore + ?Sized>(
@@ -1555,6 +1679,14 @@ impl Group {
         }
         Ok(())
     }
+}
+
+/// What a merge left behind, for [`Group::merged`].
+struct Merge {
+    /// Digest of the authenticator of the epoch the commit left.
+    left_auth: [u8; 8],
+    summary: CommitSummary,
+    self_removed: bool,
 }
 
 enum Built {

@@ -65,6 +65,20 @@ pub enum IntentKind {
     UpdateKeys,
     /// Leave the group: a self-remove proposal that another member commits.
     Leave,
+    /// Remove and re-add an installation that found itself on a fork and
+    /// asked to be re-added, with a fresh key package of its own. Done
+    /// without a commit if its leaf already changed (someone else re-added
+    /// it).
+    Readd {
+        /// The installation.
+        installation: InstallationId,
+        /// Its key package (a TLS-serialized `MlsMessage`).
+        #[serde(with = "serde_bytes")]
+        key_package: Vec<u8>,
+        /// The encryption key of its leaf when it asked.
+        #[serde(with = "serde_bytes")]
+        stale_leaf: Vec<u8>,
+    },
 }
 
 /// A commit this installation staged and published for an intent.

@@ -16,6 +16,7 @@
 mod content;
 mod error;
 mod group_state;
+mod heal;
 mod identities;
 mod intent;
 pub mod metadata;
@@ -24,13 +25,15 @@ pub mod store;
 mod validate;
 
 pub use content::{
-    CONTENT_TYPE_TEXT, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload, message_id,
+    CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT, Content, ContentError, MAX_CONTENT_TYPE_LEN,
+    WelcomePayload, message_id,
 };
 pub use error::GroupError;
 pub use group_state::{
     Group, GroupEvent, KEPT_FAILED_INTENTS, MAX_PAST_EPOCHS, Me, NewGroup, OUT_OF_ORDER_TOLERANCE,
     ReconcilePlan,
 };
+pub use heal::{REJOIN_RETRY_MS, RejoinRequest};
 pub use identities::IdentityCache;
 pub use intent::{Intent, IntentKind, IntentState, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};

@@ -35,7 +35,7 @@
 use std::collections::BTreeSet;
 
 use openmls::prelude::{GroupId, MlsGroup};
-use openmls_traits::OpenMlsProvider;
+use openmls_traits::{OpenMlsProvider, random::OpenMlsRand as _};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -56,6 +56,10 @@ pub type OrderKey = (u64, NodeId, u64);
 /// How many past epochs' commit positions are remembered for fork
 /// detection (positions only: no secrets).
 pub const COMMIT_HISTORY: u64 = 64;
+
+/// How often every member publishes an epoch digest, even without
+/// commits of its own (see [`super::CONTENT_TYPE_EPOCH_DIGEST`]).
+pub const DIGEST_INTERVAL_MS: u64 = 60 * 60 * 1000;
 
 /// How many envelopes of future epochs a group holds.
 pub const MAX_HELD: usize = 1024;
@@ -212,30 +216,49 @@ pub struct Fork {
     pub reason: String,
     /// When (the driver's clock).
     pub detected_at_ms: u64,
+    /// When this installation last asked to be re-added.
+    #[serde(default)]
+    pub requested_at_ms: Option<u64>,
+    /// The epoch whose canonical commit it missed.
+    pub evidence_epoch: u64,
+    /// That commit's canonical position.
+    pub evidence_key: OrderKey,
 }
 
-/// Kith's authenticated data on application messages: where the sender's
-/// epoch began and which epoch secret it has, readable without the secret.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How many of its epoch's predecessors a message's authenticated data
+/// names (see [`KithAad`]).
+pub const AAD_HISTORY: usize = 6;
+
+/// Kith's authenticated data on application messages, readable without
+/// the epoch secret: a digest of the sender's epoch authenticator, and, for
+/// the commits that entered the sender's epoch and its [`AAD_HISTORY`]` - 1`
+/// predecessors (newest first, as far as the sender knows them), the epoch
+/// each left, that epoch's authenticator digest and the commit's canonical
+/// position. A member on another branch finds the epoch both were in whose
+/// commits differ (where the branches part) and which commit sorts first.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct KithAad {
-    pub(crate) entered_by: Option<OrderKey>,
     pub(crate) auth_digest: [u8; 8],
+    /// `(epoch left, its authenticator digest, commit position)`, newest
+    /// first.
+    pub(crate) history: Vec<(u64, [u8; 8], OrderKey)>,
 }
 
-const AAD_TAG: &[u8; 2] = b"k1";
+const AAD_TAG: &[u8; 2] = b"k3";
+const AAD_ENTRY: usize = 36;
 
 impl KithAad {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(31);
+        let mut out = Vec::with_capacity(11 + AAD_ENTRY * self.history.len());
         out.extend_from_slice(AAD_TAG);
         out.extend_from_slice(&self.auth_digest);
-        if let Some((time, node, seq)) = self.entered_by {
-            out.push(1);
+        out.push(self.history.len() as u8);
+        for (epoch, auth, (time, node, seq)) in &self.history {
+            out.extend_from_slice(&epoch.to_be_bytes());
+            out.extend_from_slice(auth);
             out.extend_from_slice(&time.to_be_bytes());
             out.extend_from_slice(&node.to_be_bytes());
             out.extend_from_slice(&seq.to_be_bytes());
-        } else {
-            out.push(0);
         }
         out
     }
@@ -243,24 +266,31 @@ impl KithAad {
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let rest = bytes.strip_prefix(AAD_TAG)?;
         let (digest, rest) = rest.split_first_chunk::<8>()?;
-        let (flag, rest) = rest.split_first()?;
-        let entered_by = match flag {
-            0 if rest.is_empty() => None,
-            1 if rest.len() == 20 => {
-                let (time, rest) = rest.split_first_chunk::<8>()?;
-                let (node, seq) = rest.split_first_chunk::<4>()?;
-                let seq: [u8; 8] = seq.try_into().ok()?;
-                Some((
+        let (count, mut rest) = rest.split_first()?;
+        if usize::from(*count) > AAD_HISTORY || rest.len() != usize::from(*count) * AAD_ENTRY {
+            return None;
+        }
+        let mut history = Vec::with_capacity(usize::from(*count));
+        for _ in 0..*count {
+            let (epoch, r) = rest.split_first_chunk::<8>()?;
+            let (auth, r) = r.split_first_chunk::<8>()?;
+            let (time, r) = r.split_first_chunk::<8>()?;
+            let (node, r) = r.split_first_chunk::<4>()?;
+            let (seq, r) = r.split_first_chunk::<8>()?;
+            history.push((
+                u64::from_be_bytes(*epoch),
+                *auth,
+                (
                     u64::from_be_bytes(*time),
                     u32::from_be_bytes(*node),
-                    u64::from_be_bytes(seq),
-                ))
-            }
-            _ => return None,
-        };
+                    u64::from_be_bytes(*seq),
+                ),
+            ));
+            rest = r;
+        }
         Some(Self {
-            entered_by,
             auth_digest: *digest,
+            history,
         })
     }
 }
@@ -311,14 +341,20 @@ impl Group {
     }
 
     pub(crate) fn current_aad<S: KvStore + ?Sized>(&self, kv: &S) -> Result<KithAad, GroupError> {
-        let epoch = self.epoch();
-        let entered_by = match epoch.checked_sub(1) {
-            Some(previous) => ClientStore(kv).commit_key(self.group_id(), previous)?,
-            None => None,
-        };
+        let store = ClientStore(kv);
+        let mut history = Vec::with_capacity(AAD_HISTORY);
+        for back in 1..=AAD_HISTORY as u64 {
+            let Some(epoch) = self.epoch().checked_sub(back) else {
+                break;
+            };
+            match store.commit_record(self.group_id(), epoch)? {
+                Some((key, auth)) => history.push((epoch, auth, key)),
+                None => break,
+            }
+        }
         Ok(KithAad {
-            entered_by,
             auth_digest: self.auth_digest(),
+            history,
         })
     }
 
@@ -395,29 +431,31 @@ impl Group {
             }
             None => {
                 self.record.rewind.dropped_settled += 1;
-                let applied = store.commit_key(self.group_id(), epoch)?;
-                if applied.is_some_and(|applied| entry.key < applied) {
-                    self.flag_fork(
-                        kv,
-                        format!(
-                            "a commit for settled epoch {epoch} sorts before the one applied: \
-                             the group went on without this installation"
-                        ),
-                        ctx.now_ms,
-                    )?;
-                }
+                // Even if it sorts before the commit applied, it cannot be
+                // checked any more (it may be invalid, or of a branch that
+                // lost earlier): members' messages tell whether this
+                // installation is on a fork (`check_branch`).
+                let earlier = store
+                    .commit_key(self.group_id(), epoch)?
+                    .is_some_and(|applied| entry.key < applied);
                 self.skip(format!(
-                    "a commit for epoch {epoch}, which has settled, was dropped"
+                    "a commit for epoch {epoch}, which has settled, was dropped{}",
+                    if earlier {
+                        " (it sorts before the one applied)"
+                    } else {
+                        ""
+                    }
                 ));
                 Ok(())
             }
         }
     }
 
-    /// A message of this installation's epoch that it cannot decrypt: the
-    /// sender is on another branch. Which branch sorts first decides who
-    /// is forked.
-    pub(crate) fn undecryptable<S: KvStore + ?Sized>(
+    /// A member's message this installation cannot decrypt (or must hold):
+    /// if the sender's branch parts from ours, the side whose commit sorts
+    /// first where they part is canonical. If it is the sender's and we can
+    /// no longer roll back to that epoch, we are on a fork.
+    pub(crate) fn check_branch<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
         aad: &[u8],
@@ -426,49 +464,64 @@ impl Group {
         let Some(theirs) = KithAad::decode(aad) else {
             return Ok(());
         };
-        let mine = self.current_aad(kv)?;
-        if theirs.auth_digest == mine.auth_digest {
+        if self.record.forked.is_some() || theirs.auth_digest == self.auth_digest() {
             return Ok(());
         }
-        let (Some(their_start), Some(my_start)) = (theirs.entered_by, mine.entered_by) else {
-            return Ok(());
-        };
-        if their_start >= my_start {
-            // The sender's branch loses; the sender will roll back.
-            return Ok(());
+        let store = ClientStore(kv);
+        // Oldest first: the first epoch both were in (same authenticator)
+        // whose commits differ is where the branches part.
+        for (epoch, their_auth, their_key) in theirs.history.iter().rev() {
+            let Some((my_key, my_auth)) = store.commit_record(self.group_id(), *epoch)? else {
+                continue;
+            };
+            if my_auth != *their_auth || my_key == *their_key {
+                continue;
+            }
+            if *their_key >= my_key {
+                // Ours sorts first: the sender rolls back, or is forked.
+                return Ok(());
+            }
+            if store.snapshot(self.group_id(), *epoch)?.is_some() {
+                // Their commit will reach us, and we will roll back to it.
+                return Ok(());
+            }
+            return self.flag_fork(
+                kv,
+                format!(
+                    "a member's branch took an earlier commit for epoch {epoch}, which has \
+                     settled here"
+                ),
+                (*epoch, *their_key),
+                my_key.0,
+                now_ms,
+            );
         }
-        let previous = self.epoch().saturating_sub(1);
-        if ClientStore(kv)
-            .snapshot(self.group_id(), previous)?
-            .is_some()
-        {
-            // The earlier commit has not reached us yet; when it does, we
-            // roll back to it.
-            return Ok(());
-        }
-        self.flag_fork(
-            kv,
-            format!(
-                "a member's epoch {} began with an earlier commit than ours, which has settled",
-                self.epoch()
-            ),
-            now_ms,
-        )
+        Ok(())
     }
 
+    /// Record that this installation is on a fork that began with the
+    /// commit it applied at `since_ms`, tell the application, and fail the
+    /// own messages sent on it. [`Group::advance`] then asks to be
+    /// re-added.
     pub(crate) fn flag_fork<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
         reason: String,
+        evidence: (u64, OrderKey),
+        since_ms: u64,
         now_ms: u64,
     ) -> Result<(), GroupError> {
         if self.record.forked.is_some() {
             return Ok(());
         }
+        self.fail_forked_sends(kv, since_ms)?;
         let fork = Fork {
             epoch: self.epoch(),
             reason,
             detected_at_ms: now_ms,
+            requested_at_ms: None,
+            evidence_epoch: evidence.0,
+            evidence_key: evidence.1,
         };
         self.events.push_back(GroupEvent::Forked {
             epoch: fork.epoch,
@@ -786,6 +839,74 @@ impl Group {
             });
         }
         Ok(())
+    }
+
+    /// Drop everything this installation kept of its branch of the group
+    /// (the ring, retained envelopes, own commits and sends, commit
+    /// positions, the unpublished outbox), before joining it again.
+    pub(crate) fn forget_branch<S: KvStore + ?Sized>(
+        kv: &S,
+        group_id: &[u8],
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        for snapshot in store.snapshots(group_id)? {
+            store.remove_snapshot(group_id, snapshot.epoch)?;
+        }
+        for entry in store.retained(group_id)? {
+            store.remove_retained(group_id, entry.arrival)?;
+        }
+        for own in store.own_commits(group_id)? {
+            store.remove_own_commit(group_id, &own.hash)?;
+        }
+        for send in store.own_sends(group_id)? {
+            store.remove_own_send(group_id, &send.message_id)?;
+        }
+        for item in store.outbox(group_id)? {
+            store.remove_outbox(group_id, item.id)?;
+        }
+        store.remove_commit_keys(group_id)
+    }
+
+    /// Publish an epoch digest if an own commit merged since the last one,
+    /// or [`DIGEST_INTERVAL_MS`] passed.
+    pub(crate) fn publish_digest<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        let due = self.record.digest_due
+            || now_ms
+                >= self
+                    .record
+                    .last_digest_ms
+                    .saturating_add(DIGEST_INTERVAL_MS);
+        if !due || !self.mls.is_active() {
+            return Ok(());
+        }
+        self.record.digest_due = false;
+        self.record.last_digest_ms = now_ms;
+        let nonce = provider.rand().random_vec(16).map_err(GroupError::mls)?;
+        let content = Content {
+            content_type: super::content::CONTENT_TYPE_EPOCH_DIGEST.to_owned(),
+            message_id: super::content::message_id(me.inbox, self.group_id(), &nonce).to_vec(),
+            body: self.auth_digest().to_vec(),
+            sent_at_ms: now_ms,
+        };
+        let aad = self.current_aad(kv)?;
+        self.mls.set_aad(aad.encode());
+        let out = self
+            .mls
+            .create_message(provider, me.keys, &content.encode_to_vec())
+            .map_err(GroupError::mls)?;
+        self.save_record(kv)?;
+        self.push_outbound(
+            kv,
+            &[Topic::Group(self.group_id().to_vec())],
+            super::group_state::serialize(&out)?,
+            None,
+        )
     }
 
     /// Record an own message for re-sending if its epoch loses.

@@ -22,7 +22,7 @@
 //!  'r' group id | arrival           -> RetainedEnvelope    (replayed after a rollback)
 //!  'p' group id | commit hash       -> OwnCommit           (own commits of unsettled epochs)
 //!  'u' group id | message id        -> OwnSend             (own messages of unsettled epochs)
-//!  'k' group id | epoch             -> order key of the commit that left the epoch
+//!  'k' group id | epoch             -> (order key of the commit that left it, its digest)
 //! ```
 //! Variable-length ids are length-prefixed so that one id is never a prefix
 //! of another's keys.
@@ -72,6 +72,8 @@ pub trait GroupSnapshots: KvStore {
     fn snapshot_group(&self, group_id: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Self::Error>;
     /// Replace everything stored for the group with `snapshot`.
     fn restore_group(&self, group_id: &[u8], snapshot: &[u8]) -> Result<(), Self::Error>;
+    /// Delete everything stored for the group (to join it afresh).
+    fn delete_group(&self, group_id: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// A [`KvStore`] in memory, without steps (each write applies at once).
@@ -256,6 +258,12 @@ pub struct GroupRecord {
     /// Set when this installation found itself on a fork of the group.
     #[serde(default)]
     pub forked: Option<super::rewind::Fork>,
+    /// An own commit merged: publish an epoch digest.
+    #[serde(default)]
+    pub digest_due: bool,
+    /// When this installation last published an epoch digest.
+    #[serde(default)]
+    pub last_digest_ms: u64,
 }
 
 fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
@@ -581,6 +589,16 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
 
     /// The order key of the commit that left `epoch`, if still recorded.
     pub fn commit_key(&self, group_id: &[u8], epoch: u64) -> Result<Option<OrderKey>, GroupError> {
+        Ok(self.commit_record(group_id, epoch)?.map(|(key, _)| key))
+    }
+
+    /// The order key of the commit that left `epoch` and the digest of
+    /// that epoch's authenticator, if still recorded.
+    pub fn commit_record(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+    ) -> Result<Option<(OrderKey, [u8; 8])>, GroupError> {
         self.get(&Self::epoch_key(b'k', group_id, epoch))
     }
 
@@ -590,7 +608,7 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         &self,
         group_id: &[u8],
         epoch: u64,
-        key: OrderKey,
+        key: (OrderKey, [u8; 8]),
         keep: u64,
     ) -> Result<(), GroupError> {
         self.put(&Self::epoch_key(b'k', group_id, epoch), &key)?;
@@ -598,6 +616,18 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
             self.0
                 .kv_delete(&Self::epoch_key(b'k', group_id, old))
                 .map_err(GroupError::store)?;
+        }
+        Ok(())
+    }
+
+    /// Forget every recorded commit position of a group.
+    pub fn remove_commit_keys(&self, group_id: &[u8]) -> Result<(), GroupError> {
+        for (key, _) in self
+            .0
+            .kv_scan(&with_len(b'k', group_id))
+            .map_err(GroupError::store)?
+        {
+            self.0.kv_delete(&key).map_err(GroupError::store)?;
         }
         Ok(())
     }

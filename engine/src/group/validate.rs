@@ -199,6 +199,14 @@ pub(crate) fn validate_commit(
         if *own {
             continue; // leaving is always allowed
         }
+        // Removed and added again in one commit: a forked installation
+        // re-added (its key package proves it asked for a new leaf).
+        if added
+            .iter()
+            .any(|(_, i, x)| i == inbox && x == installation)
+        {
+            continue;
+        }
         let revoked = new.membership.get(inbox).is_some_and(|sequence| {
             identities.active_at(inbox, installation, *sequence) == Some(false)
         });
