@@ -225,6 +225,15 @@ impl ClientBuilder {
         .map_err(|e| Error::Storage(format!("opening the store: {e}")))??;
         let (provider, keys, identities) = opened;
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        let settle_window_ms = match self.config.settle_window {
+            Some(window) => u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            None => node.node_info().await?.settle_window_ms,
+        };
+        let rewind = kith_engine::group::RewindPolicy {
+            max_rewind: self.config.max_rewind,
+            settle_window_ms,
+            ..kith_engine::group::RewindPolicy::default()
+        };
         let shared = Arc::new(Shared {
             provider,
             keys,
@@ -232,6 +241,7 @@ impl ClientBuilder {
             node,
             identities: std::sync::RwLock::new(identities),
             events,
+            rewind,
             config: self.config,
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))

@@ -161,6 +161,65 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A received message turned out to belong only to a branch of the
+    /// group that lost to another (the network delivered commits out of
+    /// order). It stays stored, marked superseded, until its sender's
+    /// re-sent copy arrives ([`Event::MessageConfirmed`]).
+    MessageSuperseded {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+    },
+    /// A superseded message's re-sent copy arrived: it is delivered after
+    /// all.
+    MessageConfirmed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+    },
+    /// An own message could not be delivered (it was sent on a branch of
+    /// the group that lost, and could not be re-sent).
+    MessageFailed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: String,
+    },
+    /// Commits arrived out of canonical order and the conversation was
+    /// rolled back and replayed; the counters cover its whole life.
+    RolledBack {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The epoch restored.
+        to_epoch: u64,
+        /// Envelopes replayed by this rollback.
+        replayed: u64,
+        /// Rollbacks so far.
+        rollbacks: u64,
+        /// The oldest any snapshot got, in ms.
+        max_snapshot_age_ms: u64,
+    },
+    /// This installation found itself on a fork of the conversation (it
+    /// settled a commit that lost elsewhere). It asks to be re-added, which
+    /// any member does without the application's help.
+    Forked {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why it knows.
+        reason: String,
+    },
+    /// This installation joined the conversation again after a fork;
+    /// messages from the time it was on the fork may be missing.
+    Rejoined {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The epoch it joined at.
+        epoch: u64,
+    },
 }
 
 impl Event {
@@ -190,6 +249,38 @@ impl Event {
                 reason,
             },
             GroupEvent::Removed => Event::Removed { conversation },
+            GroupEvent::MessageSuperseded { message_id } => Event::MessageSuperseded {
+                conversation,
+                id: MessageId(message_id),
+            },
+            GroupEvent::MessageConfirmed { message_id } => Event::MessageConfirmed {
+                conversation,
+                id: MessageId(message_id),
+            },
+            GroupEvent::MessageFailed { message_id, reason } => Event::MessageFailed {
+                conversation,
+                id: MessageId(message_id),
+                reason,
+            },
+            GroupEvent::RolledBack {
+                to_epoch,
+                replayed,
+                stats,
+            } => Event::RolledBack {
+                conversation,
+                to_epoch,
+                replayed,
+                rollbacks: stats.rollbacks,
+                max_snapshot_age_ms: stats.max_snapshot_age_ms,
+            },
+            GroupEvent::Forked { reason, .. } => Event::Forked {
+                conversation,
+                reason,
+            },
+            GroupEvent::Rejoined { epoch, .. } => Event::Rejoined {
+                conversation,
+                epoch,
+            },
             _ => return None,
         })
     }

@@ -82,6 +82,9 @@ pub(crate) struct GroupCore {
     outcomes: Mutex<HashMap<u64, Outcome>>,
     wake_pending: AtomicBool,
     pub(crate) restarts: AtomicU64,
+    /// Forked members that asked to be re-added: (installation, its leaf's
+    /// encryption key when it asked).
+    rejoins: Mutex<Vec<(InstallationId, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for GroupCore {
@@ -101,6 +104,7 @@ impl GroupCore {
             outcomes: Mutex::new(HashMap::new()),
             wake_pending: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
+            rejoins: Mutex::new(Vec::new()),
         }
     }
 
@@ -124,7 +128,11 @@ impl GroupCore {
         let mut slot = self.group.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             let loaded = Group::load(&shared.provider, shared.storage(), &self.group_id)
-                .map_err(|e| Failure::Fatal(e.into()))?;
+                .map_err(|e| Failure::Fatal(e.into()))?
+                .map(|mut group| {
+                    group.set_rewind_policy(shared.rewind);
+                    group
+                });
             *slot = Some(loaded.ok_or_else(|| {
                 Failure::Fatal(Error::UnknownConversation(hex::encode(&self.group_id)))
             })?);
@@ -177,6 +185,44 @@ impl GroupCore {
             }
             GroupEvent::CommitRejected { reason } => {
                 tracing::warn!(group = %hex::encode(&self.group_id), %reason, "commit rejected");
+            }
+            GroupEvent::RolledBack {
+                to_epoch,
+                replayed,
+                stats,
+            } => {
+                tracing::info!(
+                    group = %hex::encode(&self.group_id),
+                    to_epoch,
+                    replayed,
+                    rollbacks = stats.rollbacks,
+                    envelopes_replayed = stats.replayed,
+                    max_snapshot_age_ms = stats.max_snapshot_age_ms,
+                    "rolled back and replayed"
+                );
+            }
+            GroupEvent::Settled { stats } => {
+                tracing::debug!(
+                    group = %hex::encode(&self.group_id),
+                    rollbacks = stats.rollbacks,
+                    envelopes_replayed = stats.replayed,
+                    max_snapshot_age_ms = stats.max_snapshot_age_ms,
+                    dropped_settled = stats.dropped_settled,
+                    "epochs settled"
+                );
+            }
+            GroupEvent::Forked { epoch, reason } => {
+                tracing::warn!(group = %hex::encode(&self.group_id), epoch, %reason, "on a fork; asking to be re-added");
+            }
+            GroupEvent::RejoinRequested {
+                installation,
+                stale_leaf,
+                ..
+            } => {
+                self.rejoins
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((*installation, stale_leaf.clone()));
             }
             _ => {}
         }
@@ -280,7 +326,41 @@ impl GroupCore {
 
     async fn drive(&self) -> Result<(), Error> {
         self.sync().await?;
+        self.answer_rejoins().await?;
         self.flush().await
+    }
+
+    /// Re-add the forked members that asked: fetch a fresh key package of
+    /// each installation and queue the re-add (DESIGN.md section 7).
+    async fn answer_rejoins(&self) -> Result<(), Error> {
+        let requests =
+            std::mem::take(&mut *self.rejoins.lock().unwrap_or_else(PoisonError::into_inner));
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let fetched = self
+            .shared
+            .fetch_key_packages(requests.iter().map(|(i, _)| *i).collect())
+            .await?;
+        for (installation, stale_leaf) in requests {
+            let Some(key_package) = fetched
+                .iter()
+                .find(|f| f.installation == installation)
+                .and_then(|f| f.key_package.as_ref())
+                .map(|k| k.bytes.clone())
+            else {
+                tracing::warn!(%installation, "a forked member has no key package to be re-added with");
+                continue;
+            };
+            let kind = IntentKind::Readd {
+                installation,
+                key_package,
+                stale_leaf,
+            };
+            self.apply(|group, shared| group.queue_intent(shared.storage(), kind.clone()))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Queue `kind` and drive it to its outcome.
@@ -518,6 +598,25 @@ impl Handler<Wake> for GroupActor {
         if !self.core.wake_pending.swap(true, Ordering::SeqCst) {
             ctx.notify(Sync);
         }
+    }
+}
+
+/// The group was joined again (after a fork): drop the loaded state and
+/// sync from the store.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Reload;
+
+impl Handler<Reload> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reload, ctx: &mut Self::Context) {
+        *self
+            .core
+            .group
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        ctx.notify(Wake);
     }
 }
 

@@ -44,6 +44,14 @@ pub struct ClientConfig {
     pub key_packages: KeyPackagePolicy,
     /// Threads running group actors (default 2).
     pub group_threads: usize,
+    /// How long after a commit's originator time it settles (and its
+    /// rollback snapshot is deleted). `None` (the default) takes the
+    /// node's settle window from its info: 0 for a single node or nodes
+    /// sharing one database, which keeps no snapshots at all.
+    pub settle_window: Option<Duration>,
+    /// At most this many unsettled epochs per group can be rolled back
+    /// (default 5); older ones settle early.
+    pub max_rewind: usize,
 }
 
 impl Default for ClientConfig {
@@ -57,6 +65,8 @@ impl Default for ClientConfig {
             key_package_interval: Duration::from_secs(10 * 60),
             key_packages: KeyPackagePolicy::default(),
             group_threads: 2,
+            settle_window: None,
+            max_rewind: 5,
         }
     }
 }
@@ -68,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) node: Arc<dyn DeliveryClient>,
     pub(crate) identities: RwLock<IdentityCache>,
     pub(crate) events: broadcast::Sender<Event>,
+    /// The rollback policy every group runs with.
+    pub(crate) rewind: kith_engine::group::RewindPolicy,
     pub(crate) config: ClientConfig,
 }
 

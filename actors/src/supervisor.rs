@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use crate::{
     Error,
     events::Event,
-    group_actor::{GroupActor, GroupCore, Wake},
+    group_actor::{GroupActor, GroupCore, Reload, Wake},
     installation_discovery::{InstallationDiscovery, WatchGroup},
     key_package_manager::{Consumed, KeyPackageManager},
     network_poller::{NetworkPoller, Watch},
@@ -298,7 +298,13 @@ impl Handler<ProcessWelcomes> for Supervisor {
             |result: Result<Vec<Vec<u8>>, Error>, act: &mut Self, _| {
                 let joined = result?;
                 for group_id in &joined {
-                    act.start_group(group_id.clone());
+                    // Joined again after a fork: the running actor holds
+                    // the forked state.
+                    let rejoined = act.groups.contains_key(group_id);
+                    let addr = act.start_group(group_id.clone());
+                    if rejoined {
+                        addr.do_send(Reload);
+                    }
                 }
                 if !joined.is_empty()
                     && let Some(kpm) = &act.key_packages

@@ -35,6 +35,7 @@ fn policy() -> RewindPolicy {
     RewindPolicy {
         max_rewind: 5,
         settle_window_ms: WINDOW,
+        ..RewindPolicy::default()
     }
 }
 

@@ -35,12 +35,14 @@ fn seeds(default: Range<u64>) -> Range<u64> {
     }
 }
 
-fn run_seeds(range: Range<u64>) {
+fn run_seeds_with(range: Range<u64>, config: impl Fn(u64) -> Config + std::marker::Sync) -> Totals {
     let next = AtomicU64::new(range.start);
     let failed: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
     let passed = AtomicU64::new(0);
     let rollbacks = AtomicU64::new(0);
     let replayed = AtomicU64::new(0);
+    let forks = AtomicU64::new(0);
+    let rejoins = AtomicU64::new(0);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -50,9 +52,11 @@ fn run_seeds(range: Range<u64>) {
                     if seed >= range.end {
                         return;
                     }
-                    let outcome = run(seed, &Config::for_seed(seed));
+                    let outcome = run(seed, &config(seed));
                     rollbacks.fetch_add(outcome.rollbacks, Ordering::Relaxed);
                     replayed.fetch_add(outcome.replayed, Ordering::Relaxed);
+                    forks.fetch_add(outcome.forks as u64, Ordering::Relaxed);
+                    rejoins.fetch_add(outcome.rejoins as u64, Ordering::Relaxed);
                     if outcome.passed() {
                         passed.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -78,22 +82,59 @@ fn run_seeds(range: Range<u64>) {
         );
     }
     println!(
-        "simulator: {} seeds passed, {} failed ({} rollbacks, {} envelopes replayed)",
+        "simulator: {} seeds passed, {} failed ({} rollbacks, {} envelopes replayed, {} forks, \
+         {} rejoins)",
         passed.load(Ordering::Relaxed),
         failed.len(),
         rollbacks.load(Ordering::Relaxed),
         replayed.load(Ordering::Relaxed),
+        forks.load(Ordering::Relaxed),
+        rejoins.load(Ordering::Relaxed),
     );
     assert!(failed.is_empty(), "{} seeds failed", failed.len());
+    Totals {
+        rollbacks: rollbacks.into_inner(),
+        forks: forks.into_inner(),
+        rejoins: rejoins.into_inner(),
+    }
+}
+
+struct Totals {
+    rollbacks: u64,
+    forks: u64,
+    rejoins: u64,
 }
 
 #[test]
 fn two_hundred_seeds() {
-    run_seeds(seeds(0..200));
+    let totals = run_seeds_with(seeds(0..200), Config::for_seed);
+    assert!(totals.rollbacks > 0, "the schedules made nobody roll back");
+}
+
+/// Replication lagging past the settle window forks members; every fork
+/// is found and healed by the end, and the checks hold as everywhere.
+#[test]
+fn lag_beyond_the_settle_window_is_found_and_healed() {
+    let totals = run_seeds_with(seeds(0..40), |_| Config::lagging());
+    assert!(
+        totals.forks > 0,
+        "no schedule forked anyone: the test shows nothing"
+    );
+    assert!(totals.rejoins > 0);
 }
 
 #[test]
 #[ignore = "10,000 seeds take a long time; run with --ignored"]
 fn ten_thousand_seeds() {
-    run_seeds(seeds(0..10_000));
+    run_seeds_with(seeds(0..10_000), Config::for_seed);
+}
+
+/// Frequent partitions several settle windows long: some forks are not
+/// detected yet (a member can only judge a branch within the six commits a
+/// message names, and only when it hears from the other branch). Ignored
+/// because it fails; run it to measure the gap.
+#[test]
+#[ignore = "known gap: heavy lag still leaves some forks undetected"]
+fn heavy_lag_is_a_known_gap() {
+    run_seeds_with(seeds(0..40), |_| Config::heavy_lag());
 }

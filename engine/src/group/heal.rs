@@ -40,7 +40,8 @@ use crate::{
 
 const MAGIC: &[u8] = b"KITH-REJOIN-1";
 
-/// How long a forked member waits for its re-add before asking again.
+/// How long a forked member waits for its re-add before asking again, by
+/// default.
 pub const REJOIN_RETRY_MS: u64 = 30_000;
 
 /// A forked installation's request to be re-added.
@@ -132,7 +133,7 @@ impl RejoinRequest {
 
 impl Group {
     /// If this installation is on a fork, ask (again, after
-    /// [`REJOIN_RETRY_MS`]) to be re-added.
+    /// the policy's `rejoin_retry_ms`) to be re-added.
     pub(crate) fn ask_to_rejoin<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
@@ -144,7 +145,7 @@ impl Group {
         };
         if fork
             .requested_at_ms
-            .is_some_and(|at| now_ms < at.saturating_add(REJOIN_RETRY_MS))
+            .is_some_and(|at| now_ms < at.saturating_add(self.policy.rejoin_retry_ms))
         {
             return Ok(());
         }

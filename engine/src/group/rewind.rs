@@ -72,6 +72,9 @@ pub struct RewindPolicy {
     /// How long after its commit's originator time a transition settles,
     /// in ms. Taken from the node's info: 0 for a strong order.
     pub settle_window_ms: u64,
+    /// How long a member on a fork waits for its re-add before asking
+    /// again, in ms (default [`super::REJOIN_RETRY_MS`]).
+    pub rejoin_retry_ms: u64,
 }
 
 impl Default for RewindPolicy {
@@ -79,6 +82,7 @@ impl Default for RewindPolicy {
         Self {
             max_rewind: 5,
             settle_window_ms: 0,
+            rejoin_retry_ms: super::REJOIN_RETRY_MS,
         }
     }
 }

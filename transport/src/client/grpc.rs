@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Code, Status, transport::Channel};
 
-use super::{ClientError, DeliveryClient, EnvelopeStream, QueryPage};
+use super::{ClientError, DeliveryClient, EnvelopeStream, NodeInfo, QueryPage};
 use crate::{
     convert,
     node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeError, RETRY_AFTER_METADATA},
@@ -355,5 +355,19 @@ impl DeliveryClient for GrpcClient {
                 })
             })
             .collect()
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo, ClientError> {
+        let info = self
+            .client
+            .clone()
+            .get_node_info(proto::GetNodeInfoRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok(NodeInfo {
+            node_id: info.node_id,
+            settle_window_ms: info.settle_window_ms,
+        })
     }
 }

@@ -9,7 +9,7 @@ use kith_engine::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ClientError, DeliveryClient, EnvelopeStream, QueryPage};
+use super::{ClientError, DeliveryClient, EnvelopeStream, NodeInfo, QueryPage};
 use crate::node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeLogic};
 
 /// A node running in this process. Cloning shares it.
@@ -112,5 +112,13 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
         fetch: KeyPackageFetch,
     ) -> Result<Vec<FetchedKeyPackage>, ClientError> {
         Ok(self.logic.fetch_key_packages(fetch).await?)
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo, ClientError> {
+        // One node over one store: a strong order.
+        Ok(NodeInfo {
+            node_id: self.logic.config().node_id,
+            settle_window_ms: 0,
+        })
     }
 }

@@ -50,6 +50,17 @@ pub struct QueryPage {
     pub more: bool,
 }
 
+/// What a node says about itself that clients act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's id (its originator id).
+    pub node_id: u32,
+    /// How long after an envelope's originator time every node has it, in
+    /// ms: 0 for a strong order (a single node, or nodes sharing one
+    /// database). Clients settle commits after it (DESIGN.md section 7).
+    pub settle_window_ms: u64,
+}
+
 /// A live stream of envelopes of a subscription.
 pub type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<Envelope, ClientError>> + Send>>;
 
@@ -87,4 +98,7 @@ pub trait DeliveryClient: Send + Sync {
         &self,
         fetch: KeyPackageFetch,
     ) -> Result<Vec<FetchedKeyPackage>, ClientError>;
+
+    /// The node's id and consistency (its settle window).
+    async fn node_info(&self) -> Result<NodeInfo, ClientError>;
 }
