@@ -113,6 +113,38 @@ impl Client {
         })
     }
 
+    /// An independent copy of this client, store and all (for benchmarks
+    /// that need the same starting state on every iteration).
+    pub fn copy(&self) -> Result<Self, StepError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| StepError::Storage(StorageError::from(e)))?;
+        db.import(self.storage().db().export());
+        let storage = SledMlsStorage::from_db(db, self.storage().config())?;
+        let mut copy = Self {
+            index: self.index,
+            inbox: self.inbox,
+            keys: self.keys.clone(),
+            provider: KithProvider::from_storage(storage),
+            group: None,
+            group_id: self.group_id.clone(),
+            node: self.node,
+            down_until: None,
+            read: BTreeMap::new(),
+            join_epoch: self.join_epoch,
+            key_package: self.key_package.clone(),
+            events: Vec::new(),
+        };
+        let policy = self
+            .group
+            .as_ref()
+            .map_or_else(RewindPolicy::default, Group::rewind_policy);
+        copy.reload(policy)?;
+        Ok(copy)
+    }
+
     /// The acting installation.
     pub fn me(&self) -> Me<'_> {
         Me {

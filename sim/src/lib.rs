@@ -32,5 +32,6 @@ pub mod network;
 pub mod oracle;
 mod rng;
 mod scenario;
+pub mod world;
 
 pub use scenario::{Config, Outcome, run};

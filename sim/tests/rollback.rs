@@ -2,235 +2,10 @@
 //! order it is about, on real sled stores, and checks what the members
 //! end with and what they were told.
 
-use kith_engine::{
-    delivery::{Envelope, Topic},
-    group::{
-        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupEvent,
-        IdentityCache, IntentKind, KvStore, Me, NewGroup, Outbound, PolicyPreset, RewindPolicy,
-    },
-};
-use kith_sim::client::{Client, StepError, population};
-use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
-use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
+use kith_engine::group::{ClientStore, Delivery, GroupEvent, IntentKind, KvStore};
+use kith_sim::world::World;
 
 const WINDOW: u64 = 1_000;
-
-struct World {
-    identities: IdentityCache,
-    clients: Vec<Client>,
-    group_id: Vec<u8>,
-    /// Start of time; every test time is an offset from it.
-    base: u64,
-}
-
-#[allow(clippy::disallowed_methods)]
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .expect("clock after 1970")
-}
-
-fn policy() -> RewindPolicy {
-    RewindPolicy {
-        max_rewind: 5,
-        settle_window_ms: WINDOW,
-        ..RewindPolicy::default()
-    }
-}
-
-impl World {
-    /// `count` clients; client 0 creates the group and `members` of them
-    /// (client 0 included) are in it at epoch 1, all settled.
-    fn new(seed: u64, count: usize, members: usize) -> Self {
-        let base = wall_clock_ms();
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let (identities, mut clients) = population(&mut rng, count, 1, base).expect("clients");
-        let creator = &mut clients[0];
-        let storage = creator.storage();
-        let me = creator.me();
-        let mut group = storage
-            .step(|| {
-                Ok::<_, StepError>(Group::create(
-                    &creator.provider,
-                    storage,
-                    me,
-                    &identities,
-                    NewGroup {
-                        kind: ConversationKind::Group,
-                        dm_peer: None,
-                        attributes: Default::default(),
-                        preset: PolicyPreset::Default,
-                        now_ms: base,
-                    },
-                )?)
-            })
-            .expect("create");
-        group.set_rewind_policy(policy());
-        let group_id = group.group_id().to_vec();
-        creator.group_id = Some(group_id.clone());
-        creator.group = Some(group);
-        let mut world = Self {
-            identities,
-            clients,
-            group_id,
-            base,
-        };
-        let added: Vec<usize> = (1..members).collect();
-        world.add(0, &added, 10);
-        world
-    }
-
-    /// An envelope stamped by `node`. The setup used node 1 up to sequence
-    /// 10, so tests continue node 1 from 11.
-    fn env(&self, time: u64, node: u32, sequence: u64, payload: Vec<u8>) -> Envelope {
-        Envelope {
-            topic: Topic::Group(self.group_id.clone()),
-            payload,
-            originator_node_id: node,
-            originator_sequence_id: sequence,
-            originator_time_ms: self.base + time,
-        }
-    }
-
-    fn handle(&mut self, client: usize, envelope: &Envelope, at: u64) {
-        let identities = &self.identities;
-        let now = self.base + at;
-        self.clients[client]
-            .step(|group, provider, storage| {
-                Ok(group.handle_envelope(provider, storage, identities, envelope, now)?)
-            })
-            .expect("handle envelope");
-    }
-
-    fn advance(&mut self, client: usize, at: u64) {
-        let identities = &self.identities;
-        let now = self.base + at;
-        let inbox = self.clients[client].inbox;
-        let keys = self.clients[client].keys.clone();
-        self.clients[client]
-            .step(|group, provider, storage| {
-                let me = Me { inbox, keys: &keys };
-                Ok(group.advance(provider, storage, me, identities, now)?)
-            })
-            .expect("advance");
-    }
-
-    /// Take (and acknowledge) what `client` queued for publishing, less
-    /// the epoch digests committers publish (which these tests do not
-    /// deliver).
-    fn outbox(&mut self, client: usize) -> Vec<Outbound> {
-        let pending: Vec<Outbound> = self.group(client).pending_outbound().cloned().collect();
-        let is_digest = |item: &Outbound| {
-            item.message_id.is_none()
-                && MlsMessageIn::tls_deserialize_exact(item.payload.as_slice())
-                    .ok()
-                    .and_then(|m| m.try_into_protocol_message().ok())
-                    .is_some_and(|p| p.content_type() == ContentType::Application)
-        };
-        self.clients[client]
-            .step(|group, _, storage| {
-                for item in &pending {
-                    group.ack_outbound(storage, item)?;
-                }
-                Ok(())
-            })
-            .expect("ack");
-        pending
-            .into_iter()
-            .filter(|item| !is_digest(item))
-            .collect()
-    }
-
-    fn queue(&mut self, client: usize, kind: IntentKind) {
-        self.clients[client]
-            .step(|group, _, storage| Ok(group.queue_intent(storage, kind)?))
-            .expect("queue");
-    }
-
-    fn send(&mut self, client: usize, text: &str, at: u64) -> [u8; 32] {
-        let inbox = self.clients[client].inbox;
-        let keys = self.clients[client].keys.clone();
-        let now = self.base + at;
-        self.clients[client]
-            .step(|group, provider, storage| {
-                let me = Me { inbox, keys: &keys };
-                Ok(group.send_message(
-                    provider,
-                    storage,
-                    me,
-                    CONTENT_TYPE_TEXT,
-                    text.as_bytes(),
-                    now,
-                )?)
-            })
-            .expect("send")
-    }
-
-    fn group(&self, client: usize) -> &Group {
-        self.clients[client].group.as_ref().expect("a member")
-    }
-
-    /// `adder` adds `clients` in one commit at `time`; the commit is
-    /// delivered to every member, settles, and the joiners join.
-    fn add(&mut self, adder: usize, clients: &[usize], time: u64) {
-        let mut key_packages = Vec::new();
-        let mut sequences = Vec::new();
-        for &c in clients {
-            key_packages.push(self.clients[c].key_package.take().expect("key package"));
-            sequences.push((self.clients[c].inbox, 1));
-        }
-        self.queue(
-            adder,
-            IntentKind::AddMembers {
-                key_packages,
-                sequences,
-            },
-        );
-        self.advance(adder, time);
-        let commit = self.outbox(adder).remove(0);
-        let envelope = self.env(time, 1, time, commit.payload);
-        let members: Vec<usize> = (0..self.clients.len())
-            .filter(|c| self.clients[*c].is_member())
-            .collect();
-        for &m in &members {
-            self.handle(m, &envelope, time);
-            self.advance(m, time + WINDOW);
-        }
-        let welcome = self.outbox(adder).remove(0);
-        for &c in clients {
-            let identities = &self.identities;
-            assert!(
-                self.clients[c]
-                    .join(
-                        identities,
-                        &welcome.payload,
-                        policy(),
-                        self.base + time + WINDOW
-                    )
-                    .expect("join"),
-                "joined"
-            );
-        }
-    }
-
-    fn events(&self, client: usize) -> &[GroupEvent] {
-        &self.clients[client].events
-    }
-
-    fn delivery(&self, client: usize, id: &[u8; 32]) -> Option<Delivery> {
-        let conversation = self.group(client).conversation_id();
-        ClientStore(self.clients[client].storage())
-            .message(&conversation, id)
-            .expect("read")
-            .map(|m| m.delivery)
-    }
-
-    fn state(&self, client: usize) -> (u64, Vec<u8>) {
-        let g = self.group(client);
-        (g.epoch(), g.epoch_authenticator())
-    }
-}
 
 fn rename(name: &str) -> IntentKind {
     IntentKind::UpdateAttributes {
@@ -242,7 +17,7 @@ fn rename(name: &str) -> IntentKind {
 /// Alice and Bob after Bob's, and after a message Bob sent on his branch.
 #[test]
 fn an_earlier_commit_rolls_back_and_replays_in_canonical_order() {
-    let mut w = World::new(1, 3, 3);
+    let mut w = World::new(1, 3, 3, WINDOW);
     let (alice, bob, carol) = (0, 1, 2);
     w.queue(bob, rename("bob's"));
     w.advance(bob, 100);
@@ -344,7 +119,7 @@ fn an_earlier_commit_rolls_back_and_replays_in_canonical_order() {
 /// settles; none is kept past the window.
 #[test]
 fn a_settled_snapshot_is_gone_from_the_store() {
-    let mut w = World::new(2, 2, 2);
+    let mut w = World::new(2, 2, 2, WINDOW);
     let (alice, bob) = (0, 1);
     w.queue(bob, IntentKind::UpdateKeys);
     w.advance(bob, 100);
@@ -379,7 +154,7 @@ fn a_settled_snapshot_is_gone_from_the_store() {
 /// The ring keeps at most `max_rewind` transitions, whatever the window.
 #[test]
 fn the_ring_is_bounded() {
-    let mut w = World::new(3, 2, 2);
+    let mut w = World::new(3, 2, 2, WINDOW);
     let (alice, bob) = (0, 1);
     for round in 0..8u64 {
         w.queue(bob, IntentKind::UpdateKeys);
@@ -401,7 +176,7 @@ fn the_ring_is_bounded() {
 /// re-adds her, and all three agree again.
 #[test]
 fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
-    let mut w = World::new(4, 3, 3);
+    let mut w = World::new(4, 3, 3, WINDOW);
     let (alice, bob, carol) = (0, 1, 2);
     w.queue(bob, rename("bob's"));
     w.advance(bob, 100);
@@ -501,7 +276,7 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     let identities = &w.identities;
     assert!(
         w.clients[alice]
-            .join(identities, &welcome.payload, policy(), w.base + at)
+            .join(identities, &welcome.payload, w.policy, w.base + at)
             .expect("join again")
     );
     assert!(w.group(alice).fork().is_none());
@@ -539,7 +314,7 @@ fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
 /// lost is rebuilt, and the joiner only ever sees the canonical one.
 #[test]
 fn a_welcome_waits_for_settling_and_never_follows_a_losing_commit() {
-    let mut w = World::new(5, 3, 2);
+    let mut w = World::new(5, 3, 2, WINDOW);
     let (alice, bob, dave) = (0, 1, 2);
     let kp = w.clients[dave].key_package.take().expect("key package");
     w.queue(
@@ -580,7 +355,7 @@ fn a_welcome_waits_for_settling_and_never_follows_a_losing_commit() {
     let identities = &w.identities;
     assert!(
         w.clients[dave]
-            .join(identities, &welcome[0].payload, policy(), w.base + 2000)
+            .join(identities, &welcome[0].payload, w.policy, w.base + 2000)
             .expect("join")
     );
     assert_eq!(w.state(dave), w.state(alice));
@@ -592,7 +367,7 @@ fn a_welcome_waits_for_settling_and_never_follows_a_losing_commit() {
 /// when the commit arrives.
 #[test]
 fn a_message_from_a_future_epoch_is_held_until_its_epoch() {
-    let mut w = World::new(6, 3, 3);
+    let mut w = World::new(6, 3, 3, WINDOW);
     let (alice, bob, carol) = (0, 1, 2);
     w.queue(bob, IntentKind::UpdateKeys);
     w.advance(bob, 100);
