@@ -445,7 +445,7 @@ impl Group {
         let store = ClientStore(kv);
         store.put_cursor(&Topic::Group(group_id.clone()), &payload.cursor)?;
         let mut events = VecDeque::new();
-        let record = match carried {
+        let mut record = match carried {
             Some((record, forked_at)) => {
                 events.push_back(GroupEvent::Rejoined {
                     epoch: mls.epoch().as_u64(),
@@ -458,6 +458,7 @@ impl Group {
                 ..GroupRecord::default()
             },
         };
+        record.joined_at_epoch = mls.epoch().as_u64();
         let group = Self {
             record,
             mls,
@@ -689,14 +690,7 @@ impl Group {
             body: body.to_vec(),
             sent_at_ms: now_ms,
         };
-        // Readable without the epoch secret, so that a member on another
-        // branch can tell which branch sorts first (see `rewind`).
-        let aad = self.current_aad(kv)?;
-        self.mls.set_aad(aad.encode());
-        let out = self
-            .mls
-            .create_message(provider, me.keys, &content.encode_to_vec())
-            .map_err(GroupError::mls)?;
+        let out = self.encrypt(provider, kv, me, &content.encode_to_vec())?;
         self.track_send(kv, &content, id)?;
         let message = StoredMessage {
             conversation_id: self.conversation_id(),
@@ -711,14 +705,29 @@ impl Group {
             delivery: Delivery::Unpublished,
         };
         ClientStore(kv).insert_message(&message)?;
-        self.push_outbound(
-            kv,
-            &[Topic::Group(self.group_id().to_vec())],
-            serialize(&out)?,
-            Some(id),
-        )?;
+        self.push_outbound(kv, &[Topic::Group(self.group_id().to_vec())], out, Some(id))?;
         self.events.push_back(GroupEvent::Message(message));
         Ok(id)
+    }
+
+    /// Encrypt an application message (encoded [`Content`]) in the current
+    /// epoch, with Kith's authenticated data: readable without the epoch
+    /// secret, so that a member on another branch can tell which branch
+    /// sorts first (see `rewind`). Returns the serialized message.
+    pub(super) fn encrypt<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        content: &[u8],
+    ) -> Result<Vec<u8>, GroupError> {
+        let aad = self.current_aad(kv)?;
+        self.mls.set_aad(aad.encode());
+        let out = self
+            .mls
+            .create_message(provider, me.keys, content)
+            .map_err(GroupError::mls)?;
+        serialize(&out)
     }
 
     /// Store an intent; [`Group::advance`] acts on it. Returns its id.
@@ -930,23 +939,10 @@ impl Group {
                 *entry = (*entry).max(*sequence);
             }
             for bytes in packages {
-                // Key packages travel as `MlsMessage`s, as the node stores them.
-                let message = MlsMessageIn::tls_deserialize_exact(bytes.as_slice())
-                    .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
-                let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
-                    return Err(GroupError::InvalidInput(
-                        "a key package message holds no key package".into(),
-                    ));
-                };
-                let inbox = crate::identity::credential_inbox(
-                    &key_package.unverified_credential().credential,
-                )
-                .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
+                let (inbox, valid) = checked_key_package(provider, identities, bytes, now_ms)?;
                 let state = identities
                     .state(&inbox)
                     .ok_or_else(|| GroupError::NeedIdentities(vec![(inbox, 1)]))?;
-                let valid =
-                    validate_key_package(provider.crypto(), key_package, now_ms / 1000, state)?;
                 if members
                     .get(&inbox)
                     .is_some_and(|set| set.contains(&valid.installation))
@@ -1074,22 +1070,7 @@ impl Group {
                     // Re-added (or updated) since it asked.
                     return Ok(Built::Done);
                 }
-                let message = MlsMessageIn::tls_deserialize_exact(key_package.as_slice())
-                    .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
-                let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
-                    return Err(GroupError::InvalidInput(
-                        "a key package message holds no key package".into(),
-                    ));
-                };
-                let inbox = crate::identity::credential_inbox(
-                    &key_package.unverified_credential().credential,
-                )
-                .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
-                let state = identities
-                    .state(&inbox)
-                    .ok_or_else(|| GroupError::NeedIdentities(vec![(inbox, 1)]))?;
-                let valid =
-                    validate_key_package(provider.crypto(), key_package, now_ms / 1000, state)?;
+                let (_, valid) = checked_key_package(provider, identities, key_package, now_ms)?;
                 if valid.installation != *installation {
                     return Err(GroupError::InvalidInput(
                         "the key package is not the forked installation's".into(),
@@ -1276,6 +1257,11 @@ impl Group {
             return Ok(());
         }
         entry.epoch = protocol.epoch().as_u64();
+        if entry.epoch < self.record.joined_at_epoch {
+            // From before this installation joined: a joiner reads the topic
+            // from where its adder staged the commit, so it meets a few.
+            return Ok(());
+        }
         let is_commit = protocol.content_type() == ContentType::Commit;
         if is_commit && entry.epoch < current {
             return self.past_commit(provider, kv, ctx, entry, allow_rollback);
@@ -1679,6 +1665,30 @@ impl Group {
         }
         Ok(())
     }
+}
+
+/// Decode a key package as the node hands it out (an `MlsMessage`) and
+/// validate it against its inbox's identity log.
+fn checked_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    identities: &IdentityCache,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(InboxId, crate::identity::ValidatedKeyPackage), GroupError> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
+    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+        return Err(GroupError::InvalidInput(
+            "a key package message holds no key package".into(),
+        ));
+    };
+    let inbox = crate::identity::credential_inbox(&key_package.unverified_credential().credential)
+        .map_err(|e| GroupError::InvalidInput(format!("key package: {e}")))?;
+    let state = identities
+        .state(&inbox)
+        .ok_or_else(|| GroupError::NeedIdentities(vec![(inbox, 1)]))?;
+    let valid = validate_key_package(provider.crypto(), key_package, now_ms / 1000, state)?;
+    Ok((inbox, valid))
 }
 
 /// What a merge left behind, for [`Group::merged`].

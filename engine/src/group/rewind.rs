@@ -717,6 +717,10 @@ impl Group {
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
         let group_id = self.group_id().to_vec();
+        if self.mls.pending_proposals().next().is_some() {
+            // No application message until the proposals are committed.
+            return Ok(());
+        }
         for mut send in store.own_sends(&group_id)? {
             if !send.resend {
                 continue;
@@ -736,16 +740,11 @@ impl Group {
                 });
                 continue;
             }
-            let aad = self.current_aad(kv)?;
-            self.mls.set_aad(aad.encode());
-            let out = self
-                .mls
-                .create_message(provider, me.keys, &send.content)
-                .map_err(GroupError::mls)?;
+            let out = self.encrypt(provider, kv, me, &send.content)?;
             self.push_outbound(
                 kv,
                 &[Topic::Group(group_id.clone())],
-                super::group_state::serialize(&out)?,
+                out,
                 Some(send.message_id),
             )?;
             send.epoch = self.epoch();
@@ -886,7 +885,9 @@ impl Group {
                     .record
                     .last_digest_ms
                     .saturating_add(DIGEST_INTERVAL_MS);
-        if !due || !self.mls.is_active() {
+        // MLS sends no application message while proposals wait for a
+        // commit: the digest waits too.
+        if !due || !self.mls.is_active() || self.mls.pending_proposals().next().is_some() {
             return Ok(());
         }
         self.record.digest_due = false;
@@ -898,19 +899,9 @@ impl Group {
             body: self.auth_digest().to_vec(),
             sent_at_ms: now_ms,
         };
-        let aad = self.current_aad(kv)?;
-        self.mls.set_aad(aad.encode());
-        let out = self
-            .mls
-            .create_message(provider, me.keys, &content.encode_to_vec())
-            .map_err(GroupError::mls)?;
+        let out = self.encrypt(provider, kv, me, &content.encode_to_vec())?;
         self.save_record(kv)?;
-        self.push_outbound(
-            kv,
-            &[Topic::Group(self.group_id().to_vec())],
-            super::group_state::serialize(&out)?,
-            None,
-        )
+        self.push_outbound(kv, &[Topic::Group(self.group_id().to_vec())], out, None)
     }
 
     /// Record an own message for re-sending if its epoch loses.

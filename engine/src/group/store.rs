@@ -264,6 +264,9 @@ pub struct GroupRecord {
     /// When this installation last published an epoch digest.
     #[serde(default)]
     pub last_digest_ms: u64,
+    /// The epoch this installation joined at (from a Welcome).
+    #[serde(default)]
+    pub joined_at_epoch: u64,
 }
 
 fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
