@@ -326,6 +326,8 @@ impl Group {
             mls,
             record: GroupRecord {
                 conversation_id: Some(conversation.clone()),
+                // The hourly epoch digest counts from creation.
+                last_digest_ms: new.now_ms,
                 ..GroupRecord::default()
             },
             metadata,
@@ -459,6 +461,7 @@ impl Group {
             },
         };
         record.joined_at_epoch = mls.epoch().as_u64();
+        record.last_digest_ms = now_ms;
         let group = Self {
             record,
             mls,
