@@ -232,6 +232,9 @@ impl ClientBuilder {
         let rewind = kith_engine::group::RewindPolicy {
             max_rewind: self.config.max_rewind,
             settle_window_ms,
+            propose_first: self.config.propose_first,
+            proposal_wait_ms: u64::try_from(self.config.proposal_wait.as_millis())
+                .unwrap_or(u64::MAX),
             ..kith_engine::group::RewindPolicy::default()
         };
         let shared = Arc::new(Shared {

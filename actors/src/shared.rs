@@ -52,6 +52,13 @@ pub struct ClientConfig {
     /// At most this many unsettled epochs per group can be rolled back
     /// (default 5); older ones settle early.
     pub max_rewind: usize,
+    /// Whether metadata changes and key updates go out first as proposals
+    /// that whoever commits next includes (default true).
+    pub propose_first: bool,
+    /// How long this client waits for another member's commit to include
+    /// its proposal before committing it itself (default 0: at once). On a
+    /// busy group over several nodes, a settle window or so saves commits.
+    pub proposal_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +74,8 @@ impl Default for ClientConfig {
             group_threads: 2,
             settle_window: None,
             max_rewind: 5,
+            propose_first: true,
+            proposal_wait: Duration::ZERO,
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct Config {
     pub reconnect_per_mille: u64,
     /// Give up (and fail) after this many ticks.
     pub max_ticks: u64,
+    /// Whether metadata changes and key updates go out as proposals first.
+    pub propose_first: bool,
+    /// How long a proposer waits for someone else to commit its proposal.
+    pub proposal_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -81,6 +85,8 @@ impl Default for Config {
             max_partition_ms: 60,
             reconnect_per_mille: 4,
             max_ticks: 20_000,
+            propose_first: true,
+            proposal_wait_ms: 40,
         }
     }
 }
@@ -101,6 +107,7 @@ impl Config {
                 settle_window_ms: 300,
                 max_partition_ms: 120,
                 partition_per_mille: 5,
+                proposal_wait_ms: 0,
                 ..base
             },
             2 => Self {
@@ -284,6 +291,8 @@ impl Sim {
             max_rewind: config.max_rewind,
             settle_window_ms: config.settle_window_ms,
             rejoin_retry_ms: 5 * config.settle_window_ms,
+            propose_first: config.propose_first,
+            proposal_wait_ms: config.proposal_wait_ms,
         };
         let mut sim = Self {
             config,
@@ -555,6 +564,7 @@ impl Sim {
         let envelopes = self.clients[index].take_new(self.net.node(node), &topic);
         let busy = !envelopes.is_empty();
         for envelope in envelopes {
+            let events_before = self.clients[index].events.len();
             let crash = self.active() && chance(&mut self.rng, self.config.crash_in_step_per_mille);
             let identities = &self.identities;
             let now = self.now;
@@ -581,6 +591,11 @@ impl Sim {
                     result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
                     self.clients[index].group.as_ref().map(|g| g.epoch()),
                 );
+                for event in self.clients[index].events.iter().skip(events_before) {
+                    if !matches!(event, GroupEvent::Message(_)) {
+                        eprintln!("    event {event:?}");
+                    }
+                }
             }
             if self.handle(index, result, "handling an envelope").is_none() {
                 return true;

@@ -44,12 +44,49 @@ impl World {
     /// `count` clients; client 0 creates the group and `members` of them
     /// (client 0 included) are in it at epoch 1, all settled, every member
     /// running with a settle window of `window_ms`.
+    ///
+    /// Every change is its own commit, so that a test stages exactly the
+    /// commit races it is about; [`World::with_proposals`] sends metadata
+    /// changes and key updates as proposals first.
     pub fn new(seed: u64, count: usize, members: usize, window_ms: u64) -> Self {
-        let policy = RewindPolicy {
-            max_rewind: 5,
-            settle_window_ms: window_ms,
-            ..RewindPolicy::default()
-        };
+        Self::with_policy(
+            seed,
+            count,
+            members,
+            RewindPolicy {
+                max_rewind: 5,
+                settle_window_ms: window_ms,
+                propose_first: false,
+                ..RewindPolicy::default()
+            },
+        )
+    }
+
+    /// As [`World::new`], but metadata changes and key updates go out as
+    /// proposals first, committed by their proposer after `wait_ms` unless
+    /// someone else's commit included them.
+    pub fn with_proposals(
+        seed: u64,
+        count: usize,
+        members: usize,
+        window_ms: u64,
+        wait_ms: u64,
+    ) -> Self {
+        Self::with_policy(
+            seed,
+            count,
+            members,
+            RewindPolicy {
+                max_rewind: 5,
+                settle_window_ms: window_ms,
+                propose_first: true,
+                proposal_wait_ms: wait_ms,
+                ..RewindPolicy::default()
+            },
+        )
+    }
+
+    fn with_policy(seed: u64, count: usize, members: usize, policy: RewindPolicy) -> Self {
         let base = wall_clock_ms();
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let (identities, mut clients) = population(&mut rng, count, 1, base).expect("clients");

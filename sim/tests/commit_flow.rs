@@ -8,6 +8,7 @@ use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
         ConversationKind, Group, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
+        RewindPolicy,
     },
     identity::{
         DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
@@ -157,6 +158,13 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
         },
     )
     .expect("create");
+    // Changes go out as commits here: this test is about racing commits
+    // (proposals first has tests of its own, in `proposals.rs`).
+    let commits_only = RewindPolicy {
+        propose_first: false,
+        ..RewindPolicy::default()
+    };
+    a.set_rewind_policy(commits_only);
     let key_package = generate_key_package(
         &bob.provider,
         &bob.keys,
@@ -206,6 +214,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     )
     .expect("join")
     .expect("new group");
+    b.set_rewind_policy(commits_only);
 
     // Bob commits first; Alice stages a commit and sends while it pends.
     b.queue_intent(bob.kv(), IntentKind::UpdateKeys)

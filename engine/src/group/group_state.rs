@@ -20,13 +20,18 @@
 //! is validated and merged (which clears ours) and the intent is
 //! regenerated on the new epoch. Welcomes go out only after their commit was
 //! merged.
+//!
+//! Metadata changes and key updates go out first as standalone proposals
+//! (when the policy says so), which every commit a member builds takes
+//! along; see `docs/conflict-resolution.md`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use openmls::prelude::{
-    ContentType, CredentialWithKey, GroupId, KeyPackage, LeafNodeIndex, MlsGroup,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
-    ProcessedMessageContent, Proposal, ProtocolMessage, Sender, SenderRatchetConfiguration,
+    ContentType, CredentialWithKey, GroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
+    MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessMessageError, ProcessedMessageContent, Proposal,
+    ProposalOrRefType, ProtocolMessage, Sender, SenderRatchetConfiguration, StageCommitError,
     StagedWelcome,
     tls_codec::{Deserialize as _, Serialize as _},
 };
@@ -38,7 +43,7 @@ use super::{
     GroupError,
     content::{Content, WelcomePayload, message_id},
     identities::IdentityCache,
-    intent::{Intent, IntentKind, IntentState, PublishedCommit},
+    intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit},
     metadata::{
         ConversationKind, GroupMetadata, ImmutableMetadata, MutableMetadata, Policies, PolicyPreset,
     },
@@ -693,8 +698,16 @@ impl Group {
             body: body.to_vec(),
             sent_at_ms: now_ms,
         };
-        let out = self.encrypt(provider, kv, me, &content.encode_to_vec())?;
-        self.track_send(kv, &content, id)?;
+        // MLS sends no application message while proposals wait for a
+        // commit: the message waits in the outbox, and `advance` sends it
+        // (with this id) once they are committed.
+        let deferred = self.mls.pending_proposals().next().is_some();
+        let out = if deferred {
+            None
+        } else {
+            Some(self.encrypt(provider, kv, me, &content.encode_to_vec())?)
+        };
+        self.track_send(kv, &content, id, deferred)?;
         let message = StoredMessage {
             conversation_id: self.conversation_id(),
             group_id: self.group_id().to_vec(),
@@ -708,7 +721,9 @@ impl Group {
             delivery: Delivery::Unpublished,
         };
         ClientStore(kv).insert_message(&message)?;
-        self.push_outbound(kv, &[Topic::Group(self.group_id().to_vec())], out, Some(id))?;
+        if let Some(out) = out {
+            self.push_outbound(kv, &[Topic::Group(self.group_id().to_vec())], out, Some(id))?;
+        }
         self.events.push_back(GroupEvent::Message(message));
         Ok(id)
     }
@@ -804,8 +819,9 @@ impl Group {
                 return Ok(());
             }
             let intents = store.intents(self.group_id())?;
-            let Some(mut intent) = intents.into_iter().find(|i| i.state.is_waiting()) else {
-                return Ok(());
+            let waiting = intents.iter().find(|i| i.state.is_waiting()).cloned();
+            let Some(mut intent) = waiting else {
+                return self.commit_due_proposals(provider, kv, me, identities, intents, now_ms);
             };
             if !self.mls.is_active() {
                 self.fail_intent(
@@ -816,7 +832,20 @@ impl Group {
                 )?;
                 continue;
             }
-            match self.build(provider, kv, me, identities, &intent.kind, now_ms) {
+            let outcome = if self.policy.propose_first && intent.kind.is_proposable() {
+                self.propose(provider, kv, me, &intent.kind)
+            } else {
+                self.build(provider, kv, me, identities, &intent.kind, now_ms)
+            };
+            match outcome {
+                Ok(Built::Proposed(proposal_ref)) => {
+                    intent.state = IntentState::Proposed(ProposedChange {
+                        epoch: self.epoch(),
+                        proposal_ref,
+                        proposed_at_ms: now_ms,
+                    });
+                    store.put_intent(self.group_id(), &intent)?;
+                }
                 Ok(Built::Commit {
                     commit,
                     welcome,
@@ -825,6 +854,7 @@ impl Group {
                     let published = PublishedCommit {
                         epoch: self.epoch(),
                         commit_hash: sha256(&commit),
+                        proposal_ref: None,
                     };
                     store.put_own_commit(
                         self.group_id(),
@@ -875,6 +905,169 @@ impl Group {
         }
     }
 
+    /// Commit the proposals of ours that nobody committed within the
+    /// policy's proposal wait (with whatever else is pending), under the
+    /// oldest of their intents. The others are carried out by the same
+    /// commit.
+    fn commit_due_proposals<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        intents: Vec<Intent>,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let epoch = self.epoch();
+        let due = intents.into_iter().find(|i| match &i.state {
+            IntentState::Proposed(p) => {
+                p.epoch == epoch
+                    && now_ms
+                        >= p.proposed_at_ms
+                            .saturating_add(self.policy.proposal_wait_ms)
+            }
+            _ => false,
+        });
+        let Some(mut intent) = due else {
+            return Ok(());
+        };
+        let IntentState::Proposed(proposed) = &intent.state else {
+            return Ok(());
+        };
+        let proposal_ref = proposed.proposal_ref.clone();
+        match self.build(
+            provider,
+            kv,
+            me,
+            identities,
+            &IntentKind::CommitPending,
+            now_ms,
+        ) {
+            Ok(Built::Commit {
+                commit,
+                welcome,
+                welcome_to,
+            }) => {
+                let published = PublishedCommit {
+                    epoch,
+                    commit_hash: sha256(&commit),
+                    proposal_ref: Some(proposal_ref),
+                };
+                store.put_own_commit(
+                    self.group_id(),
+                    &OwnCommit {
+                        hash: published.commit_hash,
+                        intent_id: intent.id,
+                        epoch,
+                        auth_digest: self.auth_digest(),
+                        welcome,
+                        welcome_to,
+                        joiner_cursor: store.cursor(&Topic::Group(self.group_id().to_vec()))?,
+                    },
+                )?;
+                intent.state = IntentState::Published(published);
+                store.put_intent(self.group_id(), &intent)?;
+                self.push_outbound(kv, &[Topic::Group(self.group_id().to_vec())], commit, None)
+            }
+            Ok(_) => {
+                // The proposal is not in the store any more: propose again.
+                intent.state = IntentState::Regenerate;
+                store.put_intent(self.group_id(), &intent)
+            }
+            Err(
+                e @ (GroupError::NeedIdentities(_) | GroupError::Store(_) | GroupError::Corrupt(_)),
+            ) => Err(e),
+            Err(GroupError::NotPermitted(reason)) => self.fail_intent(kv, intent.id, reason, true),
+            Err(other) => self.fail_intent(kv, intent.id, other.to_string(), false),
+        }
+    }
+
+    /// Send `kind` (see [`IntentKind::is_proposable`]) as a standalone
+    /// proposal, after checking it exactly as a commit carrying it will be
+    /// checked. `Built::Done` if there is nothing left to change.
+    fn propose<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        kind: &IntentKind,
+    ) -> Result<Built, GroupError> {
+        let (message, proposal_ref) = if *kind == IntentKind::UpdateKeys {
+            self.mls
+                .propose_self_update(provider, me.keys, LeafNodeParameters::default())
+                .map_err(GroupError::mls)?
+        } else {
+            let metadata = self.changed_metadata(kind)?;
+            if metadata == self.metadata {
+                // Another member's commit already made this change.
+                return Ok(Built::Done);
+            }
+            metadata.check_limits()?;
+            super::validate::check_metadata_change(&self.metadata, &metadata, &me.inbox)
+                .map_err(GroupError::NotPermitted)?;
+            self.mls
+                .propose_group_context_extensions(provider, metadata.to_extensions(), me.keys)
+                .map_err(GroupError::mls)?
+        };
+        self.push_outbound(
+            kv,
+            &[Topic::Group(self.group_id().to_vec())],
+            serialize(&message)?,
+            None,
+        )?;
+        Ok(Built::Proposed(proposal_ref.as_slice().to_vec()))
+    }
+
+    /// The metadata after a metadata intent (attributes, admins,
+    /// policies); the current metadata for any other kind.
+    fn changed_metadata(&self, kind: &IntentKind) -> Result<GroupMetadata, GroupError> {
+        let mut metadata = self.metadata.clone();
+        match kind {
+            IntentKind::UpdateAttributes { changes } => {
+                for (key, value) in changes {
+                    match value {
+                        Some(v) => metadata.mutable.attributes.insert(key.clone(), v.clone()),
+                        None => metadata.mutable.attributes.remove(key),
+                    };
+                }
+            }
+            IntentKind::UpdateAdmins {
+                add,
+                remove,
+                super_admin,
+            } => {
+                let members = self.members();
+                let list = if *super_admin {
+                    &mut metadata.mutable.super_admins
+                } else {
+                    &mut metadata.mutable.admins
+                };
+                for inbox in add {
+                    if !members.contains_key(inbox) {
+                        return Err(GroupError::InvalidInput(format!("{inbox} is not a member")));
+                    }
+                    list.insert(*inbox);
+                }
+                for inbox in remove {
+                    list.remove(inbox);
+                }
+            }
+            IntentKind::SetPolicies { encoded } => {
+                let mut extensions = metadata.to_extensions();
+                extensions
+                    .add_or_replace(openmls::prelude::Extension::Unknown(
+                        super::metadata::POLICIES_EXTENSION,
+                        openmls::prelude::UnknownExtension(encoded.clone()),
+                    ))
+                    .map_err(GroupError::mls)?;
+                metadata = GroupMetadata::from_extensions(&extensions)?;
+            }
+            _ => {}
+        }
+        Ok(metadata)
+    }
+
     /// Move an intent to `Failed` and tell the application. The newest
     /// [`KEPT_FAILED_INTENTS`] failed intents stay in the store, for
     /// inspection after a restart.
@@ -919,12 +1112,12 @@ impl Group {
         kind: &IntentKind,
         now_ms: u64,
     ) -> Result<Built, GroupError> {
-        let mut metadata = self.metadata.clone();
+        let mut metadata = self.changed_metadata(kind)?;
         let members = self.members();
         let mut adds: Vec<KeyPackage> = Vec::new();
         let mut welcome_to = Vec::new();
         let mut removals: Vec<LeafNodeIndex> = Vec::new();
-        let mut consume_proposals = false;
+        let mut commit_pending = false;
         let mut force_update = false;
         let leaves_of = |pred: &dyn Fn(InboxId, InstallationId) -> bool| -> Vec<LeafNodeIndex> {
             self.mls
@@ -985,44 +1178,10 @@ impl Group {
                 }
                 removals = leaves_of(&|i, _| inboxes.contains(&i));
             }
-            IntentKind::UpdateAttributes { changes } => {
-                for (key, value) in changes {
-                    match value {
-                        Some(v) => metadata.mutable.attributes.insert(key.clone(), v.clone()),
-                        None => metadata.mutable.attributes.remove(key),
-                    };
-                }
-            }
-            IntentKind::UpdateAdmins {
-                add,
-                remove,
-                super_admin,
-            } => {
-                let list = if *super_admin {
-                    &mut metadata.mutable.super_admins
-                } else {
-                    &mut metadata.mutable.admins
-                };
-                for inbox in add {
-                    if !members.contains_key(inbox) {
-                        return Err(GroupError::InvalidInput(format!("{inbox} is not a member")));
-                    }
-                    list.insert(*inbox);
-                }
-                for inbox in remove {
-                    list.remove(inbox);
-                }
-            }
-            IntentKind::SetPolicies { encoded } => {
-                let mut extensions = metadata.to_extensions();
-                extensions
-                    .add_or_replace(openmls::prelude::Extension::Unknown(
-                        super::metadata::POLICIES_EXTENSION,
-                        openmls::prelude::UnknownExtension(encoded.clone()),
-                    ))
-                    .map_err(GroupError::mls)?;
-                metadata = GroupMetadata::from_extensions(&extensions)?;
-            }
+            // Their metadata is `changed_metadata`'s.
+            IntentKind::UpdateAttributes { .. }
+            | IntentKind::UpdateAdmins { .. }
+            | IntentKind::SetPolicies { .. } => {}
             IntentKind::Reconcile {
                 key_packages,
                 remove,
@@ -1034,32 +1193,7 @@ impl Group {
                     return Ok(Built::Done);
                 }
             }
-            IntentKind::CommitPending => {
-                let pending: Vec<LeafNodeIndex> = self
-                    .mls
-                    .pending_proposals()
-                    .filter_map(|p| match p.proposal() {
-                        Proposal::Remove(r) => Some(r.removed()),
-                        _ => None,
-                    })
-                    .collect();
-                if pending.is_empty() {
-                    return Ok(Built::Done);
-                }
-                // Inboxes that lose their last leaf leave the membership.
-                let mut remaining = members.clone();
-                for leaf in &pending {
-                    if let Some((inbox, installation)) = leaf_identity(&self.mls, *leaf)
-                        && let Some(set) = remaining.get_mut(&inbox)
-                    {
-                        set.remove(&installation);
-                        if set.is_empty() {
-                            metadata.membership.remove(&inbox);
-                        }
-                    }
-                }
-                consume_proposals = true;
-            }
+            IntentKind::CommitPending => commit_pending = true,
             IntentKind::UpdateKeys => force_update = true,
             IntentKind::Readd {
                 installation,
@@ -1102,17 +1236,16 @@ impl Group {
                 return Ok(Built::Done);
             }
         }
-        metadata.check_limits()?;
-        let metadata_changed = metadata != self.metadata;
-        if !metadata_changed
-            && adds.is_empty()
-            && removals.is_empty()
-            && !consume_proposals
-            && !force_update
-        {
+        let own_change =
+            metadata != self.metadata || !adds.is_empty() || !removals.is_empty() || force_update;
+        let riders = self.pending_riders(&members, &mut metadata);
+        let carries_others = commit_pending && !riders.is_empty();
+        if !(own_change || carries_others) {
             // Another member's commit already made this change.
             return Ok(Built::Done);
         }
+        metadata.check_limits()?;
+        let metadata_changed = metadata != self.metadata;
         if metadata_changed {
             super::validate::check_metadata_change(&self.metadata, &metadata, &me.inbox)
                 .map_err(GroupError::NotPermitted)?;
@@ -1120,7 +1253,7 @@ impl Group {
         let mut builder = self
             .mls
             .commit_builder()
-            .consume_proposal_store(consume_proposals)
+            .consume_proposal_store(true)
             .force_self_update(force_update)
             .propose_adds(adds)
             .propose_removals(removals);
@@ -1132,7 +1265,10 @@ impl Group {
         let bundle = builder
             .load_psks(provider.storage())
             .map_err(GroupError::mls)?
-            .build(provider.rand(), provider.crypto(), me.keys, |_| true)
+            .build(provider.rand(), provider.crypto(), me.keys, |queued| {
+                queued.proposal_or_ref_type() == ProposalOrRefType::Proposal
+                    || riders.contains(queued.proposal_reference_ref().as_slice())
+            })
             .map_err(|e| GroupError::InvalidInput(format!("cannot build the commit: {e:?}")))?
             .stage_commit(provider)
             .map_err(GroupError::mls)?;
@@ -1160,6 +1296,61 @@ impl Group {
             welcome,
             welcome_to,
         })
+    }
+
+    /// The proposals other members (or this installation) sent that ride
+    /// along with a commit this installation builds: members leaving (whose
+    /// inboxes leave `metadata`'s membership when their last leaf goes) and
+    /// key updates, always; a group-context change only if the commit makes
+    /// no metadata change of its own (a commit carries at most one), this
+    /// installation's own first.
+    fn pending_riders(
+        &self,
+        members: &BTreeMap<InboxId, BTreeSet<InstallationId>>,
+        metadata: &mut GroupMetadata,
+    ) -> BTreeSet<Vec<u8>> {
+        let own_leaf = self.mls.own_leaf_index();
+        let mut riders = BTreeSet::new();
+        let mut remaining = members.clone();
+        let mut context_change: Option<(bool, Vec<u8>)> = None;
+        for queued in self.mls.pending_proposals() {
+            let Sender::Member(sender) = queued.sender() else {
+                continue;
+            };
+            let reference = queued.proposal_reference_ref().as_slice().to_vec();
+            match queued.proposal() {
+                Proposal::Remove(r) if r.removed() == *sender => {
+                    if let Some((inbox, installation)) = leaf_identity(&self.mls, *sender)
+                        && let Some(set) = remaining.get_mut(&inbox)
+                    {
+                        set.remove(&installation);
+                        if set.is_empty() {
+                            metadata.membership.remove(&inbox);
+                        }
+                    }
+                    riders.insert(reference);
+                }
+                Proposal::Update(_) => {
+                    riders.insert(reference);
+                }
+                Proposal::GroupContextExtensions(_) => {
+                    let own = *sender == own_leaf;
+                    if context_change
+                        .as_ref()
+                        .is_none_or(|(was_own, _)| own && !was_own)
+                    {
+                        context_change = Some((own, reference));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if *metadata == self.metadata
+            && let Some((_, reference)) = context_change
+        {
+            riders.insert(reference);
+        }
+        riders
     }
 
     // ----- inputs --------------------------------------------------------
@@ -1273,6 +1464,15 @@ impl Group {
             // Removed: only a rollback (above) can bring it back.
             return Ok(());
         }
+        if protocol.content_type() == ContentType::Proposal && entry.epoch < current {
+            // MLS takes no proposal of a past epoch, but a rollback may
+            // need it: keep it, and see whether one is due.
+            self.retain(kv, &entry)?;
+            if allow_rollback {
+                return self.late_proposal(provider, kv, ctx, &entry);
+            }
+            return Ok(());
+        }
         if entry.epoch > current {
             if let ProtocolMessage::PrivateMessage(m) = &protocol
                 && !is_commit
@@ -1374,6 +1574,11 @@ impl Group {
         };
         let processed = match self.mls.process_message(provider, protocol) {
             Ok(p) => p,
+            Err(ProcessMessageError::InvalidCommit(StageCommitError::MissingProposal)) => {
+                // It refers to a proposal that has not reached us yet (it
+                // sorts before the commit, but came by a slower path).
+                return self.hold(kv, entry);
+            }
             Err(e) => {
                 if !is_commit {
                     self.check_branch(kv, &aad, ctx.now_ms)?;
@@ -1447,28 +1652,31 @@ impl Group {
                 self.retain(kv, &entry)
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
-                // Kith sends one kind of standalone proposal: a member
-                // removing its own leaf (leaving). Whoever commits next
-                // includes it.
-                let own_removal = matches!(
-                    (proposal.proposal(), proposal.sender()),
-                    (Proposal::Remove(r), Sender::Member(s)) if r.removed() == *s
-                );
-                if !own_removal {
-                    self.skip("a standalone proposal other than leaving".into());
-                    return Ok(());
-                }
+                // Checked now, as a commit including it will be, so that
+                // nobody's commit picks up a proposal that would sink it.
+                let leaving = match self.check_proposal(&proposal) {
+                    Ok(leaving) => leaving,
+                    Err(reason) => {
+                        self.skip(reason);
+                        return Ok(());
+                    }
+                };
                 self.mls
                     .store_pending_proposal(provider.storage(), *proposal)
                     .map_err(GroupError::mls)?;
+                // A leaving member cannot commit its own removal: someone
+                // else must. Other proposers commit their own in time.
                 let intents = store.intents(self.group_id())?;
-                if !intents
-                    .iter()
-                    .any(|i| i.kind == IntentKind::CommitPending && i.state.is_waiting())
+                if leaving
+                    && !intents
+                        .iter()
+                        .any(|i| i.kind == IntentKind::CommitPending && i.state.is_waiting())
                 {
                     self.queue_intent(kv, IntentKind::CommitPending)?;
                 }
-                self.retain(kv, &entry)
+                self.retain(kv, &entry)?;
+                // A commit that refers to it may be waiting for it.
+                self.release_held(provider, kv, ctx)
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let Sender::Member(committer) = sender else {
@@ -1485,19 +1693,16 @@ impl Group {
                     Ok(summary) => {
                         let self_removed = staged.self_removed();
                         let left_auth = self.auth_digest();
+                        let included = proposal_refs(staged.queued_proposals());
                         if let Some((state, auth)) = &before {
                             self.keep_snapshot(kv, state, &entry, epoch, *auth, ctx.now_ms)?;
                         }
                         self.mls
                             .merge_staged_commit(provider, *staged)
                             .map_err(GroupError::mls)?;
-                        // A pending commit of ours lost: regenerate it.
-                        for mut intent in store.intents(self.group_id())? {
-                            if matches!(intent.state, IntentState::Published(_)) {
-                                intent.state = IntentState::Regenerate;
-                                store.put_intent(self.group_id(), &intent)?;
-                            }
-                        }
+                        // A pending commit of ours lost, and proposals of
+                        // ours were committed or are void: see which.
+                        self.resolve_intents(kv, epoch, &included, sha256(&entry.payload), None)?;
                         let merge = Merge {
                             left_auth,
                             summary,
@@ -1596,10 +1801,16 @@ impl Group {
             self.keep_snapshot(kv, &state, &entry, entry.epoch, auth, ctx.now_ms)?;
         }
         let left_auth = self.auth_digest();
+        let included = self
+            .mls
+            .pending_commit()
+            .map(|staged| proposal_refs(staged.queued_proposals()))
+            .unwrap_or_default();
         self.mls
             .merge_pending_commit(provider)
             .map_err(GroupError::mls)?;
         self.record.digest_due = true;
+        self.resolve_intents(kv, own.epoch, &included, own.hash, Some(own.intent_id))?;
         if let Some(mut intent) = intent {
             let commit = match intent.state {
                 IntentState::Published(commit) => commit,
@@ -1608,6 +1819,7 @@ impl Group {
                 _ => PublishedCommit {
                     epoch: own.epoch,
                     commit_hash: own.hash,
+                    proposal_ref: None,
                 },
             };
             intent.state = IntentState::Committed {
@@ -1622,6 +1834,94 @@ impl Group {
             self_removed: false,
         };
         self.merged(provider, kv, ctx, &entry, merge)
+    }
+
+    /// Whether a member's standalone proposal may be stored for the next
+    /// commit: a member leaving (`Ok(true)`), a key update that keeps the
+    /// member's identity, or a metadata change the proposer's role allows
+    /// that leaves the membership and the immutable metadata alone.
+    fn check_proposal(&self, queued: &openmls::prelude::QueuedProposal) -> Result<bool, String> {
+        let Sender::Member(sender) = queued.sender() else {
+            return Err("a proposal from outside the group".into());
+        };
+        let (inbox, installation) = leaf_identity(&self.mls, *sender)
+            .ok_or("a proposal from a leaf without a Kith credential")?;
+        match queued.proposal() {
+            Proposal::Remove(r) if r.removed() == *sender => Ok(true),
+            Proposal::Update(update) => {
+                super::validate::check_update(update.leaf_node(), inbox, installation)?;
+                Ok(false)
+            }
+            Proposal::GroupContextExtensions(change) => {
+                let new = GroupMetadata::from_extensions(change.extensions())
+                    .map_err(|e| format!("a proposed metadata change: {e}"))?;
+                if new.immutable != self.metadata.immutable
+                    || new.membership != self.metadata.membership
+                {
+                    return Err(
+                        "a proposed metadata change touches the immutable metadata or the \
+                         membership"
+                            .into(),
+                    );
+                }
+                super::validate::check_metadata_change(&self.metadata, &new, &inbox)?;
+                Ok(false)
+            }
+            other => Err(format!(
+                "a standalone {:?} proposal, which Kith does not use",
+                other.proposal_type()
+            )),
+        }
+    }
+
+    /// After a commit for `epoch` merged: proposals of ours that it
+    /// included are carried out (`Committed` until it settles); those it
+    /// left out are void in the new epoch and proposed again. So is an own
+    /// commit that lost, unless the winner included its proposal. The
+    /// intent of an own commit that won (`own_intent`) is its caller's.
+    fn resolve_intents<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        epoch: u64,
+        included: &BTreeSet<Vec<u8>>,
+        commit_hash: [u8; 32],
+        own_intent: Option<u64>,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        for mut intent in store.intents(self.group_id())? {
+            if Some(intent.id) == own_intent {
+                continue;
+            }
+            let carried = match &intent.state {
+                IntentState::Published(commit) => commit
+                    .proposal_ref
+                    .as_ref()
+                    .is_some_and(|reference| included.contains(reference)),
+                // An own commit leaves this installation's own key-update
+                // proposal out and updates its keys by its path instead.
+                IntentState::Proposed(p)
+                    if own_intent.is_some() && intent.kind == IntentKind::UpdateKeys =>
+                {
+                    p.epoch == epoch
+                }
+                IntentState::Proposed(p) => included.contains(&p.proposal_ref),
+                _ => continue,
+            };
+            intent.state = if carried {
+                IntentState::Committed {
+                    commit: PublishedCommit {
+                        epoch,
+                        commit_hash,
+                        proposal_ref: None,
+                    },
+                    joiner_cursor: crate::delivery::Cursor::default(),
+                }
+            } else {
+                IntentState::Regenerate
+            };
+            store.put_intent(self.group_id(), &intent)?;
+        }
+        Ok(())
     }
 
     fn after_merge<S: KvStore + ?Sized>(
@@ -1694,6 +1994,15 @@ fn checked_key_package<P: OpenMlsProvider>(
     Ok((inbox, valid))
 }
 
+/// The references of the proposals a commit carries.
+fn proposal_refs<'a>(
+    queued: impl Iterator<Item = &'a openmls::prelude::QueuedProposal>,
+) -> BTreeSet<Vec<u8>> {
+    queued
+        .map(|q| q.proposal_reference_ref().as_slice().to_vec())
+        .collect()
+}
+
 /// What a merge left behind, for [`Group::merged`].
 struct Merge {
     /// Digest of the authenticator of the epoch the commit left.
@@ -1703,6 +2012,8 @@ struct Merge {
 }
 
 enum Built {
+    /// Sent as a standalone proposal, with this reference.
+    Proposed(Vec<u8>),
     Commit {
         commit: Vec<u8>,
         welcome: Option<Vec<u8>>,

@@ -81,32 +81,60 @@ pub enum IntentKind {
     },
 }
 
-/// A commit this installation staged and published for an intent.
+/// A commit that carries out an intent: one this installation staged and
+/// published, or (for a proposed change) another member's commit that
+/// included the proposal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedCommit {
     /// The epoch the commit leaves.
     pub epoch: u64,
-    /// SHA-256 of the published commit's bytes; the commit's own record
-    /// (with its Welcome) is kept under it until the epoch settles.
+    /// SHA-256 of the commit's bytes; an own commit's record (with its
+    /// Welcome) is kept under it until the epoch settles.
     pub commit_hash: [u8; 32],
+    /// The reference of the intent's own proposal, if it went out as one
+    /// first: any commit that includes it carries out the intent.
+    #[serde(default, with = "serde_bytes")]
+    pub proposal_ref: Option<Vec<u8>>,
+}
+
+/// A change sent as a standalone proposal, for whoever commits next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedChange {
+    /// The epoch the proposal was made in (it is void in any other).
+    pub epoch: u64,
+    /// Its reference (the hash MLS commits refer to it by).
+    #[serde(with = "serde_bytes")]
+    pub proposal_ref: Vec<u8>,
+    /// When it was sent: after the policy's proposal wait, the proposer
+    /// commits it itself.
+    pub proposed_at_ms: u64,
 }
 
 /// Where an intent is in its life (DESIGN.md section 7).
 ///
 /// ```text
 ///  ToPublish ──► Published ──(own commit canonical)──► Committed ──(settled)──► done
-///      ▲             │                                    │
-///      │             └──(another commit won)──► Regenerate ◄──(rolled back)
-///      └──────────────────────────────────────────────┘
+///   │    ▲          ▲  │                                  ▲  │
+///   │    │  (wait   │  └──(another commit won)──► Regenerate ◄──(rolled back)
+///   │    │  over)   │                                 ▲   │
+///   └──► Proposed ──┴──(a commit included it)─────────┼───┘ (Committed)
+///           └──(the epoch moved without it)───────────┘
 ///  any state ──(cannot be carried out)──► Failed
 /// ```
 ///
-/// An intent that another member's commit already satisfied is done
-/// without a commit of its own.
+/// Metadata changes and key updates go out first as proposals (when the
+/// policy allows, see [`crate::group::RewindPolicy::propose_first`]), so
+/// that whoever commits next includes them; the proposer commits them
+/// itself only if nobody did within the proposal wait. An intent that
+/// another member's commit already satisfied is done without a commit of
+/// its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IntentState {
     /// Not yet turned into a commit.
     ToPublish,
+    /// Sent as a proposal, which the next commit of its epoch should
+    /// include.
+    Proposed(ProposedChange),
     /// Its commit is staged as the pending commit and published.
     Published(PublishedCommit),
     /// Its commit was merged as the canonical commit of its epoch, which
@@ -141,6 +169,24 @@ impl IntentState {
     /// Whether it reached an end state.
     pub fn is_final(&self) -> bool {
         matches!(self, Self::Failed { .. })
+    }
+}
+
+impl IntentKind {
+    /// Whether MLS can carry the change as a standalone proposal from its
+    /// author: metadata changes (a group-context proposal, which validation
+    /// checks against the proposer's role) and key updates. Membership
+    /// changes are committed directly: the membership extension must change
+    /// in the same commit as the leaves, and the committer sends the
+    /// Welcome.
+    pub fn is_proposable(&self) -> bool {
+        matches!(
+            self,
+            Self::UpdateAttributes { .. }
+                | Self::UpdateAdmins { .. }
+                | Self::SetPolicies { .. }
+                | Self::UpdateKeys
+        )
     }
 }
 

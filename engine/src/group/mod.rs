@@ -35,7 +35,7 @@ pub use group_state::{
 };
 pub use heal::{REJOIN_RETRY_MS, RejoinRequest};
 pub use identities::IdentityCache;
-pub use intent::{Intent, IntentKind, IntentState, PublishedCommit};
+pub use intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
 pub use rewind::{RewindPolicy, RewindStats};
 pub use store::{

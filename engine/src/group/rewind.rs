@@ -75,6 +75,14 @@ pub struct RewindPolicy {
     /// How long a member on a fork waits for its re-add before asking
     /// again, in ms (default [`super::REJOIN_RETRY_MS`]).
     pub rejoin_retry_ms: u64,
+    /// Whether metadata changes and key updates go out first as proposals
+    /// (default true), so that whoever commits next includes them and
+    /// fewer commits collide. Off, every change is its own commit.
+    pub propose_first: bool,
+    /// How long a proposer waits for another member's commit to include
+    /// its proposal before committing it itself, in ms (default 0: at the
+    /// next [`super::Group::advance`]).
+    pub proposal_wait_ms: u64,
 }
 
 impl Default for RewindPolicy {
@@ -83,6 +91,8 @@ impl Default for RewindPolicy {
             max_rewind: 5,
             settle_window_ms: 0,
             rejoin_retry_ms: super::REJOIN_RETRY_MS,
+            propose_first: true,
+            proposal_wait_ms: 0,
         }
     }
 }
@@ -194,7 +204,8 @@ pub struct OwnSend {
     /// The encoded [`Content`].
     #[serde(with = "serde_bytes")]
     pub content: Vec<u8>,
-    /// Its epoch lost: [`Group::advance`] re-sends it.
+    /// [`Group::advance`] (re-)sends it: its epoch lost, or it was written
+    /// while proposals waited for a commit (MLS sends nothing then).
     pub resend: bool,
 }
 
@@ -455,6 +466,40 @@ impl Group {
         }
     }
 
+    /// A proposal for `proposal.epoch`, which has passed: MLS cannot take it
+    /// any more, but a commit of that epoch that refers to it may have been
+    /// tried without it. If such a commit sorts before the one applied, and
+    /// the epoch is still in the ring, roll back to it: with the proposal
+    /// replayed first, it may now be valid.
+    pub(crate) fn late_proposal<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        ctx: &mut super::group_state::Ctx<'_>,
+        proposal: &RetainedEnvelope,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let epoch = proposal.epoch;
+        let Some(snapshot) = store.snapshot(self.group_id(), epoch)? else {
+            return Ok(());
+        };
+        let waiting = store
+            .retained(self.group_id())?
+            .into_iter()
+            .filter(|e| {
+                !e.held
+                    && e.epoch == epoch
+                    && proposal.key < e.key
+                    && e.key < snapshot.commit_key
+                    && is_commit(&e.payload)
+            })
+            .min_by_key(|e| e.key);
+        match waiting {
+            Some(commit) => self.rollback(provider, kv, ctx, snapshot, commit),
+            None => Ok(()),
+        }
+    }
+
     /// A member's message this installation cannot decrypt (or must hold):
     /// if the sender's branch parts from ours, the side whose commit sorts
     /// first where they part is canonical. If it is the sender's and we can
@@ -570,10 +615,19 @@ impl Group {
             .filter(|e| e.arrival >= snapshot.arrival && !e.held && e.arrival != first_arrival)
             .collect();
         entries.sort_by_key(|e| e.key);
+        // Envelopes of the restored epoch that sort before `first` go
+        // first: `first` may refer to a proposal among them.
+        let (before, entries): (Vec<RetainedEnvelope>, Vec<RetainedEnvelope>) = entries
+            .into_iter()
+            .partition(|e| e.epoch == epoch && e.key < first.key);
         let current = self.capture(kv)?;
         self.restore(provider, kv, &state)?;
         let first_hash = super::group_state::sha256(&first.payload);
         let events_before = self.events.len();
+        for mut entry in before.iter().cloned() {
+            entry.message_id = None;
+            self.route(provider, kv, ctx, entry, false)?;
+        }
         self.route(provider, kv, ctx, first, false)?;
         if self.epoch() == epoch {
             self.restore(provider, kv, &current)?;
@@ -607,6 +661,8 @@ impl Group {
                     commit.epoch >= epoch && commit.commit_hash != first_hash
                 }
                 IntentState::Published(commit) => commit.epoch > epoch,
+                // Proposed on the old branch: void on this one.
+                IntentState::Proposed(proposed) => proposed.epoch > epoch,
                 _ => false,
             };
             if lost {
@@ -717,8 +773,9 @@ impl Group {
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
         let group_id = self.group_id().to_vec();
-        if self.mls.pending_proposals().next().is_some() {
-            // No application message until the proposals are committed.
+        if self.mls.is_active() && self.mls.pending_proposals().next().is_some() {
+            // No application message until the proposals are committed (a
+            // removed member's store may keep proposals: it fails them).
             return Ok(());
         }
         for mut send in store.own_sends(&group_id)? {
@@ -910,8 +967,9 @@ impl Group {
         kv: &S,
         content: &Content,
         message_id: [u8; 32],
+        deferred: bool,
     ) -> Result<(), GroupError> {
-        if !self.policy.retains() || self.ring_len(kv)? == 0 {
+        if !deferred && (!self.policy.retains() || self.ring_len(kv)? == 0) {
             return Ok(());
         }
         ClientStore(kv).put_own_send(
@@ -921,8 +979,17 @@ impl Group {
                 epoch: self.epoch(),
                 auth_digest: self.auth_digest(),
                 content: content.encode_to_vec(),
-                resend: false,
+                resend: deferred,
             },
         )
     }
+}
+
+/// Whether `payload` is an MLS commit.
+fn is_commit(payload: &[u8]) -> bool {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    openmls::prelude::MlsMessageIn::tls_deserialize_exact(payload)
+        .ok()
+        .and_then(|m| m.try_into_protocol_message().ok())
+        .is_some_and(|p| p.content_type() == openmls::prelude::ContentType::Commit)
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openmls::prelude::{LeafNodeIndex, MlsGroup, Proposal, Sender, StagedCommit};
+use openmls::prelude::{LeafNode, LeafNodeIndex, MlsGroup, Proposal, Sender, StagedCommit};
 
 use super::{identities::IdentityCache, metadata::GroupMetadata};
 use crate::identity::{InboxId, InstallationId, credential_inbox};
@@ -98,6 +98,10 @@ pub(crate) fn validate_commit(
                     .ok_or_else(|| reject("a removal of an empty or invalid leaf"))?;
                 let own = *sender_leaf == remove.removed();
                 removed.push((proposer.0, inbox, installation, own));
+            }
+            Proposal::Update(update) => {
+                check_update(update.leaf_node(), proposer.0, proposer.1)
+                    .map_err(Verdict::Reject)?;
             }
             Proposal::GroupContextExtensions(_) => {
                 if metadata_proposer.replace(proposer.0).is_some() {
@@ -245,6 +249,21 @@ pub(crate) fn validate_commit(
         metadata: new,
         metadata_changed,
     })
+}
+
+/// A member's key update may replace its leaf's keys, never its identity:
+/// the new leaf names the same inbox and keeps the installation's
+/// signature key.
+pub(crate) fn check_update(
+    leaf: &LeafNode,
+    inbox: InboxId,
+    installation: InstallationId,
+) -> Result<(), String> {
+    let same_inbox = credential_inbox(leaf.credential()).ok() == Some(inbox);
+    if !same_inbox || leaf.signature_key().as_slice() != installation.as_bytes() {
+        return Err("a key update that changes its member's identity".into());
+    }
+    Ok(())
 }
 
 /// Check each metadata change of `old` -> `new` against the policies of
