@@ -872,9 +872,13 @@ impl Sim {
             let epoch = self.clients[index].group.as_ref().map(Group::epoch);
             for item in &pending {
                 eprintln!(
-                    "t={} client {index} (epoch {epoch:?}) publishes {} bytes to {}",
+                    "t={} client {index} (epoch {epoch:?}) publishes {} {} bytes (message {}) to {}",
                     self.now % 100_000,
+                    hex8(&Sha256::digest(&item.payload)),
                     item.payload.len(),
+                    item.message_id
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |id| hex8(id)),
                     item.topics
                         .iter()
                         .map(|t| t.chars().take(16).collect::<String>())
@@ -1068,6 +1072,15 @@ impl Sim {
                 continue;
             }
             let Some(&epoch) = self.message_epochs.get(id) else {
+                // Written on a fork, it waits for a re-add that never comes:
+                // the members removed this installation meanwhile.
+                if removed_on_fork.contains(&sent.sender)
+                    && own
+                        .as_ref()
+                        .is_some_and(|m| m.delivery == Delivery::Unpublished)
+                {
+                    continue;
+                }
                 self.failures.push(format!(
                     "message {} of client {} was never published",
                     hex8(id),

@@ -221,9 +221,15 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
         |e| matches!(e, GroupEvent::MessageFailed { message_id, .. } if *message_id == on_fork)
     ));
 
+    // What she writes now waits for the re-add: on the fork nobody reads it.
+    let waiting = w.send(alice, "written while forked", 1415);
+    assert_eq!(w.delivery(alice, &waiting), Some(Delivery::Unpublished));
+
     // She asks to be re-added; Bob, who applied Carol's commit, does it.
     w.advance(alice, 1420);
-    let request = w.outbox(alice).remove(0);
+    let mut out = w.outbox(alice);
+    assert_eq!(out.len(), 1, "only the request goes out: {out:?}");
+    let request = out.remove(0);
     assert!(kith_engine::group::RejoinRequest::is_request(
         &request.payload
     ));
@@ -291,6 +297,17 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
         w.group(alice).metadata().mutable.attributes["name"],
         "bob's"
     );
+
+    // Back in the group, her waiting message goes out with its id.
+    w.advance(alice, at + 10);
+    let out = w.outbox(alice);
+    let sent = out
+        .iter()
+        .find(|o| o.message_id == Some(waiting))
+        .expect("the waiting message is sent after the re-add");
+    let e = w.env(at + 20, 2, sequence, sent.payload.clone());
+    w.handle(carol, &e, at + 30);
+    assert_eq!(w.delivery(carol, &waiting), Some(Delivery::Published));
 }
 
 fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {

@@ -699,9 +699,11 @@ impl Group {
             sent_at_ms: now_ms,
         };
         // MLS sends no application message while proposals wait for a
-        // commit: the message waits in the outbox, and `advance` sends it
-        // (with this id) once they are committed.
-        let deferred = self.mls.pending_proposals().next().is_some();
+        // commit, and nobody would read one sent on a fork: the message
+        // waits in the outbox, and `advance` sends it (with this id) once
+        // the proposals are committed or this installation is re-added.
+        let deferred =
+            self.record.forked.is_some() || self.mls.pending_proposals().next().is_some();
         let out = if deferred {
             None
         } else {
@@ -806,7 +808,7 @@ impl Group {
         now_ms: u64,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
-        self.resend_lost(provider, kv, me)?;
+        self.resend_lost(provider, kv, me, now_ms)?;
         self.settle(kv, Some(now_ms), now_ms)?;
         if self.record.forked.is_some() {
             // Nothing built on a fork reaches the others: wait to be

@@ -770,9 +770,14 @@ impl Group {
         provider: &P,
         kv: &S,
         me: Me<'_>,
+        now_ms: u64,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
         let group_id = self.group_id().to_vec();
+        if self.record.forked.is_some() {
+            // Sent now, it would stay on the fork: wait to be re-added.
+            return Ok(());
+        }
         if self.mls.is_active() && self.mls.pending_proposals().next().is_some() {
             // No application message until the proposals are committed (a
             // removed member's store may keep proposals: it fails them).
@@ -804,6 +809,9 @@ impl Group {
                 out,
                 Some(send.message_id),
             )?;
+            // Its place is when it went out: a fork found later fails what
+            // was sent on it by that time.
+            store.restamp_message(&self.conversation_id(), &send.message_id, now_ms)?;
             send.epoch = self.epoch();
             send.auth_digest = self.auth_digest();
             send.resend = false;
@@ -918,8 +926,19 @@ impl Group {
         for own in store.own_commits(group_id)? {
             store.remove_own_commit(group_id, &own.hash)?;
         }
+        let conversation = store.group_record(group_id)?.conversation_id;
         for send in store.own_sends(group_id)? {
-            store.remove_own_send(group_id, &send.message_id)?;
+            // Messages written while forked, never sent, go out in the
+            // group joined again; anything sent on the fork was failed.
+            let waiting = match &conversation {
+                Some(conversation) => store
+                    .message(conversation, &send.message_id)?
+                    .is_some_and(|m| m.delivery == Delivery::Unpublished),
+                None => false,
+            };
+            if !(send.resend && waiting) {
+                store.remove_own_send(group_id, &send.message_id)?;
+            }
         }
         for item in store.outbox(group_id)? {
             store.remove_outbox(group_id, item.id)?;

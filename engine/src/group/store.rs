@@ -367,6 +367,28 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         self.get(&key)
     }
 
+    /// Move a stored message to `time_ms` in its conversation's order (an
+    /// own message that waited in the outbox takes the time it was sent).
+    pub fn restamp_message(
+        &self,
+        conversation: &ConversationId,
+        message_id: &[u8; 32],
+        time_ms: u64,
+    ) -> Result<(), GroupError> {
+        let Some(mut message) = self.message(conversation, message_id)? else {
+            return Ok(());
+        };
+        if message.time_ms == time_ms {
+            return Ok(());
+        }
+        self.0
+            .kv_delete(&Self::message_key(&message))
+            .map_err(GroupError::store)?;
+        message.time_ms = time_ms;
+        self.put(&Self::message_key(&message), &message)?;
+        self.put(&Self::index_key(conversation, message_id), &time_ms)
+    }
+
     /// Replace a stored message in place (same conversation, time and id).
     pub fn update_message(&self, message: &StoredMessage) -> Result<(), GroupError> {
         self.put(&Self::message_key(message), message)
