@@ -310,6 +310,72 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     assert_eq!(w.delivery(carol, &waiting), Some(Delivery::Published));
 }
 
+/// Alice, on a fork she does not know of yet (Bob's commit settled at her
+/// before Carol's earlier one arrived), adds Dave. Dave joins her branch.
+/// He has no commits of his own before his epoch, but his Welcome carries
+/// Alice's: Carol's next message shows him that the branch he joined lost.
+#[test]
+fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
+    let mut w = World::new(5, 4, 3, WINDOW);
+    let (alice, bob, carol, dave) = (0, 1, 2, 3);
+    w.queue(bob, rename("bob's"));
+    w.advance(bob, 100);
+    let b = w.outbox(bob).remove(0);
+    w.queue(carol, rename("carol's"));
+    w.advance(carol, 100);
+    let c = w.outbox(carol).remove(0);
+    let b = w.env(300, 2, 1, b.payload);
+    let c = w.env(200, 1, 100, c.payload);
+    for member in [bob, carol] {
+        w.handle(member, &c, 210);
+        w.handle(member, &b, 310);
+    }
+    // Alice settles Bob's commit, then adds Dave on her branch.
+    w.handle(alice, &b, 310);
+    w.advance(alice, 300 + WINDOW);
+    let key_package = w.clients[dave].key_package.take().expect("key package");
+    let dave_inbox = w.clients[dave].inbox;
+    w.queue(
+        alice,
+        IntentKind::AddMembers {
+            key_packages: vec![key_package],
+            sequences: vec![(dave_inbox, 1)],
+        },
+    );
+    w.advance(alice, 1400);
+    let add = w.outbox(alice).remove(0);
+    let add = w.env(1400, 2, 2, add.payload);
+    w.handle(alice, &add, 1410);
+    w.advance(alice, 1400 + WINDOW + 10);
+    let welcome = w
+        .outbox(alice)
+        .into_iter()
+        .find(|o| o.topics[0].starts_with("welcome/"))
+        .expect("Alice's Welcome for Dave");
+    let identities = &w.identities;
+    assert!(
+        w.clients[dave]
+            .join(identities, &welcome.payload, w.policy, w.base + 2500)
+            .expect("join")
+    );
+    assert!(w.group(dave).fork().is_none(), "nothing tells him yet");
+
+    // Carol speaks on the canonical branch.
+    w.send(carol, "canonical", 2600);
+    let m = w.outbox(carol).remove(0);
+    let m = w.env(2600, 1, 101, m.payload);
+    w.handle(dave, &m, 2610);
+    assert!(
+        w.group(dave).fork().is_some(),
+        "Dave learns that the branch he joined lost"
+    );
+    assert!(
+        w.events(dave)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Forked { .. }))
+    );
+}
+
 fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
     use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
     let c = &w.clients[client];

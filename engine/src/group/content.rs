@@ -96,6 +96,20 @@ struct CursorEntry {
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]
+struct BranchEntry {
+    #[prost(uint64, tag = "1")]
+    epoch: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    auth_digest: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    time_ms: u64,
+    #[prost(uint32, tag = "4")]
+    node: u32,
+    #[prost(uint64, tag = "5")]
+    sequence: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 struct WelcomeWire {
     #[prost(bytes = "vec", tag = "1")]
     welcome: Vec<u8>,
@@ -103,7 +117,14 @@ struct WelcomeWire {
     group_id: Vec<u8>,
     #[prost(message, repeated, tag = "3")]
     cursor: Vec<CursorEntry>,
+    #[prost(message, repeated, tag = "4")]
+    branch: Vec<BranchEntry>,
 }
+
+/// One commit of the branch a Welcome leads into: the epoch it left, that
+/// epoch's authenticator digest, and the commit's canonical position
+/// `(originator time, node, sequence)`.
+pub type BranchCommit = (u64, [u8; 8], (u64, u32, u64));
 
 /// A Welcome as published on a `welcome/<installation>` topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +135,12 @@ pub struct WelcomePayload {
     pub group_id: Vec<u8>,
     /// The group topic's cursor just past the commit that added the joiner.
     pub cursor: Cursor,
+    /// The last commits of the committer's branch, newest first (the one
+    /// that added the joiner included), so that the joiner can tell, from
+    /// members' messages, whether that branch lost (a fork). Not
+    /// authenticated by MLS: a forged history can only make the joiner
+    /// believe it is forked and ask to be re-added.
+    pub branch: Vec<BranchCommit>,
 }
 
 impl WelcomePayload {
@@ -127,6 +154,17 @@ impl WelcomePayload {
                 .entries()
                 .map(|(node, sequence)| CursorEntry { node, sequence })
                 .collect(),
+            branch: self
+                .branch
+                .iter()
+                .map(|(epoch, auth, (time_ms, node, sequence))| BranchEntry {
+                    epoch: *epoch,
+                    auth_digest: auth.to_vec(),
+                    time_ms: *time_ms,
+                    node: *node,
+                    sequence: *sequence,
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -137,10 +175,29 @@ impl WelcomePayload {
             what: "welcome payload",
             reason: e.to_string(),
         })?;
+        let branch = wire
+            .branch
+            .iter()
+            .map(|e| {
+                let auth: [u8; 8] =
+                    e.auth_digest
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| ContentError {
+                            what: "welcome payload",
+                            reason: format!(
+                                "a branch entry's digest is {} bytes, not 8",
+                                e.auth_digest.len()
+                            ),
+                        })?;
+                Ok((e.epoch, auth, (e.time_ms, e.node, e.sequence)))
+            })
+            .collect::<Result<Vec<_>, ContentError>>()?;
         Ok(Self {
             welcome: wire.welcome,
             group_id: wire.group_id,
             cursor: wire.cursor.iter().map(|e| (e.node, e.sequence)).collect(),
+            branch,
         })
     }
 }

@@ -451,6 +451,14 @@ impl Group {
         let group_id = mls.group_id().as_slice().to_vec();
         let store = ClientStore(kv);
         store.put_cursor(&Topic::Group(group_id.clone()), &payload.cursor)?;
+        // The branch it joins, for fork detection (`check_branch`): without
+        // it a joiner of a committer that was itself on a fork would never
+        // learn it.
+        for (epoch, auth, key) in &payload.branch {
+            if *epoch < mls.epoch().as_u64() {
+                store.put_commit_key(&group_id, *epoch, (*key, *auth), COMMIT_HISTORY)?;
+            }
+        }
         let mut events = VecDeque::new();
         let mut record = match carried {
             Some((record, forked_at)) => {
@@ -1453,12 +1461,20 @@ impl Group {
             return Ok(());
         }
         entry.epoch = protocol.epoch().as_u64();
+        let is_commit = protocol.content_type() == ContentType::Commit;
         if entry.epoch < self.record.joined_at_epoch {
             // From before this installation joined: a joiner reads the topic
             // from where its adder staged the commit, so it meets a few.
+            // Their authenticated data still shows whether the branch it
+            // joined is the others'.
+            if let ProtocolMessage::PrivateMessage(m) = &protocol
+                && !is_commit
+            {
+                let aad = m.aad().to_vec();
+                self.check_branch(kv, &aad, ctx.now_ms)?;
+            }
             return Ok(());
         }
-        let is_commit = protocol.content_type() == ContentType::Commit;
         if is_commit && entry.epoch < current {
             return self.past_commit(provider, kv, ctx, entry, allow_rollback);
         }

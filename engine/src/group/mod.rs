@@ -25,8 +25,8 @@ pub mod store;
 mod validate;
 
 pub use content::{
-    CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT, Content, ContentError, MAX_CONTENT_TYPE_LEN,
-    WelcomePayload, message_id,
+    BranchCommit, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT, Content, ContentError,
+    MAX_CONTENT_TYPE_LEN, WelcomePayload, message_id,
 };
 pub use error::GroupError;
 pub use group_state::{

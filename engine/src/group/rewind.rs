@@ -356,21 +356,31 @@ impl Group {
     }
 
     pub(crate) fn current_aad<S: KvStore + ?Sized>(&self, kv: &S) -> Result<KithAad, GroupError> {
+        Ok(KithAad {
+            auth_digest: self.auth_digest(),
+            history: self.branch_before(kv, self.epoch())?,
+        })
+    }
+
+    /// The [`AAD_HISTORY`] commits that led to `epoch` on this branch,
+    /// newest first, as far as they are remembered.
+    pub(crate) fn branch_before<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        epoch: u64,
+    ) -> Result<Vec<(u64, [u8; 8], OrderKey)>, GroupError> {
         let store = ClientStore(kv);
         let mut history = Vec::with_capacity(AAD_HISTORY);
         for back in 1..=AAD_HISTORY as u64 {
-            let Some(epoch) = self.epoch().checked_sub(back) else {
+            let Some(left) = epoch.checked_sub(back) else {
                 break;
             };
-            match store.commit_record(self.group_id(), epoch)? {
-                Some((key, auth)) => history.push((epoch, auth, key)),
+            match store.commit_record(self.group_id(), left)? {
+                Some((key, auth)) => history.push((left, auth, key)),
                 None => break,
             }
         }
-        Ok(KithAad {
-            auth_digest: self.auth_digest(),
-            history,
-        })
+        Ok(history)
     }
 
     /// Whether the ring holds a snapshot (so envelopes must be retained).
@@ -873,6 +883,7 @@ impl Group {
                         welcome,
                         group_id: group_id.clone(),
                         cursor: joiner_cursor.clone(),
+                        branch: self.branch_before(kv, commit.epoch + 1)?,
                     }
                     .to_bytes();
                     let topics: Vec<Topic> =
