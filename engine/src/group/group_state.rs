@@ -648,7 +648,10 @@ impl Group {
         self.outbound.retain(|o| o.id != item.id);
         if let Some(id) = item.message_id {
             let conversation = self.conversation_id();
-            if let Some(mut message) = store.message(&conversation, &id)? {
+            // A message failed meanwhile (sent on a fork) stays failed.
+            if let Some(mut message) = store.message(&conversation, &id)?
+                && message.delivery == Delivery::Unpublished
+            {
                 message.delivery = Delivery::Published;
                 store.update_message(&message)?;
             }

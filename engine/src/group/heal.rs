@@ -243,6 +243,7 @@ impl Group {
         let store = ClientStore(kv);
         let me = self.own_installation();
         let conversation = self.conversation_id();
+        let mut failed = Vec::new();
         for mut message in store.messages(&conversation)? {
             if message.group_id != self.group_id()
                 || message.sender_installation != me
@@ -253,10 +254,19 @@ impl Group {
             }
             message.delivery = Delivery::Failed;
             store.update_message(&message)?;
+            failed.push(message.message_id);
             self.events.push_back(GroupEvent::MessageFailed {
                 message_id: message.message_id,
                 reason: "sent on a fork of the group, which the other members never saw".into(),
             });
+        }
+        // What is not published yet stays unpublished.
+        let group_id = self.group_id().to_vec();
+        for item in store.outbox(&group_id)? {
+            if item.message_id.is_some_and(|id| failed.contains(&id)) {
+                store.remove_outbox(&group_id, item.id)?;
+                self.outbound.retain(|o| o.id != item.id);
+            }
         }
         Ok(())
     }
