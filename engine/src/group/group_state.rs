@@ -864,32 +864,7 @@ impl Group {
                     welcome,
                     welcome_to,
                 }) => {
-                    let published = PublishedCommit {
-                        epoch: self.epoch(),
-                        commit_hash: sha256(&commit),
-                        proposal_ref: None,
-                    };
-                    store.put_own_commit(
-                        self.group_id(),
-                        &OwnCommit {
-                            hash: published.commit_hash,
-                            intent_id: intent.id,
-                            epoch: published.epoch,
-                            auth_digest: self.auth_digest(),
-                            welcome,
-                            welcome_to,
-                            joiner_cursor: store.cursor(&Topic::Group(self.group_id().to_vec()))?,
-                        },
-                    )?;
-                    intent.state = IntentState::Published(published);
-                    store.put_intent(self.group_id(), &intent)?;
-                    self.push_outbound(
-                        kv,
-                        &[Topic::Group(self.group_id().to_vec())],
-                        commit,
-                        None,
-                    )?;
-                    return Ok(());
+                    return self.publish_commit(kv, intent, commit, welcome, welcome_to, None);
                 }
                 Ok(Built::Done) => {
                     store.remove_intent(self.group_id(), intent.id)?;
@@ -961,28 +936,7 @@ impl Group {
                 commit,
                 welcome,
                 welcome_to,
-            }) => {
-                let published = PublishedCommit {
-                    epoch,
-                    commit_hash: sha256(&commit),
-                    proposal_ref: Some(proposal_ref),
-                };
-                store.put_own_commit(
-                    self.group_id(),
-                    &OwnCommit {
-                        hash: published.commit_hash,
-                        intent_id: intent.id,
-                        epoch,
-                        auth_digest: self.auth_digest(),
-                        welcome,
-                        welcome_to,
-                        joiner_cursor: store.cursor(&Topic::Group(self.group_id().to_vec()))?,
-                    },
-                )?;
-                intent.state = IntentState::Published(published);
-                store.put_intent(self.group_id(), &intent)?;
-                self.push_outbound(kv, &[Topic::Group(self.group_id().to_vec())], commit, None)
-            }
+            }) => self.publish_commit(kv, intent, commit, welcome, welcome_to, Some(proposal_ref)),
             Ok(_) => {
                 // The proposal is not in the store any more: propose again.
                 intent.state = IntentState::Regenerate;
@@ -994,6 +948,42 @@ impl Group {
             Err(GroupError::NotPermitted(reason)) => self.fail_intent(kv, intent.id, reason, true),
             Err(other) => self.fail_intent(kv, intent.id, other.to_string(), false),
         }
+    }
+
+    /// Record a commit just staged for `intent` (with its Welcome, and the
+    /// reference of the intent's proposal it carries, if any), mark the
+    /// intent published, and queue the commit for publishing.
+    fn publish_commit<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        mut intent: Intent,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        welcome_to: Vec<InstallationId>,
+        proposal_ref: Option<Vec<u8>>,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let topic = Topic::Group(self.group_id().to_vec());
+        let published = PublishedCommit {
+            epoch: self.epoch(),
+            commit_hash: sha256(&commit),
+            proposal_ref,
+        };
+        store.put_own_commit(
+            self.group_id(),
+            &OwnCommit {
+                hash: published.commit_hash,
+                intent_id: intent.id,
+                epoch: published.epoch,
+                auth_digest: self.auth_digest(),
+                welcome,
+                welcome_to,
+                joiner_cursor: store.cursor(&topic)?,
+            },
+        )?;
+        intent.state = IntentState::Published(published);
+        store.put_intent(self.group_id(), &intent)?;
+        self.push_outbound(kv, &[topic], commit, None)
     }
 
     /// Send `kind` (see [`IntentKind::is_proposable`]) as a standalone
