@@ -2,7 +2,10 @@
 //! order it is about, on real sled stores, and checks what the members
 //! end with and what they were told.
 
-use kith_engine::group::{ClientStore, Delivery, GroupEvent, IntentKind, KvStore};
+use kith_engine::{
+    delivery::Envelope,
+    group::{ClientStore, Delivery, GroupEvent, IntentKind, KvStore},
+};
 use kith_sim::world::World;
 
 const WINDOW: u64 = 1_000;
@@ -178,18 +181,7 @@ fn the_ring_is_bounded() {
 fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     let mut w = World::new(4, 3, 3, WINDOW);
     let (alice, bob, carol) = (0, 1, 2);
-    w.queue(bob, rename("bob's"));
-    w.advance(bob, 100);
-    let b = w.outbox(bob).remove(0);
-    w.queue(carol, rename("carol's"));
-    w.advance(carol, 100);
-    let c = w.outbox(carol).remove(0);
-    let b = w.env(300, 2, 1, b.payload);
-    let c = w.env(200, 1, 100, c.payload);
-    for member in [bob, carol] {
-        w.handle(member, &c, 210);
-        w.handle(member, &b, 310);
-    }
+    let (b, c) = renames_racing_past_alice(&mut w, bob, carol);
     w.handle(alice, &b, 310);
     let on_fork = w.send(alice, "on the fork", 320);
     w.outbox(alice);
@@ -318,18 +310,7 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
 fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
     let mut w = World::new(5, 4, 3, WINDOW);
     let (alice, bob, carol, dave) = (0, 1, 2, 3);
-    w.queue(bob, rename("bob's"));
-    w.advance(bob, 100);
-    let b = w.outbox(bob).remove(0);
-    w.queue(carol, rename("carol's"));
-    w.advance(carol, 100);
-    let c = w.outbox(carol).remove(0);
-    let b = w.env(300, 2, 1, b.payload);
-    let c = w.env(200, 1, 100, c.payload);
-    for member in [bob, carol] {
-        w.handle(member, &c, 210);
-        w.handle(member, &b, 310);
-    }
+    let (b, _) = renames_racing_past_alice(&mut w, bob, carol);
     // Alice settles Bob's commit, then adds Dave on her branch.
     w.handle(alice, &b, 310);
     w.advance(alice, 300 + WINDOW);
@@ -374,6 +355,25 @@ fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
             .iter()
             .any(|e| matches!(e, GroupEvent::Forked { .. }))
     );
+}
+
+/// Bob and Carol rename the group at once; Carol's commit sorts first, and
+/// both apply it before Bob's. Returns Bob's and Carol's commits, for the
+/// caller to show Alice late.
+fn renames_racing_past_alice(w: &mut World, bob: usize, carol: usize) -> (Envelope, Envelope) {
+    w.queue(bob, rename("bob's"));
+    w.advance(bob, 100);
+    let b = w.outbox(bob).remove(0);
+    w.queue(carol, rename("carol's"));
+    w.advance(carol, 100);
+    let c = w.outbox(carol).remove(0);
+    let b = w.env(300, 2, 1, b.payload);
+    let c = w.env(200, 1, 100, c.payload);
+    for member in [bob, carol] {
+        w.handle(member, &c, 210);
+        w.handle(member, &b, 310);
+    }
+    (b, c)
 }
 
 fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
