@@ -357,6 +357,49 @@ fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
     );
 }
 
+/// Alice removes Dave while Carol renames the group in the same epoch;
+/// Carol's commit sorts first but reaches Dave last. Removed, Dave still
+/// keeps what arrives (Bob's next commit on Carol's branch), so that when
+/// Carol's commit brings him back he replays it and catches up.
+#[test]
+fn a_member_whose_removal_is_rolled_back_catches_up() {
+    let mut w = World::new(6, 4, 4, WINDOW);
+    let (alice, bob, carol, dave) = (0, 1, 2, 3);
+    let dave_inbox = w.clients[dave].inbox;
+    w.queue(
+        alice,
+        IntentKind::RemoveMembers {
+            inboxes: vec![dave_inbox],
+        },
+    );
+    w.advance(alice, 100);
+    let a = w.outbox(alice).remove(0);
+    w.queue(carol, rename("carol's"));
+    w.advance(carol, 100);
+    let c = w.outbox(carol).remove(0);
+    let a = w.env(300, 2, 1, a.payload);
+    let c = w.env(200, 1, 100, c.payload);
+
+    // Bob sees both in order and renames again on Carol's branch.
+    w.handle(bob, &c, 210);
+    w.handle(bob, &a, 310);
+    w.queue(bob, rename("bob's"));
+    w.advance(bob, 400);
+    let r = w.outbox(bob).remove(0);
+    let r = w.env(400, 3, 1, r.payload);
+    w.handle(bob, &r, 410);
+    assert_eq!(w.group(bob).epoch(), 3);
+
+    // Dave: Alice's removal, Bob's commit, then Carol's earlier one.
+    w.handle(dave, &a, 310);
+    assert!(!w.group(dave).is_active(), "removed, for now");
+    w.handle(dave, &r, 420);
+    w.handle(dave, &c, 430);
+    assert!(w.group(dave).is_active(), "Carol's commit brings him back");
+    assert_eq!(w.state(dave), w.state(bob), "and he replays Bob's commit");
+    assert_eq!(w.group(dave).metadata().mutable.attributes["name"], "bob's");
+}
+
 /// Bob and Carol rename the group at once; Carol's commit sorts first, and
 /// both apply it before Bob's. Returns Bob's and Carol's commits, for the
 /// caller to show Alice late.

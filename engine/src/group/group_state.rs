@@ -1472,8 +1472,9 @@ impl Group {
             return self.past_commit(provider, kv, ctx, entry, allow_rollback);
         }
         if !self.mls.is_active() {
-            // Removed: only a rollback (above) can bring it back.
-            return Ok(());
+            // Removed: only a rollback can bring it back, and then it needs
+            // what arrived meanwhile (kept only while snapshots are).
+            return self.retain(kv, &entry);
         }
         if protocol.content_type() == ContentType::Proposal && entry.epoch < current {
             // MLS takes no proposal of a past epoch, but a rollback may
