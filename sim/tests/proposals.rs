@@ -226,3 +226,74 @@ fn a_late_proposal_brings_back_the_commit_that_referred_to_it() {
     assert_eq!(out.len(), 1);
     assert_eq!(content_type(&out[0].payload), Some(ContentType::Commit));
 }
+
+/// `adder` queues and stages the add of `joiner`; returns the commit.
+fn add_commit(w: &mut World, adder: usize, joiner: usize, at: u64) -> Vec<u8> {
+    let key_package = w.clients[joiner].key_package.take().expect("key package");
+    let inbox: InboxId = w.clients[joiner].inbox;
+    w.queue(
+        adder,
+        IntentKind::AddMembers {
+            key_packages: vec![key_package],
+            sequences: vec![(inbox, 1)],
+        },
+    );
+    w.advance(adder, at);
+    w.outbox(adder).remove(0).payload
+}
+
+/// In canonical order: Alice's proposal (110), Dave's add of Erin (150),
+/// Bob's commit of Alice's proposal (160), Carol's add of Frank (300).
+/// Dave's add is canonical. Carol meets them backwards: her own add, then
+/// Bob's commit (it waits for the proposal), the proposal (Bob's commit
+/// comes back), and Dave's add last. Bob's commit, once held, must
+/// neither be forgotten when its proposal comes nor, replayed, get ahead
+/// of Dave's add, which sorts before it.
+#[test]
+fn a_held_commit_keeps_its_place_in_a_replay() {
+    let (alice, bob, carol, dave, erin, frank) = (0, 1, 2, 3, 4, 5);
+    let mut w = World::with_proposals(14, 6, 4, WINDOW, 10_000);
+    w.queue(alice, rename("alice's"));
+    w.advance(alice, 100);
+    let out = w.outbox(alice);
+    assert_eq!(out.len(), 1, "Alice waits for someone to commit");
+    let proposal = w.env(110, 1, 11, out[0].payload.clone());
+
+    w.handle(bob, &proposal, 120);
+    w.queue(bob, IntentKind::CommitPending);
+    w.advance(bob, 130);
+    let payload = w.outbox(bob).remove(0).payload;
+    let bobs = w.env(160, 2, 1, payload);
+    let payload = add_commit(&mut w, dave, erin, 130);
+    let daves = w.env(150, 3, 1, payload);
+    let payload = add_commit(&mut w, carol, frank, 130);
+    let carols = w.env(300, 4, 1, payload);
+
+    w.handle(carol, &carols, 310);
+    assert_eq!(w.group(carol).epoch(), 2);
+    w.handle(carol, &bobs, 320);
+    assert_eq!(
+        w.group(carol).members().len(),
+        5,
+        "Bob's commit waits for its proposal; Carol's add stays"
+    );
+    w.handle(carol, &proposal, 330);
+    assert_eq!(
+        name(&w, carol).as_deref(),
+        Some("alice's"),
+        "the proposal brings Bob's commit back"
+    );
+    assert_eq!(w.group(carol).members().len(), 4);
+    w.handle(carol, &daves, 340);
+    assert_eq!(w.group(carol).members().len(), 5, "Dave's add won");
+    assert_eq!(name(&w, carol), None, "Bob's commit lost");
+
+    for m in [alice, bob, dave] {
+        for envelope in [&proposal, &daves, &bobs, &carols] {
+            if m != bob || envelope != &proposal {
+                w.handle(m, envelope, 400);
+            }
+        }
+        assert_eq!(w.state(m), w.state(carol), "client {m}");
+    }
+}

@@ -229,6 +229,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now_ms: u64,
     /// During a replay: the messages it delivered again.
     pub(crate) confirmed: Option<BTreeSet<[u8; 32]>>,
+    /// Inside a rollback's replay, which routes held envelopes in their
+    /// canonical place: merges and proposals release none meanwhile.
+    pub(crate) replaying: bool,
 }
 
 /// How many generations behind the newest a sender's message may arrive
@@ -1392,6 +1395,7 @@ impl Group {
             identities,
             now_ms,
             confirmed: None,
+            replaying: false,
         };
         self.route(provider, kv, &mut ctx, entry, true)?;
         cursor.advance(envelope);
@@ -1521,12 +1525,15 @@ impl Group {
     }
 
     /// After the epoch moved, apply the held envelopes it unblocked.
-    fn release_held<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+    pub(super) fn release_held<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), GroupError> {
+        if ctx.replaying {
+            return Ok(());
+        }
         let store = ClientStore(kv);
         let current = self.epoch();
         let mut ready: Vec<RetainedEnvelope> = store

@@ -493,12 +493,13 @@ impl Group {
         let Some(snapshot) = store.snapshot(self.group_id(), epoch)? else {
             return Ok(());
         };
+        // Held or not: a commit tried in a rollback that found its
+        // proposal missing stays held.
         let waiting = store
             .retained(self.group_id())?
             .into_iter()
             .filter(|e| {
-                !e.held
-                    && e.epoch == epoch
+                e.epoch == epoch
                     && proposal.key < e.key
                     && e.key < snapshot.commit_key
                     && is_commit(&e.payload)
@@ -616,13 +617,16 @@ impl Group {
         })?;
         // What to replay is decided before `first` is applied: applying it
         // rewrites this epoch's ring entry, and settling by the ring's bound
-        // would drop the envelopes it no longer covers. Held envelopes are
-        // not listed: each merge releases those its new epoch unblocks.
+        // would drop the envelopes it no longer covers. Held envelopes join
+        // the replay in their canonical place (and none is released in
+        // between, see `Ctx::replaying`): released by the replay's first
+        // proposal or merge, a held commit sorting after `first` would beat
+        // it to the restored epoch.
         let first_arrival = first.arrival;
         let mut entries: Vec<RetainedEnvelope> = store
             .retained(&group_id)?
             .into_iter()
-            .filter(|e| e.arrival >= snapshot.arrival && !e.held && e.arrival != first_arrival)
+            .filter(|e| (e.held || e.arrival >= snapshot.arrival) && e.arrival != first_arrival)
             .collect();
         entries.sort_by_key(|e| e.key);
         // Envelopes of the restored epoch that sort before `first` go
@@ -634,12 +638,16 @@ impl Group {
         self.restore(provider, kv, &state)?;
         let first_hash = super::group_state::sha256(&first.payload);
         let events_before = self.events.len();
+        let outer_replaying = std::mem::replace(&mut ctx.replaying, true);
         for mut entry in before.iter().cloned() {
-            entry.message_id = None;
+            self.renumber(kv, &mut entry)?;
             self.route(provider, kv, ctx, entry, false)?;
         }
+        let mut first = first;
+        self.renumber(kv, &mut first)?;
         self.route(provider, kv, ctx, first, false)?;
         if self.epoch() == epoch {
+            ctx.replaying = outer_replaying;
             self.restore(provider, kv, &current)?;
             // What `first` changed went with the restore; keep only why
             // it was refused.
@@ -688,11 +696,13 @@ impl Group {
         let replayed = entries.len() as u64 + 1;
         let outer = ctx.confirmed.replace(BTreeSet::new());
         for mut entry in entries {
-            entry.held = false;
-            entry.message_id = None;
+            self.renumber(kv, &mut entry)?;
             self.route(provider, kv, ctx, entry, false)?;
         }
         let confirmed = std::mem::replace(&mut ctx.confirmed, outer).unwrap_or_default();
+        ctx.replaying = outer_replaying;
+        // Held envelopes the replay left held may be ready now.
+        self.release_held(provider, kv, ctx)?;
         let conversation = self.conversation_id();
         for id in candidates.difference(&confirmed) {
             if let Some(mut message) = store.message(&conversation, id)?
@@ -728,6 +738,27 @@ impl Group {
             stats: self.record.rewind,
         });
         Ok(())
+    }
+
+    /// Give a replayed envelope the next arrival number, so that arrival
+    /// order stays the order of processing: a snapshot the replay takes
+    /// must see everything replayed after it as arriving after it, or a
+    /// later rollback to that snapshot would leave it out. It is stored
+    /// under its new number before it is routed, so that one routing drops
+    /// (a skip) leaves it retained as before.
+    fn renumber<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        entry: &mut RetainedEnvelope,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let old = entry.arrival;
+        entry.arrival = self.record.next_arrival;
+        self.record.next_arrival += 1;
+        entry.held = false;
+        entry.message_id = None;
+        store.put_retained(self.group_id(), entry)?;
+        store.remove_retained(self.group_id(), old)
     }
 
     /// Flag own messages whose epoch lost, for [`Group::advance`] to
