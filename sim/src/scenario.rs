@@ -589,7 +589,10 @@ impl Sim {
                     envelope.originator_node_id,
                     envelope.originator_sequence_id,
                     result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-                    self.clients[index].group.as_ref().map(|g| g.epoch()),
+                    self.clients[index]
+                        .group
+                        .as_ref()
+                        .map(|g| (g.epoch(), hex8(&g.epoch_authenticator()))),
                 );
                 for event in self.clients[index].events.iter().skip(events_before) {
                     if !matches!(event, GroupEvent::Message(_)) {
@@ -955,6 +958,25 @@ impl Sim {
                     client.join_epoch,
                     client.group.as_ref().map(Group::epoch)
                 );
+                if let Some(group) = client.group.as_ref() {
+                    // The commit applied for each recorded epoch: where two
+                    // members' chains part is where one of them went wrong.
+                    let store = ClientStore(client.storage());
+                    let chain: Vec<String> = (0..group.epoch())
+                        .filter_map(|epoch| {
+                            let (key, auth) =
+                                store.commit_record(group.group_id(), epoch).ok()??;
+                            Some(format!(
+                                "{epoch}:({},{},{})@{}",
+                                key.0 % 100_000,
+                                key.1,
+                                key.2,
+                                hex8(&auth)
+                            ))
+                        })
+                        .collect();
+                    eprintln!("    chain {}", chain.join(" "));
+                }
                 for event in &client.events {
                     eprintln!("    {}", trace_event(event));
                 }
