@@ -290,6 +290,22 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
         "bob's"
     );
 
+    // Her request reaches Carol only now, after Bob's re-add, through a
+    // node that lagged: answering it would remove the leaf Alice has just
+    // joined with.
+    let late = w.env(at + 5, 3, 1, request.payload.clone());
+    w.handle(carol, &late, at + 5);
+    assert!(
+        !w.events(carol)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::RejoinRequested { .. })),
+        "a request the re-add answered is not answered again"
+    );
+    assert!(w.events(carol).iter().any(|e| matches!(
+        e,
+        GroupEvent::EnvelopeSkipped { reason } if reason.contains("already answered")
+    )));
+
     // Back in the group, her waiting message goes out with its id.
     w.advance(alice, at + 10);
     let out = w.outbox(alice);

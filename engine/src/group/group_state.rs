@@ -51,7 +51,7 @@ use super::{
     store::GroupSnapshots,
     store::{
         ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupRecord,
-        KvStore, Outbound, StoredMessage, dm_conversation_id,
+        KvStore, LeafAdded, Outbound, StoredMessage, dm_conversation_id,
     },
     validate::{CommitSummary, Verdict, leaf_identity, validate_commit},
 };
@@ -1761,12 +1761,22 @@ impl Group {
             summary,
             self_removed,
         } = merge;
-        ClientStore(kv).put_commit_key(
+        let store = ClientStore(kv);
+        store.put_commit_key(
             self.group_id(),
             entry.epoch,
             (entry.key, left_auth),
             COMMIT_HISTORY,
         )?;
+        for (_, installation) in &summary.added {
+            if let Some(leaf) = self.leaf_of(installation) {
+                let added = LeafAdded {
+                    commit_time_ms: entry.key.0,
+                    encryption_key: self.leaf_encryption_key(leaf),
+                };
+                store.put_leaf_added(self.group_id(), installation, &added)?;
+            }
+        }
         self.retain(kv, entry)?;
         self.after_merge(kv, summary, self_removed)?;
         if self.policy.retains() {

@@ -206,6 +206,17 @@ impl Group {
             return Ok(());
         }
         let stale_leaf = self.leaf_encryption_key(leaf);
+        // Several members answer one request, and a request may reach a
+        // member after the re-add that answered it: a leaf added by a
+        // commit later than the request is its answer, and re-adding it
+        // again would remove the leaf the requester has just joined with.
+        if let Some(added) = ClientStore(kv).leaf_added(self.group_id(), &request.installation)?
+            && added.encryption_key == stale_leaf
+            && added.commit_time_ms >= request.time_ms
+        {
+            self.skip("a rejoin request that a re-add already answered".into());
+            return Ok(());
+        }
         self.events.push_back(GroupEvent::RejoinRequested {
             inbox: request.inbox,
             installation: request.installation,

@@ -40,7 +40,7 @@ pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, Policy
 pub use rewind::{RewindPolicy, RewindStats};
 pub use store::{
     ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupSnapshots,
-    KvEntries, KvStore, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
+    KvEntries, KvStore, LeafAdded, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
 };
 pub use validate::CommitSummary;
 

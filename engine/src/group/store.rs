@@ -23,6 +23,7 @@
 //!  'p' group id | commit hash       -> OwnCommit           (own commits of unsettled epochs)
 //!  'u' group id | message id        -> OwnSend             (own messages of unsettled epochs)
 //!  'k' group id | epoch             -> (order key of the commit that left it, its digest)
+//!  'a' group id | installation      -> LeafAdded           (when its leaf was last added)
 //! ```
 //! Variable-length ids are length-prefixed so that one id is never a prefix
 //! of another's keys.
@@ -269,6 +270,18 @@ pub struct GroupRecord {
     pub joined_at_epoch: u64,
 }
 
+/// When an installation's current leaf was added, so that a member can
+/// tell a rejoin request that a re-add already answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafAdded {
+    /// The originator time of the commit that added it, ms.
+    pub commit_time_ms: u64,
+    /// The added leaf's encryption key: the record holds only while the
+    /// leaf does (a rollback or an update replaces it).
+    #[serde(with = "serde_bytes")]
+    pub encryption_key: Vec<u8>,
+}
+
 fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(5 + id.len());
     key.push(tag);
@@ -477,6 +490,32 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
     fn epoch_key(tag: u8, group_id: &[u8], epoch: u64) -> Vec<u8> {
         let mut key = with_len(tag, group_id);
         key.extend_from_slice(&epoch.to_be_bytes());
+        key
+    }
+
+    /// When `installation`'s leaf was last added to the group, if
+    /// recorded.
+    pub fn leaf_added(
+        &self,
+        group_id: &[u8],
+        installation: &InstallationId,
+    ) -> Result<Option<LeafAdded>, GroupError> {
+        self.get(&Self::installation_key(group_id, installation))
+    }
+
+    /// Record when `installation`'s leaf was added.
+    pub fn put_leaf_added(
+        &self,
+        group_id: &[u8],
+        installation: &InstallationId,
+        added: &LeafAdded,
+    ) -> Result<(), GroupError> {
+        self.put(&Self::installation_key(group_id, installation), added)
+    }
+
+    fn installation_key(group_id: &[u8], installation: &InstallationId) -> Vec<u8> {
+        let mut key = with_len(b'a', group_id);
+        key.extend_from_slice(installation.as_bytes());
         key
     }
 
