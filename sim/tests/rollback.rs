@@ -416,6 +416,60 @@ fn a_member_whose_removal_is_rolled_back_catches_up() {
     assert_eq!(w.group(dave).metadata().mutable.attributes["name"], "bob's");
 }
 
+/// Alice and Dave see Bob's rename settle before Carol's earlier one: a
+/// fork. On it Dave writes, and then Alice removes him. Removed, Dave still
+/// reads the members' messages: Carol's shows that his branch lost, so
+/// he fails what he sent on it (though his leaf no longer names him) and
+/// asks to be re-added.
+#[test]
+fn a_member_removed_on_a_fork_learns_it_was_a_fork() {
+    let mut w = World::new(7, 4, 4, WINDOW);
+    let (alice, bob, carol, dave) = (0, 1, 2, 3);
+    let (b, c) = renames_racing_past_alice(&mut w, bob, carol);
+    for member in [alice, dave] {
+        w.handle(member, &b, 310);
+        w.advance(member, 300 + WINDOW);
+    }
+    let on_fork = w.send(dave, "on the fork", 300 + WINDOW + 5);
+    w.outbox(dave);
+    let dave_inbox = w.clients[dave].inbox;
+    w.queue(
+        alice,
+        IntentKind::RemoveMembers {
+            inboxes: vec![dave_inbox],
+        },
+    );
+    w.advance(alice, 300 + WINDOW + 10);
+    let removal = w.outbox(alice).remove(0);
+    let removal = w.env(300 + WINDOW + 10, 3, 1, removal.payload);
+    for member in [alice, dave] {
+        w.handle(member, &removal, 300 + WINDOW + 20);
+    }
+    assert!(!w.group(dave).is_active(), "removed on the fork");
+    w.handle(dave, &c, 300 + WINDOW + 30);
+    assert!(
+        w.group(dave).fork().is_none(),
+        "a settled commit alone proves nothing"
+    );
+
+    w.send(carol, "canonical", 2600);
+    let m = w.outbox(carol).remove(0);
+    let m = w.env(2600, 1, 101, m.payload);
+    w.handle(dave, &m, 2610);
+    assert!(
+        w.group(dave).fork().is_some(),
+        "Dave learns that his removal was the fork's"
+    );
+    assert_eq!(w.delivery(dave, &on_fork), Some(Delivery::Failed));
+    w.advance(dave, 2620);
+    let out = w.outbox(dave);
+    assert!(
+        out.iter()
+            .any(|o| kith_engine::group::RejoinRequest::is_request(&o.payload)),
+        "and asks to be re-added"
+    );
+}
+
 /// Bob and Carol rename the group at once; Carol's commit sorts first, and
 /// both apply it before Bob's. Returns Bob's and Carol's commits, for the
 /// caller to show Alice late.

@@ -336,6 +336,7 @@ impl Group {
                 conversation_id: Some(conversation.clone()),
                 // The hourly epoch digest counts from creation.
                 last_digest_ms: new.now_ms,
+                own_installation: Some(me.keys.id()),
                 ..GroupRecord::default()
             },
             metadata,
@@ -478,6 +479,7 @@ impl Group {
         };
         record.joined_at_epoch = mls.epoch().as_u64();
         record.last_digest_ms = now_ms;
+        record.own_installation = Some(me.keys.id());
         let group = Self {
             record,
             mls,
@@ -1477,7 +1479,15 @@ impl Group {
         }
         if !self.mls.is_active() {
             // Removed: only a rollback can bring it back, and then it needs
-            // what arrived meanwhile (kept only while snapshots are).
+            // what arrived meanwhile (kept only while snapshots are). The
+            // removal may also have been a fork's, past rolling back: the
+            // members' messages still tell (and then it asks back in).
+            if let ProtocolMessage::PrivateMessage(m) = &protocol
+                && !is_commit
+            {
+                let aad = m.aad().to_vec();
+                self.check_branch(kv, &aad, ctx.now_ms)?;
+            }
             return self.retain(kv, &entry);
         }
         if protocol.content_type() == ContentType::Proposal && entry.epoch < current {

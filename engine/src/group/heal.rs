@@ -226,8 +226,12 @@ impl Group {
     }
 
     pub(crate) fn own_installation(&self) -> InstallationId {
-        leaf_identity(&self.mls, self.mls.own_leaf_index())
-            .map_or(InstallationId::UNKNOWN, |(_, installation)| installation)
+        // Groups stored before the record named the installation: the
+        // leaf does, while this installation is a member.
+        self.record.own_installation.unwrap_or_else(|| {
+            leaf_identity(&self.mls, self.mls.own_leaf_index())
+                .map_or(InstallationId::UNKNOWN, |(_, installation)| installation)
+        })
     }
 
     pub(crate) fn leaf_of(&self, installation: &InstallationId) -> Option<LeafNodeIndex> {

@@ -268,6 +268,12 @@ pub struct GroupRecord {
     /// The epoch this installation joined at (from a Welcome).
     #[serde(default)]
     pub joined_at_epoch: u64,
+    /// This installation. Its leaf names it too, but not once it was
+    /// removed (the leaf is blank, or someone else's), and a removed
+    /// member must still know its own messages (to fail them if the
+    /// removal was a fork's).
+    #[serde(default)]
+    pub own_installation: Option<InstallationId>,
 }
 
 /// When an installation's current leaf was added, so that a member can
