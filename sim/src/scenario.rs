@@ -830,6 +830,11 @@ impl Sim {
         self.events_seen
             .insert(index, self.clients[index].events.len());
         for (installation, stale_leaf) in requests {
+            // Removed since it heard the request (later in the same step):
+            // the members that are left answer it.
+            if !self.clients[index].is_member() {
+                continue;
+            }
             let Some(target) = self
                 .clients
                 .iter()
