@@ -232,6 +232,9 @@ pub(crate) struct Ctx<'a> {
     /// Inside a rollback's replay, which routes held envelopes in their
     /// canonical place: merges and proposals release none meanwhile.
     pub(crate) replaying: bool,
+    /// Set by a rollback that restored this epoch's snapshot and changed
+    /// nothing since: the next commit applied need not capture it again.
+    pub(crate) restored: Option<u64>,
 }
 
 /// How many generations behind the newest a sender's message may arrive
@@ -1398,6 +1401,7 @@ impl Group {
             now_ms,
             confirmed: None,
             replaying: false,
+            restored: None,
         };
         self.route(provider, kv, &mut ctx, entry, true)?;
         cursor.advance(envelope);
@@ -1595,9 +1599,17 @@ impl Group {
         };
         let epoch = entry.epoch;
         // The snapshot is taken before the commit is even decrypted, so
-        // that a restore leaves its handshake generation unspent.
+        // that a restore leaves its handshake generation unspent. Right
+        // after a rollback restored this epoch, the stored snapshot is
+        // that state already (`None`: nothing to capture or write again).
+        let restored = ctx.restored.take() == Some(epoch);
         let before = if is_commit && self.policy.retains() {
-            Some((self.capture(kv)?, self.auth_digest()))
+            let state = if restored {
+                None
+            } else {
+                Some(self.capture(kv)?)
+            };
+            Some((state, self.auth_digest()))
         } else {
             None
         };
@@ -1724,7 +1736,14 @@ impl Group {
                         let left_auth = self.auth_digest();
                         let included = proposal_refs(staged.queued_proposals());
                         if let Some((state, auth)) = &before {
-                            self.keep_snapshot(kv, state, &entry, epoch, *auth, ctx.now_ms)?;
+                            self.keep_snapshot(
+                                kv,
+                                state.as_deref().map(|s| s.as_slice()),
+                                &entry,
+                                epoch,
+                                *auth,
+                                ctx.now_ms,
+                            )?;
                         }
                         self.mls
                             .merge_staged_commit(provider, *staged)
@@ -1837,7 +1856,7 @@ impl Group {
         if self.policy.retains() {
             let state = self.capture(kv)?;
             let auth = self.auth_digest();
-            self.keep_snapshot(kv, &state, &entry, entry.epoch, auth, ctx.now_ms)?;
+            self.keep_snapshot(kv, Some(&state), &entry, entry.epoch, auth, ctx.now_ms)?;
         }
         let left_auth = self.auth_digest();
         let included = self

@@ -399,17 +399,22 @@ impl Group {
             .map_err(GroupError::store)
     }
 
+    /// Record the snapshot of `epoch`, left by the commit `entry`; `state`
+    /// is `None` when the stored state is already this one (the epoch was
+    /// just restored).
     pub(crate) fn keep_snapshot<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
-        state: &[u8],
+        state: Option<&[u8]>,
         entry: &RetainedEnvelope,
         epoch: u64,
         auth: [u8; 8],
         now_ms: u64,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
-        store.put_snapshot_state(self.group_id(), epoch, state)?;
+        if let Some(state) = state {
+            store.put_snapshot_state(self.group_id(), epoch, state)?;
+        }
         store.put_snapshot(
             self.group_id(),
             &EpochSnapshot {
@@ -645,7 +650,11 @@ impl Group {
         }
         let mut first = first;
         self.renumber(kv, &mut first)?;
+        if before.is_empty() {
+            ctx.restored = Some(epoch);
+        }
         self.route(provider, kv, ctx, first, false)?;
+        ctx.restored = None;
         if self.epoch() == epoch {
             ctx.replaying = outer_replaying;
             self.restore(provider, kv, &current)?;
