@@ -187,17 +187,7 @@ fn a_late_proposal_brings_back_the_commit_that_referred_to_it() {
     let commit = w.env(140, 2, 1, payload);
 
     // Dave, without the proposal, adds Erin (a commit of his own).
-    let key_package = w.clients[erin].key_package.take().expect("key package");
-    let erin_inbox: InboxId = w.clients[erin].inbox;
-    w.queue(
-        dave,
-        IntentKind::AddMembers {
-            key_packages: vec![key_package],
-            sequences: vec![(erin_inbox, 1)],
-        },
-    );
-    w.advance(dave, 130);
-    let payload = w.outbox(dave).remove(0).payload;
+    let payload = add_commit(&mut w, dave, erin, 130);
     let add = w.env(200, 3, 1, payload);
 
     // Carol: Bob's commit (waits), Dave's (applied), then the proposal.

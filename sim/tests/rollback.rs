@@ -195,9 +195,7 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
 
     // Carol speaks on the canonical branch; Alice cannot decrypt it, and
     // its authenticated data shows the branches parting at epoch 1.
-    w.send(carol, "canonical", 1400);
-    let m = w.outbox(carol).remove(0);
-    let m = w.env(1400, 1, 101, m.payload);
+    let m = canonical_message(&mut w, carol, 1400);
     w.handle(alice, &m, 1410);
     assert!(
         w.group(alice).fork().is_some(),
@@ -358,9 +356,7 @@ fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
     assert!(w.group(dave).fork().is_none(), "nothing tells him yet");
 
     // Carol speaks on the canonical branch.
-    w.send(carol, "canonical", 2600);
-    let m = w.outbox(carol).remove(0);
-    let m = w.env(2600, 1, 101, m.payload);
+    let m = canonical_message(&mut w, carol, 2600);
     w.handle(dave, &m, 2610);
     assert!(
         w.group(dave).fork().is_some(),
@@ -452,9 +448,7 @@ fn a_member_removed_on_a_fork_learns_it_was_a_fork() {
         "a settled commit alone proves nothing"
     );
 
-    w.send(carol, "canonical", 2600);
-    let m = w.outbox(carol).remove(0);
-    let m = w.env(2600, 1, 101, m.payload);
+    let m = canonical_message(&mut w, carol, 2600);
     w.handle(dave, &m, 2610);
     assert!(
         w.group(dave).fork().is_some(),
@@ -487,6 +481,14 @@ fn renames_racing_past_alice(w: &mut World, bob: usize, carol: usize) -> (Envelo
         w.handle(member, &b, 310);
     }
     (b, c)
+}
+
+/// A message `carol` sends at `at` on the canonical branch, stamped by
+/// node 1.
+fn canonical_message(w: &mut World, carol: usize, at: u64) -> Envelope {
+    w.send(carol, "canonical", at);
+    let m = w.outbox(carol).remove(0);
+    w.env(at, 1, 101, m.payload)
 }
 
 fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
