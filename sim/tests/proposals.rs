@@ -4,6 +4,7 @@
 //! proposal waits for its commit (MLS sends none then).
 
 use kith_engine::{
+    delivery::Envelope,
     group::{ClientStore, Delivery, GroupEvent, IntentKind, IntentState},
     identity::InboxId,
 };
@@ -173,18 +174,7 @@ fn a_commit_that_comes_before_its_proposal_waits_for_it() {
 fn a_late_proposal_brings_back_the_commit_that_referred_to_it() {
     let (alice, bob, carol, dave, erin) = (0, 1, 2, 3, 4);
     let mut w = World::with_proposals(13, 5, 4, WINDOW, 10_000);
-    w.queue(alice, rename("alice's"));
-    w.advance(alice, 100);
-    let out = w.outbox(alice);
-    assert_eq!(out.len(), 1, "Alice waits for someone to commit");
-    let proposal = w.env(110, 1, 11, out[0].payload.clone());
-
-    // Bob commits what is pending (Alice's rename).
-    w.handle(bob, &proposal, 120);
-    w.queue(bob, IntentKind::CommitPending);
-    w.advance(bob, 130);
-    let payload = w.outbox(bob).remove(0).payload;
-    let commit = w.env(140, 2, 1, payload);
+    let (proposal, commit) = renamed_by_alice_committed_by_bob(&mut w, alice, bob, 140);
 
     // Dave, without the proposal, adds Erin (a commit of his own).
     let payload = add_commit(&mut w, dave, erin, 130);
@@ -217,6 +207,26 @@ fn a_late_proposal_brings_back_the_commit_that_referred_to_it() {
     assert_eq!(content_type(&out[0].payload), Some(ContentType::Commit));
 }
 
+/// Alice proposes a rename (at 110, node 1) and waits; Bob commits it
+/// (stamped `commit_time`, node 2). Returns the proposal and the commit.
+fn renamed_by_alice_committed_by_bob(
+    w: &mut World,
+    alice: usize,
+    bob: usize,
+    commit_time: u64,
+) -> (Envelope, Envelope) {
+    w.queue(alice, rename("alice's"));
+    w.advance(alice, 100);
+    let out = w.outbox(alice);
+    assert_eq!(out.len(), 1, "Alice waits for someone to commit");
+    let proposal = w.env(110, 1, 11, out[0].payload.clone());
+    w.handle(bob, &proposal, 120);
+    w.queue(bob, IntentKind::CommitPending);
+    w.advance(bob, 130);
+    let payload = w.outbox(bob).remove(0).payload;
+    (proposal, w.env(commit_time, 2, 1, payload))
+}
+
 /// `adder` queues and stages the add of `joiner`; returns the commit.
 fn add_commit(w: &mut World, adder: usize, joiner: usize, at: u64) -> Vec<u8> {
     let key_package = w.clients[joiner].key_package.take().expect("key package");
@@ -243,17 +253,7 @@ fn add_commit(w: &mut World, adder: usize, joiner: usize, at: u64) -> Vec<u8> {
 fn a_held_commit_keeps_its_place_in_a_replay() {
     let (alice, bob, carol, dave, erin, frank) = (0, 1, 2, 3, 4, 5);
     let mut w = World::with_proposals(14, 6, 4, WINDOW, 10_000);
-    w.queue(alice, rename("alice's"));
-    w.advance(alice, 100);
-    let out = w.outbox(alice);
-    assert_eq!(out.len(), 1, "Alice waits for someone to commit");
-    let proposal = w.env(110, 1, 11, out[0].payload.clone());
-
-    w.handle(bob, &proposal, 120);
-    w.queue(bob, IntentKind::CommitPending);
-    w.advance(bob, 130);
-    let payload = w.outbox(bob).remove(0).payload;
-    let bobs = w.env(160, 2, 1, payload);
+    let (proposal, bobs) = renamed_by_alice_committed_by_bob(&mut w, alice, bob, 160);
     let payload = add_commit(&mut w, dave, erin, 130);
     let daves = w.env(150, 3, 1, payload);
     let payload = add_commit(&mut w, carol, frank, 130);
