@@ -36,6 +36,7 @@ mod keys;
 mod mls_storage;
 mod node_store;
 mod provider;
+mod sled_open;
 mod snapshot;
 mod storage_provider;
 

@@ -173,10 +173,11 @@ impl SledMlsStorage {
             Durability::Sync => Some(500),
             Durability::Buffered { flush_every_ms } => Some(flush_every_ms.max(1)),
         };
-        let db = sled::Config::new()
-            .path(path.as_ref())
-            .flush_every_ms(flush_every_ms)
-            .open()?;
+        let db = crate::sled_open::open_db(
+            &sled::Config::new()
+                .path(path.as_ref())
+                .flush_every_ms(flush_every_ms),
+        )?;
         Self::from_db(db, config)
     }
 

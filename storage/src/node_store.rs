@@ -41,7 +41,7 @@ pub struct SledNodeStore {
 impl SledNodeStore {
     /// Open (or create) the node store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let db = sled::Config::new().path(path.as_ref()).open()?;
+        let db = crate::sled_open::open_db(&sled::Config::new().path(path.as_ref()))?;
         let tree = db.open_tree(NODE_TREE)?;
         Ok(Self {
             db,

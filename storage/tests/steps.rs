@@ -275,3 +275,19 @@ fn a_restore_inside_a_step_is_part_of_it() {
         "discarding the step discarded the restore"
     );
 }
+
+/// sled lets go of its file lock only after its IO threads have, a moment
+/// after the store is dropped: an open meanwhile waits instead of failing.
+#[test]
+fn reopening_waits_for_a_lock_about_to_be_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let first = SledMlsStorage::open(&path).expect("open");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = SledMlsStorage::open(&path).expect("the second open waits for the first to close");
+    closer.join().expect("closer");
+    assert_eq!(psk_count(&second), 0);
+}
