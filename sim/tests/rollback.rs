@@ -22,15 +22,8 @@ fn rename(name: &str) -> IntentKind {
 fn an_earlier_commit_rolls_back_and_replays_in_canonical_order() {
     let mut w = World::new(1, 3, 3, WINDOW);
     let (alice, bob, carol) = (0, 1, 2);
-    w.queue(bob, rename("bob's"));
-    w.advance(bob, 100);
-    let bob_commit = w.outbox(bob).remove(0);
-    w.queue(carol, rename("carol's"));
-    w.advance(carol, 100);
-    let carol_commit = w.outbox(carol).remove(0);
     // Carol's reached node 1 at 200, Bob's node 2 at 300.
-    let b = w.env(300, 2, 1, bob_commit.payload);
-    let c = w.env(200, 1, 100, carol_commit.payload);
+    let (b, c) = racing_commits(&mut w, (bob, rename("bob's")), (carol, rename("carol's")));
 
     // Bob sees his own commit first, merges it, and sends on his branch.
     w.handle(bob, &b, 310);
@@ -378,19 +371,10 @@ fn a_member_whose_removal_is_rolled_back_catches_up() {
     let mut w = World::new(6, 4, 4, WINDOW);
     let (alice, bob, carol, dave) = (0, 1, 2, 3);
     let dave_inbox = w.clients[dave].inbox;
-    w.queue(
-        alice,
-        IntentKind::RemoveMembers {
-            inboxes: vec![dave_inbox],
-        },
-    );
-    w.advance(alice, 100);
-    let a = w.outbox(alice).remove(0);
-    w.queue(carol, rename("carol's"));
-    w.advance(carol, 100);
-    let c = w.outbox(carol).remove(0);
-    let a = w.env(300, 2, 1, a.payload);
-    let c = w.env(200, 1, 100, c.payload);
+    let removal = IntentKind::RemoveMembers {
+        inboxes: vec![dave_inbox],
+    };
+    let (a, c) = racing_commits(&mut w, (alice, removal), (carol, rename("carol's")));
 
     // Bob sees both in order and renames again on Carol's branch.
     w.handle(bob, &c, 210);
@@ -464,18 +448,28 @@ fn a_member_removed_on_a_fork_learns_it_was_a_fork() {
     );
 }
 
+/// `late` and `early` each commit their change at 100, in the same epoch;
+/// `early`'s commit reached node 1 at 200, `late`'s node 2 at 300, so
+/// `early`'s sorts first. Returns `late`'s and `early`'s envelopes.
+fn racing_commits(
+    w: &mut World,
+    late: (usize, IntentKind),
+    early: (usize, IntentKind),
+) -> (Envelope, Envelope) {
+    let mut stage = |(client, kind): (usize, IntentKind)| {
+        w.queue(client, kind);
+        w.advance(client, 100);
+        w.outbox(client).remove(0).payload
+    };
+    let (l, e) = (stage(late), stage(early));
+    (w.env(300, 2, 1, l), w.env(200, 1, 100, e))
+}
+
 /// Bob and Carol rename the group at once; Carol's commit sorts first, and
 /// both apply it before Bob's. Returns Bob's and Carol's commits, for the
 /// caller to show Alice late.
 fn renames_racing_past_alice(w: &mut World, bob: usize, carol: usize) -> (Envelope, Envelope) {
-    w.queue(bob, rename("bob's"));
-    w.advance(bob, 100);
-    let b = w.outbox(bob).remove(0);
-    w.queue(carol, rename("carol's"));
-    w.advance(carol, 100);
-    let c = w.outbox(carol).remove(0);
-    let b = w.env(300, 2, 1, b.payload);
-    let c = w.env(200, 1, 100, c.payload);
+    let (b, c) = racing_commits(w, (bob, rename("bob's")), (carol, rename("carol's")));
     for member in [bob, carol] {
         w.handle(member, &c, 210);
         w.handle(member, &b, 310);
