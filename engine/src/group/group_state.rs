@@ -1470,12 +1470,7 @@ impl Group {
             // from where its adder staged the commit, so it meets a few.
             // Their authenticated data still shows whether the branch it
             // joined is the others'.
-            if let ProtocolMessage::PrivateMessage(m) = &protocol
-                && !is_commit
-            {
-                let aad = m.aad().to_vec();
-                self.check_branch(kv, &aad, ctx.now_ms)?;
-            }
+            self.check_branch_of(kv, &protocol, ctx.now_ms)?;
             return Ok(());
         }
         if is_commit && entry.epoch < current {
@@ -1486,12 +1481,7 @@ impl Group {
             // what arrived meanwhile (kept only while snapshots are). The
             // removal may also have been a fork's, past rolling back: the
             // members' messages still tell (and then it asks back in).
-            if let ProtocolMessage::PrivateMessage(m) = &protocol
-                && !is_commit
-            {
-                let aad = m.aad().to_vec();
-                self.check_branch(kv, &aad, ctx.now_ms)?;
-            }
+            self.check_branch_of(kv, &protocol, ctx.now_ms)?;
             return self.retain(kv, &entry);
         }
         if protocol.content_type() == ContentType::Proposal && entry.epoch < current {
@@ -1504,15 +1494,27 @@ impl Group {
             return Ok(());
         }
         if entry.epoch > current {
-            if let ProtocolMessage::PrivateMessage(m) = &protocol
-                && !is_commit
-            {
-                let aad = m.aad().to_vec();
-                self.check_branch(kv, &aad, ctx.now_ms)?;
-            }
+            self.check_branch_of(kv, &protocol, ctx.now_ms)?;
             return self.hold(kv, entry);
         }
         self.apply(provider, kv, ctx, entry, protocol, is_commit)
+    }
+
+    /// [`Group::check_branch`] on a member's message this installation
+    /// does not decrypt (commits carry no Kith authenticated data).
+    fn check_branch_of<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        protocol: &ProtocolMessage,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        match protocol {
+            ProtocolMessage::PrivateMessage(m) if m.content_type() != ContentType::Commit => {
+                let aad = m.aad().to_vec();
+                self.check_branch(kv, &aad, now_ms)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Keep an envelope of a future epoch until the group reaches it.
