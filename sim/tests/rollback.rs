@@ -7,6 +7,7 @@ use kith_engine::{
     group::{ClientStore, Delivery, GroupEvent, IntentKind, KvStore},
 };
 use kith_sim::world::World;
+use openmls::prelude::{GroupId, OpenMlsProvider as _};
 
 const WINDOW: u64 = 1_000;
 
@@ -109,6 +110,83 @@ fn an_earlier_commit_rolls_back_and_replays_in_canonical_order() {
     }
     assert_eq!(w.state(alice), w.state(bob));
     assert_eq!(w.state(alice), w.state(carol));
+}
+
+/// A commit that sorts before the one applied but does not merge (its
+/// ciphertext was tampered with) is tried on the restored epoch and
+/// refused: the member is back where it was, down to the stored MLS state,
+/// and the genuine commit still rolls it back afterwards. Once inside a
+/// step (the store's savepoint undoes the attempt) and once outside one
+/// (a capture of the current state does).
+#[test]
+fn an_earlier_commit_that_does_not_merge_changes_nothing() {
+    for in_step in [true, false] {
+        let mut w = World::new(1, 3, 3, WINDOW);
+        let (alice, bob, carol) = (0, 1, 2);
+        let (b, c) = racing_commits(&mut w, (bob, rename("bob's")), (carol, rename("carol's")));
+        w.handle(alice, &b, 340);
+        let before = w.state(alice);
+        let group_id = GroupId::from_slice(&w.group_id);
+        let stored = |w: &World| {
+            w.clients[alice]
+                .storage()
+                .snapshot_group(&group_id)
+                .expect("snapshot")
+                .to_bytes()
+        };
+        let stored_before = stored(&w);
+
+        // Carol's commit with the last byte of its ciphertext flipped, at a
+        // place that sorts before both.
+        let mut payload = c.payload.clone();
+        if let Some(last) = payload.last_mut() {
+            *last ^= 1;
+        }
+        let tampered = w.env(150, 1, 50, payload);
+        if in_step {
+            w.handle(alice, &tampered, 350);
+        } else {
+            let now = w.base + 350;
+            let client = &mut w.clients[alice];
+            let group = client.group.as_mut().expect("a member");
+            let storage = client.provider.storage();
+            group
+                .handle_envelope(&client.provider, storage, &w.identities, &tampered, now)
+                .expect("handled outside a step");
+            while let Some(event) = group.poll_event() {
+                client.events.push(event);
+            }
+        }
+        let events = w.events(alice);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, GroupEvent::RolledBack { .. })),
+            "in step: {in_step}: nothing was rolled back: {events:?}"
+        );
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                GroupEvent::CommitRejected { .. } | GroupEvent::EnvelopeSkipped { .. }
+            )),
+            "in step: {in_step}: the refusal is reported: {events:?}"
+        );
+        assert_eq!(w.state(alice), before, "in step: {in_step}");
+        assert_eq!(
+            w.group(alice).metadata().mutable.attributes["name"],
+            "bob's"
+        );
+        assert!(
+            stored(&w) == stored_before,
+            "in step: {in_step}: the stored MLS state is the one before"
+        );
+
+        // The genuine one still wins.
+        w.handle(alice, &c, 360);
+        w.handle(carol, &c, 370);
+        assert_eq!(w.state(alice), w.state(carol), "in step: {in_step}");
+        assert_eq!(w.group(alice).rewind_stats().rollbacks, 1);
+    }
 }
 
 /// Snapshots are deleted, from the store, as soon as their transition

@@ -5,13 +5,18 @@
 //! MLS state, the stored message, the cursor and the intent) commits in one
 //! sled batch: a crash either keeps all of it or none. The engine's
 //! rollback port ([`GroupSnapshots`]) is [`SledMlsStorage::snapshot_group`]
-//! and [`SledMlsStorage::restore_group`] in [`GroupSnapshot`]'s encoding.
+//! and [`SledMlsStorage::restore_group`] in [`GroupSnapshot`]'s encoding,
+//! and [`SledMlsStorage::savepoint_group`] inside a step.
 
 use kith_engine::group::{GroupSnapshots, KvEntries, KvStore};
 use openmls::prelude::GroupId;
 use zeroize::Zeroizing;
 
-use crate::{error::StorageError, mls_storage::SledMlsStorage, snapshot::GroupSnapshot};
+use crate::{
+    error::StorageError,
+    mls_storage::{GroupSavepoint, SledMlsStorage},
+    snapshot::GroupSnapshot,
+};
 
 const NAMESPACE: u8 = b'C';
 
@@ -63,5 +68,15 @@ impl GroupSnapshots for SledMlsStorage {
 
     fn delete_group(&self, group_id: &[u8]) -> Result<(), StorageError> {
         SledMlsStorage::delete_group(self, &GroupId::from_slice(group_id))
+    }
+
+    type Savepoint = GroupSavepoint;
+
+    fn savepoint_group(&self, group_id: &[u8]) -> Result<Option<GroupSavepoint>, StorageError> {
+        SledMlsStorage::savepoint_group(self, &GroupId::from_slice(group_id))
+    }
+
+    fn rollback_group_to(&self, savepoint: GroupSavepoint) -> Result<(), StorageError> {
+        SledMlsStorage::rollback_group_to(self, savepoint)
     }
 }

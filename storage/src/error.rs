@@ -67,6 +67,11 @@ pub enum StorageError {
     #[error("no storage step is open on this thread")]
     NoStepOpen,
 
+    /// A group savepoint was rolled back to after the step it was taken in
+    /// ended (or on another thread). Nothing was changed.
+    #[error("the group savepoint belongs to a step that is no longer open on this thread")]
+    StaleSavepoint,
+
     /// The group has no state in this storage.
     #[error("group {0} has no state in this storage")]
     GroupNotFound(String),

@@ -43,7 +43,7 @@ mod storage_provider;
 pub use codec::Codec;
 pub use error::StorageError;
 pub use keys::EntryKind;
-pub use mls_storage::{Durability, SledMlsStorage, Step, StorageConfig};
+pub use mls_storage::{Durability, GroupSavepoint, SledMlsStorage, Step, StorageConfig};
 pub use node_store::SledNodeStore;
 pub use provider::KithProvider;
 pub use snapshot::GroupSnapshot;

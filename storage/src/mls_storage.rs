@@ -11,7 +11,7 @@ use std::{
     path::Path,
     sync::{
         Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread::{self, ThreadId},
 };
@@ -89,6 +89,12 @@ impl Default for StorageConfig {
 /// delete.
 pub(crate) type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// A step open on one thread: its number and its buffered writes.
+struct OpenStep {
+    serial: u64,
+    overlay: Overlay,
+}
+
 /// Stored key and value pairs, as a scan returns them.
 type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -146,7 +152,9 @@ pub struct SledMlsStorage {
     db: sled::Db,
     tree: sled::Tree,
     config: StorageConfig,
-    steps: Mutex<HashMap<ThreadId, Overlay>>,
+    steps: Mutex<HashMap<ThreadId, OpenStep>>,
+    /// Numbers the steps, so that a savepoint cannot outlive its own.
+    next_step: AtomicU64,
     /// Bytes committed since the last flush (buffered durability only).
     unflushed: AtomicUsize,
 }
@@ -192,6 +200,7 @@ impl SledMlsStorage {
             tree,
             config,
             steps: Mutex::new(HashMap::new()),
+            next_step: AtomicU64::new(0),
             unflushed: AtomicUsize::new(0),
         })
     }
@@ -223,7 +232,14 @@ impl SledMlsStorage {
         if steps.contains_key(&id) {
             return Err(StorageError::StepAlreadyOpen);
         }
-        steps.insert(id, Overlay::new());
+        let serial = self.next_step.fetch_add(1, Ordering::Relaxed);
+        steps.insert(
+            id,
+            OpenStep {
+                serial,
+                overlay: Overlay::new(),
+            },
+        );
         Ok(Step {
             storage: self,
             thread: id,
@@ -244,7 +260,7 @@ impl SledMlsStorage {
         Ok(value)
     }
 
-    fn lock_steps(&self) -> MutexGuard<'_, HashMap<ThreadId, Overlay>> {
+    fn lock_steps(&self) -> MutexGuard<'_, HashMap<ThreadId, OpenStep>> {
         // The lock only guards map operations that cannot panic half-way, so
         // a poisoned lock still holds consistent data.
         self.steps.lock().unwrap_or_else(PoisonError::into_inner)
@@ -254,7 +270,8 @@ impl SledMlsStorage {
         let overlay = self
             .lock_steps()
             .remove(&thread)
-            .ok_or(StorageError::NoStepOpen)?;
+            .ok_or(StorageError::NoStepOpen)?
+            .overlay;
         self.apply_to_sled(overlay)
     }
 
@@ -288,8 +305,8 @@ impl SledMlsStorage {
 
     /// Read one key, seeing this thread's open step.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some(overlay) = self.lock_steps().get(&thread::current().id())
-            && let Some(buffered) = overlay.get(key)
+        if let Some(step) = self.lock_steps().get(&thread::current().id())
+            && let Some(buffered) = step.overlay.get(key)
         {
             return Ok(buffered.clone());
         }
@@ -304,8 +321,8 @@ impl SledMlsStorage {
             let (key, value) = entry?;
             merged.insert(key.to_vec(), value.to_vec());
         }
-        if let Some(overlay) = self.lock_steps().get(&thread::current().id()) {
-            for (key, value) in overlay.range(prefix.to_vec()..) {
+        if let Some(step) = self.lock_steps().get(&thread::current().id()) {
+            for (key, value) in step.overlay.range(prefix.to_vec()..) {
                 if !key.starts_with(prefix) {
                     break;
                 }
@@ -323,8 +340,8 @@ impl SledMlsStorage {
     pub(crate) fn write(&self, ops: Overlay) -> Result<(), StorageError> {
         {
             let mut steps = self.lock_steps();
-            if let Some(overlay) = steps.get_mut(&thread::current().id()) {
-                overlay.extend(ops);
+            if let Some(step) = steps.get_mut(&thread::current().id()) {
+                step.overlay.extend(ops);
                 return Ok(());
             }
         }
@@ -456,6 +473,69 @@ impl SledMlsStorage {
         self.write(ops)
     }
 
+    /// Mark the stored state of `group_id` in this thread's open step, so
+    /// that [`rollback_group_to`](Self::rollback_group_to) can put it back.
+    /// `None` when no step is open: outside a step writes go straight to
+    /// sled, and only [`snapshot_group`](Self::snapshot_group) can keep a
+    /// copy.
+    ///
+    /// Unlike a snapshot, a savepoint copies only what the step has written
+    /// to the group so far (usually little or nothing), not the group's
+    /// whole state. It covers what a snapshot does: the group's entries and
+    /// the HPKE key pairs of its own pending update leaf nodes.
+    pub fn savepoint_group(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupSavepoint>, StorageError> {
+        let prefix = keys::group_prefix(group_id)?;
+        let key_pairs = self.own_leaf_key_pair_keys(group_id)?;
+        let steps = self.lock_steps();
+        let Some(step) = steps.get(&thread::current().id()) else {
+            return Ok(None);
+        };
+        let buffered = step
+            .overlay
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix) || key_pairs.contains(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        Ok(Some(GroupSavepoint {
+            step: step.serial,
+            group_id: group_id.clone(),
+            prefix,
+            key_pairs,
+            buffered,
+        }))
+    }
+
+    /// Put the stored state of the savepoint's group back to what it was at
+    /// the savepoint: its entries, and the key pairs of its own leaf nodes
+    /// then and now (a restore or a merge replaces those). Everything else
+    /// the step wrote since stays. Fails with
+    /// [`StorageError::StaleSavepoint`], changing nothing, unless the step
+    /// the savepoint was taken in is still open on this thread.
+    pub fn rollback_group_to(&self, savepoint: GroupSavepoint) -> Result<(), StorageError> {
+        let key_pairs_now = self.own_leaf_key_pair_keys(&savepoint.group_id)?;
+        let mut steps = self.lock_steps();
+        let step = steps
+            .get_mut(&thread::current().id())
+            // Step numbers are never reused, across threads too.
+            .filter(|step| step.serial == savepoint.step)
+            .ok_or(StorageError::StaleSavepoint)?;
+        step.overlay.retain(|key, _| {
+            !(key.starts_with(&savepoint.prefix)
+                || savepoint.key_pairs.contains(key)
+                || key_pairs_now.contains(key))
+        });
+        step.overlay.extend(
+            savepoint
+                .buffered
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
+        Ok(())
+    }
+
     /// Delete everything stored for `group_id`, including the HPKE key pairs
     /// of its own pending update leaf nodes, atomically. Deleting a group
     /// that is not stored is not an error.
@@ -567,6 +647,36 @@ fn check_or_record_format(meta: &sled::Tree, codec: Codec) -> Result<(), Storage
                 });
             }
             Ok(())
+        }
+    }
+}
+
+/// A mark of one group's stored state inside an open step; see
+/// [`SledMlsStorage::savepoint_group`]. It holds copies of buffered
+/// writes, which may be secrets, and wipes them when dropped.
+pub struct GroupSavepoint {
+    step: u64,
+    group_id: GroupId,
+    prefix: Vec<u8>,
+    /// The keys of the own leaf nodes' key pairs at the savepoint.
+    key_pairs: Vec<Vec<u8>>,
+    /// The step's writes to all of the above at the savepoint.
+    buffered: Overlay,
+}
+
+impl std::fmt::Debug for GroupSavepoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupSavepoint")
+            .field("step", &self.step)
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GroupSavepoint {
+    fn drop(&mut self) {
+        for value in self.buffered.values_mut().flatten() {
+            zeroize::Zeroize::zeroize(value);
         }
     }
 }

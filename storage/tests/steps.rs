@@ -291,3 +291,115 @@ fn reopening_waits_for_a_lock_about_to_be_released() {
     closer.join().expect("closer");
     assert_eq!(psk_count(&second), 0);
 }
+
+/// A group savepoint puts back that group's entries and its own leaves' key
+/// pairs, and nothing else: another group's work and global entries written
+/// since stay, and so does what the step wrote to the group before it.
+#[test]
+fn a_group_savepoint_puts_back_only_that_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Member::new("alice", dir.path());
+    let bob = Member::new("bob", dir.path());
+    let mut a = alice.create_group(b"saved");
+    let mut other = alice.create_group(b"other");
+    let storage = alice.provider.storage();
+    let at_epoch_0 = storage.snapshot_group(a.group_id()).expect("snapshot");
+    a.add_members(&alice.provider, &alice.signer, &[bob.key_package()])
+        .expect("add");
+    alice.merge_own(&mut a);
+    assert!(
+        storage
+            .savepoint_group(a.group_id())
+            .expect("savepoint")
+            .is_none(),
+        "no savepoint outside a step"
+    );
+    let key_pairs = || {
+        storage
+            .count_entries(EntryKind::EncryptionKeyPair)
+            .expect("count")
+    };
+
+    let step = storage.begin_step().expect("begin");
+    // Before the savepoint: an own update leaf (a group entry and a key pair).
+    a.propose_self_update(&alice.provider, &alice.signer, Default::default())
+        .expect("propose");
+    let saved = storage.raw_group_entries(a.group_id()).expect("scan");
+    let saved_key_pairs = key_pairs();
+    let savepoint = storage
+        .savepoint_group(a.group_id())
+        .expect("savepoint")
+        .expect("a step is open");
+
+    // After it: a restore of the group (which deletes that key pair), a
+    // global entry, and another group's own update leaf.
+    storage.restore_group(&at_epoch_0).expect("restore");
+    assert_ne!(
+        storage.raw_group_entries(a.group_id()).expect("scan"),
+        saved
+    );
+    assert_eq!(key_pairs(), saved_key_pairs - 1);
+    store_psk(&alice.provider, b"after");
+    other
+        .propose_self_update(&alice.provider, &alice.signer, Default::default())
+        .expect("propose");
+    let other_entries = storage.raw_group_entries(other.group_id()).expect("scan");
+
+    storage.rollback_group_to(savepoint).expect("roll back");
+    assert_eq!(
+        storage.raw_group_entries(a.group_id()).expect("scan"),
+        saved,
+        "the group is as it was at the savepoint, own update included"
+    );
+    assert_eq!(
+        key_pairs(),
+        saved_key_pairs + 1,
+        "its key pair is back, and the other group's stays"
+    );
+    assert_eq!(psk_count(storage), 1, "the global entry stays");
+    assert_eq!(
+        storage.raw_group_entries(other.group_id()).expect("scan"),
+        other_entries,
+        "the other group's work stays"
+    );
+    step.commit().expect("commit");
+    assert_eq!(
+        storage.raw_group_entries(a.group_id()).expect("scan"),
+        saved,
+        "and that is what the step committed"
+    );
+    let a = alice.load(b"saved");
+    assert_eq!(a.epoch().as_u64(), 1);
+    assert_eq!(a.pending_proposals().count(), 1);
+}
+
+/// A savepoint outlives its step only to be refused.
+#[test]
+fn a_savepoint_of_an_ended_step_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alice = Member::new("alice", dir.path());
+    let mut a = alice.create_group(b"stale");
+    let storage = alice.provider.storage();
+
+    let step = storage.begin_step().expect("begin");
+    let savepoint = storage
+        .savepoint_group(a.group_id())
+        .expect("savepoint")
+        .expect("a step is open");
+    step.commit().expect("commit");
+
+    let step = storage.begin_step().expect("begin");
+    a.propose_self_update(&alice.provider, &alice.signer, Default::default())
+        .expect("propose");
+    let written = storage.raw_group_entries(a.group_id()).expect("scan");
+    assert!(matches!(
+        storage.rollback_group_to(savepoint),
+        Err(StorageError::StaleSavepoint)
+    ));
+    assert_eq!(
+        storage.raw_group_entries(a.group_id()).expect("scan"),
+        written,
+        "the refused rollback changed nothing"
+    );
+    step.commit().expect("commit");
+}

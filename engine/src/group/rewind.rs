@@ -320,6 +320,15 @@ pub(crate) fn auth_digest(authenticator: &[u8]) -> [u8; 8] {
     out
 }
 
+/// How a rollback returns to the current state when the earlier commit
+/// does not merge.
+enum Undo<P> {
+    /// The store's savepoint of the group.
+    Savepoint(P),
+    /// A capture of the group's whole state.
+    State(zeroize::Zeroizing<Vec<u8>>),
+}
+
 impl Group {
     /// The rollback policy in force.
     pub fn rewind_policy(&self) -> RewindPolicy {
@@ -639,8 +648,13 @@ impl Group {
         let (before, entries): (Vec<RetainedEnvelope>, Vec<RetainedEnvelope>) = entries
             .into_iter()
             .partition(|e| e.epoch == epoch && e.key < first.key);
-        let current = self.capture(kv)?;
-        self.restore(provider, kv, &state)?;
+        // If `first` does not merge, the current state comes back: from a
+        // savepoint when the store has one (no copy), else from a capture.
+        let undo = match kv.savepoint_group(&group_id).map_err(GroupError::store)? {
+            Some(savepoint) => Undo::Savepoint(savepoint),
+            None => Undo::State(self.capture(kv)?),
+        };
+        let (current_mls, current_metadata) = self.restore(provider, kv, &state)?;
         let first_hash = super::group_state::sha256(&first.payload);
         let events_before = self.events.len();
         let outer_replaying = std::mem::replace(&mut ctx.replaying, true);
@@ -657,7 +671,18 @@ impl Group {
         ctx.restored = None;
         if self.epoch() == epoch {
             ctx.replaying = outer_replaying;
-            self.restore(provider, kv, &current)?;
+            match undo {
+                Undo::Savepoint(savepoint) => {
+                    kv.rollback_group_to(savepoint).map_err(GroupError::store)?;
+                    // Untouched since the restore replaced it, and the store
+                    // holds its state again.
+                    self.mls = current_mls;
+                    self.metadata = current_metadata;
+                }
+                Undo::State(current) => {
+                    self.restore(provider, kv, &current)?;
+                }
+            }
             // What `first` changed went with the restore; keep only why
             // it was refused.
             let kept: Vec<GroupEvent> = self
@@ -798,20 +823,31 @@ impl Group {
         Ok(())
     }
 
+    /// Put the group's stored state back to `state` and load it; returns
+    /// the group and metadata it replaced.
     fn restore<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
         state: &[u8],
-    ) -> Result<(), GroupError> {
+    ) -> Result<(MlsGroup, GroupMetadata), GroupError> {
         let group_id = self.group_id().to_vec();
         kv.restore_group(&group_id, state)
             .map_err(GroupError::store)?;
-        self.mls = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
+        let restored = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
             .map_err(GroupError::mls)?
             .ok_or_else(|| GroupError::Corrupt("the restored group does not load".into()))?;
-        self.metadata = GroupMetadata::from_extensions(self.mls.extensions())?;
-        Ok(())
+        // Commits that change neither metadata nor membership (key updates)
+        // leave the extensions as they were: decoding them again is wasted.
+        let metadata = if restored.extensions() == self.mls.extensions() {
+            self.metadata.clone()
+        } else {
+            GroupMetadata::from_extensions(restored.extensions())?
+        };
+        Ok((
+            std::mem::replace(&mut self.mls, restored),
+            std::mem::replace(&mut self.metadata, metadata),
+        ))
     }
 
     /// Re-send the flagged own messages in the current epoch.

@@ -75,6 +75,20 @@ pub trait GroupSnapshots: KvStore {
     fn restore_group(&self, group_id: &[u8], snapshot: &[u8]) -> Result<(), Self::Error>;
     /// Delete everything stored for the group (to join it afresh).
     fn delete_group(&self, group_id: &[u8]) -> Result<(), Self::Error>;
+
+    /// A mark of the group's stored state, see [`Self::savepoint_group`].
+    type Savepoint;
+    /// Mark the group's stored state, when the store can put it back
+    /// without copying all of it (inside an open step, say). `None` when it
+    /// cannot: the engine then takes a [snapshot](Self::snapshot_group).
+    ///
+    /// A rollback tries an earlier commit on a restored epoch and must
+    /// return to the current state if that commit does not merge; a
+    /// savepoint spares it a copy of the current state every time.
+    fn savepoint_group(&self, group_id: &[u8]) -> Result<Option<Self::Savepoint>, Self::Error>;
+    /// Put the group's stored state back to `savepoint`. What else was
+    /// written since (records outside the MLS state) stays.
+    fn rollback_group_to(&self, savepoint: Self::Savepoint) -> Result<(), Self::Error>;
 }
 
 /// A [`KvStore`] in memory, without steps (each write applies at once).
