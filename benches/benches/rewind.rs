@@ -231,10 +231,45 @@ fn timed(
         });
 }
 
+/// Rounds of the paired measurement.
+const PAIRED_ROUNDS: usize = 60;
+
+/// Replay k and direct k measured in alternation, `PAIRED_ROUNDS` times
+/// each, on the same scenario: (median replay, median direct). Criterion
+/// measures one after the other, several seconds apart, and on a shared
+/// 2-vCPU machine the drift between them is as large as the difference
+/// being measured; pairing cancels the drift and medians drop the stalls.
+fn paired(scenario: &Scenario, k: usize) -> (Duration, Duration) {
+    let mut replay = Vec::with_capacity(PAIRED_ROUNDS);
+    let mut direct = Vec::with_capacity(PAIRED_ROUNDS);
+    for round in 0..PAIRED_ROUNDS {
+        if round % 2 == 0 {
+            replay.push(scenario.replay(k));
+            direct.push(scenario.direct(k));
+        } else {
+            direct.push(scenario.direct(k));
+            replay.push(scenario.replay(k));
+        }
+    }
+    (median(&mut replay), median(&mut direct))
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// The name filter given on the command line (criterion's), if any.
+fn filter() -> Option<String> {
+    std::env::args().skip(1).find(|arg| !arg.starts_with("--"))
+}
+
 fn main() {
     let recorder = Recorder::default();
     let mut c = Criterion::default().configure_from_args();
+    let filter = filter();
     let mut snapshots = Vec::new();
+    let mut pairs = Vec::new();
     for n in [10, 100] {
         let scenario = Scenario::new(n);
         let raw = Raw::new(n);
@@ -249,6 +284,12 @@ fn main() {
             timed(&mut c, &recorder, &operation, "kith replay", || {
                 scenario.replay(k)
             });
+            if filter
+                .as_ref()
+                .is_none_or(|f| format!("{operation}/kith replay").contains(f.as_str()))
+            {
+                pairs.push((n, k, paired(&scenario, k)));
+            }
         }
         // One snapshot: what every epoch transition costs when the settle
         // window is not 0.
@@ -283,6 +324,17 @@ fn main() {
                 );
             }
         }
+    }
+    println!(
+        "\npaired, {PAIRED_ROUNDS} rounds of each in alternation, medians (target at most 1.2x):"
+    );
+    for (n, k, (replay, direct)) in pairs {
+        println!(
+            "  {n:>3} members, k={k}: replay {:>8.2} ms, direct {:>8.2} ms, ratio {:.2}x",
+            replay.as_secs_f64() * 1e3,
+            direct.as_secs_f64() * 1e3,
+            replay.as_secs_f64() / direct.as_secs_f64()
+        );
     }
     println!("\nsnapshot per epoch:");
     for (n, time, bytes) in snapshots {
