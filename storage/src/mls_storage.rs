@@ -514,7 +514,7 @@ impl SledMlsStorage {
     /// the step wrote since stays. Fails with
     /// [`StorageError::StaleSavepoint`], changing nothing, unless the step
     /// the savepoint was taken in is still open on this thread.
-    pub fn rollback_group_to(&self, savepoint: GroupSavepoint) -> Result<(), StorageError> {
+    pub fn rollback_group_to(&self, mut savepoint: GroupSavepoint) -> Result<(), StorageError> {
         let key_pairs_now = self.own_leaf_key_pair_keys(&savepoint.group_id)?;
         let mut steps = self.lock_steps();
         let step = steps
@@ -527,12 +527,8 @@ impl SledMlsStorage {
                 || savepoint.key_pairs.contains(key)
                 || key_pairs_now.contains(key))
         });
-        step.overlay.extend(
-            savepoint
-                .buffered
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone())),
-        );
+        // Moved, not copied: one copy of the secrets fewer to wipe.
+        step.overlay.extend(std::mem::take(&mut savepoint.buffered));
         Ok(())
     }
 
