@@ -5,7 +5,7 @@
 //! seed is printed with the command that replays it alone:
 //!
 //! ```text
-//! KITH_SIM_SEEDS=1234 cargo test -p kith-sim --test simulator -- --nocapture
+//! KITH_SIM_SEEDS=1234 cargo test -p kith-sim --test simulator two_hundred_seeds -- --exact --nocapture
 //! ```
 //!
 //! `KITH_SIM_SEEDS` takes one seed (`1234`) or a range (`0..10000`) and
@@ -35,7 +35,19 @@ fn seeds(default: Range<u64>) -> Range<u64> {
     }
 }
 
-fn run_seeds_with(range: Range<u64>, config: impl Fn(u64) -> Config + std::marker::Sync) -> Totals {
+/// How to run one test of this file again: its name, and whether it is
+/// ignored (so that the printed command for a failing seed runs that test's
+/// configuration, not the default one).
+struct Test {
+    name: &'static str,
+    ignored: bool,
+}
+
+fn run_seeds_with(
+    test: Test,
+    range: Range<u64>,
+    config: impl Fn(u64) -> Config + std::marker::Sync,
+) -> Totals {
     let next = AtomicU64::new(range.start);
     let failed: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
     let passed = AtomicU64::new(0);
@@ -77,8 +89,11 @@ fn run_seeds_with(range: Range<u64>, config: impl Fn(u64) -> Config + std::marke
             eprintln!("  - {failure}");
         }
         eprintln!(
-            "  replay: KITH_SIM_SEEDS={} cargo test -p kith-sim --test simulator -- --nocapture",
-            outcome.seed
+            "  replay: KITH_SIM_SEEDS={} cargo test -p kith-sim --test simulator {} -- --exact \
+             --nocapture{}",
+            outcome.seed,
+            test.name,
+            if test.ignored { " --ignored" } else { "" }
         );
     }
     println!(
@@ -107,7 +122,14 @@ struct Totals {
 
 #[test]
 fn two_hundred_seeds() {
-    let totals = run_seeds_with(seeds(0..200), Config::for_seed);
+    let totals = run_seeds_with(
+        Test {
+            name: "two_hundred_seeds",
+            ignored: false,
+        },
+        seeds(0..200),
+        Config::for_seed,
+    );
     assert!(totals.rollbacks > 0, "the schedules made nobody roll back");
 }
 
@@ -115,7 +137,14 @@ fn two_hundred_seeds() {
 /// is found and healed by the end, and the checks hold as everywhere.
 #[test]
 fn lag_beyond_the_settle_window_is_found_and_healed() {
-    let totals = run_seeds_with(seeds(0..40), |_| Config::lagging());
+    let totals = run_seeds_with(
+        Test {
+            name: "lag_beyond_the_settle_window_is_found_and_healed",
+            ignored: false,
+        },
+        seeds(0..40),
+        |_| Config::lagging(),
+    );
     assert!(
         totals.forks > 0,
         "no schedule forked anyone: the test shows nothing"
@@ -126,7 +155,14 @@ fn lag_beyond_the_settle_window_is_found_and_healed() {
 #[test]
 #[ignore = "10,000 seeds take a long time; run with --ignored"]
 fn ten_thousand_seeds() {
-    run_seeds_with(seeds(0..10_000), Config::for_seed);
+    run_seeds_with(
+        Test {
+            name: "ten_thousand_seeds",
+            ignored: true,
+        },
+        seeds(0..10_000),
+        Config::for_seed,
+    );
 }
 
 /// Frequent partitions several settle windows long: some forks are not
@@ -136,5 +172,12 @@ fn ten_thousand_seeds() {
 #[test]
 #[ignore = "known gap: heavy lag still leaves some forks undetected"]
 fn heavy_lag_is_a_known_gap() {
-    run_seeds_with(seeds(0..40), |_| Config::heavy_lag());
+    run_seeds_with(
+        Test {
+            name: "heavy_lag_is_a_known_gap",
+            ignored: true,
+        },
+        seeds(0..40),
+        |_| Config::heavy_lag(),
+    );
 }
