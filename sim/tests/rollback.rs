@@ -4,7 +4,7 @@
 
 use kith_engine::{
     delivery::Envelope,
-    group::{ClientStore, Delivery, GroupEvent, IntentKind, KvStore},
+    group::{ClientStore, Delivery, GroupEvent, IntentKind, IntentState, KvStore},
 };
 use kith_sim::world::World;
 use openmls::prelude::{GroupId, OpenMlsProvider as _};
@@ -256,6 +256,23 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     w.handle(alice, &b, 310);
     let on_fork = w.send(alice, "on the fork", 320);
     w.outbox(alice);
+    // She also proposes a rename there, to be committed by whoever commits
+    // next (long after she finds out).
+    let mut proposing = w.policy;
+    proposing.propose_first = true;
+    proposing.proposal_wait_ms = 10 * WINDOW;
+    w.clients[alice]
+        .group
+        .as_mut()
+        .expect("a member")
+        .set_rewind_policy(proposing);
+    w.queue(alice, rename("alice's"));
+    w.advance(alice, 330);
+    assert_eq!(w.outbox(alice).len(), 1, "her proposal");
+    assert!(matches!(
+        intent_states(&w, alice).as_slice(),
+        [IntentState::Proposed(p)] if p.epoch == 2
+    ));
     w.advance(alice, 300 + WINDOW);
     w.handle(alice, &c, 300 + WINDOW + 10);
     assert!(w.events(alice).iter().any(|e| matches!(
@@ -358,6 +375,13 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
         w.group(alice).metadata().mutable.attributes["name"],
         "bob's"
     );
+    // Her proposal was made on the fork: nobody on this branch can commit
+    // it, so it is rebuilt here rather than left waiting for ever.
+    assert_eq!(
+        intent_states(&w, alice),
+        [IntentState::Regenerate],
+        "the rename proposed on the fork is rebuilt"
+    );
 
     // Her request reaches Carol only now, after Bob's re-add, through a
     // node that lagged: answering it would remove the leaf Alice has just
@@ -385,6 +409,25 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     let e = w.env(at + 20, 2, sequence, sent.payload.clone());
     w.handle(carol, &e, at + 30);
     assert_eq!(w.delivery(carol, &waiting), Some(Delivery::Published));
+    // And her rename goes out again, built on the epoch she joined in.
+    let epoch = w.group(alice).epoch();
+    assert!(
+        matches!(
+            intent_states(&w, alice).as_slice(),
+            [IntentState::Published(commit)] if commit.epoch == epoch
+        ),
+        "{:?}",
+        intent_states(&w, alice)
+    );
+}
+
+fn intent_states(w: &World, client: usize) -> Vec<IntentState> {
+    ClientStore(w.clients[client].storage())
+        .intents(&w.group_id)
+        .expect("intents")
+        .into_iter()
+        .map(|i| i.state)
+        .collect()
 }
 
 /// Alice, on a fork she does not know of yet (Bob's commit settled at her

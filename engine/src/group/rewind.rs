@@ -999,11 +999,25 @@ impl Group {
     /// Drop everything this installation kept of its branch of the group
     /// (the ring, retained envelopes, own commits and sends, commit
     /// positions, the unpublished outbox), before joining it again.
+    ///
+    /// Intents in flight on the branch are rebuilt in the group joined
+    /// again: a proposal or commit made on the fork can never be included
+    /// on the canonical branch (nobody there can read it), and no merge
+    /// will resolve it, since the join skips the epochs in between.
     pub(crate) fn forget_branch<S: KvStore + ?Sized>(
         kv: &S,
         group_id: &[u8],
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
+        for mut intent in store.intents(group_id)? {
+            if matches!(
+                intent.state,
+                IntentState::Proposed(_) | IntentState::Published(_)
+            ) {
+                intent.state = IntentState::Regenerate;
+                store.put_intent(group_id, &intent)?;
+            }
+        }
         for snapshot in store.snapshots(group_id)? {
             store.remove_snapshot(group_id, snapshot.epoch)?;
         }
