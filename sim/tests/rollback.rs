@@ -430,6 +430,50 @@ fn intent_states(w: &World, client: usize) -> Vec<IntentState> {
         .collect()
 }
 
+/// Alice applies Bob's commit; Carol's, which sorts first, lags (as when it
+/// refers to a proposal that has not replicated yet). A message from
+/// Carol's branch shows Alice the parting while she can still roll back,
+/// and nothing more comes from that branch: when the epoch settles without
+/// the rollback, Alice knows she is on a fork. Had Carol's commit arrived
+/// in time, the rollback would have made her canonical, and settling
+/// would have found nothing.
+#[test]
+fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
+    for commit_arrives in [false, true] {
+        let mut w = World::new(4, 3, 3, WINDOW);
+        let (alice, bob, carol) = (0, 1, 2);
+        let (b, c) = renames_racing_past_alice(&mut w, bob, carol);
+        w.handle(alice, &b, 310);
+        // Through another node than Carol's commit, which it overtakes.
+        w.send(carol, "canonical", 400);
+        let m = w.outbox(carol).remove(0);
+        let m = w.env(400, 3, 1, m.payload);
+        w.handle(alice, &m, 410);
+        assert!(
+            w.group(alice).fork().is_none(),
+            "epoch 1 can still roll back: not a fork yet"
+        );
+        if commit_arrives {
+            w.handle(alice, &c, 420);
+            assert_eq!(w.group(alice).rewind_stats().rollbacks, 1);
+        }
+        w.advance(alice, 300 + 2 * WINDOW);
+        let forked = w
+            .events(alice)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Forked { .. }));
+        if commit_arrives {
+            assert!(!forked, "the rollback made her canonical");
+            assert!(w.group(alice).fork().is_none());
+            assert_eq!(w.state(alice), w.state(carol));
+        } else {
+            assert!(forked, "settling without the rollback is a fork");
+            let fork = w.group(alice).fork().expect("on a fork");
+            assert!(fork.reason.contains("epoch 1"), "{}", fork.reason);
+        }
+    }
+}
+
 /// Alice, on a fork she does not know of yet (Bob's commit settled at her
 /// before Carol's earlier one arrived), adds Dave. Dave joins her branch.
 /// He has no commits of his own before his epoch, but his Welcome carries

@@ -402,6 +402,7 @@ impl Group {
             let forked_at = old.record.forked.as_ref().map_or(old.epoch(), |f| f.epoch);
             let mut record = old.record.clone();
             record.forked = None;
+            record.earlier_commit = None;
             carried = Some((record, forked_at));
             Self::forget_branch(kv, &payload.group_id)?;
             kv.delete_group(&payload.group_id)

@@ -240,6 +240,22 @@ pub struct Fork {
     pub evidence_key: OrderKey,
 }
 
+/// A member's branch took a commit for an epoch this installation can
+/// still roll back, sorting before the one it applied. The rollback should
+/// follow once that commit arrives; if the epoch settles first (the commit
+/// came too late, or waits for a proposal that lags), this installation is
+/// on a fork, and [`Group::settle`] says so without waiting for another
+/// message from that branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierCommit {
+    /// The epoch both branches left by different commits.
+    pub epoch: u64,
+    /// That epoch's authenticator digest (the same on both branches).
+    pub auth_digest: [u8; 8],
+    /// The canonical position of the member's commit for it.
+    pub key: OrderKey,
+}
+
 /// How many of its epoch's predecessors a message's authenticated data
 /// names (see [`KithAad`]).
 pub const AAD_HISTORY: usize = 6;
@@ -556,8 +572,16 @@ impl Group {
                 return Ok(());
             }
             if store.snapshot(self.group_id(), *epoch)?.is_some() {
-                // Their commit will reach us, and we will roll back to it.
-                return Ok(());
+                // Their commit should reach us, and we roll back to it; if
+                // the epoch settles first, `settle` finds us on a fork.
+                return self.note_earlier_commit(
+                    kv,
+                    EarlierCommit {
+                        epoch: *epoch,
+                        auth_digest: *their_auth,
+                        key: *their_key,
+                    },
+                );
             }
             return self.flag_fork(
                 kv,
@@ -569,6 +593,24 @@ impl Group {
                 my_key.0,
                 now_ms,
             );
+        }
+        Ok(())
+    }
+
+    /// Remember the earliest parting seen (the oldest epoch, and there the
+    /// first commit) until its epoch settles.
+    fn note_earlier_commit<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        seen: EarlierCommit,
+    ) -> Result<(), GroupError> {
+        let earlier = match &self.record.earlier_commit {
+            Some(known) => (seen.epoch, seen.key) < (known.epoch, known.key),
+            None => true,
+        };
+        if earlier {
+            self.record.earlier_commit = Some(seen);
+            self.save_record(kv)?;
         }
         Ok(())
     }
@@ -924,6 +966,7 @@ impl Group {
         let mut left = ring.len();
         let mut oldest_kept = None;
         let mut settled_any = false;
+        let mut forked = None;
         for snapshot in ring {
             let due = synced_ms.is_some_and(|synced| {
                 synced
@@ -937,6 +980,20 @@ impl Group {
                 break;
             }
             store.remove_snapshot(&group_id, snapshot.epoch)?;
+            if self
+                .record
+                .earlier_commit
+                .as_ref()
+                .is_some_and(|seen| seen.epoch <= snapshot.epoch)
+                && let Some(seen) = self.record.earlier_commit.take()
+                && seen.epoch == snapshot.epoch
+                && seen.auth_digest == snapshot.auth_digest
+                && seen.key < snapshot.commit_key
+            {
+                // The rollback to the member's earlier commit never came,
+                // and now it cannot.
+                forked = Some((seen, snapshot.commit_key.0));
+            }
             let age = now_ms.saturating_sub(snapshot.taken_at_ms);
             self.record.rewind.max_snapshot_age_ms =
                 self.record.rewind.max_snapshot_age_ms.max(age);
@@ -992,6 +1049,19 @@ impl Group {
             self.events.push_back(GroupEvent::Settled {
                 stats: self.record.rewind,
             });
+        }
+        if let Some((seen, since_ms)) = forked {
+            self.flag_fork(
+                kv,
+                format!(
+                    "a member's branch took an earlier commit for epoch {}, which settled here \
+                     before that commit could be applied",
+                    seen.epoch
+                ),
+                (seen.epoch, seen.key),
+                since_ms,
+                now_ms,
+            )?;
         }
         Ok(())
     }

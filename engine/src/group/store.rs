@@ -288,6 +288,10 @@ pub struct GroupRecord {
     /// removal was a fork's).
     #[serde(default)]
     pub own_installation: Option<InstallationId>,
+    /// A member's branch parted from this one by an earlier commit, at an
+    /// epoch not settled yet when it was seen.
+    #[serde(default)]
+    pub earlier_commit: Option<super::rewind::EarlierCommit>,
 }
 
 /// When an installation's current leaf was added, so that a member can
