@@ -326,8 +326,60 @@ impl GroupCore {
 
     async fn drive(&self) -> Result<(), Error> {
         self.sync().await?;
+        self.rejoin_deferred().await?;
         self.answer_rejoins().await?;
         self.flush().await
+    }
+
+    /// Once this installation needs a rejoin (removed, or on a fork), join
+    /// again from a Welcome the engine kept while it was still a member:
+    /// several members may answer one rejoin request, and the Welcome of the
+    /// re-add that counts can arrive before the commit that makes it needed.
+    async fn rejoin_deferred(&self) -> Result<(), Error> {
+        if !self.apply(|group, _| Ok(group.needs_rejoin())).await? {
+            return Ok(());
+        }
+        for _ in 0..3 {
+            let shared = &*self.shared;
+            let mut need = None;
+            let result = shared.step(|| {
+                match Group::rejoin_deferred(
+                    &shared.provider,
+                    shared.storage(),
+                    shared.me(),
+                    &shared.identities(),
+                    &self.group_id,
+                    now_ms(),
+                ) {
+                    Err(GroupError::NeedIdentities(list)) => {
+                        need = Some(list);
+                        Err(GroupError::InvalidInput("identity logs needed".into()))
+                    }
+                    other => other,
+                }
+            });
+            match (result, need) {
+                (Ok(Some(mut group)), _) => {
+                    group.set_rewind_policy(shared.rewind);
+                    let conversation = group.conversation_id();
+                    while let Some(event) = group.poll_event() {
+                        self.observe(&conversation, event);
+                    }
+                    *self.group.lock().unwrap_or_else(PoisonError::into_inner) = Some(group);
+                    return Ok(());
+                }
+                (Ok(None), _) => return Ok(()),
+                (Err(_), Some(list)) => {
+                    shared
+                        .refresh_identities(list.into_iter().map(|(i, _)| i))
+                        .await?;
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
+        Err(Error::Network(
+            "the node's identity logs do not cover the members of a kept Welcome".into(),
+        ))
     }
 
     /// Re-add the forked members that asked: fetch a fresh key package of

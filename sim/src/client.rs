@@ -243,8 +243,38 @@ impl Client {
                 provider, storage, me, identities, payload, now,
             )?)
         })?;
-        let Some(mut group) = joined else {
+        Ok(self.adopt(joined, policy))
+    }
+
+    /// Join again from a Welcome the engine kept while this installation
+    /// was still a member, if it needs one now; `Ok(true)` if it joined.
+    pub fn rejoin_deferred(
+        &mut self,
+        identities: &IdentityCache,
+        policy: RewindPolicy,
+        now: u64,
+    ) -> Result<bool, StepError> {
+        let Some(group_id) = self.group_id.clone() else {
             return Ok(false);
+        };
+        let provider = &self.provider;
+        let storage = openmls::prelude::OpenMlsProvider::storage(provider);
+        let me = Me {
+            inbox: self.inbox,
+            keys: &self.keys,
+        };
+        let joined = storage.step(|| {
+            Ok::<_, StepError>(Group::rejoin_deferred(
+                provider, storage, me, identities, &group_id, now,
+            )?)
+        })?;
+        Ok(self.adopt(joined, policy))
+    }
+
+    /// Take a group just joined (if any) as this client's.
+    fn adopt(&mut self, joined: Option<Group>, policy: RewindPolicy) -> bool {
+        let Some(mut group) = joined else {
+            return false;
         };
         // Joined again after a fork: read the group topic from the
         // Welcome's cursor, as a fresh member would.
@@ -257,7 +287,7 @@ impl Client {
         self.join_epoch = Some(group.epoch());
         self.group_id = Some(group.group_id().to_vec());
         self.group = Some(group);
-        Ok(true)
+        true
     }
 
     /// The retained snapshots' ring entries of the group.

@@ -505,7 +505,7 @@ impl Sim {
         }
         self.check_ring(index);
         self.answer_rejoin_requests(index);
-        busy | self.publish(index)
+        busy | self.rejoin_deferred(index) | self.publish(index)
     }
 
     /// Handle a step's result: a crash takes the client down; any other
@@ -554,6 +554,31 @@ impl Sim {
             }
         }
         busy
+    }
+
+    /// A member that needs a rejoin uses a Welcome it was given while it
+    /// still was a member (several members answered its request).
+    fn rejoin_deferred(&mut self, index: usize) -> bool {
+        if !self.clients[index]
+            .group
+            .as_ref()
+            .is_some_and(Group::needs_rejoin)
+        {
+            return false;
+        }
+        let now = self.now;
+        let result = self.clients[index].rejoin_deferred(&self.identities, self.policy, now);
+        let joined = self
+            .handle(index, result, "joining from a kept Welcome")
+            .unwrap_or(false);
+        if joined && std::env::var_os("KITH_SIM_TRACE").is_some() {
+            eprintln!(
+                "t={} client {index} joined from a kept Welcome, epoch {:?}",
+                now % 100_000,
+                self.clients[index].join_epoch
+            );
+        }
+        joined
     }
 
     fn read_group(&mut self, index: usize) -> bool {

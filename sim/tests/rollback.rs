@@ -667,6 +667,78 @@ fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
         .expect("serialize")
 }
 
+/// Carol is removed and added back; the Welcome that adds her back
+/// overtakes the commit that removed her. She is still a member when it
+/// arrives, so it is kept, not used (nor lost): once the removal reaches
+/// her, she joins from it. This is what happens when several members answer
+/// one rejoin request at different epochs.
+#[test]
+fn a_welcome_that_overtakes_the_removal_it_answers_is_kept_for_it() {
+    let mut w = World::new(6, 3, 3, WINDOW);
+    let (alice, carol) = (0, 2);
+    let carol_inbox = w.clients[carol].inbox;
+    w.queue(
+        alice,
+        IntentKind::RemoveMembers {
+            inboxes: vec![carol_inbox],
+        },
+    );
+    w.advance(alice, 100);
+    let removal = w.outbox(alice).remove(0).payload;
+    let removal = w.env(110, 1, 11, removal);
+    w.handle(alice, &removal, 120);
+    let key_package = fresh_key_package(&w, carol);
+    w.queue(
+        alice,
+        IntentKind::AddMembers {
+            key_packages: vec![key_package],
+            sequences: vec![(carol_inbox, 1)],
+        },
+    );
+    w.advance(alice, 200);
+    let add = w.outbox(alice).remove(0).payload;
+    let add = w.env(210, 1, 12, add);
+    w.handle(alice, &add, 220);
+    w.advance(alice, 210 + WINDOW);
+    let welcome = w.outbox(alice).remove(0);
+    assert!(welcome.topics[0].starts_with("welcome/"));
+
+    let identities = &w.identities;
+    let now = w.base + 210 + WINDOW;
+    assert!(
+        !w.clients[carol]
+            .join(identities, &welcome.payload, w.policy, now)
+            .expect("join"),
+        "still a member: the Welcome is not used yet"
+    );
+    assert!(
+        !w.clients[carol]
+            .rejoin_deferred(identities, w.policy, now)
+            .expect("rejoin"),
+        "nor while she is a member"
+    );
+    assert_eq!(w.group(carol).epoch(), 1);
+
+    w.handle(carol, &removal, 210 + WINDOW + 10);
+    assert!(!w.group(carol).is_active(), "removed");
+    let identities = &w.identities;
+    assert!(
+        w.clients[carol]
+            .rejoin_deferred(identities, w.policy, now + 20)
+            .expect("rejoin"),
+        "the kept Welcome brings her back"
+    );
+    assert!(w.group(carol).is_active());
+    assert_eq!(w.state(carol), w.state(alice));
+    assert!(
+        ClientStore(w.clients[carol].storage())
+            .deferred_welcomes(&w.group_id)
+            .expect("kept Welcomes")
+            .is_empty(),
+        "a used Welcome is not kept"
+    );
+}
+
 /// A Welcome goes out only once its commit settled; an add whose commit
 /// lost is rebuilt, and the joiner only ever sees the canonical one.
 #[test]

@@ -392,11 +392,13 @@ impl Group {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Option<Self>, GroupError> {
+        let bytes = payload;
         let payload = WelcomePayload::from_bytes(payload)
             .map_err(|e| GroupError::InvalidInput(e.to_string()))?;
         let mut carried = None;
         if let Some(old) = Self::load(provider, kv, &payload.group_id)? {
             if !old.needs_rejoin() {
+                old.defer_welcome(kv, &payload, bytes)?;
                 return Ok(None);
             }
             let forked_at = old.record.forked.as_ref().map_or(old.epoch(), |f| f.epoch);

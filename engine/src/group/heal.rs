@@ -24,13 +24,14 @@
 //! installation can use. A member acts on a request only for an
 //! installation that is in its tree under that inbox.
 
-use openmls::prelude::LeafNodeIndex;
+use openmls::prelude::{LeafNodeIndex, OpenMlsProvider};
 
 use super::{
-    GroupError,
+    GroupError, IdentityCache,
+    content::WelcomePayload,
     group_state::{Group, GroupEvent, Me},
     rewind::OrderKey,
-    store::{ClientStore, Delivery, KvStore},
+    store::{ClientStore, DeferredWelcome, Delivery, GroupSnapshots, KvStore},
     validate::leaf_identity,
 };
 use crate::{
@@ -286,9 +287,99 @@ impl Group {
         Ok(())
     }
 
-    /// Whether the provider-side state of a forked group must be dropped
-    /// before joining it again.
-    pub(crate) fn needs_rejoin(&self) -> bool {
+    /// Whether this installation needs a Welcome to take part again: it is
+    /// on a fork, or was removed. Its state is dropped when it joins again
+    /// (from a new Welcome, or from a kept one: [`Group::rejoin_deferred`]).
+    pub fn needs_rejoin(&self) -> bool {
         self.record.forked.is_some() || !self.mls.is_active()
     }
+
+    /// Keep a Welcome for this group, which this installation is still a
+    /// member of, if it starts at a later epoch: a re-add committed there
+    /// will remove the leaf in use, and then the Welcome is the way back.
+    /// One for this epoch or an earlier one can never be needed.
+    pub(crate) fn defer_welcome<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        payload: &WelcomePayload,
+        bytes: &[u8],
+    ) -> Result<(), GroupError> {
+        let Some(epoch) = payload
+            .branch
+            .first()
+            .map(|(left, ..)| left.saturating_add(1))
+        else {
+            return Ok(());
+        };
+        if epoch <= self.epoch() {
+            return Ok(());
+        }
+        let store = ClientStore(kv);
+        let mut kept = store.deferred_welcomes(self.group_id())?;
+        kept.sort_by_key(|w| std::cmp::Reverse(w.epoch));
+        // Bounded: only the newest are worth keeping.
+        for old in kept.iter().skip(MAX_DEFERRED_WELCOMES - 1) {
+            store.remove_deferred_welcome(self.group_id(), old)?;
+        }
+        store.put_deferred_welcome(
+            self.group_id(),
+            &DeferredWelcome {
+                epoch,
+                payload: bytes.to_vec(),
+            },
+        )
+    }
+
+    /// Join a group again from a Welcome kept by [`Group::join`] while this
+    /// installation was still a member, once it needs one (it was removed,
+    /// or found itself on a fork). Drivers call it after handling envelopes;
+    /// it does nothing while the group does not need a rejoin. Kept
+    /// Welcomes are tried newest first; one that cannot be used is dropped.
+    /// Returns the group joined again, whose events include
+    /// [`GroupEvent::Rejoined`].
+    pub fn rejoin_deferred<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        group_id: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Self>, GroupError> {
+        let store = ClientStore(kv);
+        let mut kept = store.deferred_welcomes(group_id)?;
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let Some(current) = Self::load(provider, kv, group_id)? else {
+            return Ok(None);
+        };
+        if !current.needs_rejoin() {
+            return Ok(None);
+        }
+        kept.sort_by_key(|w| std::cmp::Reverse(w.epoch));
+        for welcome in kept {
+            store.remove_deferred_welcome(group_id, &welcome)?;
+            if welcome.epoch <= current.record.joined_at_epoch {
+                // Older than the Welcome this state came from.
+                continue;
+            }
+            match Self::join(provider, kv, me, identities, &welcome.payload, now_ms) {
+                Ok(Some(group)) => return Ok(Some(group)),
+                Ok(None) => {}
+                Err(e @ GroupError::NeedIdentities(_)) => {
+                    // Fetched by the caller, then tried again.
+                    store.put_deferred_welcome(group_id, &welcome)?;
+                    return Err(e);
+                }
+                Err(e @ (GroupError::Store(_) | GroupError::Corrupt(_))) => return Err(e),
+                // Unusable (its key package spent by an earlier join, say):
+                // it would fail the same way every time.
+                Err(_) => {}
+            }
+        }
+        Ok(None)
+    }
 }
+
+/// How many re-add Welcomes a group keeps for later.
+const MAX_DEFERRED_WELCOMES: usize = 4;

@@ -39,8 +39,9 @@ pub use intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommi
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
 pub use rewind::{RewindPolicy, RewindStats};
 pub use store::{
-    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupSnapshots,
-    KvEntries, KvStore, LeafAdded, MemoryKvStore, Outbound, StoredMessage, dm_conversation_id,
+    ClientStore, ConversationId, ConversationRecord, ConversationState, DeferredWelcome, Delivery,
+    GroupSnapshots, KvEntries, KvStore, LeafAdded, MemoryKvStore, Outbound, StoredMessage,
+    dm_conversation_id,
 };
 pub use validate::CommitSummary;
 

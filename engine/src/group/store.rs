@@ -24,6 +24,7 @@
 //!  'u' group id | message id        -> OwnSend             (own messages of unsettled epochs)
 //!  'k' group id | epoch             -> (order key of the commit that left it, its digest)
 //!  'a' group id | installation      -> LeafAdded           (when its leaf was last added)
+//!  'w' group id | payload hash      -> DeferredWelcome     (a re-add Welcome not needed yet)
 //! ```
 //! Variable-length ids are length-prefixed so that one id is never a prefix
 //! of another's keys.
@@ -292,6 +293,26 @@ pub struct GroupRecord {
     /// epoch not settled yet when it was seen.
     #[serde(default)]
     pub earlier_commit: Option<super::rewind::EarlierCommit>,
+}
+
+/// A Welcome that re-adds this installation to a group it is still a
+/// member of: several members may answer one rejoin request, at different
+/// epochs, and the canonical re-add may be one whose Welcome arrives while
+/// an earlier re-add's leaf is still in use. It is kept until that leaf
+/// is removed (by the later re-add's commit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeferredWelcome {
+    /// The epoch the Welcome starts at.
+    pub epoch: u64,
+    /// The Welcome payload, as read from the welcome topic.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl DeferredWelcome {
+    fn hash(&self) -> [u8; 32] {
+        super::group_state::sha256(&self.payload)
+    }
 }
 
 /// When an installation's current leaf was added, so that a member can
@@ -651,6 +672,32 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
     pub fn remove_own_commit(&self, group_id: &[u8], hash: &[u8; 32]) -> Result<(), GroupError> {
         self.0
             .kv_delete(&Self::hash_key(b'p', group_id, hash))
+            .map_err(GroupError::store)
+    }
+
+    /// The Welcomes of a group kept for later (see
+    /// [`crate::group::Group::rejoin_deferred`]).
+    pub fn deferred_welcomes(&self, group_id: &[u8]) -> Result<Vec<DeferredWelcome>, GroupError> {
+        self.scan(&with_len(b'w', group_id))
+    }
+
+    /// Keep a Welcome for later.
+    pub fn put_deferred_welcome(
+        &self,
+        group_id: &[u8],
+        welcome: &DeferredWelcome,
+    ) -> Result<(), GroupError> {
+        self.put(&Self::hash_key(b'w', group_id, &welcome.hash()), welcome)
+    }
+
+    /// Forget a kept Welcome.
+    pub fn remove_deferred_welcome(
+        &self,
+        group_id: &[u8],
+        welcome: &DeferredWelcome,
+    ) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&Self::hash_key(b'w', group_id, &welcome.hash()))
             .map_err(GroupError::store)
     }
 
