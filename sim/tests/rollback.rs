@@ -474,6 +474,65 @@ fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
     }
 }
 
+/// Bob, Carol and Dave rename the group at once. Dave's commit sorts first,
+/// then Carol's, then Bob's. Alice applies Bob's and settles; Carol applied
+/// hers and never saw Dave's. A message from Carol shows Alice a fork,
+/// with Carol's commit as the evidence; but nobody on the canonical branch
+/// applied that one, so nobody would answer. Dave's message shows the
+/// earlier commit: Alice asks again, naming it.
+#[test]
+fn a_forked_member_asks_again_with_an_earlier_parting_it_learns_of() {
+    let mut w = World::new(7, 4, 4, WINDOW);
+    let (alice, bob, carol, dave) = (0, 1, 2, 3);
+    let stage = |w: &mut World, client: usize, name: &str| {
+        w.queue(client, rename(name));
+        w.advance(client, 100);
+        w.outbox(client).remove(0).payload
+    };
+    let b = stage(&mut w, bob, "bob's");
+    let c = stage(&mut w, carol, "carol's");
+    let d = stage(&mut w, dave, "dave's");
+    let (b, c, d) = (
+        w.env(300, 2, 1, b),
+        w.env(200, 1, 100, c),
+        w.env(150, 3, 1, d),
+    );
+    w.handle(carol, &c, 210);
+    for e in [&d, &c, &b] {
+        w.handle(dave, e, 320);
+    }
+    w.handle(alice, &b, 310);
+    w.advance(alice, 300 + WINDOW);
+
+    let message = |w: &mut World, from: usize, node: u32, at: u64| {
+        w.send(from, "hello", at);
+        let m = w.outbox(from).remove(0).payload;
+        w.env(at, node, 200, m)
+    };
+    let from_carol = message(&mut w, carol, 1, 1_400);
+    w.handle(alice, &from_carol, 1_410);
+    let fork = w.group(alice).fork().expect("on a fork").clone();
+    assert_eq!((fork.evidence_epoch, fork.evidence_key), (1, c.order_key()));
+    w.advance(alice, 1_420);
+    let first = w.outbox(alice).remove(0).payload;
+    let first = kith_engine::group::RejoinRequest::verify(&first).expect("a request");
+    assert_eq!(first.evidence_key, c.order_key());
+
+    let from_dave = message(&mut w, dave, 3, 1_500);
+    w.handle(alice, &from_dave, 1_510);
+    let fork = w.group(alice).fork().expect("still on a fork");
+    assert_eq!((fork.evidence_epoch, fork.evidence_key), (1, d.order_key()));
+    // Well before the retry interval: the better evidence goes out now.
+    w.advance(alice, 1_520);
+    let out = w.outbox(alice);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let again = kith_engine::group::RejoinRequest::verify(&out[0].payload).expect("a request");
+    assert_eq!(
+        (again.evidence_epoch, again.evidence_key),
+        (1, d.order_key())
+    );
+}
+
 /// Alice, on a fork she does not know of yet (Bob's commit settled at her
 /// before Carol's earlier one arrived), adds Dave. Dave joins her branch.
 /// He has no commits of his own before his epoch, but his Welcome carries

@@ -554,7 +554,9 @@ impl Group {
         let Some(theirs) = KithAad::decode(aad) else {
             return Ok(());
         };
-        if self.record.forked.is_some() || theirs.auth_digest == self.auth_digest() {
+        // On a fork already, a message may still show an earlier parting
+        // than the one it asks to be re-added for (`flag_fork` takes it).
+        if theirs.auth_digest == self.auth_digest() {
             return Ok(());
         }
         let store = ClientStore(kv);
@@ -627,7 +629,19 @@ impl Group {
         since_ms: u64,
         now_ms: u64,
     ) -> Result<(), GroupError> {
-        if self.record.forked.is_some() {
+        if let Some(fork) = self.record.forked.as_mut() {
+            // Only a member that applied the evidence commit answers the
+            // request. The first evidence found may itself have lost to a
+            // commit that sorts even earlier (or the branches may part at an
+            // older epoch); then nobody would answer: ask again, with the
+            // better evidence, at once.
+            if evidence < (fork.evidence_epoch, fork.evidence_key) {
+                fork.evidence_epoch = evidence.0;
+                fork.evidence_key = evidence.1;
+                fork.reason = reason;
+                fork.requested_at_ms = None;
+                self.save_record(kv)?;
+            }
             return Ok(());
         }
         self.fail_forked_sends(kv, since_ms)?;
