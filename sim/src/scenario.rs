@@ -125,8 +125,7 @@ impl Config {
 impl Config {
     /// Replication that can lag past the settle window (partitions up to
     /// three windows long): members end up on forks, which must be found
-    /// and healed. (Heavier lag, as in [`Config::heavy_lag`], still leaves
-    /// forks undetected: see the crate docs.)
+    /// and healed. [`Config::heavy_lag`] is harsher.
     pub fn lagging() -> Self {
         Self {
             settle_window_ms: 100,
@@ -140,9 +139,9 @@ impl Config {
 }
 
 impl Config {
-    /// Frequent partitions several settle windows long. Runs under it do
-    /// not all pass yet (some forks go undetected): the ignored test
-    /// `heavy_lag_is_a_known_gap` measures the gap.
+    /// Frequent partitions several settle windows long (over six windows):
+    /// forks are frequent and older, and several members often answer one
+    /// rejoin request.
     pub fn heavy_lag() -> Self {
         Self {
             settle_window_ms: 60,
