@@ -232,18 +232,9 @@ impl Client {
         policy: RewindPolicy,
         now: u64,
     ) -> Result<bool, StepError> {
-        let provider = &self.provider;
-        let storage = openmls::prelude::OpenMlsProvider::storage(provider);
-        let me = Me {
-            inbox: self.inbox,
-            keys: &self.keys,
-        };
-        let joined = storage.step(|| {
-            Ok::<_, StepError>(Group::join(
-                provider, storage, me, identities, payload, now,
-            )?)
-        })?;
-        Ok(self.adopt(joined, policy))
+        self.join_with(policy, |provider, storage, me| {
+            Group::join(provider, storage, me, identities, payload, now)
+        })
     }
 
     /// Join again from a Welcome the engine kept while this installation
@@ -257,17 +248,25 @@ impl Client {
         let Some(group_id) = self.group_id.clone() else {
             return Ok(false);
         };
+        self.join_with(policy, |provider, storage, me| {
+            Group::rejoin_deferred(provider, storage, me, identities, &group_id, now)
+        })
+    }
+
+    /// Run a join in one step and take the group it joined as this
+    /// client's.
+    fn join_with(
+        &mut self,
+        policy: RewindPolicy,
+        join: impl FnOnce(&KithProvider, &SledMlsStorage, Me<'_>) -> Result<Option<Group>, GroupError>,
+    ) -> Result<bool, StepError> {
         let provider = &self.provider;
         let storage = openmls::prelude::OpenMlsProvider::storage(provider);
         let me = Me {
             inbox: self.inbox,
             keys: &self.keys,
         };
-        let joined = storage.step(|| {
-            Ok::<_, StepError>(Group::rejoin_deferred(
-                provider, storage, me, identities, &group_id, now,
-            )?)
-        })?;
+        let joined = storage.step(|| Ok::<_, StepError>(join(provider, storage, me)?))?;
         Ok(self.adopt(joined, policy))
     }
 

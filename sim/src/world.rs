@@ -6,7 +6,7 @@ use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
         CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupEvent,
-        IdentityCache, IntentKind, Me, NewGroup, Outbound, PolicyPreset, RewindPolicy,
+        IdentityCache, IntentKind, IntentState, Me, NewGroup, Outbound, PolicyPreset, RewindPolicy,
     },
 };
 use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
@@ -283,5 +283,15 @@ impl World {
     pub fn state(&self, client: usize) -> (u64, Vec<u8>) {
         let g = self.group(client);
         (g.epoch(), g.epoch_authenticator())
+    }
+
+    /// The states of `client`'s intents for the group, in id order.
+    pub fn intent_states(&self, client: usize) -> Vec<IntentState> {
+        ClientStore(self.clients[client].storage())
+            .intents(&self.group_id)
+            .expect("intents")
+            .into_iter()
+            .map(|i| i.state)
+            .collect()
     }
 }

@@ -5,7 +5,7 @@
 
 use kith_engine::{
     delivery::Envelope,
-    group::{ClientStore, Delivery, GroupEvent, IntentKind, IntentState},
+    group::{Delivery, GroupEvent, IntentKind, IntentState},
     identity::InboxId,
 };
 use kith_sim::world::World;
@@ -36,15 +36,6 @@ fn name(w: &World, client: usize) -> Option<String> {
         .cloned()
 }
 
-fn intent_states(w: &World, client: usize) -> Vec<IntentState> {
-    ClientStore(w.clients[client].storage())
-        .intents(&w.group_id)
-        .expect("intents")
-        .into_iter()
-        .map(|i| i.state)
-        .collect()
-}
-
 /// Alice proposes a rename and waits; Bob's key update, committed before
 /// her wait is over, carries her proposal too. Her intent is done without
 /// a commit of her own, and Carol, who got the proposal before the
@@ -59,7 +50,7 @@ fn a_proposal_committed_by_another_member_needs_no_commit_of_its_own() {
     assert_eq!(out.len(), 1, "only the proposal goes out");
     assert_eq!(content_type(&out[0].payload), Some(ContentType::Proposal));
     assert!(matches!(
-        intent_states(&w, alice).as_slice(),
+        w.intent_states(alice).as_slice(),
         [IntentState::Proposed(p)] if p.epoch == 1
     ));
     let proposal = w.env(110, 1, 11, out[0].payload.clone());
@@ -97,7 +88,7 @@ fn a_proposal_committed_by_another_member_needs_no_commit_of_its_own() {
     assert_eq!(w.state(alice), w.state(bob));
     assert_eq!(w.state(alice), w.state(carol));
     assert!(matches!(
-        intent_states(&w, alice).as_slice(),
+        w.intent_states(alice).as_slice(),
         [IntentState::Committed { commit, .. }] if commit.epoch == 1
     ));
 
@@ -106,7 +97,7 @@ fn a_proposal_committed_by_another_member_needs_no_commit_of_its_own() {
     w.advance(alice, 700);
     assert!(w.outbox(alice).is_empty(), "Alice never commits");
     w.advance(alice, 660 + WINDOW);
-    assert!(intent_states(&w, alice).is_empty());
+    assert!(w.intent_states(alice).is_empty());
     assert!(
         w.events(alice)
             .iter()
@@ -161,7 +152,7 @@ fn a_commit_that_comes_before_its_proposal_waits_for_it() {
     assert_eq!(w.state(bob), w.state(carol));
     // Alice's own commit lost, but the winner carried her proposal.
     assert!(matches!(
-        intent_states(&w, alice).as_slice(),
+        w.intent_states(alice).as_slice(),
         [IntentState::Committed { .. }]
     ));
 }

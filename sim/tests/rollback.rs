@@ -270,7 +270,7 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     w.advance(alice, 330);
     assert_eq!(w.outbox(alice).len(), 1, "her proposal");
     assert!(matches!(
-        intent_states(&w, alice).as_slice(),
+        w.intent_states(alice).as_slice(),
         [IntentState::Proposed(p)] if p.epoch == 2
     ));
     w.advance(alice, 300 + WINDOW);
@@ -378,7 +378,7 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     // Her proposal was made on the fork: nobody on this branch can commit
     // it, so it is rebuilt here rather than left waiting for ever.
     assert_eq!(
-        intent_states(&w, alice),
+        w.intent_states(alice),
         [IntentState::Regenerate],
         "the rename proposed on the fork is rebuilt"
     );
@@ -413,21 +413,12 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     let epoch = w.group(alice).epoch();
     assert!(
         matches!(
-            intent_states(&w, alice).as_slice(),
+            w.intent_states(alice).as_slice(),
             [IntentState::Published(commit)] if commit.epoch == epoch
         ),
         "{:?}",
-        intent_states(&w, alice)
+        w.intent_states(alice)
     );
-}
-
-fn intent_states(w: &World, client: usize) -> Vec<IntentState> {
-    ClientStore(w.clients[client].storage())
-        .intents(&w.group_id)
-        .expect("intents")
-        .into_iter()
-        .map(|i| i.state)
-        .collect()
 }
 
 /// Alice applies Bob's commit; Carol's, which sorts first, lags (as when it
