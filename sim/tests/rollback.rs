@@ -426,11 +426,19 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
 /// Carol's branch shows Alice the parting while she can still roll back,
 /// and nothing more comes from that branch: when the epoch settles without
 /// the rollback, Alice knows she is on a fork. Had Carol's commit arrived
-/// in time, the rollback would have made her canonical, and settling
-/// would have found nothing.
+/// in time, the rollback would have made her canonical, and settling would
+/// have found nothing; had it arrived and been refused (here: tampered
+/// with), Carol's branch would not be one to follow, and settling finds
+/// nothing either.
 #[test]
 fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
-    for commit_arrives in [false, true] {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Commit {
+        Lost,
+        Arrives,
+        Refused,
+    }
+    for commit in [Commit::Lost, Commit::Arrives, Commit::Refused] {
         let mut w = World::new(4, 3, 3, WINDOW);
         let (alice, bob, carol) = (0, 1, 2);
         let (b, c) = renames_racing_past_alice(&mut w, bob, carol);
@@ -444,24 +452,46 @@ fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
             w.group(alice).fork().is_none(),
             "epoch 1 can still roll back: not a fork yet"
         );
-        if commit_arrives {
-            w.handle(alice, &c, 420);
-            assert_eq!(w.group(alice).rewind_stats().rollbacks, 1);
+        match commit {
+            Commit::Lost => {}
+            Commit::Arrives => {
+                w.handle(alice, &c, 420);
+                assert_eq!(w.group(alice).rewind_stats().rollbacks, 1);
+            }
+            Commit::Refused => {
+                let mut tampered = c.clone();
+                if let Some(last) = tampered.payload.last_mut() {
+                    *last ^= 1;
+                }
+                w.handle(alice, &tampered, 420);
+                assert_eq!(w.group(alice).rewind_stats().rollbacks, 0);
+                assert!(w.events(alice).iter().any(|e| matches!(
+                    e,
+                    GroupEvent::CommitRejected { .. } | GroupEvent::EnvelopeSkipped { .. }
+                )));
+            }
         }
         w.advance(alice, 300 + 2 * WINDOW);
         let forked = w
             .events(alice)
             .iter()
             .any(|e| matches!(e, GroupEvent::Forked { .. }));
-        if commit_arrives {
-            assert!(!forked, "the rollback made her canonical");
-            assert!(w.group(alice).fork().is_none());
-            assert_eq!(w.state(alice), w.state(carol));
-        } else {
-            assert!(forked, "settling without the rollback is a fork");
-            let fork = w.group(alice).fork().expect("on a fork");
-            assert!(fork.reason.contains("epoch 1"), "{}", fork.reason);
+        match commit {
+            Commit::Lost => {
+                assert!(forked, "settling without the rollback is a fork");
+                let fork = w.group(alice).fork().expect("on a fork");
+                assert!(fork.reason.contains("epoch 1"), "{}", fork.reason);
+            }
+            Commit::Arrives => {
+                assert!(!forked, "the rollback made her canonical");
+                assert_eq!(w.state(alice), w.state(carol));
+            }
+            Commit::Refused => {
+                assert!(!forked, "a refused commit is no branch to follow");
+                assert_eq!(w.group(alice).epoch(), 2);
+            }
         }
+        assert_eq!(w.group(alice).fork().is_some(), forked, "{commit:?}");
     }
 }
 

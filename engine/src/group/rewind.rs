@@ -712,6 +712,7 @@ impl Group {
         };
         let (current_mls, current_metadata) = self.restore(provider, kv, &state)?;
         let first_hash = super::group_state::sha256(&first.payload);
+        let first_key = first.key;
         let events_before = self.events.len();
         let outer_replaying = std::mem::replace(&mut ctx.replaying, true);
         for mut entry in before.iter().cloned() {
@@ -738,6 +739,18 @@ impl Group {
                 Undo::State(current) => {
                     self.restore(provider, kv, &current)?;
                 }
+            }
+            // A member's message named this commit as its branch's: that
+            // branch is not one to follow, and no fork is to be inferred
+            // from it when the epoch settles.
+            if self
+                .record
+                .earlier_commit
+                .as_ref()
+                .is_some_and(|seen| seen.epoch == epoch && seen.key == first_key)
+            {
+                self.record.earlier_commit = None;
+                self.save_record(kv)?;
             }
             // What `first` changed went with the restore; keep only why
             // it was refused.
