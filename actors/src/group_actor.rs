@@ -336,7 +336,14 @@ impl GroupCore {
     /// several members may answer one rejoin request, and the Welcome of the
     /// re-add that counts can arrive before the commit that makes it needed.
     async fn rejoin_deferred(&self) -> Result<(), Error> {
-        if !self.apply(|group, _| Ok(group.needs_rejoin())).await? {
+        // Loaded by the sync just before; no step needed to look.
+        let needs = self
+            .group
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(Group::needs_rejoin);
+        if !needs {
             return Ok(());
         }
         for _ in 0..3 {
