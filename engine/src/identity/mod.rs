@@ -17,6 +17,7 @@
 //! [`KeyPackageInventoryStore`].
 
 mod credential;
+mod deniable;
 mod error;
 mod installation;
 mod key_package;
@@ -25,6 +26,13 @@ mod wallet;
 
 pub use credential::{
     CredentialError, KITH_CREDENTIAL_TYPE, credential_inbox, kith_credential, validate_leaf,
+};
+pub use deniable::{
+    BINDING_EXPORTER_LABEL, BINDING_EXPORTER_LEN, BindingClaim, DeniableError, DeniableKeyPackage,
+    DmMode, EphemeralKey, PSEUDONYM_CREDENTIAL_TYPE, ValidatedDeniableKeyPackage, binding_key,
+    binding_tag, check_pseudonym, deniable_capabilities, generate_deniable_key_package,
+    pseudonym_credential, upload_key, upload_tag, validate_deniable_key_package,
+    verify_binding_tag, verify_upload_tag,
 };
 pub use error::IdentityError;
 pub use installation::{
