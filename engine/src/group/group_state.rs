@@ -58,8 +58,8 @@ use super::{
 use crate::{
     delivery::{Envelope, Topic},
     identity::{
-        CIPHERSUITE, InboxId, InstallationId, InstallationKeys, kith_capabilities, kith_credential,
-        validate_key_package,
+        CIPHERSUITE, DmMode, InboxId, InstallationId, InstallationKeys, kith_capabilities,
+        kith_credential, validate_key_package,
     },
 };
 
@@ -302,6 +302,10 @@ impl Group {
             immutable: ImmutableMetadata {
                 kind: new.kind,
                 creator: me.inbox,
+                // Deniable DMs need pseudonymous leaves and bindings, which
+                // this constructor does not make: what it creates is
+                // non-repudiable.
+                dm_mode: dm_members.map(|_| DmMode::NonRepudiable),
                 dm_members,
                 created_at_ms: new.now_ms,
                 legacy_conversation_id: None,

@@ -14,7 +14,7 @@ use openmls::prelude::{
 };
 use prost::Message as _;
 
-use crate::identity::{InboxId, KITH_CREDENTIAL_TYPE, KITH_EXTENSION_TYPES};
+use crate::identity::{DmMode, InboxId, KITH_CREDENTIAL_TYPE, KITH_EXTENSION_TYPES};
 
 /// Extension type of the immutable metadata.
 pub const IMMUTABLE_METADATA_EXTENSION: u16 = KITH_EXTENSION_TYPES[0];
@@ -103,10 +103,20 @@ pub struct ImmutableMetadata {
     pub creator: InboxId,
     /// For a DM, its two inboxes in ascending order.
     pub dm_members: Option<(InboxId, InboxId)>,
+    /// For a DM, whether it can be denied; `None` for a group, which is
+    /// always non-repudiable (see [`ImmutableMetadata::deniable`]).
+    pub dm_mode: Option<DmMode>,
     /// When it was created, ms since the Unix epoch (the creator's clock).
     pub created_at_ms: u64,
     /// The id of a conversation migrated from an older protocol.
     pub legacy_conversation_id: Option<String>,
+}
+
+impl ImmutableMetadata {
+    /// Whether the conversation is a deniable DM. Groups never are.
+    pub fn deniable(&self) -> bool {
+        self.kind == ConversationKind::Dm && self.dm_mode == Some(DmMode::Deniable)
+    }
 }
 
 /// The metadata members may change (extension `0xff11`).
@@ -428,6 +438,9 @@ mod wire {
         pub created_at_ms: u64,
         #[prost(string, optional, tag = "5")]
         pub legacy_conversation_id: Option<String>,
+        /// 1 non-repudiable, 2 deniable; 0 (absent) for a group.
+        #[prost(uint32, tag = "6")]
+        pub dm_mode: u32,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -521,6 +534,11 @@ fn encode_immutable(m: &ImmutableMetadata) -> Vec<u8> {
             .collect(),
         created_at_ms: m.created_at_ms,
         legacy_conversation_id: m.legacy_conversation_id.clone(),
+        dm_mode: match m.dm_mode {
+            None => 0,
+            Some(DmMode::NonRepudiable) => 1,
+            Some(DmMode::Deniable) => 2,
+        },
     }
     .encode_to_vec()
 }
@@ -557,10 +575,28 @@ fn decode_immutable(bytes: &[u8]) -> Result<ImmutableMetadata, MetadataError> {
             });
         }
     };
+    let dm_mode = match (kind, w.dm_mode) {
+        (ConversationKind::Group, 0) => None,
+        (ConversationKind::Dm, 1) => Some(DmMode::NonRepudiable),
+        (ConversationKind::Dm, 2) => Some(DmMode::Deniable),
+        (ConversationKind::Group, _) => {
+            return Err(MetadataError::Malformed {
+                extension: EXT,
+                reason: "a group has no DM mode: groups are always non-repudiable".into(),
+            });
+        }
+        (ConversationKind::Dm, other) => {
+            return Err(MetadataError::Malformed {
+                extension: EXT,
+                reason: format!("unknown DM mode {other}"),
+            });
+        }
+    };
     Ok(ImmutableMetadata {
         kind,
         creator: inbox(&w.creator, EXT)?,
         dm_members,
+        dm_mode,
         created_at_ms: w.created_at_ms,
         legacy_conversation_id: w.legacy_conversation_id,
     })
@@ -696,6 +732,7 @@ mod tests {
                 kind: ConversationKind::Dm,
                 creator: a,
                 dm_members: Some((a, b)),
+                dm_mode: Some(DmMode::Deniable),
                 created_at_ms: 7,
                 legacy_conversation_id: Some("legacy".into()),
             },
@@ -745,6 +782,45 @@ mod tests {
             GroupMetadata::from_extensions(&long.to_extensions()),
             Err(MetadataError::TooLong { limit: 256, .. })
         ));
+    }
+
+    #[test]
+    fn a_dm_records_its_mode_and_a_group_has_none() {
+        for mode in [DmMode::Deniable, DmMode::NonRepudiable] {
+            let mut metadata = sample();
+            metadata.immutable.dm_mode = Some(mode);
+            let back = GroupMetadata::from_extensions(&metadata.to_extensions()).expect("decode");
+            assert_eq!(back.immutable.dm_mode, Some(mode));
+            assert_eq!(back.immutable.deniable(), mode == DmMode::Deniable);
+        }
+
+        let with_mode = |kind, dm_members, dm_mode| {
+            let mut metadata = sample();
+            metadata.immutable.kind = kind;
+            metadata.immutable.dm_members = dm_members;
+            metadata.immutable.dm_mode = dm_mode;
+            GroupMetadata::from_extensions(&metadata.to_extensions())
+        };
+        let pair = sample().immutable.dm_members;
+        // A group cannot be made deniable, and a DM must say what it is.
+        for (kind, members, mode) in [
+            (ConversationKind::Group, None, Some(DmMode::Deniable)),
+            (ConversationKind::Group, None, Some(DmMode::NonRepudiable)),
+            (ConversationKind::Dm, pair, None),
+        ] {
+            assert!(
+                matches!(
+                    with_mode(kind, members, mode),
+                    Err(MetadataError::Malformed {
+                        extension: "immutable metadata",
+                        ..
+                    })
+                ),
+                "{kind:?} with mode {mode:?} was accepted"
+            );
+        }
+        let group = with_mode(ConversationKind::Group, None, None).expect("a group");
+        assert!(!group.immutable.deniable());
     }
 
     #[test]
