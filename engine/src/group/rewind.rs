@@ -207,6 +207,10 @@ pub struct OwnSend {
     /// [`Group::advance`] (re-)sends it: its epoch lost, or it was written
     /// while proposals waited for a commit (MLS sends nothing then).
     pub resend: bool,
+    /// Its place in the order this installation wrote its messages: what
+    /// waited goes out in that order, not in the store's (by id).
+    #[serde(default)]
+    pub written: u64,
 }
 
 /// Rollback metrics of one group, kept in its record.
@@ -938,7 +942,9 @@ impl Group {
             // removed member's store may keep proposals: it fails them).
             return Ok(());
         }
-        for mut send in store.own_sends(&group_id)? {
+        let mut sends = store.own_sends(&group_id)?;
+        sends.sort_by_key(|send| send.written);
+        for mut send in sends {
             if !send.resend {
                 continue;
             }
@@ -1180,7 +1186,7 @@ impl Group {
 
     /// Record an own message for re-sending if its epoch loses.
     pub(crate) fn track_send<S: KvStore + ?Sized>(
-        &self,
+        &mut self,
         kv: &S,
         content: &Content,
         message_id: [u8; 32],
@@ -1189,6 +1195,9 @@ impl Group {
         if !deferred && (!self.policy.retains() || self.ring_len(kv)? == 0) {
             return Ok(());
         }
+        let written = self.record.next_written;
+        self.record.next_written += 1;
+        self.save_record(kv)?;
         ClientStore(kv).put_own_send(
             self.group_id(),
             &OwnSend {
@@ -1197,6 +1206,7 @@ impl Group {
                 auth_digest: self.auth_digest(),
                 content: content.encode_to_vec(),
                 resend: deferred,
+                written,
             },
         )
     }

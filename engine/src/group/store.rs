@@ -293,6 +293,9 @@ pub struct GroupRecord {
     /// epoch not settled yet when it was seen.
     #[serde(default)]
     pub earlier_commit: Option<super::rewind::EarlierCommit>,
+    /// The `written` number of the next own message tracked for re-sending.
+    #[serde(default)]
+    pub next_written: u64,
 }
 
 /// A Welcome that re-adds this installation to a group it is still a
