@@ -16,7 +16,7 @@ use kith_engine::{
         Group, IntentKind, NewGroup, PolicyPreset, dm_conversation_id,
         metadata::{ATTRIBUTE_DESCRIPTION, ATTRIBUTE_IMAGE_URL, ATTRIBUTE_NAME},
     },
-    identity::{InboxId, InstallationId, UnsignedIdentityUpdate},
+    identity::{DmMode, InboxId, InstallationId, UnsignedIdentityUpdate},
 };
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -377,6 +377,8 @@ impl Client {
             NewGroup {
                 kind: ConversationKind::Group,
                 dm_peer: None,
+                // Groups are always non-repudiable.
+                dm_mode: DmMode::NonRepudiable,
                 attributes,
                 preset: options.preset,
                 now_ms: now_ms(),
@@ -404,6 +406,9 @@ impl Client {
             NewGroup {
                 kind: ConversationKind::Dm,
                 dm_peer: Some(peer),
+                // Deniable DMs need the node to hand out deniable key
+                // packages, which it does not yet.
+                dm_mode: DmMode::NonRepudiable,
                 attributes: Default::default(),
                 preset: PolicyPreset::Default,
                 now_ms: now_ms(),

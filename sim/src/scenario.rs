@@ -331,6 +331,7 @@ impl Sim {
                 NewGroup {
                     kind: ConversationKind::Group,
                     dm_peer: None,
+                    dm_mode: kith_engine::identity::DmMode::NonRepudiable,
                     attributes: BTreeMap::from([("name".into(), "sim".into())]),
                     preset: PolicyPreset::Default,
                     now_ms: now,

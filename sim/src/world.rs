@@ -103,6 +103,7 @@ impl World {
                     NewGroup {
                         kind: ConversationKind::Group,
                         dm_peer: None,
+                        dm_mode: kith_engine::identity::DmMode::NonRepudiable,
                         attributes: Default::default(),
                         preset: PolicyPreset::Default,
                         now_ms: base,

@@ -152,6 +152,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
         NewGroup {
             kind: ConversationKind::Group,
             dm_peer: None,
+            dm_mode: kith_engine::identity::DmMode::NonRepudiable,
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now_ms(),

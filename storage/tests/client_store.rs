@@ -95,6 +95,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
         NewGroup {
             kind: ConversationKind::Group,
             dm_peer: None,
+            dm_mode: kith_engine::identity::DmMode::NonRepudiable,
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now_ms(),

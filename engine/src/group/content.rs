@@ -20,6 +20,15 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain";
 /// fork find out (see `rewind`).
 pub const CONTENT_TYPE_EPOCH_DIGEST: &str = "kith/epoch-digest";
 
+/// A control message of deniable DMs: the sender's binding, one MAC per
+/// installation of the two inboxes, saying which installation its leaf
+/// speaks for (see `deniable`). It is never shown.
+pub const CONTENT_TYPE_BINDING: &str = "kith/deniable-binding";
+
+/// The prefix of the engine's own content types, which applications may
+/// not send.
+pub const CONTROL_CONTENT_PREFIX: &str = "kith/";
+
 /// The longest content type, in bytes.
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
 

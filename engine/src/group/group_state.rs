@@ -41,7 +41,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     GroupError,
-    content::{Content, WelcomePayload, message_id},
+    content::{CONTENT_TYPE_BINDING, Content, WelcomePayload, message_id},
+    deniable::{DeniableState, GroupSigner, check_deniable_welcome, signer},
     identities::IdentityCache,
     intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit},
     metadata::{
@@ -53,13 +54,14 @@ use super::{
         ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupRecord,
         KvStore, LeafAdded, Outbound, StoredMessage, dm_conversation_id,
     },
-    validate::{CommitSummary, Verdict, leaf_identity, validate_commit},
+    validate::{CommitSummary, Verdict, leaf_identity},
 };
 use crate::{
     delivery::{Envelope, Topic},
     identity::{
-        CIPHERSUITE, DmMode, InboxId, InstallationId, InstallationKeys, kith_capabilities,
-        kith_credential, validate_key_package,
+        CIPHERSUITE, DmMode, EphemeralKey, InboxId, InstallationId, InstallationKeys,
+        deniable_capabilities, kith_capabilities, kith_credential, pseudonym_credential_from_bytes,
+        validate_deniable_key_package, validate_key_package,
     },
 };
 
@@ -86,6 +88,10 @@ pub struct NewGroup {
     pub kind: ConversationKind,
     /// For a DM, the other inbox.
     pub dm_peer: Option<InboxId>,
+    /// For a DM, whether it can be denied (ignored for groups, which never
+    /// can). A deniable DM's members are added with
+    /// [`IntentKind::AddDeniable`].
+    pub dm_mode: DmMode,
     /// Initial attributes (name, description, ...).
     pub attributes: BTreeMap<String, String>,
     /// Policy preset (ignored for DMs, which use [`Policies::dm`]).
@@ -201,6 +207,21 @@ pub enum GroupEvent {
         /// The epoch it was in when it found the fork.
         forked_at: u64,
     },
+    /// In a deniable DM, a leaf's binding verified: it is this
+    /// installation of this inbox, and its messages are shown as verified.
+    MemberVerified {
+        /// The inbox.
+        inbox: InboxId,
+        /// The installation.
+        installation: InstallationId,
+    },
+    /// In a deniable DM, a binding did not verify: a leaf is not the
+    /// installation it claims (a key package substituted by the node, say).
+    /// The DM stays unverified and sends nothing more; tell the user.
+    BindingFailed {
+        /// Why.
+        reason: String,
+    },
     /// This installation found itself on a fork of the group: its epoch
     /// differs from the canonical one and it can no longer roll back.
     Forked {
@@ -220,6 +241,8 @@ pub struct Group {
     pub(super) outbound: VecDeque<Outbound>,
     pub(super) events: VecDeque<GroupEvent>,
     pub(super) policy: RewindPolicy,
+    /// In a deniable DM, the key this installation's leaf signs with.
+    pub(super) ephemeral: Option<EphemeralKey>,
 }
 
 /// What one input call carries through routing and replay.
@@ -270,7 +293,12 @@ impl Group {
     // ----- lifecycle -----------------------------------------------------
 
     /// Create a group with this installation as its only member. Members
-    /// are added by a following [`IntentKind::AddMembers`].
+    /// are added by a following [`IntentKind::AddMembers`] (or, in a
+    /// deniable DM, [`IntentKind::AddDeniable`]).
+    ///
+    /// A deniable DM's leaf carries a random pseudonym and a fresh
+    /// per-conversation key, kept in the store: nothing in the group is
+    /// signed by the installation's key.
     pub fn create<P: OpenMlsProvider, S: KvStore + ?Sized>(
         provider: &P,
         kv: &S,
@@ -302,10 +330,7 @@ impl Group {
             immutable: ImmutableMetadata {
                 kind: new.kind,
                 creator: me.inbox,
-                // Deniable DMs need pseudonymous leaves and bindings, which
-                // this constructor does not make: what it creates is
-                // non-repudiable.
-                dm_mode: dm_members.map(|_| DmMode::NonRepudiable),
+                dm_mode: dm_members.map(|_| new.dm_mode),
                 dm_members,
                 created_at_ms: new.now_ms,
                 legacy_conversation_id: None,
@@ -321,22 +346,53 @@ impl Group {
         };
         metadata.check_limits()?;
         let group_id = provider.rand().random_vec(16).map_err(GroupError::mls)?;
-        let credential = CredentialWithKey {
-            credential: kith_credential(me.inbox),
-            signature_key: me.keys.id().as_bytes().to_vec().into(),
+        let ephemeral = if metadata.immutable.deniable() {
+            let seed =
+                zeroize::Zeroizing::new(provider.rand().random_vec(32).map_err(GroupError::mls)?);
+            Some(EphemeralKey::from_secret_bytes(&seed).map_err(GroupError::mls)?)
+        } else {
+            None
+        };
+        let (credential, capabilities) = match &ephemeral {
+            Some(key) => {
+                let pseudonym: [u8; 16] =
+                    provider.rand().random_array().map_err(GroupError::mls)?;
+                let credential = CredentialWithKey {
+                    credential: pseudonym_credential_from_bytes(&pseudonym),
+                    signature_key: key.public_key().to_vec().into(),
+                };
+                (credential, deniable_capabilities())
+            }
+            None => {
+                let credential = CredentialWithKey {
+                    credential: kith_credential(me.inbox),
+                    signature_key: me.keys.id().as_bytes().to_vec().into(),
+                };
+                (credential, kith_capabilities())
+            }
+        };
+        let signer = match &ephemeral {
+            Some(key) => GroupSigner::Ephemeral(key),
+            None => GroupSigner::Installation(me.keys),
         };
         let mls = MlsGroup::builder()
             .with_group_id(GroupId::from_slice(&group_id))
             .ciphersuite(CIPHERSUITE)
-            .with_capabilities(kith_capabilities())
+            .with_capabilities(capabilities)
             .with_group_context_extensions(metadata.to_extensions())
             .use_ratchet_tree_extension(true)
             .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(MAX_PAST_EPOCHS)
             .sender_ratchet_configuration(sender_ratchets())
-            .build(provider, me.keys, credential)
+            .build(provider, &signer, credential)
             .map_err(GroupError::mls)?;
         let conversation = conversation_id(&metadata, &group_id);
+        let deniable = ephemeral
+            .as_ref()
+            .map(|key| DeniableState::new(key.public_key(), me.inbox, me.keys.id()));
+        if let Some(key) = &ephemeral {
+            ClientStore(kv).put_ephemeral_key(key)?;
+        }
         let group = Self {
             mls,
             record: GroupRecord {
@@ -344,15 +400,18 @@ impl Group {
                 // The hourly epoch digest counts from creation.
                 last_digest_ms: new.now_ms,
                 own_installation: Some(me.keys.id()),
+                deniable,
                 ..GroupRecord::default()
             },
             metadata,
             outbound: VecDeque::new(),
             events: VecDeque::new(),
             policy: RewindPolicy::default(),
+            ephemeral,
         };
         group.register_conversation(kv, me, new.now_ms)?;
         group.save_record(kv)?;
+        group.keep_exporter(provider, kv)?;
         Ok(group)
     }
 
@@ -371,6 +430,12 @@ impl Group {
         let store = ClientStore(kv);
         let record = store.group_record(group_id)?;
         let outbound = store.outbox(group_id)?.into();
+        let ephemeral = match &record.deniable {
+            Some(state) => Some(store.ephemeral_key(&state.own_leaf_key)?.ok_or_else(|| {
+                GroupError::Corrupt("a deniable DM whose leaf key is not kept".into())
+            })?),
+            None => None,
+        };
         Ok(Some(Self {
             mls,
             record,
@@ -378,6 +443,7 @@ impl Group {
             outbound,
             events: VecDeque::new(),
             policy: RewindPolicy::default(),
+            ephemeral,
         }))
     }
 
@@ -427,17 +493,16 @@ impl Group {
                 "the Welcome names another group than its envelope".into(),
             ));
         }
-        let need: Vec<_> = metadata
-            .membership
-            .iter()
-            .filter(|(inbox, seq)| identities.sequence(inbox) < **seq)
-            .map(|(i, s)| (*i, *s))
-            .collect();
+        let need = identities.behind(&metadata.membership);
         if !need.is_empty() {
             return Err(GroupError::NeedIdentities(need));
         }
+        let deniable = metadata.immutable.deniable();
+        if deniable {
+            check_deniable_welcome(&metadata, staged.members())?;
+        }
         let mut inboxes = BTreeSet::new();
-        for member in staged.members() {
+        for member in staged.members().filter(|_| !deniable) {
             let inbox = crate::identity::credential_inbox(&member.credential)
                 .map_err(|e| GroupError::InvalidInput(format!("a member's leaf: {e}")))?;
             let installation =
@@ -456,7 +521,7 @@ impl Group {
             }
             inboxes.insert(inbox);
         }
-        if inboxes != metadata.membership.keys().copied().collect() {
+        if !deniable && inboxes != metadata.membership.keys().copied().collect() {
             return Err(GroupError::InvalidInput(
                 "the membership record does not match the members".into(),
             ));
@@ -490,6 +555,27 @@ impl Group {
         record.joined_at_epoch = mls.epoch().as_u64();
         record.last_digest_ms = now_ms;
         record.own_installation = Some(me.keys.id());
+        let mut ephemeral = None;
+        record.deniable = None;
+        if deniable {
+            // The leaf is one of this installation's deniable key packages,
+            // whose key was kept when the package was made.
+            let leaf_key: [u8; 32] = mls
+                .own_leaf_node()
+                .and_then(|leaf| leaf.signature_key().as_slice().try_into().ok())
+                .ok_or_else(|| GroupError::InvalidInput("the Welcome has no leaf for us".into()))?;
+            let key = store.ephemeral_key(&leaf_key)?.ok_or_else(|| {
+                GroupError::InvalidInput(
+                    "the Welcome uses a deniable key package whose leaf key this installation \
+                     does not hold"
+                        .into(),
+                )
+            })?;
+            let mut state = DeniableState::new(leaf_key, me.inbox, me.keys.id());
+            state.binding_due = true;
+            record.deniable = Some(state);
+            ephemeral = Some(key);
+        }
         let group = Self {
             record,
             mls,
@@ -497,9 +583,11 @@ impl Group {
             outbound: VecDeque::new(),
             events,
             policy: RewindPolicy::default(),
+            ephemeral,
         };
         group.register_conversation(kv, me, now_ms)?;
         group.save_record(kv)?;
+        group.keep_exporter(provider, kv)?;
         Ok(Some(group))
     }
 
@@ -569,11 +657,21 @@ impl Group {
     pub fn members(&self) -> BTreeMap<InboxId, BTreeSet<InstallationId>> {
         let mut out: BTreeMap<InboxId, BTreeSet<InstallationId>> = BTreeMap::new();
         for member in self.mls.members() {
-            if let Some((inbox, installation)) = leaf_identity(&self.mls, member.index) {
+            if let Some((inbox, installation)) = self.identity_of(member.index) {
                 out.entry(inbox).or_default().insert(installation);
             }
         }
         out
+    }
+
+    /// Each leaf's credential and signature key, as the tree holds them:
+    /// all that the tree (and a leaked copy of it) says of who is in the
+    /// group. In a deniable DM, pseudonyms and per-conversation keys.
+    pub fn leaves(&self) -> Vec<(openmls::prelude::Credential, Vec<u8>)> {
+        self.mls
+            .members()
+            .map(|m| (m.credential, m.signature_key))
+            .collect()
     }
 
     /// For a DM, the inbox that is not `me`.
@@ -602,9 +700,15 @@ impl Group {
     /// Installations the identity logs say should be added (per inbox,
     /// with the log sequence read) and leaves whose installation is no
     /// longer active.
+    ///
+    /// Empty for a deniable DM: its leaves are added from deniable key
+    /// packages ([`IntentKind::AddDeniable`]), not from the logs.
     pub fn reconcile_plan(&self, identities: &IdentityCache) -> ReconcilePlan {
-        let members = self.members();
         let mut plan = ReconcilePlan::default();
+        if self.is_deniable() {
+            return plan;
+        }
+        let members = self.members();
         for (inbox, installations) in &members {
             let Some(state) = identities.state(inbox) else {
                 continue;
@@ -716,6 +820,12 @@ impl Group {
                 "the content type must be 1 to 128 bytes".into(),
             ));
         }
+        if content_type.starts_with(super::content::CONTROL_CONTENT_PREFIX) {
+            return Err(GroupError::InvalidInput(format!(
+                "content types starting with {:?} are the engine's control messages",
+                super::content::CONTROL_CONTENT_PREFIX
+            )));
+        }
         let nonce = provider.rand().random_vec(16).map_err(GroupError::mls)?;
         let id = message_id(me.inbox, self.group_id(), &nonce);
         let content = Content {
@@ -728,8 +838,10 @@ impl Group {
         // commit, and nobody would read one sent on a fork: the message
         // waits in the outbox, and `advance` sends it (with this id) once
         // the proposals are committed or this installation is re-added.
-        let deferred =
-            self.record.forked.is_some() || self.mls.pending_proposals().next().is_some();
+        // In a deniable DM, nothing goes out before every leaf is bound.
+        let deferred = self.record.forked.is_some()
+            || self.mls.pending_proposals().next().is_some()
+            || self.awaiting_bindings();
         let out = if deferred {
             None
         } else {
@@ -747,6 +859,7 @@ impl Group {
             sent_at_ms: now_ms,
             time_ms: now_ms,
             delivery: Delivery::Unpublished,
+            unbound_leaf: None,
         };
         ClientStore(kv).insert_message(&message)?;
         if let Some(out) = out {
@@ -771,7 +884,7 @@ impl Group {
         self.mls.set_aad(aad.encode());
         let out = self
             .mls
-            .create_message(provider, me.keys, content)
+            .create_message(provider, &signer(&self.ephemeral, me), content)
             .map_err(GroupError::mls)?;
         serialize(&out)
     }
@@ -834,6 +947,9 @@ impl Group {
         now_ms: u64,
     ) -> Result<(), GroupError> {
         let store = ClientStore(kv);
+        // Bindings first: held messages go out only after them.
+        self.verify_bindings(kv, me, identities)?;
+        self.send_binding(provider, kv, me, identities, now_ms)?;
         self.resend_lost(provider, kv, me, now_ms)?;
         self.settle(kv, Some(now_ms), now_ms)?;
         if self.record.forked.is_some() {
@@ -1013,7 +1129,11 @@ impl Group {
     ) -> Result<Built, GroupError> {
         let (message, proposal_ref) = if *kind == IntentKind::UpdateKeys {
             self.mls
-                .propose_self_update(provider, me.keys, LeafNodeParameters::default())
+                .propose_self_update(
+                    provider,
+                    &signer(&self.ephemeral, me),
+                    LeafNodeParameters::default(),
+                )
                 .map_err(GroupError::mls)?
         } else {
             let metadata = self.changed_metadata(kind)?;
@@ -1022,10 +1142,13 @@ impl Group {
                 return Ok(Built::Done);
             }
             metadata.check_limits()?;
-            super::validate::check_metadata_change(&self.metadata, &metadata, &me.inbox)
-                .map_err(GroupError::NotPermitted)?;
+            self.check_own_metadata_change(&metadata, me)?;
             self.mls
-                .propose_group_context_extensions(provider, metadata.to_extensions(), me.keys)
+                .propose_group_context_extensions(
+                    provider,
+                    metadata.to_extensions(),
+                    &signer(&self.ephemeral, me),
+                )
                 .map_err(GroupError::mls)?
         };
         self.push_outbound(
@@ -1140,7 +1263,7 @@ impl Group {
         let leaves_of = |pred: &dyn Fn(InboxId, InstallationId) -> bool| -> Vec<LeafNodeIndex> {
             self.mls
                 .members()
-                .filter(|m| leaf_identity(&self.mls, m.index).is_some_and(|(i, x)| pred(i, x)))
+                .filter(|m| self.identity_of(m.index).is_some_and(|(i, x)| pred(i, x)))
                 .map(|m| m.index)
                 .collect()
         };
@@ -1173,6 +1296,47 @@ impl Group {
             Ok(())
         };
         match kind {
+            IntentKind::AddMembers { .. } if self.is_deniable() => {
+                return Err(GroupError::InvalidInput(
+                    "a deniable DM takes deniable key packages (IntentKind::AddDeniable)".into(),
+                ));
+            }
+            IntentKind::AddDeniable { .. } if !self.is_deniable() => {
+                return Err(GroupError::InvalidInput(
+                    "deniable key packages are for deniable DMs only".into(),
+                ));
+            }
+            IntentKind::AddDeniable {
+                key_packages,
+                sequences,
+            } => {
+                let dm = self.metadata.immutable.dm_members;
+                for (inbox, sequence) in sequences {
+                    if !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b) {
+                        return Err(GroupError::NotPermitted(
+                            "a DM cannot take other inboxes".into(),
+                        ));
+                    }
+                    let entry = metadata.membership.entry(*inbox).or_insert(0);
+                    *entry = (*entry).max(*sequence);
+                }
+                let present: BTreeSet<Vec<u8>> = self
+                    .mls
+                    .members()
+                    .map(|m| m.signature_key.clone())
+                    .collect();
+                for add in key_packages {
+                    let valid = checked_deniable_key_package(provider, &add.key_package, now_ms)?;
+                    if present.contains(valid.leaf_key.as_slice()) {
+                        continue;
+                    }
+                    welcome_to.push(add.installation);
+                    adds.push(valid.key_package);
+                }
+                if adds.is_empty() {
+                    return Ok(Built::Done);
+                }
+            }
             IntentKind::AddMembers {
                 key_packages,
                 sequences,
@@ -1243,7 +1407,7 @@ impl Group {
                 }
                 let proposal = self
                     .mls
-                    .leave_group(provider, me.keys)
+                    .leave_group(provider, &signer(&self.ephemeral, me))
                     .map_err(GroupError::mls)?;
                 self.push_outbound(
                     kv,
@@ -1265,8 +1429,7 @@ impl Group {
         metadata.check_limits()?;
         let metadata_changed = metadata != self.metadata;
         if metadata_changed {
-            super::validate::check_metadata_change(&self.metadata, &metadata, &me.inbox)
-                .map_err(GroupError::NotPermitted)?;
+            self.check_own_metadata_change(&metadata, me)?;
         }
         let mut builder = self
             .mls
@@ -1283,10 +1446,15 @@ impl Group {
         let bundle = builder
             .load_psks(provider.storage())
             .map_err(GroupError::mls)?
-            .build(provider.rand(), provider.crypto(), me.keys, |queued| {
-                queued.proposal_or_ref_type() == ProposalOrRefType::Proposal
-                    || riders.contains(queued.proposal_reference_ref().as_slice())
-            })
+            .build(
+                provider.rand(),
+                provider.crypto(),
+                &signer(&self.ephemeral, me),
+                |queued| {
+                    queued.proposal_or_ref_type() == ProposalOrRefType::Proposal
+                        || riders.contains(queued.proposal_reference_ref().as_slice())
+                },
+            )
             .map_err(|e| GroupError::InvalidInput(format!("cannot build the commit: {e:?}")))?
             .stage_commit(provider)
             .map_err(GroupError::mls)?;
@@ -1294,9 +1462,7 @@ impl Group {
         // forbidden change fails here instead of forking us off the group.
         let own_leaf = self.mls.own_leaf_index();
         let verdict = match self.mls.pending_commit() {
-            Some(staged) => {
-                validate_commit(&self.mls, &self.metadata, staged, own_leaf, identities)
-            }
+            Some(staged) => self.validate_staged(staged, own_leaf, identities),
             None => Err(Verdict::Reject("the staged commit vanished".into())),
         };
         if let Err(verdict) = verdict {
@@ -1338,7 +1504,7 @@ impl Group {
             let reference = queued.proposal_reference_ref().as_slice().to_vec();
             match queued.proposal() {
                 Proposal::Remove(r) if r.removed() == *sender => {
-                    if let Some((inbox, installation)) = leaf_identity(&self.mls, *sender)
+                    if let Some((inbox, installation)) = self.identity_of(*sender)
                         && let Some(set) = remaining.get_mut(&inbox)
                     {
                         set.remove(&installation);
@@ -1638,25 +1804,13 @@ impl Group {
             }
         };
         let sender = processed.sender().clone();
-        let signer = crate::identity::credential_inbox(processed.credential()).ok();
+        let credential = processed.credential().clone();
+        let signer = crate::identity::credential_inbox(&credential).ok();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let Sender::Member(leaf) = sender else {
                     self.skip("an application message from a non-member".into());
                     return Ok(());
-                };
-                let Some(signer) = signer else {
-                    self.skip("an application message with a foreign credential".into());
-                    return Ok(());
-                };
-                // A message of a past epoch may come from a leaf that has
-                // left since (or been taken by someone else): OpenMLS checked
-                // it against that epoch's tree, whose credential names the
-                // inbox; the installation is known only if the leaf is
-                // still the sender's.
-                let (inbox, installation) = match leaf_identity(&self.mls, leaf) {
-                    Some((inbox, installation)) if inbox == signer => (inbox, installation),
-                    _ => (signer, InstallationId::UNKNOWN),
                 };
                 let (content, id) = match Content::decode_checked(&app.into_bytes()) {
                     Ok(c) => c,
@@ -1665,6 +1819,66 @@ impl Group {
                         return Ok(());
                     }
                 };
+                // Who sent it: in groups, the credential of the epoch's
+                // tree names the inbox. In a deniable DM, the leaf's
+                // binding does, once it verified; the leaf is still the
+                // sender's only if its pseudonym is the one OpenMLS saw.
+                let (inbox, installation, unbound_leaf) = if let Some(state) = &self.record.deniable
+                {
+                    let Some(member) = self
+                        .mls
+                        .member_at(leaf)
+                        .filter(|m| m.credential == credential)
+                    else {
+                        self.skip("a message from a leaf that has left the DM".into());
+                        return self.retain(kv, &entry);
+                    };
+                    let Ok(leaf_key) = <[u8; 32]>::try_from(member.signature_key.as_slice()) else {
+                        self.skip("a leaf key that is not Ed25519".into());
+                        return self.retain(kv, &entry);
+                    };
+                    if content.content_type == CONTENT_TYPE_BINDING {
+                        if let Err(reason) = self.receive_binding(
+                            kv,
+                            ctx.identities,
+                            leaf_key,
+                            epoch,
+                            &content.body,
+                        )? {
+                            self.fail_binding(reason);
+                        }
+                        return self.retain(kv, &entry);
+                    }
+                    match self.identity_of(leaf) {
+                        Some((inbox, installation)) => (inbox, installation, None),
+                        // Not shown as verified, and not as anyone's, until
+                        // the leaf's binding verifies.
+                        None => {
+                            let peer = self.dm_peer(state.own_inbox).unwrap_or(state.own_inbox);
+                            (peer, InstallationId::UNKNOWN, Some(leaf_key))
+                        }
+                    }
+                } else {
+                    let Some(signer) = signer else {
+                        self.skip("an application message with a foreign credential".into());
+                        return Ok(());
+                    };
+                    // A message of a past epoch may come from a leaf that has
+                    // left since (or been taken by someone else): OpenMLS
+                    // checked it against that epoch's tree, whose credential
+                    // names the inbox; the installation is known only if the
+                    // leaf is still the sender's.
+                    match leaf_identity(&self.mls, leaf) {
+                        Some((inbox, installation)) if inbox == signer => {
+                            (inbox, installation, None)
+                        }
+                        _ => (signer, InstallationId::UNKNOWN, None),
+                    }
+                };
+                if content.content_type == CONTENT_TYPE_BINDING {
+                    self.skip("a deniable binding in a group that is not a deniable DM".into());
+                    return self.retain(kv, &entry);
+                }
                 if content.content_type == super::content::CONTENT_TYPE_EPOCH_DIGEST {
                     // Decrypting it proves the same epoch secret, so the
                     // digest can only match; a mismatch means a broken peer.
@@ -1684,6 +1898,7 @@ impl Group {
                     sent_at_ms: content.sent_at_ms,
                     time_ms: entry.key.0,
                     delivery: Delivery::Published,
+                    unbound_leaf,
                 };
                 entry.message_id = Some(id);
                 if let Some(confirmed) = ctx.confirmed.as_mut() {
@@ -1733,13 +1948,7 @@ impl Group {
                     self.skip("a commit from a non-member".into());
                     return Ok(());
                 };
-                match validate_commit(
-                    &self.mls,
-                    &self.metadata,
-                    &staged,
-                    committer,
-                    ctx.identities,
-                ) {
+                match self.validate_staged(&staged, committer, ctx.identities) {
                     Ok(summary) => {
                         let self_removed = staged.self_removed();
                         let left_auth = self.auth_digest();
@@ -1816,7 +2025,9 @@ impl Group {
             }
         }
         self.retain(kv, entry)?;
+        let leaves_added = summary.leaves_added;
         self.after_merge(kv, summary, self_removed)?;
+        self.after_deniable_merge(provider, kv, leaves_added)?;
         if self.policy.retains() {
             // Only the ring's bound: settling by time waits for `advance`,
             // which the driver calls once it has read the topic's backlog.
@@ -1843,9 +2054,7 @@ impl Group {
             .find(|i| i.id == own.intent_id);
         let own_leaf = self.mls.own_leaf_index();
         let summary = match self.mls.pending_commit() {
-            Some(staged) => {
-                validate_commit(&self.mls, &self.metadata, staged, own_leaf, ctx.identities)
-            }
+            Some(staged) => self.validate_staged(staged, own_leaf, ctx.identities),
             None => Err(Verdict::Reject("no pending commit".into())),
         };
         let summary = match summary {
@@ -1911,12 +2120,28 @@ impl Group {
         let Sender::Member(sender) = queued.sender() else {
             return Err("a proposal from outside the group".into());
         };
-        let (inbox, installation) = leaf_identity(&self.mls, *sender)
-            .ok_or("a proposal from a leaf without a Kith credential")?;
+        // In a deniable DM the proposer is a pseudonym: its binding, not
+        // its leaf, says who it is, and every member may do what a DM allows.
+        let proposer = if self.is_deniable() {
+            None
+        } else {
+            Some(
+                leaf_identity(&self.mls, *sender)
+                    .ok_or("a proposal from a leaf without a Kith credential")?,
+            )
+        };
         match queued.proposal() {
             Proposal::Remove(r) if r.removed() == *sender => Ok(true),
             Proposal::Update(update) => {
-                super::validate::check_update(update.leaf_node(), inbox, installation)?;
+                match proposer {
+                    Some((inbox, installation)) => {
+                        super::validate::check_update(update.leaf_node(), inbox, installation)?
+                    }
+                    None => super::deniable::check_deniable_update(
+                        self.mls.member_at(*sender),
+                        update.leaf_node(),
+                    )?,
+                }
                 Ok(false)
             }
             Proposal::GroupContextExtensions(change) => {
@@ -1931,7 +2156,17 @@ impl Group {
                             .into(),
                     );
                 }
-                super::validate::check_metadata_change(&self.metadata, &new, &inbox)?;
+                match proposer {
+                    Some((inbox, _)) => {
+                        super::validate::check_metadata_change(&self.metadata, &new, &inbox)?;
+                    }
+                    None => super::validate::check_metadata_change_by_role(
+                        &self.metadata,
+                        &new,
+                        super::Role::Member,
+                        "a member of this DM",
+                    )?,
+                }
                 Ok(false)
             }
             other => Err(format!(
@@ -2035,6 +2270,28 @@ impl Group {
         }
         Ok(())
     }
+}
+
+/// Decode a deniable key package as the node hands it out (an
+/// `MlsMessage`) and validate it (it names nobody: nothing to check
+/// against a log).
+fn checked_deniable_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<crate::identity::ValidatedDeniableKeyPackage, GroupError> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| GroupError::InvalidInput(format!("deniable key package: {e}")))?;
+    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+        return Err(GroupError::InvalidInput(
+            "a key package message holds no key package".into(),
+        ));
+    };
+    Ok(validate_deniable_key_package(
+        provider.crypto(),
+        key_package,
+        now_ms / 1000,
+    )?)
 }
 
 /// Decode a key package as the node hands it out (an `MlsMessage`) and

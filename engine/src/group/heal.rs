@@ -141,6 +141,12 @@ impl Group {
         me: Me<'_>,
         now_ms: u64,
     ) -> Result<(), GroupError> {
+        // The request is signed by the installation key, which would tie a
+        // deniable DM to the installation: a forked deniable DM reports
+        // the fork (`GroupEvent::Forked`) and does not ask.
+        if self.record.deniable.is_some() {
+            return Ok(());
+        }
         let Some(fork) = self.record.forked.as_mut() else {
             return Ok(());
         };
@@ -193,7 +199,7 @@ impl Group {
             self.skip("a rejoin request from an installation that is not a member".into());
             return Ok(());
         };
-        if leaf_identity(&self.mls, leaf).map(|(inbox, _)| inbox) != Some(request.inbox) {
+        if self.identity_of(leaf).map(|(inbox, _)| inbox) != Some(request.inbox) {
             self.skip("a rejoin request whose inbox does not match the member".into());
             return Ok(());
         }
@@ -233,13 +239,6 @@ impl Group {
             leaf_identity(&self.mls, self.mls.own_leaf_index())
                 .map_or(InstallationId::UNKNOWN, |(_, installation)| installation)
         })
-    }
-
-    pub(crate) fn leaf_of(&self, installation: &InstallationId) -> Option<LeafNodeIndex> {
-        self.mls
-            .members()
-            .find(|m| m.signature_key.as_slice() == installation.as_bytes())
-            .map(|m| m.index)
     }
 
     pub(crate) fn leaf_encryption_key(&self, leaf: LeafNodeIndex) -> Vec<u8> {

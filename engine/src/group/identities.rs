@@ -32,6 +32,16 @@ impl IdentityCache {
         self.logs.get(inbox).map_or(0, |l| l.state.sequence())
     }
 
+    /// The entries of a membership record (inbox -> identity-log sequence)
+    /// the cache has not read up to: the logs to fetch first.
+    pub fn behind(&self, membership: &BTreeMap<InboxId, u64>) -> Vec<(InboxId, u64)> {
+        membership
+            .iter()
+            .filter(|(inbox, sequence)| self.sequence(inbox) < **sequence)
+            .map(|(inbox, sequence)| (*inbox, *sequence))
+            .collect()
+    }
+
     /// The verified state of `inbox`, if cached.
     pub fn state(&self, inbox: &InboxId) -> Option<&IdentityState> {
         self.logs.get(inbox).map(|l| &l.state)

@@ -24,6 +24,16 @@ pub enum IntentKind {
         /// Inbox -> sequence number recorded in the membership extension.
         sequences: Vec<(InboxId, u64)>,
     },
+    /// Add installations to a deniable DM: a deniable key package each,
+    /// with the installation the node handed it out for (its Welcome goes
+    /// to that installation's topic). Nothing in a package says whose it
+    /// is: the bindings check that, once the leaves are in.
+    AddDeniable {
+        /// The key packages.
+        key_packages: Vec<DeniableAdd>,
+        /// Inbox -> sequence number recorded in the membership extension.
+        sequences: Vec<(InboxId, u64)>,
+    },
     /// Remove inboxes, with all their installations.
     RemoveMembers {
         /// The inboxes.
@@ -79,6 +89,16 @@ pub enum IntentKind {
         #[serde(with = "serde_bytes")]
         stale_leaf: Vec<u8>,
     },
+}
+
+/// One deniable key package to add, and whose the node says it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeniableAdd {
+    /// The installation the node handed it out for.
+    pub installation: InstallationId,
+    /// The key package (a TLS-serialized `MlsMessage`).
+    #[serde(with = "serde_bytes")]
+    pub key_package: Vec<u8>,
 }
 
 /// A commit that carries out an intent: one this installation staged and

@@ -14,7 +14,9 @@ use openmls::prelude::{
 };
 use prost::Message as _;
 
-use crate::identity::{DmMode, InboxId, KITH_CREDENTIAL_TYPE, KITH_EXTENSION_TYPES};
+use crate::identity::{
+    DmMode, InboxId, KITH_CREDENTIAL_TYPE, KITH_EXTENSION_TYPES, PSEUDONYM_CREDENTIAL_TYPE,
+};
 
 /// Extension type of the immutable metadata.
 pub const IMMUTABLE_METADATA_EXTENSION: u16 = KITH_EXTENSION_TYPES[0];
@@ -406,7 +408,13 @@ impl GroupMetadata {
                 .map(|t| ExtensionType::Unknown(*t))
                 .collect::<Vec<_>>(),
             &[],
-            &[CredentialType::Other(KITH_CREDENTIAL_TYPE)],
+            // A deniable DM's leaves carry pseudonyms, everyone else's the
+            // Kith credential.
+            &[CredentialType::Other(if self.immutable.deniable() {
+                PSEUDONYM_CREDENTIAL_TYPE
+            } else {
+                KITH_CREDENTIAL_TYPE
+            })],
         );
         let list = vec![
             Extension::RequiredCapabilities(required),

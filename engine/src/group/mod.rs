@@ -14,6 +14,7 @@
 //! the identity cache commit checks consult.
 
 mod content;
+pub mod deniable;
 mod error;
 mod group_state;
 mod heal;
@@ -25,8 +26,12 @@ pub mod store;
 mod validate;
 
 pub use content::{
-    BranchCommit, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT, Content, ContentError,
-    MAX_CONTENT_TYPE_LEN, WelcomePayload, message_id,
+    BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT,
+    CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload,
+    message_id,
+};
+pub use deniable::{
+    BindingView, DmVerification, MAX_DENIABLE_LEAVES, binding_body, decode_binding,
 };
 pub use error::GroupError;
 pub use group_state::{
@@ -35,7 +40,7 @@ pub use group_state::{
 };
 pub use heal::{REJOIN_RETRY_MS, RejoinRequest};
 pub use identities::IdentityCache;
-pub use intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
+pub use intent::{DeniableAdd, Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
 pub use rewind::{RewindPolicy, RewindStats};
 pub use store::{

@@ -771,8 +771,10 @@ impl Group {
             self.events.extend(kept);
             return Ok(());
         }
-        // The branch changed: the ring past this epoch belongs to the old
-        // one (this epoch's entry was rewritten by the merge).
+        // The branch changed: a binding sent past this epoch is lost.
+        self.after_deniable_rollback(epoch);
+        // The ring past this epoch belongs to the old one (this epoch's
+        // entry was rewritten by the merge).
         for later in store.snapshots(&group_id)? {
             if later.epoch > epoch {
                 store.remove_snapshot(&group_id, later.epoch)?;
@@ -940,6 +942,11 @@ impl Group {
         if self.mls.is_active() && self.mls.pending_proposals().next().is_some() {
             // No application message until the proposals are committed (a
             // removed member's store may keep proposals: it fails them).
+            return Ok(());
+        }
+        if self.mls.is_active() && self.awaiting_bindings() {
+            // A deniable DM sends nothing before every leaf is bound (this
+            // also releases the messages held for that).
             return Ok(());
         }
         let mut sends = store.own_sends(&group_id)?;

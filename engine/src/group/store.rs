@@ -25,6 +25,8 @@
 //!  'k' group id | epoch             -> (order key of the commit that left it, its digest)
 //!  'a' group id | installation      -> LeafAdded           (when its leaf was last added)
 //!  'w' group id | payload hash      -> DeferredWelcome     (a re-add Welcome not needed yet)
+//!  'e' leaf key                      -> ephemeral key seed  (secret; deniable DMs' leaf keys)
+//!  'b' group id | epoch             -> binding exporter secret (secret; deniable DMs)
 //! ```
 //! Variable-length ids are length-prefixed so that one id is never a prefix
 //! of another's keys.
@@ -40,7 +42,7 @@ use super::{
 };
 use crate::{
     delivery::{Cursor, Topic},
-    identity::{IdentityUpdate, InboxId, InstallationId},
+    identity::{EphemeralKey, IdentityUpdate, InboxId, InstallationId},
 };
 
 /// Key and value pairs, as a scan returns them.
@@ -237,6 +239,20 @@ pub struct StoredMessage {
     pub time_ms: u64,
     /// Whether it reached the node.
     pub delivery: Delivery,
+    /// In a deniable DM, the leaf key of a sender whose binding had not
+    /// verified when the message arrived: who sent it is not known, and it
+    /// must not be shown as verified. Cleared (and the sender filled in)
+    /// when that leaf's binding verifies. Always `None` elsewhere.
+    #[serde(default)]
+    pub unbound_leaf: Option<[u8; 32]>,
+}
+
+impl StoredMessage {
+    /// Whether the sender is known: always outside deniable DMs, and in
+    /// one once the sending leaf's binding verified.
+    pub fn is_verified(&self) -> bool {
+        self.unbound_leaf.is_none()
+    }
 }
 
 /// What the engine wants published.
@@ -296,6 +312,9 @@ pub struct GroupRecord {
     /// The `written` number of the next own message tracked for re-sending.
     #[serde(default)]
     pub next_written: u64,
+    /// In a deniable DM: the bindings and this installation's leaf key.
+    #[serde(default)]
+    pub deniable: Option<super::deniable::DeniableState>,
 }
 
 /// A Welcome that re-adds this installation to a group it is still a
@@ -768,6 +787,71 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
             self.0.kv_delete(&key).map_err(GroupError::store)?;
         }
         Ok(())
+    }
+
+    /// Keep a deniable leaf key, under its public key.
+    pub fn put_ephemeral_key(&self, key: &EphemeralKey) -> Result<(), GroupError> {
+        self.0
+            .kv_put(
+                &with_len(b'e', &key.public_key()),
+                key.to_secret_bytes().as_ref(),
+            )
+            .map_err(GroupError::store)
+    }
+
+    /// The deniable leaf key whose public key is `public`, if kept.
+    pub fn ephemeral_key(&self, public: &[u8; 32]) -> Result<Option<EphemeralKey>, GroupError> {
+        let Some(bytes) = self
+            .0
+            .kv_get(&with_len(b'e', public))
+            .map_err(GroupError::store)?
+        else {
+            return Ok(None);
+        };
+        let bytes = zeroize::Zeroizing::new(bytes);
+        EphemeralKey::from_secret_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| GroupError::Corrupt(format!("a stored ephemeral key: {e}")))
+    }
+
+    /// Delete the deniable leaf key whose public key is `public`.
+    pub fn remove_ephemeral_key(&self, public: &[u8; 32]) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&with_len(b'e', public))
+            .map_err(GroupError::store)
+    }
+
+    /// Keep the binding exporter secret of a deniable DM's `epoch`,
+    /// forgetting the one `keep` epochs older.
+    pub fn put_binding_exporter(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        secret: &[u8],
+        keep: u64,
+    ) -> Result<(), GroupError> {
+        self.0
+            .kv_put(&Self::epoch_key(b'b', group_id, epoch), secret)
+            .map_err(GroupError::store)?;
+        if let Some(old) = epoch.checked_sub(keep) {
+            self.0
+                .kv_delete(&Self::epoch_key(b'b', group_id, old))
+                .map_err(GroupError::store)?;
+        }
+        Ok(())
+    }
+
+    /// The binding exporter secret of `epoch`, if kept.
+    pub fn binding_exporter(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, GroupError> {
+        Ok(self
+            .0
+            .kv_get(&Self::epoch_key(b'b', group_id, epoch))
+            .map_err(GroupError::store)?
+            .map(zeroize::Zeroizing::new))
     }
 
     /// The cached identity log of `inbox` (empty if none).

@@ -25,6 +25,8 @@ fn message(conversation: &ConversationId, id: u8, time_ms: u64) -> StoredMessage
         sent_at_ms: time_ms,
         time_ms,
         delivery: Delivery::Published,
+        // Some unverified, so that the field's round trip is checked too.
+        unbound_leaf: id.is_multiple_of(2).then_some([id; 32]),
     }
 }
 

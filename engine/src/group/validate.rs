@@ -28,6 +28,9 @@ pub struct CommitSummary {
     pub metadata: GroupMetadata,
     /// Whether attributes, admins, policies or gating rules changed.
     pub metadata_changed: bool,
+    /// Whether leaves were added (in a deniable DM, `added` stays empty
+    /// until their bindings say whose they are).
+    pub leaves_added: bool,
 }
 
 /// Why a commit cannot be merged (yet).
@@ -168,12 +171,7 @@ pub(crate) fn validate_commit(
 
     // Every installation the commit adds or keeps because of the logs must
     // be checked against the logs at the recorded sequence.
-    let mut need = Vec::new();
-    for (inbox, sequence) in &new.membership {
-        if identities.sequence(inbox) < *sequence {
-            need.push((*inbox, *sequence));
-        }
-    }
+    let need = identities.behind(&new.membership);
     if !need.is_empty() {
         return Err(Verdict::NeedIdentities(need));
     }
@@ -244,6 +242,7 @@ pub(crate) fn validate_commit(
 
     Ok(CommitSummary {
         committer: committer_inbox,
+        leaves_added: !added.is_empty(),
         added: added.into_iter().map(|(_, i, x)| (i, x)).collect(),
         removed: removed.into_iter().map(|(_, i, x, _)| (i, x)).collect(),
         metadata: new,
@@ -273,7 +272,17 @@ pub(crate) fn check_metadata_change(
     new: &GroupMetadata,
     proposer: &InboxId,
 ) -> Result<(), String> {
-    let role = old.role(proposer);
+    check_metadata_change_by_role(old, new, old.role(proposer), &proposer.to_string())
+}
+
+/// Check each metadata change of `old` -> `new` against the policies of
+/// `old` for a proposer with `role`, named `proposer` in errors.
+pub(crate) fn check_metadata_change_by_role(
+    old: &GroupMetadata,
+    new: &GroupMetadata,
+    role: super::Role,
+    proposer: &str,
+) -> Result<(), String> {
     let keys: BTreeSet<&String> = old
         .mutable
         .attributes

@@ -149,9 +149,17 @@ impl Signer for EphemeralKey {
 /// [`PSEUDONYM_CREDENTIAL_TYPE`]. It names nobody; its only job is to be a
 /// credential MLS accepts.
 pub fn pseudonym_credential(rng: &mut impl CryptoRngCore) -> Credential {
-    let mut content = vec![0u8; 1 + PSEUDONYM_LEN];
-    content[0] = PSEUDONYM_VERSION;
-    rng.fill_bytes(&mut content[1..]);
+    let mut random = [0u8; PSEUDONYM_LEN];
+    rng.fill_bytes(&mut random);
+    pseudonym_credential_from_bytes(&random)
+}
+
+/// The pseudonym credential with these 16 random bytes, for callers whose
+/// randomness comes from elsewhere (an OpenMLS provider).
+pub fn pseudonym_credential_from_bytes(random: &[u8; PSEUDONYM_LEN]) -> Credential {
+    let mut content = Vec::with_capacity(1 + PSEUDONYM_LEN);
+    content.push(PSEUDONYM_VERSION);
+    content.extend_from_slice(random);
     Credential::new(CredentialType::Other(PSEUDONYM_CREDENTIAL_TYPE), content)
 }
 

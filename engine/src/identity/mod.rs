@@ -31,8 +31,8 @@ pub use deniable::{
     BINDING_EXPORTER_LABEL, BINDING_EXPORTER_LEN, BindingClaim, DeniableError, DeniableKeyPackage,
     DmMode, EphemeralKey, PSEUDONYM_CREDENTIAL_TYPE, ValidatedDeniableKeyPackage, binding_key,
     binding_tag, check_pseudonym, deniable_capabilities, generate_deniable_key_package,
-    pseudonym_credential, upload_key, upload_tag, validate_deniable_key_package,
-    verify_binding_tag, verify_upload_tag,
+    pseudonym_credential, pseudonym_credential_from_bytes, upload_key, upload_tag,
+    validate_deniable_key_package, verify_binding_tag, verify_upload_tag,
 };
 pub use error::IdentityError;
 pub use installation::{

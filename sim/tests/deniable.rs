@@ -1,0 +1,861 @@
+//! Deniable DMs on the sans-IO engine, with real sled stores and an
+//! in-test node: pseudonymous leaves, bindings that verify between the
+//! real installations, messages held until both sides are bound, and
+//! bindings that fail (a key package substituted by the node, a member
+//! claiming to be an installation whose identity key it lacks), and
+//! rollback and replay when both sides commit at once.
+
+use kith_engine::{
+    delivery::{Envelope, Topic},
+    group::{
+        CONTENT_TYPE_BINDING, ClientStore, ConversationKind, Delivery, DeniableAdd, DmVerification,
+        Group, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset, RewindPolicy,
+        binding_body,
+    },
+    identity::{
+        BindingClaim, DEFAULT_LIFETIME_SECS, DmMode, InboxId, InstallationId, InstallationKeys,
+        LocalWallet, PSEUDONYM_CREDENTIAL_TYPE, UnsignedIdentityUpdate,
+        generate_deniable_key_package,
+    },
+};
+use kith_storage::{KithProvider, SledMlsStorage, StorageConfig};
+use openmls::prelude::{
+    CredentialType, MlsMessageOut, OpenMlsProvider as _, tls_codec::Serialize as _,
+};
+use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
+
+/// OpenMLS checks key-package lifetimes against the system clock, so the
+/// test's time is the real one.
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("clock after 1970")
+}
+
+/// One installation, with its own sled store.
+struct Device {
+    provider: KithProvider,
+    keys: InstallationKeys,
+    inbox: InboxId,
+    events: Vec<GroupEvent>,
+    group: Option<Group>,
+    read: usize,
+    /// Added to the clock: lets a test move past the settle window.
+    skew_ms: u64,
+}
+
+impl Device {
+    fn new(keys: InstallationKeys, inbox: InboxId) -> Self {
+        Self {
+            provider: KithProvider::from_storage(
+                SledMlsStorage::from_db(
+                    sled::Config::new().temporary(true).open().expect("sled"),
+                    StorageConfig::default(),
+                )
+                .expect("storage"),
+            ),
+            keys,
+            inbox,
+            events: Vec::new(),
+            group: None,
+            read: 0,
+            skew_ms: 0,
+        }
+    }
+
+    fn kv(&self) -> &SledMlsStorage {
+        self.provider.storage()
+    }
+
+    fn me(&self) -> Me<'_> {
+        Me {
+            inbox: self.inbox,
+            keys: &self.keys,
+        }
+    }
+
+    /// A deniable key package of this installation, as the node hands it
+    /// out; its leaf key is kept in the store, as the key-package manager
+    /// keeps it.
+    fn deniable_package(&self, rng: &mut ChaCha20Rng) -> DeniableAdd {
+        let made = generate_deniable_key_package(
+            &self.provider,
+            rng,
+            now_ms() / 1000,
+            DEFAULT_LIFETIME_SECS,
+            false,
+        )
+        .expect("deniable key package");
+        ClientStore(self.kv())
+            .put_ephemeral_key(&made.leaf_key)
+            .expect("keep the leaf key");
+        DeniableAdd {
+            installation: self.keys.id(),
+            key_package: MlsMessageOut::from(made.key_package)
+                .tls_serialize_detached()
+                .expect("serialize"),
+        }
+    }
+
+    fn group(&mut self) -> &mut Group {
+        self.group.as_mut().expect("in the DM")
+    }
+
+    fn advance(&mut self, identities: &IdentityCache) {
+        let mut group = self.group.take().expect("in the DM");
+        group
+            .advance(
+                &self.provider,
+                self.kv(),
+                self.me(),
+                identities,
+                now_ms() + self.skew_ms,
+            )
+            .expect("advance");
+        self.drain(&mut group);
+        self.group = Some(group);
+    }
+
+    fn send(&mut self, text: &str) -> [u8; 32] {
+        let mut group = self.group.take().expect("in the DM");
+        let id = group
+            .send_message(
+                &self.provider,
+                self.kv(),
+                self.me(),
+                "text/plain",
+                text.as_bytes(),
+                now_ms(),
+            )
+            .expect("send");
+        self.drain(&mut group);
+        self.group = Some(group);
+        id
+    }
+
+    fn drain(&mut self, group: &mut Group) {
+        while let Some(event) = group.poll_event() {
+            self.events.push(event);
+        }
+    }
+
+    fn verification(&self) -> Option<DmVerification> {
+        self.group.as_ref().and_then(Group::verification)
+    }
+
+    fn messages(&self) -> Vec<kith_engine::group::StoredMessage> {
+        let group = self.group.as_ref().expect("in the DM");
+        ClientStore(self.kv())
+            .messages(&group.conversation_id())
+            .expect("messages")
+    }
+}
+
+struct Person {
+    inbox: InboxId,
+    wallet: LocalWallet,
+    sequence: u64,
+}
+
+impl Person {
+    fn new(rng: &mut ChaCha20Rng) -> Self {
+        let wallet = LocalWallet::generate(rng);
+        Self {
+            inbox: wallet.inbox_id(),
+            wallet,
+            sequence: 0,
+        }
+    }
+
+    /// A new installation of this inbox, registered in its identity log.
+    fn device(&mut self, rng: &mut ChaCha20Rng, identities: &mut IdentityCache) -> Device {
+        let keys = InstallationKeys::generate(rng);
+        self.sequence += 1;
+        let unsigned =
+            UnsignedIdentityUpdate::add_installation(self.inbox, &keys, self.sequence, now_ms());
+        let signature = self
+            .wallet
+            .sign_personal(unsigned.signature_text().as_bytes());
+        identities
+            .extend(self.inbox, [unsigned.sign(signature, Some(&keys))])
+            .expect("valid log");
+        Device::new(keys, self.inbox)
+    }
+}
+
+/// The node: ordered topics.
+#[derive(Default)]
+struct Node {
+    envelopes: Vec<Envelope>,
+    /// When set, what is published gets this originator time: it sorts
+    /// before envelopes published earlier (another node's clock, or
+    /// replication lag).
+    backdate: Option<u64>,
+}
+
+impl Node {
+    fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Envelope {
+        let sequence = self.envelopes.len() as u64 + 1;
+        let envelope = Envelope {
+            topic: topic.parse().expect("topic"),
+            payload,
+            originator_node_id: 1,
+            originator_sequence_id: sequence,
+            originator_time_ms: self.backdate.unwrap_or(now_ms() + sequence),
+        };
+        self.envelopes.push(envelope.clone());
+        envelope
+    }
+
+    /// Publish everything the device's group has queued; returns the
+    /// envelopes published on welcome topics.
+    fn flush(&mut self, device: &mut Device) -> Vec<Envelope> {
+        let mut welcomes = Vec::new();
+        let mut group = device.group.take().expect("in the DM");
+        while let Some(item) = group.poll_outbound() {
+            for topic in &item.topics {
+                let envelope = self.publish(topic, item.payload.clone());
+                if topic.starts_with("welcome/") {
+                    welcomes.push(envelope);
+                }
+            }
+            group.ack_outbound(device.kv(), &item).expect("ack");
+        }
+        device.group = Some(group);
+        welcomes
+    }
+
+    /// Deliver the group topic's envelopes the device has not read.
+    fn deliver(&self, device: &mut Device, identities: &IdentityCache) {
+        let mut group = device.group.take().expect("in the DM");
+        let topic = Topic::Group(group.group_id().to_vec());
+        let new: Vec<&Envelope> = self
+            .envelopes
+            .iter()
+            .filter(|e| e.topic == topic)
+            .skip(device.read)
+            .collect();
+        device.read += new.len();
+        for envelope in new {
+            group
+                .handle_envelope(
+                    &device.provider,
+                    device.kv(),
+                    identities,
+                    envelope,
+                    now_ms() + device.skew_ms,
+                )
+                .expect("handle");
+        }
+        device.drain(&mut group);
+        device.group = Some(group);
+    }
+
+    /// Flush, deliver and advance every device until nothing moves.
+    fn settle(&mut self, devices: &mut [&mut Device], identities: &IdentityCache) {
+        for _ in 0..4 {
+            for device in devices.iter_mut() {
+                self.flush(device);
+            }
+            for device in devices.iter_mut() {
+                self.deliver(device, identities);
+                device.advance(identities);
+            }
+        }
+        for device in devices.iter_mut() {
+            self.flush(device);
+        }
+    }
+}
+
+fn join(device: &mut Device, welcome: &Envelope, identities: &IdentityCache) {
+    let mut group = Group::join(
+        &device.provider,
+        device.kv(),
+        device.me(),
+        identities,
+        &welcome.payload,
+        now_ms(),
+    )
+    .expect("join")
+    .expect("a new group");
+    device.drain(&mut group);
+    // The group ignores what its Welcome's cursor has passed.
+    device.read = 0;
+    device.group = Some(group);
+}
+
+/// `creator` makes a deniable DM with `peer`'s inbox and adds `packages`.
+fn create_dm(
+    node: &mut Node,
+    creator: &mut Device,
+    peer: InboxId,
+    packages: Vec<DeniableAdd>,
+    identities: &IdentityCache,
+) -> Vec<Envelope> {
+    let group = Group::create(
+        &creator.provider,
+        creator.kv(),
+        creator.me(),
+        identities,
+        NewGroup {
+            kind: ConversationKind::Dm,
+            dm_peer: Some(peer),
+            dm_mode: DmMode::Deniable,
+            attributes: Default::default(),
+            preset: PolicyPreset::Default,
+            now_ms: now_ms(),
+        },
+    )
+    .expect("create");
+    creator.group = Some(group);
+    let sequence = identities.sequence(&peer);
+    let mut group = creator.group.take().expect("created");
+    group
+        .queue_intent(
+            creator.kv(),
+            IntentKind::AddDeniable {
+                key_packages: packages,
+                sequences: vec![(peer, sequence)],
+            },
+        )
+        .expect("queue");
+    creator.group = Some(group);
+    creator.advance(identities);
+    node.flush(creator);
+    node.deliver(creator, identities);
+    node.flush(creator)
+}
+
+#[test]
+fn a_deniable_dm_binds_both_sides_and_holds_messages_until_then() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut identities = IdentityCache::new();
+    let (mut alice_person, mut bob_person) = (Person::new(&mut rng), Person::new(&mut rng));
+    let mut alice = alice_person.device(&mut rng, &mut identities);
+    let mut bob = bob_person.device(&mut rng, &mut identities);
+    let mut node = Node::default();
+
+    let package = bob.deniable_package(&mut rng);
+    let welcomes = create_dm(&mut node, &mut alice, bob.inbox, vec![package], &identities);
+    assert_eq!(welcomes.len(), 1, "one Welcome, to Bob's installation");
+    assert_eq!(
+        welcomes[0].topic,
+        Topic::Welcome(bob.keys.id()),
+        "the Welcome goes to the installation the package was fetched for"
+    );
+
+    // Nothing in the tree names a person or an installation.
+    let a = alice.group();
+    assert!(a.is_deniable());
+    let installations = [alice.keys.id(), bob.keys.id()];
+    let leaves = alice.group.as_ref().map(Group::leaves).unwrap_or_default();
+    assert_eq!(leaves.len(), 2);
+    for (credential, key) in &leaves {
+        assert_eq!(
+            credential.credential_type(),
+            CredentialType::Other(PSEUDONYM_CREDENTIAL_TYPE)
+        );
+        assert!(
+            installations
+                .iter()
+                .all(|i| i.as_bytes().as_slice() != key.as_slice())
+        );
+    }
+
+    // Alice has sent her binding, but Bob's leaf is not bound: her message
+    // is stored, not sent.
+    assert_eq!(alice.verification(), Some(DmVerification::Pending));
+    let held = alice.send("hello before the bindings");
+    let held_after: Vec<[u8; 32]> = ["second", "third", "fourth"]
+        .into_iter()
+        .map(|text| alice.send(text))
+        .collect();
+    let pending_out = alice.group().pending_outbound().count();
+    assert_eq!(pending_out, 0, "the message is held, not queued");
+
+    // Her binding goes out at her next advance; the message still waits,
+    // however often she advances, until Bob's leaf is bound.
+    let topic = Topic::Group(alice.group().group_id().to_vec());
+    let on_topic = |node: &Node| node.envelopes.iter().filter(|e| e.topic == topic).count();
+    let unpublished = |device: &Device| {
+        device
+            .messages()
+            .iter()
+            .any(|m| m.message_id == held && m.delivery == Delivery::Unpublished)
+    };
+    alice.advance(&identities);
+    node.flush(&mut alice);
+    // Her commit, the epoch digest a committer sends, and her binding.
+    let published = on_topic(&node);
+    assert_eq!(published, 3);
+    for _ in 0..3 {
+        alice.advance(&identities);
+        node.flush(&mut alice);
+    }
+    assert_eq!(on_topic(&node), published, "nothing more");
+    assert!(unpublished(&alice));
+
+    join(&mut bob, &welcomes[0], &identities);
+    assert_eq!(bob.verification(), Some(DmVerification::Pending));
+    assert_eq!(
+        bob.group().metadata().immutable.dm_mode,
+        Some(DmMode::Deniable)
+    );
+
+    // Bob binds Alice and sends his binding; Alice has not read it yet.
+    node.deliver(&mut bob, &identities);
+    bob.advance(&identities);
+    node.flush(&mut bob);
+    assert_eq!(on_topic(&node), published + 1, "and Bob's binding");
+    alice.advance(&identities);
+    node.flush(&mut alice);
+    assert_eq!(on_topic(&node), published + 1);
+    assert!(
+        unpublished(&alice),
+        "Alice holds her message until she read it"
+    );
+
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+
+    assert_eq!(alice.verification(), Some(DmVerification::Verified));
+    assert_eq!(bob.verification(), Some(DmVerification::Verified));
+    assert!(bob.events.contains(&GroupEvent::MemberVerified {
+        inbox: alice.inbox,
+        installation: alice.keys.id(),
+    }));
+    assert!(alice.events.contains(&GroupEvent::MemberVerified {
+        inbox: bob.inbox,
+        installation: bob.keys.id(),
+    }));
+    // The held message went out once both were bound, and Bob shows it
+    // as Alice's, verified.
+    let at_bob = bob.messages();
+    let received = at_bob
+        .iter()
+        .find(|m| m.message_id == held)
+        .expect("the held message arrived");
+    assert!(received.is_verified());
+    assert_eq!(received.sender_inbox, alice.inbox);
+    assert_eq!(received.sender_installation, alice.keys.id());
+    assert_eq!(received.body, b"hello before the bindings");
+    // Held messages go out in the order she wrote them.
+    let order: Vec<[u8; 32]> = at_bob
+        .iter()
+        .filter(|m| m.sender_inbox == alice.inbox)
+        .map(|m| m.message_id)
+        .collect();
+    let mut written = vec![held];
+    written.extend(held_after);
+    assert_eq!(order, written);
+
+    // And the other way, now without holding.
+    let reply = bob.send("hi");
+    assert_eq!(bob.group().pending_outbound().count(), 1);
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    let at_alice = alice.messages();
+    let reply = at_alice
+        .iter()
+        .find(|m| m.message_id == reply)
+        .expect("the reply arrived");
+    assert!(reply.is_verified());
+    assert_eq!(reply.sender_installation, bob.keys.id());
+    assert_eq!(
+        alice.group().members().get(&bob.inbox).map(|s| s.len()),
+        Some(1),
+        "Bob's installation is a member once bound"
+    );
+    assert!(
+        !alice
+            .events
+            .iter()
+            .any(|e| matches!(e, GroupEvent::BindingFailed { .. }))
+    );
+}
+
+/// Send, from `sender`'s leaf and past every hold, a binding that claims
+/// `claimed_inbox` and `claimed` for that leaf, its tags keyed with the
+/// identity secret of `keyed_with` (a forger has only its own) and each
+/// recipient's public identity key.
+fn send_binding_as(
+    sender: &mut Device,
+    keyed_with: &InstallationKeys,
+    claimed_inbox: InboxId,
+    claimed: InstallationId,
+    recipients: &[(InstallationId, [u8; 32])],
+) {
+    let forger = sender;
+    let group = forger.group.take().expect("in the DM");
+    let exporter = group
+        .binding_exporter_for_tests(&forger.provider)
+        .expect("exporter");
+    let leaf_key: [u8; 32] = group
+        .leaves()
+        .into_iter()
+        .nth(group.own_leaf_index() as usize)
+        .and_then(|(_, key)| key.try_into().ok())
+        .expect("own leaf key");
+    let group_id = group.group_id().to_vec();
+    let body = binding_body(
+        group.epoch(),
+        &BindingClaim {
+            ephemeral_key: &leaf_key,
+            group_id: &group_id,
+            inbox: claimed_inbox,
+            installation: claimed,
+        },
+        keyed_with.identity_secret(),
+        &exporter,
+        recipients.iter().copied(),
+    )
+    .expect("binding body");
+    let mut group = group;
+    group
+        .send_unchecked_for_tests(
+            &forger.provider,
+            forger.kv(),
+            forger.me(),
+            CONTENT_TYPE_BINDING,
+            &body,
+            now_ms(),
+        )
+        .expect("send");
+    forger.group = Some(group);
+}
+
+fn failed(device: &Device) -> bool {
+    matches!(device.verification(), Some(DmVerification::Failed(_)))
+        && device
+            .events
+            .iter()
+            .any(|e| matches!(e, GroupEvent::BindingFailed { .. }))
+}
+
+/// The node hands Alice a key package of its own (Mallory's, who has a
+/// valid wallet and installation) as Bob's. Mallory joins, but cannot bind
+/// as Bob: whether she claims Bob (her tag is keyed with her identity key,
+/// not his) or herself (her inbox is not in the DM), Alice's DM fails, and
+/// nothing Alice wrote goes out.
+#[test]
+fn a_key_package_substituted_by_the_node_fails_the_binding() {
+    for claims_bob in [true, false] {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let mut identities = IdentityCache::new();
+        let mut people: Vec<Person> = (0..3).map(|_| Person::new(&mut rng)).collect();
+        let mut alice = people[0].device(&mut rng, &mut identities);
+        let bob = people[1].device(&mut rng, &mut identities);
+        let mut mallory = people[2].device(&mut rng, &mut identities);
+        let mut node = Node::default();
+
+        let mut substituted = mallory.deniable_package(&mut rng);
+        substituted.installation = bob.keys.id();
+        let welcomes = create_dm(
+            &mut node,
+            &mut alice,
+            bob.inbox,
+            vec![substituted],
+            &identities,
+        );
+        let held = alice.send("for Bob only");
+
+        // The Welcome goes to Bob's topic, but the node reads it too.
+        join(&mut mallory, &welcomes[0], &identities);
+        if claims_bob {
+            let alice_key = identities
+                .state(&alice.inbox)
+                .and_then(|log| log.installation(&alice.keys.id()))
+                .map(|active| active.identity_key)
+                .expect("Alice's identity key is public");
+            let keys = mallory.keys.clone();
+            send_binding_as(
+                &mut mallory,
+                &keys,
+                bob.inbox,
+                bob.keys.id(),
+                &[(alice.keys.id(), alice_key)],
+            );
+            node.flush(&mut mallory);
+        } else {
+            node.settle(&mut [&mut mallory], &identities);
+        }
+        node.settle(&mut [&mut alice, &mut mallory], &identities);
+
+        assert!(
+            failed(&alice),
+            "claims Bob: {claims_bob}: {:?}",
+            alice.verification()
+        );
+        let Some(DmVerification::Failed(reason)) = alice.verification() else {
+            unreachable!("checked above");
+        };
+        if claims_bob {
+            assert!(reason.contains("does not verify"), "{reason}");
+        } else {
+            assert!(reason.contains("not in this DM"), "{reason}");
+        }
+        assert!(
+            !alice
+                .events
+                .iter()
+                .any(|e| matches!(e, GroupEvent::MemberVerified { .. })),
+            "nobody was bound"
+        );
+        assert!(
+            !mallory.messages().iter().any(|m| m.message_id == held),
+            "Alice's message never reached Mallory"
+        );
+        let stored = alice
+            .messages()
+            .into_iter()
+            .find(|m| m.message_id == held)
+            .expect("kept at Alice");
+        assert_eq!(stored.delivery, Delivery::Unpublished);
+    }
+}
+
+/// A member (Bob) adds a leaf he controls and claims it is Alice's second
+/// installation. He has neither of the identity secrets that key the pair
+/// (Alice's two installations), so Alice's installation refuses it.
+#[test]
+fn a_member_cannot_forge_the_other_sides_binding() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut identities = IdentityCache::new();
+    let (mut alice_person, mut bob_person) = (Person::new(&mut rng), Person::new(&mut rng));
+    let mut alice = alice_person.device(&mut rng, &mut identities);
+    let alice_second = alice_person.device(&mut rng, &mut identities);
+    let mut bob = bob_person.device(&mut rng, &mut identities);
+    let mut node = Node::default();
+
+    let package = bob.deniable_package(&mut rng);
+    let welcomes = create_dm(&mut node, &mut alice, bob.inbox, vec![package], &identities);
+    join(&mut bob, &welcomes[0], &identities);
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    assert_eq!(alice.verification(), Some(DmVerification::Verified));
+
+    // Bob's second store plays the leaf he passes off as Alice's second
+    // installation.
+    let mut puppet = Device::new(bob.keys.clone(), bob.inbox);
+    let mut package = puppet.deniable_package(&mut rng);
+    package.installation = alice_second.keys.id();
+    let sequence = identities.sequence(&alice.inbox);
+    let mut group = bob.group.take().expect("in the DM");
+    group
+        .queue_intent(
+            bob.kv(),
+            IntentKind::AddDeniable {
+                key_packages: vec![package],
+                sequences: vec![(alice.inbox, sequence)],
+            },
+        )
+        .expect("queue");
+    bob.group = Some(group);
+    bob.advance(&identities);
+    node.flush(&mut bob);
+    node.deliver(&mut bob, &identities);
+    let welcomes = node.flush(&mut bob);
+    join(&mut puppet, &welcomes[0], &identities);
+
+    let recipients: Vec<(InstallationId, [u8; 32])> = identities
+        .state(&alice.inbox)
+        .into_iter()
+        .flat_map(|log| log.active_installations())
+        .map(|(installation, active)| (*installation, active.identity_key))
+        .collect();
+    let keys = puppet.keys.clone();
+    send_binding_as(
+        &mut puppet,
+        &keys,
+        alice.inbox,
+        alice_second.keys.id(),
+        &recipients,
+    );
+    node.flush(&mut puppet);
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+
+    assert!(failed(&alice), "{:?}", alice.verification());
+    assert!(!alice.events.contains(&GroupEvent::MemberVerified {
+        inbox: alice.inbox,
+        installation: alice_second.keys.id(),
+    }));
+    // What Alice writes now stays with her.
+    let held = alice.send("after the forgery");
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    assert!(!bob.messages().iter().any(|m| m.message_id == held));
+}
+
+/// With two installations on each side, every pair binds, and a message
+/// from either of Alice's installations shows at each of Bob's as hers.
+#[test]
+fn every_installation_pair_is_bound() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let mut identities = IdentityCache::new();
+    let (mut alice_person, mut bob_person) = (Person::new(&mut rng), Person::new(&mut rng));
+    let mut a1 = alice_person.device(&mut rng, &mut identities);
+    let mut a2 = alice_person.device(&mut rng, &mut identities);
+    let mut b1 = bob_person.device(&mut rng, &mut identities);
+    let mut b2 = bob_person.device(&mut rng, &mut identities);
+    let mut node = Node::default();
+
+    let packages = vec![
+        b1.deniable_package(&mut rng),
+        b2.deniable_package(&mut rng),
+        a2.deniable_package(&mut rng),
+    ];
+    let welcomes = create_dm(&mut node, &mut a1, b1.inbox, packages, &identities);
+    assert_eq!(welcomes.len(), 3);
+    for (device, welcome) in [&mut b1, &mut b2, &mut a2].into_iter().zip(&welcomes) {
+        join(device, welcome, &identities);
+    }
+    node.settle(&mut [&mut a1, &mut a2, &mut b1, &mut b2], &identities);
+
+    for device in [&a1, &a2, &b1, &b2] {
+        assert_eq!(
+            device.verification(),
+            Some(DmVerification::Verified),
+            "{:?}",
+            device.events
+        );
+        let members = device.group.as_ref().expect("in the DM").members();
+        assert_eq!(members.get(&a1.inbox).map(|s| s.len()), Some(2));
+        assert_eq!(members.get(&b1.inbox).map(|s| s.len()), Some(2));
+    }
+    let from_a2 = a2.send("from Alice's second device");
+    node.settle(&mut [&mut a1, &mut a2, &mut b1, &mut b2], &identities);
+    for device in [&b1, &b2, &a1] {
+        let message = device
+            .messages()
+            .into_iter()
+            .find(|m| m.message_id == from_a2)
+            .expect("arrived");
+        assert!(message.is_verified());
+        assert_eq!(message.sender_inbox, a2.inbox);
+        assert_eq!(message.sender_installation, a2.keys.id());
+    }
+}
+
+/// Both sides commit at once in a fresh deniable DM: Alice adds her second
+/// installation (so she owes a new binding, which she sends on her branch),
+/// Bob updates his keys with a commit that sorts first. Each member applies
+/// what arrives, rolls back when Bob's commit turns up, and replays: both
+/// end on Bob's branch, Alice's binding from the losing branch is dropped
+/// (not failed) and sent again, her add is regenerated, and the message she
+/// sent on the losing branch reaches Bob, verified.
+#[test]
+fn concurrent_first_commits_in_a_deniable_dm_roll_back_and_replay() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut identities = IdentityCache::new();
+    let (mut alice_person, mut bob_person) = (Person::new(&mut rng), Person::new(&mut rng));
+    let mut alice = alice_person.device(&mut rng, &mut identities);
+    let mut a2 = alice_person.device(&mut rng, &mut identities);
+    let mut bob = bob_person.device(&mut rng, &mut identities);
+    let mut node = Node::default();
+    let policy = RewindPolicy {
+        settle_window_ms: 60_000,
+        propose_first: false,
+        ..RewindPolicy::default()
+    };
+
+    let package = bob.deniable_package(&mut rng);
+    let welcomes = create_dm(&mut node, &mut alice, bob.inbox, vec![package], &identities);
+    alice.group().set_rewind_policy(policy);
+    join(&mut bob, &welcomes[0], &identities);
+    bob.group().set_rewind_policy(policy);
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    assert_eq!(alice.verification(), Some(DmVerification::Verified));
+    assert_eq!(bob.verification(), Some(DmVerification::Verified));
+    let epoch = alice.group().epoch();
+
+    // Alice's commit goes out first; Bob's, sent at the same time through
+    // a node whose clock is behind, sorts before it.
+    let a2_package = a2.deniable_package(&mut rng);
+    let sequence = identities.sequence(&alice.inbox);
+    let mut group = alice.group.take().expect("in the DM");
+    group
+        .queue_intent(
+            alice.kv(),
+            IntentKind::AddDeniable {
+                key_packages: vec![a2_package],
+                sequences: vec![(alice.inbox, sequence)],
+            },
+        )
+        .expect("queue");
+    alice.group = Some(group);
+    alice.advance(&identities);
+    let alice_commit = node.envelopes.len();
+    node.flush(&mut alice);
+    let alice_time = node.envelopes[alice_commit].originator_time_ms;
+    let mut group = bob.group.take().expect("in the DM");
+    group
+        .queue_intent(bob.kv(), IntentKind::UpdateKeys)
+        .expect("queue");
+    bob.group = Some(group);
+    bob.advance(&identities);
+    node.backdate = Some(alice_time - 1);
+    node.flush(&mut bob);
+    node.backdate = None;
+
+    // Alice merges her own commit first and, owing her new leaf a binding,
+    // binds and writes on that branch before Bob's commit reaches her.
+    node.deliver(&mut alice, &identities);
+    let on_losing_branch = alice.send("written on the losing branch");
+    node.flush(&mut alice);
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+
+    for device in [&alice, &bob] {
+        assert!(
+            device
+                .events
+                .iter()
+                .any(|e| matches!(e, GroupEvent::RolledBack { .. })),
+            "a rollback on each side"
+        );
+        assert!(
+            !device
+                .events
+                .iter()
+                .any(|e| matches!(e, GroupEvent::BindingFailed { .. })),
+            "a binding of the losing branch is dropped, not failed: {:?}",
+            device.events
+        );
+    }
+    // Past the settle window, Alice's regenerated add is committed and its
+    // Welcome goes out; her second installation joins and binds.
+    alice.skew_ms = 120_000;
+    bob.skew_ms = 120_000;
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    let welcome = node
+        .envelopes
+        .iter()
+        .rev()
+        .find(|e| e.topic == Topic::Welcome(a2.keys.id()))
+        .cloned()
+        .expect("a Welcome for Alice's second installation");
+    join(&mut a2, &welcome, &identities);
+    a2.group().set_rewind_policy(policy);
+    a2.skew_ms = 120_000;
+    node.settle(&mut [&mut alice, &mut bob, &mut a2], &identities);
+
+    assert!(alice.group().epoch() > epoch + 1);
+    assert_eq!(alice.group().epoch(), bob.group().epoch());
+    assert_eq!(
+        alice.group().epoch_authenticator(),
+        bob.group().epoch_authenticator()
+    );
+    for device in [&alice, &bob, &a2] {
+        assert_eq!(
+            device.verification(),
+            Some(DmVerification::Verified),
+            "{:?}",
+            device.events
+        );
+    }
+    let message = bob
+        .messages()
+        .into_iter()
+        .find(|m| m.message_id == on_losing_branch)
+        .expect("the message of the losing branch was sent again");
+    assert!(message.is_verified());
+    assert_eq!(message.sender_installation, alice.keys.id());
+}
