@@ -859,3 +859,350 @@ fn concurrent_first_commits_in_a_deniable_dm_roll_back_and_replay() {
     assert!(message.is_verified());
     assert_eq!(message.sender_installation, alice.keys.id());
 }
+
+// ----- deniability, shown: forgery and a public-data verifier -------------
+
+/// A DM transcript as its holder could hand it to a third party: the
+/// Welcome the holder joined from, every envelope of the group topic, and
+/// the one secret without which none of it opens: the private keys of the
+/// holder's key package that the Welcome used (here, a copy of the holder's
+/// store taken before it joined).
+struct Transcript {
+    opener: KithProvider,
+    welcome: Vec<u8>,
+    envelopes: Vec<Envelope>,
+}
+
+/// What the verifier concluded: who the transcript's own bindings claim
+/// the other side is, and what that side wrote.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    /// The inboxes and installations the other side's bindings claim.
+    claimed: Vec<(InboxId, InstallationId)>,
+    /// The other side's text messages.
+    texts: Vec<String>,
+    /// The holder's own messages: MLS gives a member no key to open its own
+    /// messages, so nobody can check these but the other side.
+    own_messages: usize,
+}
+
+/// A copy of a store as it is now.
+fn store_copy(store: &SledMlsStorage) -> KithProvider {
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    db.import(store.db().export());
+    KithProvider::from_storage(SledMlsStorage::from_db(db, store.config()).expect("storage"))
+}
+
+/// Verify a transcript with public data only (the identity logs) and the
+/// secrets the transcript carries. Every check the third party can make:
+///
+/// - the Welcome: OpenMLS verifies the GroupInfo signature (by the
+///   creator's leaf), the tree and every leaf's signature;
+/// - the metadata: a deniable DM between two inboxes, leaves that are all
+///   pseudonyms;
+/// - every envelope the holder could read: its signature by its sender's
+///   leaf (OpenMLS), its content, and each binding's structure and claim
+///   (an inbox of the DM, an installation active in its public log);
+/// - the holder's own messages parse as messages of the group.
+///
+/// What it cannot check are the binding tags: only the two ends of a pair
+/// can compute their key.
+fn verify(transcript: &Transcript, identities: &IdentityCache) -> Result<Verdict, String> {
+    use openmls::prelude::{
+        MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+        ProcessedMessageContent, SenderRatchetConfiguration, StagedWelcome,
+        tls_codec::Deserialize as _,
+    };
+    let provider = &transcript.opener;
+    let payload = kith_engine::group::WelcomePayload::from_bytes(&transcript.welcome)
+        .map_err(|e| e.to_string())?;
+    let message = MlsMessageIn::tls_deserialize_exact(payload.welcome.as_slice())
+        .map_err(|e| format!("welcome: {e}"))?;
+    let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+        return Err("not a Welcome".into());
+    };
+    let config = MlsGroupJoinConfig::builder()
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(128, 1000))
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .build();
+    let staged = StagedWelcome::new_from_welcome(provider, &config, welcome, None)
+        .map_err(|e| format!("the Welcome does not verify: {e:?}"))?;
+    let metadata =
+        kith_engine::group::GroupMetadata::from_extensions(staged.group_context().extensions())
+            .map_err(|e| e.to_string())?;
+    if !metadata.immutable.deniable() {
+        return Err("not a deniable DM".into());
+    }
+    let (a, b) = metadata
+        .immutable
+        .dm_members
+        .ok_or("a DM names its two inboxes")?;
+    for member in staged.members() {
+        kith_engine::identity::check_pseudonym(&member.credential)
+            .map_err(|e| format!("a leaf: {e}"))?;
+    }
+    let mut group = staged.into_group(provider).map_err(|e| format!("{e:?}"))?;
+    let topic = Topic::Group(group.group_id().as_slice().to_vec());
+    let mut verdict = Verdict {
+        claimed: Vec::new(),
+        texts: Vec::new(),
+        own_messages: 0,
+    };
+    for envelope in transcript.envelopes.iter().filter(|e| e.topic == topic) {
+        let message = MlsMessageIn::tls_deserialize_exact(envelope.payload.as_slice())
+            .map_err(|e| format!("an envelope does not parse: {e}"))?;
+        let protocol = message
+            .try_into_protocol_message()
+            .map_err(|e| format!("not a group message: {e:?}"))?;
+        if protocol.epoch().as_u64() < group.epoch().as_u64() {
+            continue; // before the holder joined: the commit that added it
+        }
+        let processed = group
+            .process_message(provider, protocol)
+            .map_err(|e| format!("a message does not verify: {e:?}"))?;
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let (content, _) = kith_engine::group::Content::decode_checked(&app.into_bytes())
+                    .map_err(|e| e.to_string())?;
+                if content.content_type == CONTENT_TYPE_BINDING {
+                    let binding = kith_engine::group::decode_binding(&content.body)?;
+                    if binding.inbox != a && binding.inbox != b {
+                        return Err("a binding claims an inbox outside the DM".into());
+                    }
+                    if identities
+                        .state(&binding.inbox)
+                        .and_then(|log| log.installation(&binding.installation))
+                        .is_none()
+                    {
+                        return Err("a binding claims an installation not in the logs".into());
+                    }
+                    verdict.claimed.push((binding.inbox, binding.installation));
+                } else if content.content_type == "text/plain" {
+                    verdict
+                        .texts
+                        .push(String::from_utf8(content.body).map_err(|e| e.to_string())?);
+                }
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => group
+                .merge_staged_commit(provider, *staged)
+                .map_err(|e| format!("{e:?}"))?,
+            // The holder's own: its sender ratchet only encrypts, so MLS
+            // opens only the sender data, which says it is the holder's.
+            ProcessedMessageContent::OwnPrivateMessage => verdict.own_messages += 1,
+            _ => {}
+        }
+    }
+    Ok(verdict)
+}
+
+/// The public data of a person's installation: its inbox, installation id
+/// and X25519 identity key, as its identity log shows them.
+fn public(device: &Device) -> (InboxId, InstallationId, [u8; 32]) {
+    (
+        device.inbox,
+        device.keys.id(),
+        device.keys.identity_public_key(),
+    )
+}
+
+/// A real DM: `creator` makes it and adds `holder`, both bind, `creator`
+/// writes `texts` and `holder` answers. The holder's transcript.
+fn real_transcript(
+    rng: &mut ChaCha20Rng,
+    creator: &mut Device,
+    holder: &mut Device,
+    identities: &IdentityCache,
+    texts: &[&str],
+) -> Transcript {
+    let mut node = Node::default();
+    let package = holder.deniable_package(rng);
+    let opener = store_copy(holder.kv());
+    let welcomes = create_dm(&mut node, creator, holder.inbox, vec![package], identities);
+    join(holder, &welcomes[0], identities);
+    for text in texts {
+        creator.send(text);
+    }
+    holder.send("and the holder answers");
+    node.settle(&mut [creator, holder], identities);
+    Transcript {
+        opener,
+        welcome: welcomes[0].payload.clone(),
+        envelopes: node.envelopes,
+    }
+}
+
+/// The forgery. Given only the holder's secrets (its installation keys and
+/// store) and the victim's public data, make a transcript of a DM in which
+/// the victim creates the DM, binds as itself, and writes `texts`.
+///
+/// It plays the victim on a store of its own, with installation keys it
+/// makes up (only the DM's ephemeral keys sign; nothing asks for the
+/// victim's), and makes the victim's binding tag for the holder with the
+/// holder's identity secret: `X25519(holder, victim) = X25519(victim,
+/// holder)`. Also returns where the holder's own envelopes begin. The holder's own client, which checks bindings exactly as it
+/// checks real ones, binds the forged leaf to the victim's installation.
+fn forge(
+    rng: &mut ChaCha20Rng,
+    holder: &mut Device,
+    victim: (InboxId, InstallationId, [u8; 32]),
+    identities: &IdentityCache,
+    texts: &[&str],
+) -> (Transcript, usize) {
+    let (victim_inbox, victim_installation, victim_identity_key) = victim;
+    let mut node = Node::default();
+    let package = holder.deniable_package(rng);
+    let opener = store_copy(holder.kv());
+    let mut puppet = Device::new(InstallationKeys::generate(rng), victim_inbox);
+    let welcomes = create_dm(
+        &mut node,
+        &mut puppet,
+        holder.inbox,
+        vec![package],
+        identities,
+    );
+
+    // The victim's binding, its tag for the holder keyed with the holder's
+    // identity secret.
+    send_binding_as(
+        &mut puppet,
+        &holder.keys,
+        victim_inbox,
+        victim_installation,
+        &[(holder.keys.id(), victim_identity_key)],
+    );
+    let mut send = |content_type: &str, body: &[u8]| {
+        let mut group = puppet.group.take().expect("created");
+        group
+            .send_unchecked_for_tests(
+                &puppet.provider,
+                puppet.kv(),
+                puppet.me(),
+                content_type,
+                body,
+                now_ms(),
+            )
+            .expect("send");
+        puppet.group = Some(group);
+    };
+    for text in texts {
+        let content = text.as_bytes();
+        send("text/plain", content);
+    }
+    node.flush(&mut puppet);
+    let holders_from = node.envelopes.len();
+
+    join(holder, &welcomes[0], identities);
+    holder.send("and the holder answers");
+    node.settle(&mut [holder], identities);
+    (
+        Transcript {
+            opener,
+            welcome: welcomes[0].payload.clone(),
+            envelopes: node.envelopes,
+        },
+        holders_from,
+    )
+}
+
+/// Bob forges Alice, and Alice forges Bob: from one side's secrets and the
+/// other's public data, a transcript that the public-data verifier accepts
+/// exactly as it accepts a real one, attributing the same words to the
+/// same installation; and the forger's own client shows the forged side as
+/// verified. That is the claim of docs/deniable-dms.md, with the real
+/// crypto.
+#[test]
+fn either_side_can_forge_a_transcript_that_verifies_like_a_real_one() {
+    let texts = ["I will pay you back on Friday", "tell nobody"];
+    for holder_is_bob in [true, false] {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let mut identities = IdentityCache::new();
+        let (mut alice_person, mut bob_person) = (Person::new(&mut rng), Person::new(&mut rng));
+        let mut alice = alice_person.device(&mut rng, &mut identities);
+        let mut bob = bob_person.device(&mut rng, &mut identities);
+        let (holder, victim) = if holder_is_bob {
+            (&mut bob, &mut alice)
+        } else {
+            (&mut alice, &mut bob)
+        };
+        let victim_public = public(victim);
+
+        let real = real_transcript(&mut rng, victim, holder, &identities, &texts);
+        let real = verify(&real, &identities).expect("the real transcript verifies");
+
+        // A fresh installation state for the forgery: the holder's keys, a
+        // new store (its DM with the real victim must not help).
+        let mut forger = Device::new(holder.keys.clone(), holder.inbox);
+        let (forged, holders_from) =
+            forge(&mut rng, &mut forger, victim_public, &identities, &texts);
+        // The verifier is not a rubber stamp: any byte changed in the other
+        // side's messages, or in the Welcome, is refused. (The holder's own
+        // are opened by nobody but the other side.)
+        let group_envelopes: Vec<usize> = forged
+            .envelopes
+            .iter()
+            .enumerate()
+            .take(holders_from)
+            .filter(|(_, e)| matches!(e.topic, Topic::Group(_)))
+            .map(|(i, _)| i)
+            .skip(1) // the commit that added the holder, from before it joined
+            .collect();
+        assert_eq!(
+            group_envelopes.len(),
+            1 + texts.len(),
+            "a binding and the texts"
+        );
+        for i in group_envelopes {
+            let mut envelopes = forged.envelopes.clone();
+            let last = envelopes[i].payload.len() - 1;
+            envelopes[i].payload[last] ^= 1;
+            let tampered = Transcript {
+                opener: store_copy(forged.opener.storage()),
+                welcome: forged.welcome.clone(),
+                envelopes,
+            };
+            assert!(verify(&tampered, &identities).is_err(), "envelope {i}");
+        }
+        let mut welcome = kith_engine::group::WelcomePayload::from_bytes(&forged.welcome)
+            .expect("welcome payload");
+        let middle = welcome.welcome.len() / 2;
+        welcome.welcome[middle] ^= 1;
+        let tampered = Transcript {
+            opener: store_copy(forged.opener.storage()),
+            welcome: welcome.to_bytes(),
+            envelopes: forged.envelopes.clone(),
+        };
+        assert!(verify(&tampered, &identities).is_err(), "the Welcome");
+
+        let forged = verify(&forged, &identities).expect("the forged transcript verifies");
+
+        let victim_claim = (victim_public.0, victim_public.1);
+        assert_eq!(
+            real.claimed,
+            vec![victim_claim],
+            "holder is Bob: {holder_is_bob}"
+        );
+        assert_eq!(forged.claimed, real.claimed);
+        assert_eq!(forged.texts, real.texts);
+        assert_eq!(forged.texts, texts);
+        assert_eq!(forged.own_messages, real.own_messages);
+        assert!(real.own_messages > 0);
+
+        // The forger's own client was convinced too.
+        assert!(forger.events.contains(&GroupEvent::MemberVerified {
+            inbox: victim_public.0,
+            installation: victim_public.1,
+        }));
+        assert_eq!(forger.verification(), Some(DmVerification::Verified));
+        let mut shown: Vec<_> = forger
+            .messages()
+            .into_iter()
+            .filter(|m| m.sender_installation == victim_public.1 && m.is_verified())
+            .map(|m| String::from_utf8(m.body).expect("utf-8"))
+            .collect();
+        shown.sort();
+        let mut expected = texts.to_vec();
+        expected.sort_unstable();
+        assert_eq!(shown, expected);
+    }
+}
