@@ -9,8 +9,8 @@ use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
         CONTENT_TYPE_BINDING, ClientStore, ConversationKind, Delivery, DeniableAdd, DmVerification,
-        Group, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset, RewindPolicy,
-        binding_body,
+        Group, GroupError, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
+        RewindPolicy, binding_body,
     },
     identity::{
         BindingClaim, DEFAULT_LIFETIME_SECS, DmMode, InboxId, InstallationId, InstallationKeys,
@@ -364,6 +364,22 @@ fn a_deniable_dm_binds_both_sides_and_holds_messages_until_then() {
                 .all(|i| i.as_bytes().as_slice() != key.as_slice())
         );
     }
+
+    // The engine's control content types are not the application's to send.
+    let mut group = alice.group.take().expect("in the DM");
+    let refused = group.send_message(
+        &alice.provider,
+        alice.kv(),
+        alice.me(),
+        CONTENT_TYPE_BINDING,
+        b"a binding made by hand",
+        now_ms(),
+    );
+    assert!(
+        matches!(refused, Err(GroupError::InvalidInput(_))),
+        "{refused:?}"
+    );
+    alice.group = Some(group);
 
     // Alice has sent her binding, but Bob's leaf is not bound: her message
     // is stored, not sent.
@@ -1205,4 +1221,186 @@ fn either_side_can_forge_a_transcript_that_verifies_like_a_real_one() {
         expected.sort_unstable();
         assert_eq!(shown, expected);
     }
+}
+
+// ----- injection ------------------------------------------------------------
+
+/// What a member's DM looks like from outside its store: epoch,
+/// authenticator, messages and verification. An injection that is refused
+/// leaves all of it as it was.
+fn fingerprint(device: &Device) -> (u64, Vec<u8>, usize, Option<DmVerification>) {
+    let group = device.group.as_ref().expect("in the DM");
+    (
+        group.epoch(),
+        group.epoch_authenticator(),
+        device.messages().len(),
+        group.verification(),
+    )
+}
+
+/// Mallory has a valid wallet and installation, and a deniable DM of her
+/// own with Alice, whose ephemeral key there leaks to her. None of it gets
+/// a message into Alice and Bob's DM: forged ciphertexts, envelopes
+/// replayed from her DM, and messages signed with Alice's leaked key (as
+/// ciphertext under secrets she made up, and as a plaintext message) are
+/// all refused, and Bob's DM is exactly as it was.
+#[test]
+fn a_non_member_cannot_inject_into_a_deniable_dm() {
+    use openmls::prelude::{
+        CredentialWithKey, GroupId, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup,
+        PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, WireFormatPolicy,
+    };
+
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut identities = IdentityCache::new();
+    let mut people: Vec<Person> = (0..3).map(|_| Person::new(&mut rng)).collect();
+    let mut alice = people[0].device(&mut rng, &mut identities);
+    let mut bob = people[1].device(&mut rng, &mut identities);
+    let mut mallory = people[2].device(&mut rng, &mut identities);
+    let mut node = Node::default();
+
+    let package = bob.deniable_package(&mut rng);
+    let welcomes = create_dm(&mut node, &mut alice, bob.inbox, vec![package], &identities);
+    join(&mut bob, &welcomes[0], &identities);
+    alice.send("the real one");
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    assert_eq!(bob.verification(), Some(DmVerification::Verified));
+    let dm = bob.group().group_id().to_vec();
+    let dm_topic = Topic::Group(dm.clone()).to_string();
+
+    // Mallory's own DM with Alice, on the same node.
+    let mut alice_elsewhere = Device::new(alice.keys.clone(), alice.inbox);
+    let package = alice_elsewhere.deniable_package(&mut rng);
+    let welcomes = create_dm(
+        &mut node,
+        &mut mallory,
+        alice.inbox,
+        vec![package],
+        &identities,
+    );
+    join(&mut alice_elsewhere, &welcomes[0], &identities);
+    alice_elsewhere.send("to Mallory");
+    node.settle(&mut [&mut mallory, &mut alice_elsewhere], &identities);
+    let other_topic = Topic::Group(mallory.group().group_id().to_vec());
+    let replayed: Vec<Vec<u8>> = node
+        .envelopes
+        .iter()
+        .filter(|e| e.topic == other_topic)
+        .map(|e| e.payload.clone())
+        .collect();
+    let leaked_public: [u8; 32] = alice_elsewhere
+        .group()
+        .leaves()
+        .into_iter()
+        .nth(alice_elsewhere.group().own_leaf_index() as usize)
+        .and_then(|(_, key)| key.try_into().ok())
+        .expect("Alice's leaf key there");
+    let leaked = ClientStore(alice_elsewhere.kv())
+        .ephemeral_key(&leaked_public)
+        .expect("store")
+        .expect("the key leaks");
+
+    let before = fingerprint(&bob);
+    bob.events.clear();
+    let mut injected = Vec::new();
+
+    // Forged ciphertexts: a real envelope of the DM with its ciphertext
+    // changed, and bytes that are not MLS at all.
+    let real = node
+        .envelopes
+        .iter()
+        .rev()
+        .find(|e| e.topic.to_string() == dm_topic)
+        .expect("a DM envelope")
+        .payload
+        .clone();
+    for at in [real.len() / 2, real.len() - 1] {
+        let mut forged = real.clone();
+        forged[at] ^= 0x40;
+        injected.push(forged);
+    }
+    injected.push(vec![0x00, 0x01, 0x02, 0x03]);
+    // Replays from her own DM.
+    injected.extend(replayed);
+    // Alice's leaked key signing, in a group Mallory makes up with the DM's
+    // group id: once encrypted, once as a plaintext message.
+    for policy in [
+        PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+        MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+    ] {
+        let policy: WireFormatPolicy = policy;
+        // A scratch store each time: one store holds one group per id.
+        let scratch = Device::new(mallory.keys.clone(), mallory.inbox);
+        let mut fake = MlsGroup::builder()
+            .with_group_id(GroupId::from_slice(&dm))
+            .ciphersuite(kith_engine::identity::CIPHERSUITE)
+            .with_capabilities(kith_engine::identity::deniable_capabilities())
+            .with_wire_format_policy(policy)
+            .build(
+                &scratch.provider,
+                &leaked,
+                CredentialWithKey {
+                    credential: kith_engine::identity::pseudonym_credential(&mut rng),
+                    signature_key: leaked_public.to_vec().into(),
+                },
+            )
+            .expect("a made-up group");
+        // At the DM's epoch, so that Bob does not set it aside as older
+        // than his join.
+        while fake.epoch().as_u64() < before.0 {
+            fake.self_update(
+                &scratch.provider,
+                &leaked,
+                openmls::prelude::LeafNodeParameters::default(),
+            )
+            .expect("commit");
+            fake.merge_pending_commit(&scratch.provider).expect("merge");
+        }
+        let content = kith_engine::group::Content {
+            content_type: "text/plain".into(),
+            message_id: vec![9; 32],
+            body: b"injected".to_vec(),
+            sent_at_ms: now_ms(),
+        };
+        let message = fake
+            .create_message(
+                &scratch.provider,
+                &leaked,
+                &prost::Message::encode_to_vec(&content),
+            )
+            .expect("encrypt");
+        injected.push(message.tls_serialize_detached().expect("serialize"));
+    }
+    for payload in injected.iter() {
+        node.publish(&dm_topic, payload.clone());
+    }
+    node.deliver(&mut bob, &identities);
+    bob.advance(&identities);
+
+    assert_eq!(fingerprint(&bob), before, "nothing changed");
+    let skipped = bob
+        .events
+        .iter()
+        .filter(|e| matches!(e, GroupEvent::EnvelopeSkipped { .. }))
+        .count();
+    assert_eq!(
+        skipped,
+        injected.len(),
+        "each one refused: {:?}",
+        bob.events
+    );
+    assert!(
+        !bob.events
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Message(_) | GroupEvent::BindingFailed { .. }))
+    );
+
+    // The DM still works.
+    let after = alice.send("still here");
+    node.settle(&mut [&mut alice, &mut bob], &identities);
+    assert!(
+        bob.messages()
+            .iter()
+            .any(|m| m.message_id == after && m.is_verified())
+    );
 }
