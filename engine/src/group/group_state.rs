@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use super::{
     GroupError,
     content::{CONTENT_TYPE_BINDING, Content, WelcomePayload, message_id},
-    deniable::{DeniableState, GroupSigner, check_deniable_welcome, signer},
+    deniable::{DeniableState, check_deniable_welcome, signer},
     identities::IdentityCache,
     intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit},
     metadata::{
@@ -217,7 +217,8 @@ pub enum GroupEvent {
     },
     /// In a deniable DM, a binding did not verify: a leaf is not the
     /// installation it claims (a key package substituted by the node, say).
-    /// The DM stays unverified and sends nothing more; tell the user.
+    /// The DM stays unverified and sends no application message any more;
+    /// tell the user.
     BindingFailed {
         /// Why.
         reason: String,
@@ -371,10 +372,6 @@ impl Group {
                 (credential, kith_capabilities())
             }
         };
-        let signer = match &ephemeral {
-            Some(key) => GroupSigner::Ephemeral(key),
-            None => GroupSigner::Installation(me.keys),
-        };
         let mls = MlsGroup::builder()
             .with_group_id(GroupId::from_slice(&group_id))
             .ciphersuite(CIPHERSUITE)
@@ -384,7 +381,7 @@ impl Group {
             .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(MAX_PAST_EPOCHS)
             .sender_ratchet_configuration(sender_ratchets())
-            .build(provider, &signer, credential)
+            .build(provider, &signer(&ephemeral, me), credential)
             .map_err(GroupError::mls)?;
         let conversation = conversation_id(&metadata, &group_id);
         let deniable = ephemeral
@@ -502,6 +499,7 @@ impl Group {
             check_deniable_welcome(&metadata, staged.members())?;
         }
         let mut inboxes = BTreeSet::new();
+        // A deniable DM's leaves are pseudonyms: its bindings check them.
         for member in staged.members().filter(|_| !deniable) {
             let inbox = crate::identity::credential_inbox(&member.credential)
                 .map_err(|e| GroupError::InvalidInput(format!("a member's leaf: {e}")))?;
