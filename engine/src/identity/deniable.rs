@@ -29,7 +29,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac as _};
 use openmls::prelude::{
     Capabilities, Credential, CredentialType, CredentialWithKey, ExtensionType, KeyPackage,
-    KeyPackageIn, Lifetime, OpenMlsCrypto, ProtocolVersion,
+    KeyPackageIn, Lifetime, OpenMlsCrypto,
 };
 use openmls_traits::{
     signatures::{Signer, SignerError},
@@ -43,7 +43,9 @@ use zeroize::Zeroizing;
 use super::{
     credential::KITH_CREDENTIAL_TYPE,
     installation::InstallationId,
-    key_package::{CIPHERSUITE, KITH_EXTENSION_TYPES, KeyPackageError},
+    key_package::{
+        CIPHERSUITE, KITH_EXTENSION_TYPES, KeyPackageError, verify_with_kith_extensions,
+    },
     wallet::InboxId,
 };
 
@@ -264,40 +266,10 @@ pub fn validate_deniable_key_package(
     key_package: KeyPackageIn,
     now: u64,
 ) -> Result<ValidatedDeniableKeyPackage, KeyPackageError> {
-    let key_package = key_package
-        .validate(crypto, ProtocolVersion::Mls10)
-        .map_err(|e| match e {
-            openmls::prelude::KeyPackageVerifyError::LifetimeError(_) => {
-                KeyPackageError::Lifetime(e.to_string())
-            }
-            other => KeyPackageError::Invalid(other.to_string()),
-        })?;
-    let lifetime = key_package.life_time();
-    if now > lifetime.not_after() {
-        return Err(KeyPackageError::Expired {
-            not_after: lifetime.not_after(),
-            now,
-        });
-    }
-    if now < lifetime.not_before() {
-        return Err(KeyPackageError::NotYetValid {
-            not_before: lifetime.not_before(),
-            now,
-        });
-    }
+    let key_package = verify_with_kith_extensions(crypto, key_package, now)?;
     let leaf = key_package.leaf_node();
     check_pseudonym(leaf.credential()).map_err(|e| KeyPackageError::Invalid(e.to_string()))?;
     let capabilities = leaf.capabilities();
-    for extension in KITH_EXTENSION_TYPES {
-        if !capabilities
-            .extensions()
-            .contains(&ExtensionType::Unknown(extension))
-        {
-            return Err(KeyPackageError::MissingCapability(format!(
-                "extension {extension:#06x}"
-            )));
-        }
-    }
     if !capabilities
         .credentials()
         .contains(&CredentialType::Other(PSEUDONYM_CREDENTIAL_TYPE))

@@ -153,6 +153,34 @@ pub fn validate_key_package(
     now: u64,
     identity: &IdentityState,
 ) -> Result<ValidatedKeyPackage, KeyPackageError> {
+    let key_package = verify_with_kith_extensions(crypto, key_package, now)?;
+    let leaf = key_package.leaf_node();
+    let capabilities = leaf.capabilities();
+    if !capabilities
+        .credentials()
+        .contains(&CredentialType::Other(KITH_CREDENTIAL_TYPE))
+    {
+        return Err(KeyPackageError::MissingCapability(
+            "the Kith credential type".into(),
+        ));
+    }
+    let installation = validate_leaf(leaf.credential(), leaf.signature_key().as_slice(), identity)?;
+    let last_resort = key_package.last_resort();
+    Ok(ValidatedKeyPackage {
+        key_package,
+        installation,
+        last_resort,
+    })
+}
+
+/// What every Kith key package must pass, ordinary or deniable: its
+/// signatures (by OpenMLS), its lifetime at `now` (seconds since the Unix
+/// epoch), and the Kith extension types among its leaf's capabilities.
+pub(super) fn verify_with_kith_extensions(
+    crypto: &impl OpenMlsCrypto,
+    key_package: KeyPackageIn,
+    now: u64,
+) -> Result<KeyPackage, KeyPackageError> {
     let key_package = key_package
         .validate(crypto, ProtocolVersion::Mls10)
         .map_err(|e| match e {
@@ -174,8 +202,7 @@ pub fn validate_key_package(
             now,
         });
     }
-    let leaf = key_package.leaf_node();
-    let capabilities = leaf.capabilities();
+    let capabilities = key_package.leaf_node().capabilities();
     for extension in KITH_EXTENSION_TYPES {
         if !capabilities
             .extensions()
@@ -186,21 +213,7 @@ pub fn validate_key_package(
             )));
         }
     }
-    if !capabilities
-        .credentials()
-        .contains(&CredentialType::Other(KITH_CREDENTIAL_TYPE))
-    {
-        return Err(KeyPackageError::MissingCapability(
-            "the Kith credential type".into(),
-        ));
-    }
-    let installation = validate_leaf(leaf.credential(), leaf.signature_key().as_slice(), identity)?;
-    let last_resort = key_package.last_resort();
-    Ok(ValidatedKeyPackage {
-        key_package,
-        installation,
-        last_resort,
-    })
+    Ok(key_package)
 }
 
 /// The knobs of the key-package inventory (defaults from DESIGN.md
