@@ -15,6 +15,7 @@ use crate::{error::StorageError, mls_storage::SledMlsStorage};
 
 const INSTALLATION_KEY: &[u8] = b"Kinstallation";
 const INVENTORY_KEY: &[u8] = b"Kkey-package-inventory";
+const DENIABLE_INVENTORY_KEY: &[u8] = b"Kdeniable-key-package-inventory";
 
 impl InstallationStore for SledMlsStorage {
     type Error = StorageError;
@@ -37,14 +38,28 @@ impl KeyPackageInventoryStore for SledMlsStorage {
     type Error = StorageError;
 
     fn load_inventory(&self) -> Result<KeyPackageInventory, StorageError> {
-        match self.get(INVENTORY_KEY)? {
-            None => Ok(KeyPackageInventory::default()),
-            Some(bytes) => KeyPackageInventory::from_bytes(&bytes)
-                .map_err(|e| StorageError::corrupt(format!("key-package inventory: {e}"))),
-        }
+        self.inventory_at(INVENTORY_KEY)
     }
 
     fn save_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), StorageError> {
         self.put(INVENTORY_KEY.to_vec(), inventory.to_bytes())
+    }
+
+    fn load_deniable_inventory(&self) -> Result<KeyPackageInventory, StorageError> {
+        self.inventory_at(DENIABLE_INVENTORY_KEY)
+    }
+
+    fn save_deniable_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), StorageError> {
+        self.put(DENIABLE_INVENTORY_KEY.to_vec(), inventory.to_bytes())
+    }
+}
+
+impl SledMlsStorage {
+    fn inventory_at(&self, key: &[u8]) -> Result<KeyPackageInventory, StorageError> {
+        match self.get(key)? {
+            None => Ok(KeyPackageInventory::default()),
+            Some(bytes) => KeyPackageInventory::from_bytes(&bytes)
+                .map_err(|e| StorageError::corrupt(format!("key-package inventory: {e}"))),
+        }
     }
 }

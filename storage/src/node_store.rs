@@ -9,6 +9,8 @@
 //! 'k' | installation (32) | counter u64                   -> one-time key package
 //! 'c' | installation (32)                                 -> next counter u64
 //! 'l' | installation (32)                                 -> last-resort key package
+//! 'K', 'C', 'L'                                           -> the same, deniable pool
+//! 's'                                                     -> the node's X25519 secret
 //! ```
 //!
 //! Writers take one lock (sequence ids and pool counters are
@@ -22,7 +24,10 @@ use std::{
 };
 
 use kith_engine::{
-    delivery::{Cursor, Envelope, NodeId, NodeStore, SequencedUpdates, StoredKeyPackage, Topic},
+    delivery::{
+        Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, SequencedUpdates, StoredKeyPackage,
+        Topic,
+    },
     identity::{InboxId, InstallationId},
 };
 
@@ -96,6 +101,16 @@ fn keyed(kind: u8, id: &[u8]) -> Vec<u8> {
     key.extend_from_slice(id);
     key
 }
+
+/// The key kinds of a pool: (one-time, counter, last resort).
+fn pool_kinds(pool: KeyPackagePool) -> (u8, u8, u8) {
+    match pool {
+        KeyPackagePool::Ordinary => (b'k', b'c', b'l'),
+        KeyPackagePool::Deniable => (b'K', b'C', b'L'),
+    }
+}
+
+const NODE_SECRET_KEY: &[u8] = b"s";
 
 impl NodeStore for SledNodeStore {
     type Error = StorageError;
@@ -245,34 +260,41 @@ impl NodeStore for SledNodeStore {
 
     fn add_key_packages(
         &self,
+        pool: KeyPackagePool,
         installation: &InstallationId,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<(), StorageError> {
+        let (one_time_kind, counter_kind, last_resort_kind) = pool_kinds(pool);
         let _guard = self.lock();
-        let counter_key = keyed(b'c', installation.as_bytes());
+        let counter_key = keyed(counter_kind, installation.as_bytes());
         let mut counter = match self.tree.get(&counter_key)? {
             None => 0,
             Some(bytes) => be_u64(&bytes)?,
         };
         let mut batch = sled::Batch::default();
         for package in one_time {
-            let mut key = keyed(b'k', installation.as_bytes());
+            let mut key = keyed(one_time_kind, installation.as_bytes());
             key.extend_from_slice(&counter.to_be_bytes());
             batch.insert(key, package);
             counter += 1;
         }
         batch.insert(counter_key, &counter.to_be_bytes());
         if let Some(last_resort) = last_resort {
-            batch.insert(keyed(b'l', installation.as_bytes()), last_resort);
+            batch.insert(
+                keyed(last_resort_kind, installation.as_bytes()),
+                last_resort,
+            );
         }
         self.commit(batch)
     }
 
     fn take_key_packages(
         &self,
+        pool: KeyPackagePool,
         installations: &[InstallationId],
     ) -> Result<Vec<Option<StoredKeyPackage>>, StorageError> {
+        let (one_time_kind, _, last_resort_kind) = pool_kinds(pool);
         let _guard = self.lock();
         let mut batch = sled::Batch::default();
         let mut taken_keys = std::collections::BTreeSet::new();
@@ -282,7 +304,7 @@ impl NodeStore for SledNodeStore {
             // packages this request already took.
             let one_time = self
                 .tree
-                .scan_prefix(keyed(b'k', installation.as_bytes()))
+                .scan_prefix(keyed(one_time_kind, installation.as_bytes()))
                 .find(|entry| {
                     entry
                         .as_ref()
@@ -300,7 +322,7 @@ impl NodeStore for SledNodeStore {
             }
             answers.push(
                 self.tree
-                    .get(keyed(b'l', installation.as_bytes()))?
+                    .get(keyed(last_resort_kind, installation.as_bytes()))?
                     .map(|bytes| StoredKeyPackage {
                         bytes: bytes.to_vec(),
                         last_resort: true,
@@ -315,11 +337,26 @@ impl NodeStore for SledNodeStore {
 
     fn one_time_key_packages_left(
         &self,
+        pool: KeyPackagePool,
         installation: &InstallationId,
     ) -> Result<usize, StorageError> {
         Ok(self
             .tree
-            .scan_prefix(keyed(b'k', installation.as_bytes()))
+            .scan_prefix(keyed(pool_kinds(pool).0, installation.as_bytes()))
             .count())
+    }
+
+    fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], StorageError> {
+        let _guard = self.lock();
+        if let Some(stored) = self.tree.get(NODE_SECRET_KEY)? {
+            return stored
+                .as_ref()
+                .try_into()
+                .map_err(|_| StorageError::corrupt("the node secret is not 32 bytes"));
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(NODE_SECRET_KEY, &fresh);
+        self.commit(batch)?;
+        Ok(fresh)
     }
 }

@@ -6,8 +6,8 @@ mod common;
 
 use kith_engine::identity::{
     CIPHERSUITE, IdentityState, InstallationKeys, InstallationStore, KeyPackageInventoryStore,
-    KeyPackagePolicy, LocalWallet, UnsignedIdentityUpdate, execute_plan, generate_key_package,
-    kith_capabilities, kith_credential,
+    KeyPackagePolicy, LocalWallet, UnsignedIdentityUpdate, execute_deniable_plan, execute_plan,
+    generate_key_package, kith_capabilities, kith_credential,
     test_suite::{installation_store_suite, inventory_store_suite},
 };
 use kith_storage::{EntryKind, KithProvider, SledMlsStorage};
@@ -234,6 +234,84 @@ fn a_retired_last_resort_key_is_kept_for_the_grace_period_then_deleted() {
         openmls_traits::storage::StorageProvider::key_package(storage, &hash_ref).expect("read");
     assert!(gone.is_none());
     assert!(storage.load_inventory().expect("load").retired.is_empty());
+}
+
+#[test]
+fn the_deniable_pool_rotates_and_deletes_its_last_resort_keys_like_the_ordinary_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bob = Client::new(dir.path(), "bob", 5);
+    let storage = bob.provider.storage();
+    let policy = KeyPackagePolicy {
+        target_pool: 3,
+        refill_below: 1,
+        ..KeyPackagePolicy::default()
+    };
+    let t0 = system_now() * 1000;
+    let hour = 3_600_000;
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let mut run = |now: u64| {
+        storage
+            .step(|| {
+                let mut inventory = storage.load_deniable_inventory()?;
+                let plan = policy.plan(&inventory, 0, now);
+                let made = execute_deniable_plan(
+                    &bob.provider,
+                    &mut rng,
+                    &policy,
+                    &mut inventory,
+                    &plan,
+                    now,
+                )?;
+                storage.save_deniable_inventory(&inventory)?;
+                Ok::<_, common::TestError>((plan, made))
+            })
+            .expect("plan")
+    };
+
+    let (_, made) = run(t0);
+    assert_eq!(made.one_time.len(), 3);
+    let last_resort = made.last_resort.expect("a deniable last-resort package");
+    assert!(last_resort.key_package.last_resort());
+    assert_eq!(bob.key_packages_stored(), 4, "HPKE keys of all four");
+    assert!(
+        storage
+            .load_inventory()
+            .expect("load")
+            .last_resort
+            .is_none(),
+        "the ordinary inventory is untouched"
+    );
+    let leaf_keys: std::collections::BTreeSet<[u8; 32]> = made
+        .one_time
+        .iter()
+        .chain([&last_resort])
+        .map(|m| m.leaf_key.public_key())
+        .collect();
+    assert_eq!(leaf_keys.len(), 4, "a fresh leaf key per package");
+
+    let hash_ref = last_resort
+        .key_package
+        .hash_ref(bob.provider.crypto())
+        .expect("hash ref");
+    let mut inventory = storage.load_deniable_inventory().expect("load");
+    inventory.note_last_resort_used(hash_ref.as_slice(), t0 + hour);
+    storage.save_deniable_inventory(&inventory).expect("save");
+    let (plan, made) = run(t0 + 2 * hour);
+    assert!(plan.rotate_last_resort);
+    assert!(
+        made.retired_leaf_keys.is_empty(),
+        "kept for the grace period"
+    );
+    let (plan, made) = run(t0 + 26 * hour);
+    assert_eq!(plan.delete_retired, vec![hash_ref.as_slice().to_vec()]);
+    assert_eq!(
+        made.retired_leaf_keys,
+        vec![last_resort.leaf_key.public_key()],
+        "the caller is told which leaf key to retire"
+    );
+    let gone: Option<KeyPackageBundle> =
+        openmls_traits::storage::StorageProvider::key_package(storage, &hash_ref).expect("read");
+    assert!(gone.is_none(), "its HPKE key is deleted");
 }
 
 fn key_package_in(key_package: &KeyPackage) -> KeyPackageIn {

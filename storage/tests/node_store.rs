@@ -39,3 +39,19 @@ fn acknowledged_envelopes_survive_reopening_with_their_cursors() {
     assert_eq!(next[0].originator_sequence_id, 21);
     assert_eq!(next[0].originator_time_ms, 1_019, "time never goes back");
 }
+
+#[test]
+fn the_node_secret_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let first = SledNodeStore::open(&path)
+        .expect("open")
+        .node_secret([1; 32])
+        .expect("secret");
+    let again = SledNodeStore::open(&path)
+        .expect("reopen")
+        .node_secret([2; 32])
+        .expect("secret");
+    assert_eq!(again, first);
+    assert_eq!(first, [1; 32]);
+}

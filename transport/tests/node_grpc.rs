@@ -1,6 +1,6 @@
 //! The node over real gRPC on a loopback port, on a sled store: every RPC's
-//! normal path and the rejections of bad input, signatures, timestamps and
-//! rate limits.
+//! normal path and the rejections of bad input, signatures, MACs,
+//! timestamps and rate limits.
 
 use std::{
     sync::{
@@ -11,14 +11,15 @@ use std::{
 };
 
 use kith_engine::identity::{
-    InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package,
+    InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_deniable_key_package,
+    generate_key_package, upload_key, upload_tag,
 };
 use kith_storage::SledNodeStore;
 use kith_transport::{
     convert,
     node::{
-        Clock, NodeConfig, NodeLogic, RETRY_AFTER_METADATA, fetch_signed_bytes, serve,
-        upload_signed_bytes,
+        Clock, NodeConfig, NodeLogic, RETRY_AFTER_METADATA, deniable_fetch_bytes,
+        deniable_upload_bytes, fetch_signed_bytes, serve, upload_signed_bytes,
     },
     proto::{self, node_client::NodeClient},
 };
@@ -102,6 +103,29 @@ impl Node {
 
     fn now(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The node's static X25519 key, from `GetNodeInfo`.
+    async fn static_key(&mut self) -> [u8; 32] {
+        self.client
+            .get_node_info(proto::GetNodeInfoRequest {})
+            .await
+            .expect("node info")
+            .into_inner()
+            .static_key
+            .try_into()
+            .expect("a 32-byte static key")
+    }
+
+    async fn deniable_left(&mut self, who: &Identity) -> u32 {
+        let node_key = self.static_key().await;
+        let now = self.now();
+        self.client
+            .upload_deniable_key_packages(who.deniable_upload(&node_key, vec![], None, now))
+            .await
+            .expect("count")
+            .into_inner()
+            .one_time_available
     }
 }
 
@@ -407,8 +431,20 @@ impl Identity {
             .expect("to proto")
     }
 
+    /// Another installation of the same inbox.
+    fn second_installation(&self, seed: u64) -> Self {
+        Self {
+            wallet: self.wallet.clone(),
+            keys: InstallationKeys::generate(&mut ChaCha20Rng::seed_from_u64(seed)),
+        }
+    }
+
     async fn register(&self, node: &mut Node) {
-        let update = self.add_update(1, node.now());
+        self.register_as(node, 1).await;
+    }
+
+    async fn register_as(&self, node: &mut Node, sequence: u64) {
+        let update = self.add_update(sequence, node.now());
         node.client
             .publish_identity_update(proto::PublishIdentityUpdateRequest {
                 update: Some(update),
@@ -448,6 +484,69 @@ impl Identity {
             last_resort,
             timestamp_ms: now,
             signature: self.keys.sign(&signed).to_vec(),
+        }
+    }
+
+    fn deniable_package(&self, last_resort: bool) -> Vec<u8> {
+        let provider = OpenMlsRustCrypto::default();
+        let made = generate_deniable_key_package(
+            &provider,
+            &mut rand_core::OsRng,
+            system_now_ms() / 1000,
+            30 * 24 * 3600,
+            last_resort,
+        )
+        .expect("deniable key package");
+        MlsMessageOut::from(made.key_package)
+            .to_bytes()
+            .expect("serialise")
+    }
+
+    /// The MAC key this installation shares with the node whose static key
+    /// is `node_key`.
+    fn mac_key(&self, node_key: &[u8; 32]) -> [u8; 32] {
+        *upload_key(self.keys.identity_secret(), node_key).expect("mac key")
+    }
+
+    fn deniable_upload(
+        &self,
+        node_key: &[u8; 32],
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        now: u64,
+    ) -> proto::UploadDeniableKeyPackagesRequest {
+        let inbox = self.wallet.inbox_id();
+        let macd = deniable_upload_bytes(
+            now,
+            &inbox,
+            &self.keys.id(),
+            &one_time,
+            last_resort.as_deref(),
+        );
+        proto::UploadDeniableKeyPackagesRequest {
+            inbox: inbox.as_bytes().to_vec(),
+            installation_id: self.keys.id().as_bytes().to_vec(),
+            one_time,
+            last_resort,
+            timestamp_ms: now,
+            mac: upload_tag(&self.mac_key(node_key), &macd).to_vec(),
+        }
+    }
+
+    fn deniable_fetch(
+        &self,
+        node_key: &[u8; 32],
+        target: &Identity,
+        now: u64,
+    ) -> proto::FetchDeniableKeyPackagesRequest {
+        let (inbox, target) = (self.wallet.inbox_id(), target.wallet.inbox_id());
+        let macd = deniable_fetch_bytes(now, &inbox, &self.keys.id(), &target);
+        proto::FetchDeniableKeyPackagesRequest {
+            inbox: target.as_bytes().to_vec(),
+            requester_inbox: inbox.as_bytes().to_vec(),
+            requester_installation_id: self.keys.id().as_bytes().to_vec(),
+            timestamp_ms: now,
+            mac: upload_tag(&self.mac_key(node_key), &macd).to_vec(),
         }
     }
 
@@ -815,5 +914,289 @@ async fn an_attacker_cannot_drain_a_victims_pool() {
     let package = &answer.key_packages[0];
     assert!(package.key_package.is_some());
     assert!(package.last_resort);
+    node.stop().await;
+}
+
+/// The deniable answers of one fetch, as `(installation, package, last
+/// resort)`.
+async fn fetch_deniable(
+    node: &mut Node,
+    requester: &Identity,
+    target: &Identity,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>, bool)> {
+    let node_key = node.static_key().await;
+    let now = node.now();
+    node.client
+        .fetch_deniable_key_packages(requester.deniable_fetch(&node_key, target, now))
+        .await
+        .expect("deniable fetch")
+        .into_inner()
+        .key_packages
+        .into_iter()
+        .map(|p| (p.installation_id, p.key_package, p.last_resort))
+        .collect()
+}
+
+#[tokio::test]
+async fn deniable_packages_are_macd_kept_apart_and_fetched_by_inbox() {
+    let mut node = Node::start().await;
+    let node_key = node.static_key().await;
+    assert_ne!(node_key, [0; 32]);
+    assert_eq!(
+        node.static_key().await,
+        node_key,
+        "the static key is stable"
+    );
+    let alice = Identity::new(21);
+    let bob = Identity::new(22);
+    let bob_phone = bob.second_installation(23);
+    alice.register(&mut node).await;
+    bob.register(&mut node).await;
+    bob_phone.register_as(&mut node, 2).await;
+    let now = node.now();
+
+    let deniable = vec![bob.deniable_package(false), bob.deniable_package(false)];
+    let deniable_last = bob.deniable_package(true);
+    let left = node
+        .client
+        .upload_deniable_key_packages(bob.deniable_upload(
+            &node_key,
+            deniable.clone(),
+            Some(deniable_last.clone()),
+            now,
+        ))
+        .await
+        .expect("deniable upload")
+        .into_inner()
+        .one_time_available;
+    assert_eq!(left, 2);
+    let phone_package = bob_phone.deniable_package(false);
+    node.client
+        .upload_deniable_key_packages(bob_phone.deniable_upload(
+            &node_key,
+            vec![phone_package.clone()],
+            None,
+            now,
+        ))
+        .await
+        .expect("deniable upload");
+    // An ordinary package of Bob's, in the ordinary pool.
+    let ordinary = bob.key_package(false);
+    node.client
+        .upload_key_packages(bob.upload(vec![ordinary.clone()], None, now))
+        .await
+        .expect("ordinary upload");
+
+    // What the node keeps says nothing about whose a package is: no inbox
+    // and no installation key appear in it.
+    for package in deniable.iter().chain([&deniable_last, &phone_package]) {
+        for name in [
+            bob.wallet.inbox_id().as_bytes().as_slice(),
+            bob.keys.id().as_bytes(),
+            bob_phone.keys.id().as_bytes(),
+        ] {
+            assert!(
+                !package.windows(name.len()).any(|w| w == name),
+                "a deniable package names its owner"
+            );
+        }
+    }
+
+    let (bob_id, phone_id) = (
+        bob.keys.id().as_bytes().to_vec(),
+        bob_phone.keys.id().as_bytes().to_vec(),
+    );
+    // One per active installation of the inbox, each handed out once.
+    let first = fetch_deniable(&mut node, &alice, &bob).await;
+    assert_eq!(
+        first,
+        vec![
+            (bob_id.clone(), Some(deniable[0].clone()), false),
+            (phone_id.clone(), Some(phone_package), false),
+        ]
+    );
+    let second = fetch_deniable(&mut node, &alice, &bob).await;
+    assert_eq!(
+        second,
+        vec![
+            (bob_id.clone(), Some(deniable[1].clone()), false),
+            (phone_id.clone(), None, false),
+        ]
+    );
+    // Bob's pool is empty: his deniable last resort, never an ordinary one.
+    for _ in 0..2 {
+        let answer = fetch_deniable(&mut node, &alice, &bob).await;
+        assert_eq!(
+            answer[0],
+            (bob_id.clone(), Some(deniable_last.clone()), true)
+        );
+    }
+    // The ordinary pool was not touched.
+    let ordinary_answer = node
+        .client
+        .fetch_key_packages(alice.fetch(&[&bob], node.now()))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(
+        ordinary_answer.key_packages[0].key_package.as_ref(),
+        Some(&ordinary)
+    );
+    // An installation asking for its own inbox gets its siblings only.
+    let own = fetch_deniable(&mut node, &bob_phone, &bob).await;
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].0, bob_id);
+    // An inbox with no installations: an empty answer.
+    let nobody = Identity::new(24);
+    assert!(fetch_deniable(&mut node, &alice, &nobody).await.is_empty());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_deniable_requests_are_rejected_and_store_nothing() {
+    let mut node = Node::start().await;
+    let node_key = node.static_key().await;
+    let alice = Identity::new(31);
+    let bob = Identity::new(32);
+    let mallory = Identity::new(33);
+    let stranger = Identity::new(34);
+    for who in [&alice, &bob, &mallory] {
+        who.register(&mut node).await;
+    }
+    let now = node.now();
+    let package = || bob.deniable_package(false);
+    let refused = |status: Result<
+        tonic::Response<proto::UploadKeyPackagesResponse>,
+        tonic::Status,
+    >| { status.expect_err("refused") };
+
+    // A changed byte in the MAC.
+    let mut upload = bob.deniable_upload(&node_key, vec![package()], None, now);
+    upload.mac[0] ^= 1;
+    let status = refused(node.client.upload_deniable_key_packages(upload).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // MACed with a key made for another node.
+    let upload = bob.deniable_upload(&[9; 32], vec![package()], None, now);
+    let status = refused(node.client.upload_deniable_key_packages(upload).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Mallory uploads into Bob's pool: she can only key the MAC with her
+    // own identity key.
+    let mut theft =
+        mallory.deniable_upload(&node_key, vec![mallory.deniable_package(false)], None, now);
+    theft.inbox = bob.wallet.inbox_id().as_bytes().to_vec();
+    theft.installation_id = bob.keys.id().as_bytes().to_vec();
+    let status = refused(node.client.upload_deniable_key_packages(theft).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // An installation the inbox's log does not list.
+    let upload = stranger.deniable_upload(&node_key, vec![package()], None, now);
+    let status = refused(node.client.upload_deniable_key_packages(upload).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Stale.
+    let upload = bob.deniable_upload(&node_key, vec![package()], None, now - 6 * 60 * 1000);
+    let status = refused(node.client.upload_deniable_key_packages(upload).await);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // An ordinary package (it names Bob) in the deniable pool; garbage; a
+    // one-time package in the last-resort slot; a bad inbox length.
+    for (upload, what) in [
+        (
+            bob.deniable_upload(
+                &node_key,
+                vec![package(), bob.key_package(false)],
+                None,
+                now,
+            ),
+            "an ordinary package",
+        ),
+        (
+            bob.deniable_upload(&node_key, vec![b"garbage".to_vec()], None, now),
+            "garbage",
+        ),
+        (
+            bob.deniable_upload(&node_key, vec![], Some(package()), now),
+            "not last resort",
+        ),
+        (
+            proto::UploadDeniableKeyPackagesRequest {
+                inbox: vec![1; 19],
+                ..bob.deniable_upload(&node_key, vec![package()], None, now)
+            },
+            "short inbox",
+        ),
+    ] {
+        let status = refused(node.client.upload_deniable_key_packages(upload).await);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    assert_eq!(
+        node.deniable_left(&bob).await,
+        0,
+        "nothing refused was stored"
+    );
+
+    node.client
+        .upload_deniable_key_packages(bob.deniable_upload(&node_key, vec![package()], None, now))
+        .await
+        .expect("a good upload");
+    // Fetches: a bad MAC, a requester the node does not know, a MAC that
+    // does not cover the target asked for.
+    let mut forged = alice.deniable_fetch(&node_key, &bob, now);
+    forged.mac[31] ^= 1;
+    let mut unknown = stranger.deniable_fetch(&node_key, &bob, now);
+    unknown.requester_inbox = alice.wallet.inbox_id().as_bytes().to_vec();
+    let mut retargeted = alice.deniable_fetch(&node_key, &mallory, now);
+    retargeted.inbox = bob.wallet.inbox_id().as_bytes().to_vec();
+    for (fetch, what) in [
+        (forged, "forged"),
+        (unknown, "unknown"),
+        (retargeted, "retargeted"),
+    ] {
+        let status = node
+            .client
+            .fetch_deniable_key_packages(fetch)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    assert_eq!(
+        node.deniable_left(&bob).await,
+        1,
+        "no refused fetch took a package"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn deniable_fetches_are_rate_limited_per_target() {
+    let mut node = Node::start().await;
+    let node_key = node.static_key().await;
+    let attacker = Identity::new(41);
+    let victim = Identity::new(42);
+    attacker.register(&mut node).await;
+    victim.register(&mut node).await;
+    let pool: Vec<Vec<u8>> = (0..30).map(|_| victim.deniable_package(false)).collect();
+    node.client
+        .upload_deniable_key_packages(victim.deniable_upload(&node_key, pool, None, node.now()))
+        .await
+        .expect("upload");
+    let mut got = 0;
+    let mut refused = None;
+    for _ in 0..30 {
+        match node
+            .client
+            .fetch_deniable_key_packages(attacker.deniable_fetch(&node_key, &victim, node.now()))
+            .await
+        {
+            Ok(_) => got += 1,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    // The per-target bucket (burst 20), as for ordinary packages.
+    assert_eq!(got, 20);
+    let status = refused.expect("the attacker was refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.metadata().get(RETRY_AFTER_METADATA).is_some());
+    assert_eq!(node.deniable_left(&victim).await, 10);
     node.stop().await;
 }

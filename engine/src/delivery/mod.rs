@@ -12,7 +12,9 @@ mod node_store;
 mod topic;
 
 pub use envelope::{Cursor, Envelope, NodeId};
-pub use node_store::{MemoryNodeStore, NodeStore, SequencedUpdates, StoredKeyPackage};
+pub use node_store::{
+    KeyPackagePool, MemoryNodeStore, NodeStore, SequencedUpdates, StoredKeyPackage,
+};
 pub use topic::{MAX_GROUP_ID_LEN, Topic, TopicError};
 
 #[cfg(any(test, feature = "test-suite"))]

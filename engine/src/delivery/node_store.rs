@@ -32,6 +32,20 @@ pub struct StoredKeyPackage {
     pub last_resort: bool,
 }
 
+/// Which of an installation's two key-package pools an operation is about.
+/// They are kept apart because they are handed to different conversations:
+/// ordinary packages carry the installation's credential, deniable ones a
+/// pseudonym (DESIGN.md section 8), and a fetch of one kind must never
+/// return the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyPackagePool {
+    /// Packages signed by the installation key, for groups and
+    /// non-repudiable DMs.
+    Ordinary,
+    /// Packages signed by a fresh leaf key, for deniable DMs.
+    Deniable,
+}
+
 /// What the delivery-service node stores.
 pub trait NodeStore: Send + Sync {
     /// The store's error.
@@ -77,29 +91,39 @@ pub trait NodeStore: Send + Sync {
         update: Vec<u8>,
     ) -> Result<bool, Self::Error>;
 
-    /// Add one-time key packages to `installation`'s pool, and replace its
-    /// last-resort package if one is given. All or nothing.
+    /// Add one-time key packages to `installation`'s `pool`, and replace
+    /// that pool's last-resort package if one is given. All or nothing.
     fn add_key_packages(
         &self,
+        pool: KeyPackagePool,
         installation: &InstallationId,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<(), Self::Error>;
 
-    /// For each installation, atomically remove and return its oldest
-    /// one-time package, or return its last-resort package (without removing
-    /// it) when the pool is empty, or `None` when it has neither. No package
-    /// is ever handed out twice.
+    /// For each installation, atomically remove and return the oldest
+    /// one-time package of its `pool`, or return that pool's last-resort
+    /// package (without removing it) when it has no one-time package left,
+    /// or `None` when it has neither. No package is ever handed out twice.
     fn take_key_packages(
         &self,
+        pool: KeyPackagePool,
         installations: &[InstallationId],
     ) -> Result<Vec<Option<StoredKeyPackage>>, Self::Error>;
 
-    /// How many one-time packages `installation` has left.
+    /// How many one-time packages `installation` has left in `pool`.
     fn one_time_key_packages_left(
         &self,
+        pool: KeyPackagePool,
         installation: &InstallationId,
     ) -> Result<usize, Self::Error>;
+
+    /// The node's static X25519 secret, which keys the MACs of deniable
+    /// key-package requests. Returns the stored secret, or stores `fresh`
+    /// and returns it when there is none yet, atomically: every node over
+    /// one store uses the same key, and it survives restarts, because
+    /// clients learn it once from `GetNodeInfo`.
+    fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error>;
 }
 
 #[derive(Debug, Default)]
@@ -109,8 +133,9 @@ struct MemoryInner {
     /// Per topic, per originator, by sequence id.
     envelopes: BTreeMap<Topic, BTreeMap<NodeId, BTreeMap<u64, Envelope>>>,
     identity: BTreeMap<InboxId, Vec<Vec<u8>>>,
-    one_time: BTreeMap<InstallationId, VecDeque<Vec<u8>>>,
-    last_resort: BTreeMap<InstallationId, Vec<u8>>,
+    one_time: BTreeMap<(KeyPackagePool, InstallationId), VecDeque<Vec<u8>>>,
+    last_resort: BTreeMap<(KeyPackagePool, InstallationId), Vec<u8>>,
+    secret: Option<[u8; 32]>,
 }
 
 /// A [`NodeStore`] in memory, for tests and an ephemeral `LocalNode`.
@@ -226,6 +251,7 @@ impl NodeStore for MemoryNodeStore {
 
     fn add_key_packages(
         &self,
+        pool: KeyPackagePool,
         installation: &InstallationId,
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
@@ -233,30 +259,32 @@ impl NodeStore for MemoryNodeStore {
         let mut inner = self.lock();
         inner
             .one_time
-            .entry(*installation)
+            .entry((pool, *installation))
             .or_default()
             .extend(one_time);
         if let Some(last_resort) = last_resort {
-            inner.last_resort.insert(*installation, last_resort);
+            inner.last_resort.insert((pool, *installation), last_resort);
         }
         Ok(())
     }
 
     fn take_key_packages(
         &self,
+        pool: KeyPackagePool,
         installations: &[InstallationId],
     ) -> Result<Vec<Option<StoredKeyPackage>>, Self::Error> {
         let mut inner = self.lock();
         Ok(installations
             .iter()
             .map(|id| {
-                if let Some(bytes) = inner.one_time.get_mut(id).and_then(VecDeque::pop_front) {
+                let key = (pool, *id);
+                if let Some(bytes) = inner.one_time.get_mut(&key).and_then(VecDeque::pop_front) {
                     return Some(StoredKeyPackage {
                         bytes,
                         last_resort: false,
                     });
                 }
-                inner.last_resort.get(id).map(|bytes| StoredKeyPackage {
+                inner.last_resort.get(&key).map(|bytes| StoredKeyPackage {
                     bytes: bytes.clone(),
                     last_resort: true,
                 })
@@ -266,12 +294,17 @@ impl NodeStore for MemoryNodeStore {
 
     fn one_time_key_packages_left(
         &self,
+        pool: KeyPackagePool,
         installation: &InstallationId,
     ) -> Result<usize, Self::Error> {
         Ok(self
             .lock()
             .one_time
-            .get(installation)
+            .get(&(pool, *installation))
             .map_or(0, VecDeque::len))
+    }
+
+    fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error> {
+        Ok(*self.lock().secret.get_or_insert(fresh))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Cursor, NodeStore, Topic};
+use super::{Cursor, KeyPackagePool, NodeStore, Topic};
 use crate::identity::{InboxId, InstallationId};
 
 fn group(n: u8) -> Topic {
@@ -19,6 +19,8 @@ pub fn node_store_suite<S: NodeStore>(store: &S) {
     envelopes_are_sequenced_ordered_and_paged(store);
     identity_logs_append_only_in_sequence(store);
     key_packages_are_handed_out_once_then_last_resort(store);
+    key_package_pools_are_apart(store);
+    node_secret_is_set_once(store);
 }
 
 fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
@@ -148,10 +150,17 @@ fn key_packages_are_handed_out_once_then_last_resort<S: NodeStore>(store: &S) {
     let empty = InstallationId([2; 32]);
     let one_time: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 3]).collect();
     store
-        .add_key_packages(&victim, one_time.clone(), Some(b"last".to_vec()))
+        .add_key_packages(
+            KeyPackagePool::Ordinary,
+            &victim,
+            one_time.clone(),
+            Some(b"last".to_vec()),
+        )
         .expect("add");
     assert_eq!(
-        store.one_time_key_packages_left(&victim).expect("count"),
+        store
+            .one_time_key_packages_left(KeyPackagePool::Ordinary, &victim)
+            .expect("count"),
         50
     );
 
@@ -162,7 +171,9 @@ fn key_packages_are_handed_out_once_then_last_resort<S: NodeStore>(store: &S) {
                 s.spawn(|| {
                     (0..10)
                         .map(|_| {
-                            let got = store.take_key_packages(&[victim]).expect("take");
+                            let got = store
+                                .take_key_packages(KeyPackagePool::Ordinary, &[victim])
+                                .expect("take");
                             let package = got[0].clone().expect("a package");
                             assert!(!package.last_resort);
                             package.bytes
@@ -179,11 +190,16 @@ fn key_packages_are_handed_out_once_then_last_resort<S: NodeStore>(store: &S) {
     let distinct: BTreeSet<&Vec<u8>> = taken.iter().collect();
     assert_eq!(distinct.len(), 50, "no package handed out twice");
     assert_eq!(distinct, one_time.iter().collect());
-    assert_eq!(store.one_time_key_packages_left(&victim).expect("count"), 0);
+    assert_eq!(
+        store
+            .one_time_key_packages_left(KeyPackagePool::Ordinary, &victim)
+            .expect("count"),
+        0
+    );
 
     // Empty pool: the last-resort package, again and again, marked.
     let got = store
-        .take_key_packages(&[victim, empty, victim])
+        .take_key_packages(KeyPackagePool::Ordinary, &[victim, empty, victim])
         .expect("take");
     assert_eq!(got[1], None);
     for package in [&got[0], &got[2]] {
@@ -193,11 +209,87 @@ fn key_packages_are_handed_out_once_then_last_resort<S: NodeStore>(store: &S) {
     }
     // A new upload refills; one-time packages come first again, oldest first.
     store
-        .add_key_packages(&victim, vec![b"n1".to_vec(), b"n2".to_vec()], None)
+        .add_key_packages(
+            KeyPackagePool::Ordinary,
+            &victim,
+            vec![b"n1".to_vec(), b"n2".to_vec()],
+            None,
+        )
         .expect("add");
-    let got = store.take_key_packages(&[victim]).expect("take");
+    let got = store
+        .take_key_packages(KeyPackagePool::Ordinary, &[victim])
+        .expect("take");
     assert_eq!(got[0].as_ref().expect("one").bytes, b"n1");
-    assert_eq!(store.one_time_key_packages_left(&victim).expect("count"), 1);
+    assert_eq!(
+        store
+            .one_time_key_packages_left(KeyPackagePool::Ordinary, &victim)
+            .expect("count"),
+        1
+    );
+}
+
+fn key_package_pools_are_apart<S: NodeStore>(store: &S) {
+    use KeyPackagePool::{Deniable, Ordinary};
+    let installation = InstallationId([3; 32]);
+    store
+        .add_key_packages(
+            Ordinary,
+            &installation,
+            vec![b"o1".to_vec()],
+            Some(b"ol".to_vec()),
+        )
+        .expect("add");
+    store
+        .add_key_packages(
+            Deniable,
+            &installation,
+            vec![b"d1".to_vec(), b"d2".to_vec()],
+            Some(b"dl".to_vec()),
+        )
+        .expect("add");
+    assert_eq!(
+        store
+            .one_time_key_packages_left(Ordinary, &installation)
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        store
+            .one_time_key_packages_left(Deniable, &installation)
+            .expect("count"),
+        2
+    );
+    let take = |pool| {
+        store
+            .take_key_packages(pool, &[installation])
+            .expect("take")[0]
+            .clone()
+            .expect("a package")
+            .bytes
+    };
+    assert_eq!(take(Deniable), b"d1");
+    assert_eq!(take(Deniable), b"d2");
+    // The deniable pool is empty: its own last resort, never an ordinary one.
+    assert_eq!(take(Deniable), b"dl");
+    assert_eq!(take(Ordinary), b"o1");
+    assert_eq!(take(Ordinary), b"ol");
+    assert_eq!(take(Deniable), b"dl");
+    // A pool's last resort is replaced only by an upload to that pool.
+    store
+        .add_key_packages(Ordinary, &installation, Vec::new(), Some(b"ol2".to_vec()))
+        .expect("add");
+    assert_eq!(take(Deniable), b"dl");
+    assert_eq!(take(Ordinary), b"ol2");
+}
+
+fn node_secret_is_set_once<S: NodeStore>(store: &S) {
+    let first = store.node_secret([7; 32]).expect("secret");
+    assert_eq!(first, [7; 32], "an empty store takes the fresh secret");
+    assert_eq!(
+        store.node_secret([8; 32]).expect("secret"),
+        first,
+        "a stored secret is never replaced"
+    );
 }
 
 #[cfg(test)]

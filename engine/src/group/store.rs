@@ -821,6 +821,22 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
             .map_err(GroupError::store)
     }
 
+    /// Delete the deniable leaf key `public` unless a DM still signs with
+    /// it, and say whether it was deleted. The key of a retired last-resort
+    /// package is the leaf key, for life, of every DM joined through it.
+    pub fn retire_ephemeral_key(&self, public: &[u8; 32]) -> Result<bool, GroupError> {
+        let records: Vec<GroupRecord> = self.scan(b"g")?;
+        if records
+            .iter()
+            .filter_map(|record| record.deniable.as_ref())
+            .any(|state| &state.own_leaf_key == public)
+        {
+            return Ok(false);
+        }
+        self.remove_ephemeral_key(public)?;
+        Ok(true)
+    }
+
     /// Keep the binding exporter secret of a deniable DM's `epoch`,
     /// forgetting the one `keep` epochs older.
     pub fn put_binding_exporter(
@@ -892,5 +908,62 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
     ) -> Result<(), GroupError> {
         let encoded: Vec<Vec<u8>> = updates.iter().map(IdentityUpdate::to_bytes).collect();
         self.put(&with_len(b'd', inbox.as_bytes()), &encoded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_core::SeedableRng as _;
+
+    use super::*;
+    use crate::{
+        group::deniable::DeniableState,
+        identity::{InstallationKeys, LocalWallet},
+    };
+
+    #[test]
+    fn a_retired_leaf_key_is_kept_while_a_dm_signs_with_it() {
+        let kv = MemoryKvStore::default();
+        let store = ClientStore(&kv);
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let (in_use, unused) = (
+            EphemeralKey::generate(&mut rng),
+            EphemeralKey::generate(&mut rng),
+        );
+        store.put_ephemeral_key(&in_use).expect("put");
+        store.put_ephemeral_key(&unused).expect("put");
+        let me = InstallationKeys::generate(&mut rng);
+        let record = GroupRecord {
+            deniable: Some(DeniableState::new(
+                in_use.public_key(),
+                LocalWallet::generate(&mut rng).inbox_id(),
+                me.id(),
+            )),
+            ..GroupRecord::default()
+        };
+        store.put_group_record(b"a dm", &record).expect("put");
+
+        assert!(
+            !store
+                .retire_ephemeral_key(&in_use.public_key())
+                .expect("retire")
+        );
+        assert!(
+            store
+                .ephemeral_key(&in_use.public_key())
+                .expect("get")
+                .is_some()
+        );
+        assert!(
+            store
+                .retire_ephemeral_key(&unused.public_key())
+                .expect("retire")
+        );
+        assert!(
+            store
+                .ephemeral_key(&unused.public_key())
+                .expect("get")
+                .is_none()
+        );
     }
 }

@@ -29,7 +29,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac as _};
 use openmls::prelude::{
     Capabilities, Credential, CredentialType, CredentialWithKey, ExtensionType, KeyPackage,
-    KeyPackageIn, Lifetime, OpenMlsCrypto,
+    KeyPackageIn, OpenMlsCrypto,
 };
 use openmls_traits::{
     signatures::{Signer, SignerError},
@@ -44,7 +44,7 @@ use super::{
     credential::KITH_CREDENTIAL_TYPE,
     installation::InstallationId,
     key_package::{
-        CIPHERSUITE, KITH_EXTENSION_TYPES, KeyPackageError, verify_with_kith_extensions,
+        CIPHERSUITE, KITH_EXTENSION_TYPES, KeyPackageError, builder, verify_with_kith_extensions,
     },
     wallet::InboxId,
 };
@@ -223,20 +223,12 @@ pub fn generate_deniable_key_package(
     lifetime_secs: u64,
     last_resort: bool,
 ) -> Result<DeniableKeyPackage, KeyPackageError> {
-    const CLOCK_SKEW_SECS: u64 = 60 * 60;
     let leaf_key = EphemeralKey::generate(rng);
-    let lifetime = Lifetime::init(now.saturating_sub(CLOCK_SKEW_SECS), now + lifetime_secs);
-    let mut builder = KeyPackage::builder()
-        .leaf_node_capabilities(deniable_capabilities())
-        .key_package_lifetime(lifetime);
-    if last_resort {
-        builder = builder.mark_as_last_resort();
-    }
     let credential = CredentialWithKey {
         credential: pseudonym_credential(rng),
         signature_key: leaf_key.public_key().to_vec().into(),
     };
-    let key_package = builder
+    let key_package = builder(deniable_capabilities(), now, lifetime_secs, last_resort)
         .build(CIPHERSUITE, provider, &leaf_key, credential)
         .map(|bundle| bundle.key_package().clone())
         .map_err(|e| KeyPackageError::Create(e.to_string()))?;

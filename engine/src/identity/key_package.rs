@@ -16,13 +16,14 @@
 
 use openmls::prelude::{
     Capabilities, Ciphersuite, CredentialType, CredentialWithKey, ExtensionType, KeyPackage,
-    KeyPackageIn, KeyPackageRef, Lifetime, OpenMlsCrypto, ProtocolVersion,
+    KeyPackageBundle, KeyPackageIn, KeyPackageRef, Lifetime, OpenMlsCrypto, ProtocolVersion,
 };
 use openmls_traits::storage::StorageProvider as _;
 use prost::Message as _;
 
 use super::{
     credential::{CredentialError, KITH_CREDENTIAL_TYPE, kith_credential, validate_leaf},
+    deniable::{DeniableKeyPackage, generate_deniable_key_package},
     installation::{InstallationId, InstallationKeys},
     log::IdentityState,
     wallet::InboxId,
@@ -112,21 +113,34 @@ pub fn generate_key_package(
     lifetime_secs: u64,
     last_resort: bool,
 ) -> Result<KeyPackage, KeyPackageError> {
-    let lifetime = Lifetime::init(now.saturating_sub(CLOCK_SKEW_SECS), now + lifetime_secs);
-    let mut builder = KeyPackage::builder()
-        .leaf_node_capabilities(kith_capabilities())
-        .key_package_lifetime(lifetime);
-    if last_resort {
-        builder = builder.mark_as_last_resort();
-    }
     let credential = CredentialWithKey {
         credential: kith_credential(inbox),
         signature_key: installation.id().as_bytes().to_vec().into(),
     };
-    builder
+    builder(kith_capabilities(), now, lifetime_secs, last_resort)
         .build(CIPHERSUITE, provider, installation, credential)
         .map(|bundle| bundle.key_package().clone())
         .map_err(|e| KeyPackageError::Create(e.to_string()))
+}
+
+/// The builder both kinds of key package start from: `capabilities`, a
+/// lifetime from `now` (seconds since the Unix epoch, less an hour for
+/// clock skew) for `lifetime_secs`, and the last-resort mark if asked.
+pub(super) fn builder(
+    capabilities: Capabilities,
+    now: u64,
+    lifetime_secs: u64,
+    last_resort: bool,
+) -> openmls::prelude::KeyPackageBuilder {
+    let lifetime = Lifetime::init(now.saturating_sub(CLOCK_SKEW_SECS), now + lifetime_secs);
+    let builder = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities)
+        .key_package_lifetime(lifetime);
+    if last_resort {
+        builder.mark_as_last_resort()
+    } else {
+        builder
+    }
 }
 
 /// A key package that passed [`validate_key_package`].
@@ -439,27 +453,101 @@ pub fn execute_plan(
     now_ms: u64,
 ) -> Result<GeneratedKeyPackages, KeyPackageError> {
     let now = now_ms / 1000;
-    let mut generated = GeneratedKeyPackages::default();
+    let done = carry_out(
+        provider,
+        inventory,
+        plan,
+        now_ms,
+        |last_resort| {
+            generate_key_package(
+                provider,
+                installation,
+                inbox,
+                now,
+                policy.lifetime_secs,
+                last_resort,
+            )
+        },
+        |key_package| key_package,
+    )?;
+    Ok(GeneratedKeyPackages {
+        one_time: done.one_time,
+        last_resort: done.last_resort,
+    })
+}
+
+/// The packages [`execute_deniable_plan`] made, with their leaf keys.
+#[derive(Debug, Default)]
+pub struct GeneratedDeniableKeyPackages {
+    /// New one-time packages. Keep each leaf key (in the same storage step)
+    /// before uploading: a Welcome for the package needs it.
+    pub one_time: Vec<DeniableKeyPackage>,
+    /// The new last-resort package, if it was rotated.
+    pub last_resort: Option<DeniableKeyPackage>,
+    /// The leaf keys of retired last-resort packages whose HPKE keys were
+    /// deleted. Delete each one that no DM signs with: a DM joined through
+    /// a last-resort package keeps its leaf key for life.
+    pub retired_leaf_keys: Vec<[u8; 32]>,
+}
+
+/// [`execute_plan`] for the deniable pool: the same policy and inventory
+/// rules, with packages from [`generate_deniable_key_package`].
+pub fn execute_deniable_plan(
+    provider: &impl openmls::storage::OpenMlsProvider,
+    rng: &mut impl rand_core::CryptoRngCore,
+    policy: &KeyPackagePolicy,
+    inventory: &mut KeyPackageInventory,
+    plan: &InventoryPlan,
+    now_ms: u64,
+) -> Result<GeneratedDeniableKeyPackages, KeyPackageError> {
+    let now = now_ms / 1000;
+    let done = carry_out(
+        provider,
+        inventory,
+        plan,
+        now_ms,
+        |last_resort| {
+            generate_deniable_key_package(provider, rng, now, policy.lifetime_secs, last_resort)
+        },
+        |made| &made.key_package,
+    )?;
+    Ok(GeneratedDeniableKeyPackages {
+        one_time: done.one_time,
+        last_resort: done.last_resort,
+        retired_leaf_keys: done
+            .retired_leaf_keys
+            .into_iter()
+            .filter_map(|key| key.try_into().ok())
+            .collect(),
+    })
+}
+
+struct Carried<T> {
+    one_time: Vec<T>,
+    last_resort: Option<T>,
+    retired_leaf_keys: Vec<Vec<u8>>,
+}
+
+/// What both plans do; `make(last_resort)` makes one package.
+fn carry_out<T>(
+    provider: &impl openmls::storage::OpenMlsProvider,
+    inventory: &mut KeyPackageInventory,
+    plan: &InventoryPlan,
+    now_ms: u64,
+    mut make: impl FnMut(bool) -> Result<T, KeyPackageError>,
+    key_package: impl Fn(&T) -> &KeyPackage,
+) -> Result<Carried<T>, KeyPackageError> {
+    let mut carried = Carried {
+        one_time: Vec::new(),
+        last_resort: None,
+        retired_leaf_keys: Vec::new(),
+    };
     for _ in 0..plan.generate_one_time {
-        generated.one_time.push(generate_key_package(
-            provider,
-            installation,
-            inbox,
-            now,
-            policy.lifetime_secs,
-            false,
-        )?);
+        carried.one_time.push(make(false)?);
     }
     if plan.rotate_last_resort {
-        let key_package = generate_key_package(
-            provider,
-            installation,
-            inbox,
-            now,
-            policy.lifetime_secs,
-            true,
-        )?;
-        let hash_ref = key_package
+        let made = make(true)?;
+        let hash_ref = key_package(&made)
             .hash_ref(provider.crypto())
             .map_err(|e| KeyPackageError::Create(e.to_string()))?;
         if let Some(old) = inventory.last_resort.replace(LastResortRecord {
@@ -472,16 +560,32 @@ pub fn execute_plan(
                 retired_at_ms: now_ms,
             });
         }
-        generated.last_resort = Some(key_package);
+        carried.last_resort = Some(made);
     }
+    let storage_error = |e| KeyPackageError::Storage(format!("{e:?}"));
     for hash_ref in &plan.delete_retired {
+        let hash_ref_typed = key_package_ref(hash_ref)?;
+        let bundle: Option<KeyPackageBundle> = provider
+            .storage()
+            .key_package(&hash_ref_typed)
+            .map_err(storage_error)?;
+        if let Some(bundle) = bundle {
+            carried.retired_leaf_keys.push(
+                bundle
+                    .key_package()
+                    .leaf_node()
+                    .signature_key()
+                    .as_slice()
+                    .to_vec(),
+            );
+        }
         provider
             .storage()
-            .delete_key_package(&key_package_ref(hash_ref)?)
-            .map_err(|e| KeyPackageError::Storage(format!("{e:?}")))?;
+            .delete_key_package(&hash_ref_typed)
+            .map_err(storage_error)?;
         inventory.retired.retain(|r| &r.hash_ref != hash_ref);
     }
-    Ok(generated)
+    Ok(carried)
 }
 
 /// A `KeyPackageRef` from its raw bytes. OpenMLS offers no public
@@ -506,12 +610,21 @@ pub trait KeyPackageInventoryStore {
 
     /// Store `inventory`, replacing the stored one.
     fn save_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error>;
+
+    /// The stored inventory of the deniable pool (empty if none was
+    /// stored). It is kept apart from the ordinary one: each pool has its
+    /// own last-resort package.
+    fn load_deniable_inventory(&self) -> Result<KeyPackageInventory, Self::Error>;
+
+    /// Store the deniable pool's `inventory`, replacing the stored one.
+    fn save_deniable_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error>;
 }
 
 /// A [`KeyPackageInventoryStore`] in memory.
 #[derive(Debug, Default)]
 pub struct MemoryInventoryStore {
     inventory: std::sync::Mutex<KeyPackageInventory>,
+    deniable: std::sync::Mutex<KeyPackageInventory>,
 }
 
 impl KeyPackageInventoryStore for MemoryInventoryStore {
@@ -528,6 +641,21 @@ impl KeyPackageInventoryStore for MemoryInventoryStore {
     fn save_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error> {
         *self
             .inventory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = inventory.clone();
+        Ok(())
+    }
+    fn load_deniable_inventory(&self) -> Result<KeyPackageInventory, Self::Error> {
+        Ok(self
+            .deniable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
+    }
+
+    fn save_deniable_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error> {
+        *self
+            .deniable
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = inventory.clone();
         Ok(())

@@ -40,9 +40,10 @@ pub use installation::{
     MemoryInstallationStore, load_or_create_installation, verify_installation_signature,
 };
 pub use key_package::{
-    CIPHERSUITE, DEFAULT_LIFETIME_SECS, GeneratedKeyPackages, InventoryPlan, KITH_EXTENSION_TYPES,
-    KeyPackageError, KeyPackageInventory, KeyPackageInventoryStore, KeyPackagePolicy,
-    LastResortRecord, MemoryInventoryStore, RetiredLastResort, ValidatedKeyPackage, execute_plan,
+    CIPHERSUITE, DEFAULT_LIFETIME_SECS, GeneratedDeniableKeyPackages, GeneratedKeyPackages,
+    InventoryPlan, KITH_EXTENSION_TYPES, KeyPackageError, KeyPackageInventory,
+    KeyPackageInventoryStore, KeyPackagePolicy, LastResortRecord, MemoryInventoryStore,
+    RetiredLastResort, ValidatedKeyPackage, execute_deniable_plan, execute_plan,
     generate_key_package, kith_capabilities, validate_key_package,
 };
 pub use log::{

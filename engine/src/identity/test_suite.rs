@@ -62,6 +62,20 @@ pub fn inventory_store_suite<S: KeyPackageInventoryStore>(store: &S) {
         store.load_inventory().expect("load"),
         KeyPackageInventory::default()
     );
+
+    // The deniable pool's inventory is its own.
+    store.save_deniable_inventory(&inventory).expect("save");
+    assert_eq!(store.load_deniable_inventory().expect("load"), inventory);
+    assert_eq!(
+        store.load_inventory().expect("load"),
+        KeyPackageInventory::default(),
+        "saving the deniable inventory leaves the ordinary one alone"
+    );
+    store.save_inventory(&inventory).expect("save");
+    store
+        .save_deniable_inventory(&KeyPackageInventory::default())
+        .expect("save empty");
+    assert_eq!(store.load_inventory().expect("load"), inventory);
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ use tonic::{Code, Status, transport::Channel};
 use super::{ClientError, DeliveryClient, EnvelopeStream, NodeInfo, QueryPage};
 use crate::{
     convert,
-    node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeError, RETRY_AFTER_METADATA},
+    node::{
+        DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
+        KeyPackageUpload, NodeError, RETRY_AFTER_METADATA,
+    },
     proto::{self, node_client::NodeClient},
 };
 
@@ -339,22 +342,49 @@ impl DeliveryClient for GrpcClient {
             .await
             .map_err(status_error)?
             .into_inner();
-        answer
-            .key_packages
-            .into_iter()
-            .map(|p| {
-                Ok(FetchedKeyPackage {
-                    installation: convert::installation("installation_id", &p.installation_id)
-                        .map_err(malformed)?,
-                    key_package: p.key_package.map(|bytes| {
-                        kith_engine::delivery::StoredKeyPackage {
-                            bytes,
-                            last_resort: p.last_resort,
-                        }
-                    }),
-                })
+        fetched_from_proto(answer)
+    }
+
+    async fn upload_deniable_key_packages(
+        &self,
+        upload: DeniableKeyPackageUpload,
+    ) -> Result<usize, ClientError> {
+        let left = self
+            .client
+            .clone()
+            .upload_deniable_key_packages(proto::UploadDeniableKeyPackagesRequest {
+                inbox: upload.inbox.as_bytes().to_vec(),
+                installation_id: upload.installation.as_bytes().to_vec(),
+                one_time: upload.one_time,
+                last_resort: upload.last_resort,
+                timestamp_ms: upload.timestamp_ms,
+                mac: upload.mac,
             })
-            .collect()
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .one_time_available;
+        Ok(usize::try_from(left).unwrap_or(usize::MAX))
+    }
+
+    async fn fetch_deniable_key_packages(
+        &self,
+        fetch: DeniableKeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, ClientError> {
+        let answer = self
+            .client
+            .clone()
+            .fetch_deniable_key_packages(proto::FetchDeniableKeyPackagesRequest {
+                inbox: fetch.target.as_bytes().to_vec(),
+                requester_inbox: fetch.requester_inbox.as_bytes().to_vec(),
+                requester_installation_id: fetch.requester.as_bytes().to_vec(),
+                timestamp_ms: fetch.timestamp_ms,
+                mac: fetch.mac,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        fetched_from_proto(answer)
     }
 
     async fn node_info(&self) -> Result<NodeInfo, ClientError> {
@@ -368,6 +398,33 @@ impl DeliveryClient for GrpcClient {
         Ok(NodeInfo {
             node_id: info.node_id,
             settle_window_ms: info.settle_window_ms,
+            static_key: info.static_key.as_slice().try_into().map_err(|_| {
+                malformed(format!(
+                    "the node's static key is {} bytes, not 32",
+                    info.static_key.len()
+                ))
+            })?,
         })
     }
+}
+
+fn fetched_from_proto(
+    answer: proto::FetchKeyPackagesResponse,
+) -> Result<Vec<FetchedKeyPackage>, ClientError> {
+    answer
+        .key_packages
+        .into_iter()
+        .map(|p| {
+            Ok(FetchedKeyPackage {
+                installation: convert::installation("installation_id", &p.installation_id)
+                    .map_err(malformed)?,
+                key_package: p
+                    .key_package
+                    .map(|bytes| kith_engine::delivery::StoredKeyPackage {
+                        bytes,
+                        last_resort: p.last_resort,
+                    }),
+            })
+        })
+        .collect()
 }

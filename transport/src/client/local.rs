@@ -10,7 +10,10 @@ use kith_engine::{
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ClientError, DeliveryClient, EnvelopeStream, NodeInfo, QueryPage};
-use crate::node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeLogic};
+use crate::node::{
+    DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
+    KeyPackageUpload, NodeLogic,
+};
 
 /// A node running in this process. Cloning shares it.
 #[derive(Debug)]
@@ -114,11 +117,26 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
         Ok(self.logic.fetch_key_packages(fetch).await?)
     }
 
+    async fn upload_deniable_key_packages(
+        &self,
+        upload: DeniableKeyPackageUpload,
+    ) -> Result<usize, ClientError> {
+        Ok(self.logic.upload_deniable_key_packages(upload).await?)
+    }
+
+    async fn fetch_deniable_key_packages(
+        &self,
+        fetch: DeniableKeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, ClientError> {
+        Ok(self.logic.fetch_deniable_key_packages(fetch).await?)
+    }
+
     async fn node_info(&self) -> Result<NodeInfo, ClientError> {
         // One node over one store: a strong order.
         Ok(NodeInfo {
             node_id: self.logic.config().node_id,
             settle_window_ms: 0,
+            static_key: self.logic.static_key().await?,
         })
     }
 }

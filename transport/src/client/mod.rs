@@ -21,7 +21,10 @@ use tokio_stream::Stream;
 pub use grpc::GrpcClient;
 pub use local::LocalNode;
 
-use crate::node::{FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeError};
+use crate::node::{
+    DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
+    KeyPackageUpload, NodeError,
+};
 
 /// Why a call to a node failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +62,9 @@ pub struct NodeInfo {
     /// ms: 0 for a strong order (a single node, or nodes sharing one
     /// database). Clients settle commits after it (DESIGN.md section 7).
     pub settle_window_ms: u64,
+    /// The node's static X25519 public key: deniable key-package requests
+    /// are MACed with a key derived from it (DESIGN.md section 8).
+    pub static_key: [u8; 32],
 }
 
 /// A live stream of envelopes of a subscription.
@@ -99,6 +105,19 @@ pub trait DeliveryClient: Send + Sync {
         fetch: KeyPackageFetch,
     ) -> Result<Vec<FetchedKeyPackage>, ClientError>;
 
-    /// The node's id and consistency (its settle window).
+    /// Upload deniable key packages; returns the one-time deniable
+    /// packages left.
+    async fn upload_deniable_key_packages(
+        &self,
+        upload: DeniableKeyPackageUpload,
+    ) -> Result<usize, ClientError>;
+
+    /// Fetch one deniable key package per active installation of an inbox.
+    async fn fetch_deniable_key_packages(
+        &self,
+        fetch: DeniableKeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, ClientError>;
+
+    /// The node's id, consistency (its settle window) and static key.
     async fn node_info(&self) -> Result<NodeInfo, ClientError>;
 }

@@ -1,6 +1,6 @@
-//! The bytes a signed node request is signed over (documented in
+//! The bytes a node request is signed or MACed over (documented in
 //! `proto/kith/v1/key_packages.proto`), shared by the node and its clients,
-//! and the check of signature and timestamp.
+//! and the checks of signature, MAC and timestamp.
 
 use kith_engine::identity::{InboxId, InstallationId, verify_installation_signature};
 use sha2::{Digest, Sha256};
@@ -49,12 +49,50 @@ pub fn fetch_signed_bytes(
     out
 }
 
-/// Check that `signature` by `installation` covers `signed` and that
-/// `timestamp_ms` is within `window_ms` of `now_ms`.
-pub(crate) fn check(
+/// The MACed bytes of an `UploadDeniableKeyPackages` request.
+pub fn deniable_upload_bytes(
+    timestamp_ms: u64,
+    inbox: &InboxId,
     installation: &InstallationId,
-    signed: &[u8],
-    signature: &[u8],
+    one_time: &[Vec<u8>],
+    last_resort: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = b"kith.v1.UploadDeniableKeyPackages\n".to_vec();
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(inbox.as_bytes());
+    out.extend_from_slice(installation.as_bytes());
+    out.extend_from_slice(&(one_time.len() as u32).to_be_bytes());
+    for package in one_time {
+        out.extend_from_slice(&Sha256::digest(package));
+    }
+    match last_resort {
+        None => out.push(0),
+        Some(package) => {
+            out.push(1);
+            out.extend_from_slice(&Sha256::digest(package));
+        }
+    }
+    out
+}
+
+/// The MACed bytes of a `FetchDeniableKeyPackages` request.
+pub fn deniable_fetch_bytes(
+    timestamp_ms: u64,
+    requester_inbox: &InboxId,
+    requester: &InstallationId,
+    target: &InboxId,
+) -> Vec<u8> {
+    let mut out = b"kith.v1.FetchDeniableKeyPackages\n".to_vec();
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(requester_inbox.as_bytes());
+    out.extend_from_slice(requester.as_bytes());
+    out.extend_from_slice(target.as_bytes());
+    out
+}
+
+/// Check that `timestamp_ms` is within `window_ms` of `now_ms`: a signed or
+/// MACed request outside it may be a replay.
+pub(crate) fn check_timestamp(
     timestamp_ms: u64,
     now_ms: u64,
     window_ms: u64,
@@ -65,6 +103,20 @@ pub(crate) fn check(
              ({now_ms}); check the client's clock and sign a fresh request"
         )));
     }
+    Ok(())
+}
+
+/// Check that `signature` by `installation` covers `signed` and that
+/// `timestamp_ms` is within `window_ms` of `now_ms`.
+pub(crate) fn check(
+    installation: &InstallationId,
+    signed: &[u8],
+    signature: &[u8],
+    timestamp_ms: u64,
+    now_ms: u64,
+    window_ms: u64,
+) -> Result<(), NodeError> {
+    check_timestamp(timestamp_ms, now_ms, window_ms)?;
     let signature: &[u8; 64] = signature.try_into().map_err(|_| {
         NodeError::InvalidArgument(format!(
             "signature must be 64 bytes (Ed25519), got {}",

@@ -10,14 +10,16 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kith_engine::{
-    delivery::{Cursor, Envelope, NodeStore, StoredKeyPackage, Topic},
+    delivery::{Cursor, Envelope, KeyPackagePool, NodeStore, StoredKeyPackage, Topic},
     identity::{
         IdentityConfig, IdentityError, IdentityState, IdentityUpdate, InboxId, InstallationId,
-        KeyPackageError, credential_inbox, validate_key_package,
+        KeyPackageError, credential_inbox, upload_key, validate_deniable_key_package,
+        validate_key_package, verify_upload_tag,
     },
 };
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
 use tokio::sync::{broadcast, mpsc};
+use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 
 use super::{
     auth,
@@ -87,6 +89,42 @@ pub struct KeyPackageFetch {
     pub signature: Vec<u8>,
 }
 
+/// A deniable key-package upload, as received. It is authenticated by a
+/// MAC keyed with `X25519(installation identity key, node static key)`,
+/// never by a signature, so that nothing the node keeps proves to anyone
+/// else which installation made a package (DESIGN.md section 8).
+#[derive(Debug, Clone)]
+pub struct DeniableKeyPackageUpload {
+    /// The uploader's inbox, whose identity log holds its identity key.
+    pub inbox: InboxId,
+    /// The uploading installation.
+    pub installation: InstallationId,
+    /// One-time deniable packages (TLS-serialized `MlsMessage`s).
+    pub one_time: Vec<Vec<u8>>,
+    /// A deniable last-resort package.
+    pub last_resort: Option<Vec<u8>>,
+    /// The request's timestamp (ms).
+    pub timestamp_ms: u64,
+    /// HMAC-SHA256 over [`auth::deniable_upload_bytes`].
+    pub mac: Vec<u8>,
+}
+
+/// A deniable key-package fetch, as received: one package for each active
+/// installation of `target`, authenticated like an upload, by a MAC.
+#[derive(Debug, Clone)]
+pub struct DeniableKeyPackageFetch {
+    /// The inbox whose installations' packages are wanted.
+    pub target: InboxId,
+    /// The requester's inbox.
+    pub requester_inbox: InboxId,
+    /// The requesting installation, which gets no package of its own.
+    pub requester: InstallationId,
+    /// The request's timestamp (ms).
+    pub timestamp_ms: u64,
+    /// HMAC-SHA256 over [`auth::deniable_fetch_bytes`].
+    pub mac: Vec<u8>,
+}
+
 struct Limiter {
     requesters: Buckets,
     targets: Buckets,
@@ -107,6 +145,9 @@ pub struct NodeLogic<S> {
     /// shutdown is not held open by streams that never finish.
     closing: tokio::sync::watch::Sender<bool>,
     limiter: Mutex<Limiter>,
+    /// The node's static X25519 secret, read from the store (or made and
+    /// stored) on first use.
+    secret: tokio::sync::OnceCell<StaticSecret>,
 }
 
 impl<S> std::fmt::Debug for NodeLogic<S> {
@@ -141,7 +182,27 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             live,
             publish_order: tokio::sync::Mutex::new(()),
             closing: tokio::sync::watch::Sender::new(false),
+            secret: tokio::sync::OnceCell::new(),
         }
+    }
+
+    async fn secret(&self) -> Result<StaticSecret, NodeError> {
+        self.secret
+            .get_or_try_init(|| async {
+                let fresh = StaticSecret::random_from_rng(rand_core::OsRng).to_bytes();
+                let stored = self
+                    .blocking(move |store| store.node_secret(fresh).map_err(internal))
+                    .await?;
+                Ok(StaticSecret::from(stored))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The node's static X25519 public key, published in `GetNodeInfo`:
+    /// clients key the MACs of their deniable key-package requests with it.
+    pub async fn static_key(&self) -> Result<[u8; 32], NodeError> {
+        Ok(X25519Public::from(&self.secret().await?).to_bytes())
     }
 
     /// End every subscription (their streams finish cleanly). Called when
@@ -476,10 +537,15 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 })?;
             }
             store
-                .add_key_packages(&upload.installation, upload.one_time, upload.last_resort)
+                .add_key_packages(
+                    KeyPackagePool::Ordinary,
+                    &upload.installation,
+                    upload.one_time,
+                    upload.last_resort,
+                )
                 .map_err(internal)?;
             store
-                .one_time_key_packages_left(&upload.installation)
+                .one_time_key_packages_left(KeyPackagePool::Ordinary, &upload.installation)
                 .map_err(internal)
         })
         .await
@@ -524,35 +590,185 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 "installation {requester} is not an active installation of inbox {inbox}"
             )));
         }
-        {
-            let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
-            let Limiter {
-                requesters,
-                targets,
-            } = &mut *limiter;
-            let mut per_target: std::collections::BTreeMap<InstallationId, u32> =
-                std::collections::BTreeMap::new();
-            for target in &fetch.targets {
-                *per_target.entry(*target).or_default() += 1;
-            }
-            let requester_cost = u32::try_from(fetch.targets.len()).unwrap_or(u32::MAX);
-            let mut charges = [
-                (requesters, vec![(requester, requester_cost)]),
-                (targets, per_target.into_iter().collect()),
-            ];
-            if let Err(wait) = take_all(&mut charges, now_ms) {
-                return Err(NodeError::ResourceExhausted {
-                    message: format!(
-                        "key-package fetch rate limit exceeded; retry in {} ms",
-                        wait.min(u64::from(u32::MAX))
-                    ),
-                    retry_after_ms: Some(wait),
-                });
-            }
-        }
+        self.charge(requester, &fetch.targets, now_ms)?;
         let targets = fetch.targets;
         self.blocking(move |store| {
-            let packages = store.take_key_packages(&targets).map_err(internal)?;
+            let packages = store
+                .take_key_packages(KeyPackagePool::Ordinary, &targets)
+                .map_err(internal)?;
+            Ok(targets
+                .into_iter()
+                .zip(packages)
+                .map(|(installation, key_package)| FetchedKeyPackage {
+                    installation,
+                    key_package,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Take `targets.len()` fetches from `requester`'s bucket and one per
+    /// target from each target's, all or none.
+    fn charge(
+        &self,
+        requester: InstallationId,
+        targets: &[InstallationId],
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        let Limiter {
+            requesters,
+            targets: target_buckets,
+        } = &mut *limiter;
+        let mut per_target: std::collections::BTreeMap<InstallationId, u32> =
+            std::collections::BTreeMap::new();
+        for target in targets {
+            *per_target.entry(*target).or_default() += 1;
+        }
+        let requester_cost = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+        let mut charges = [
+            (requesters, vec![(requester, requester_cost)]),
+            (target_buckets, per_target.into_iter().collect()),
+        ];
+        take_all(&mut charges, now_ms).map_err(|wait| NodeError::ResourceExhausted {
+            message: format!(
+                "key-package fetch rate limit exceeded; retry in {} ms",
+                wait.min(u64::from(u32::MAX))
+            ),
+            retry_after_ms: Some(wait),
+        })
+    }
+
+    /// Check a deniable request's MAC: `installation` must be active in
+    /// `inbox`'s log on this node, and the MAC keyed with its identity key
+    /// and the node's static key.
+    async fn check_mac(
+        &self,
+        inbox: InboxId,
+        installation: InstallationId,
+        macd: Vec<u8>,
+        mac: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        let secret = self.secret().await?;
+        self.blocking(move |store| {
+            let state = load_identity(store, inbox)?;
+            let identity_key = state
+                .installation(&installation)
+                .map(|active| active.identity_key)
+                .ok_or_else(|| {
+                    NodeError::Unauthenticated(format!(
+                        "installation {installation} is not an active installation of inbox \
+                         {inbox}"
+                    ))
+                })?;
+            let key = upload_key(&secret, &identity_key)
+                .map_err(|e| NodeError::Unauthenticated(e.to_string()))?;
+            verify_upload_tag(&key, &macd, &mac).map_err(|_| {
+                NodeError::Unauthenticated(format!(
+                    "the MAC does not verify for installation {installation}; key it with this \
+                     node's static key from GetNodeInfo"
+                ))
+            })
+        })
+        .await
+    }
+
+    /// Verify and store a deniable key-package upload; returns the one-time
+    /// deniable packages the installation has left.
+    pub async fn upload_deniable_key_packages(
+        &self,
+        upload: DeniableKeyPackageUpload,
+    ) -> Result<usize, NodeError> {
+        let limits = self.config.limits;
+        let count = upload.one_time.len() + usize::from(upload.last_resort.is_some());
+        if count > limits.max_batch_key_packages {
+            return Err(NodeError::too_large(format!(
+                "{count} key packages in one upload; the limit is {}",
+                limits.max_batch_key_packages
+            )));
+        }
+        let now_ms = self.clock.now_ms();
+        let window = u64::try_from(limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        auth::check_timestamp(upload.timestamp_ms, now_ms, window)?;
+        let macd = auth::deniable_upload_bytes(
+            upload.timestamp_ms,
+            &upload.inbox,
+            &upload.installation,
+            &upload.one_time,
+            upload.last_resort.as_deref(),
+        );
+        self.check_mac(upload.inbox, upload.installation, macd, upload.mac)
+            .await?;
+        self.blocking(move |store| {
+            let crypto = openmls_rust_crypto::RustCrypto::default();
+            let packages = upload
+                .one_time
+                .iter()
+                .map(|p| (p, false))
+                .chain(upload.last_resort.iter().map(|p| (p, true)));
+            for (i, (bytes, want_last_resort)) in packages.enumerate() {
+                check_deniable_package(&crypto, bytes, want_last_resort, now_ms / 1000).map_err(
+                    |e| match e {
+                        NodeError::InvalidArgument(m) => {
+                            NodeError::InvalidArgument(format!("key package {i}: {m}"))
+                        }
+                        other => other,
+                    },
+                )?;
+            }
+            store
+                .add_key_packages(
+                    KeyPackagePool::Deniable,
+                    &upload.installation,
+                    upload.one_time,
+                    upload.last_resort,
+                )
+                .map_err(internal)?;
+            store
+                .one_time_key_packages_left(KeyPackagePool::Deniable, &upload.installation)
+                .map_err(internal)
+        })
+        .await
+    }
+
+    /// Authenticate and rate-limit a deniable fetch, then hand out one
+    /// deniable package for each active installation of the target inbox
+    /// (the requester's own installation excluded), in the log's order.
+    pub async fn fetch_deniable_key_packages(
+        &self,
+        fetch: DeniableKeyPackageFetch,
+    ) -> Result<Vec<FetchedKeyPackage>, NodeError> {
+        let now_ms = self.clock.now_ms();
+        let window =
+            u64::try_from(self.config.limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        auth::check_timestamp(fetch.timestamp_ms, now_ms, window)?;
+        let macd = auth::deniable_fetch_bytes(
+            fetch.timestamp_ms,
+            &fetch.requester_inbox,
+            &fetch.requester,
+            &fetch.target,
+        );
+        self.check_mac(fetch.requester_inbox, fetch.requester, macd, fetch.mac)
+            .await?;
+        let (target, requester) = (fetch.target, fetch.requester);
+        let targets: Vec<InstallationId> = self
+            .blocking(move |store| {
+                Ok(load_identity(store, target)?
+                    .active_installations()
+                    .map(|(id, _)| *id)
+                    .filter(|id| *id != requester)
+                    .collect())
+            })
+            .await?;
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.charge(requester, &targets, now_ms)?;
+        self.blocking(move |store| {
+            let packages = store
+                .take_key_packages(KeyPackagePool::Deniable, &targets)
+                .map_err(internal)?;
             Ok(targets
                 .into_iter()
                 .zip(packages)
@@ -637,6 +853,33 @@ fn check_uploaded_package<S: NodeStore>(
             validated.installation
         )));
     }
+    if validated.last_resort != want_last_resort {
+        return Err(NodeError::InvalidArgument(if want_last_resort {
+            "the last_resort field needs a package with the LastResortExtension".into()
+        } else {
+            "a last-resort package was uploaded as one-time".into()
+        }));
+    }
+    Ok(())
+}
+
+fn check_deniable_package(
+    crypto: &openmls_rust_crypto::RustCrypto,
+    bytes: &[u8],
+    want_last_resort: bool,
+    now_secs: u64,
+) -> Result<(), NodeError> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| NodeError::InvalidArgument(format!("does not parse: {e:?}")))?;
+    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+        return Err(NodeError::InvalidArgument(
+            "is not a KeyPackage message".into(),
+        ));
+    };
+    // Nothing in a deniable package says whose it is; the MAC said who
+    // uploaded it, and the DM's bindings check the rest.
+    let validated = validate_deniable_key_package(crypto, key_package, now_secs)
+        .map_err(|e| NodeError::InvalidArgument(format!("is not a valid deniable package: {e}")))?;
     if validated.last_resort != want_last_resort {
         return Err(NodeError::InvalidArgument(if want_last_resort {
             "the last_resort field needs a package with the LastResortExtension".into()

@@ -16,11 +16,14 @@ mod rate_limit;
 mod server;
 mod service;
 
-pub use auth::{fetch_signed_bytes, upload_signed_bytes};
+pub use auth::{
+    deniable_fetch_bytes, deniable_upload_bytes, fetch_signed_bytes, upload_signed_bytes,
+};
 pub use config::{NodeConfig, NodeLimits};
 pub use error::{NodeError, RETRY_AFTER_METADATA};
 pub use logic::{
-    Clock, FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeLogic, SystemClock,
+    Clock, DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
+    KeyPackageUpload, NodeLogic, SystemClock,
 };
 pub use rate_limit::BucketLimit;
 pub use server::serve;

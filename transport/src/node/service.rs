@@ -9,7 +9,10 @@ use tonic::{Request, Response, Status};
 
 use super::{
     error::NodeError,
-    logic::{KeyPackageFetch, KeyPackageUpload, NodeLogic},
+    logic::{
+        DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
+        KeyPackageUpload, NodeLogic,
+    },
 };
 use crate::{convert, proto};
 
@@ -133,16 +136,50 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
             signature: request.signature,
         };
         let fetched = self.logic.fetch_key_packages(fetch).await?;
-        Ok(Response::new(proto::FetchKeyPackagesResponse {
-            key_packages: fetched
-                .into_iter()
-                .map(|f| proto::FetchedKeyPackage {
-                    installation_id: f.installation.as_bytes().to_vec(),
-                    last_resort: f.key_package.as_ref().is_some_and(|p| p.last_resort),
-                    key_package: f.key_package.map(|p| p.bytes),
-                })
-                .collect(),
+        Ok(Response::new(fetched_to_proto(fetched)))
+    }
+
+    #[tracing::instrument(skip_all, fields(one_time = request.get_ref().one_time.len()))]
+    async fn upload_deniable_key_packages(
+        &self,
+        request: Request<proto::UploadDeniableKeyPackagesRequest>,
+    ) -> Result<Response<proto::UploadKeyPackagesResponse>, Status> {
+        let request = request.into_inner();
+        let upload = DeniableKeyPackageUpload {
+            inbox: convert::inbox("inbox", &request.inbox).map_err(NodeError::from)?,
+            installation: convert::installation("installation_id", &request.installation_id)
+                .map_err(NodeError::from)?,
+            one_time: request.one_time,
+            last_resort: request.last_resort,
+            timestamp_ms: request.timestamp_ms,
+            mac: request.mac,
+        };
+        let left = self.logic.upload_deniable_key_packages(upload).await?;
+        Ok(Response::new(proto::UploadKeyPackagesResponse {
+            one_time_available: u32::try_from(left).unwrap_or(u32::MAX),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn fetch_deniable_key_packages(
+        &self,
+        request: Request<proto::FetchDeniableKeyPackagesRequest>,
+    ) -> Result<Response<proto::FetchKeyPackagesResponse>, Status> {
+        let request = request.into_inner();
+        let fetch = DeniableKeyPackageFetch {
+            target: convert::inbox("inbox", &request.inbox).map_err(NodeError::from)?,
+            requester_inbox: convert::inbox("requester_inbox", &request.requester_inbox)
+                .map_err(NodeError::from)?,
+            requester: convert::installation(
+                "requester_installation_id",
+                &request.requester_installation_id,
+            )
+            .map_err(NodeError::from)?,
+            timestamp_ms: request.timestamp_ms,
+            mac: request.mac,
+        };
+        let fetched = self.logic.fetch_deniable_key_packages(fetch).await?;
+        Ok(Response::new(fetched_to_proto(fetched)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -198,6 +235,7 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
         _request: Request<proto::GetNodeInfoRequest>,
     ) -> Result<Response<proto::GetNodeInfoResponse>, Status> {
         let config = self.logic.config();
+        let static_key = self.logic.static_key().await?;
         let l = config.limits;
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         Ok(Response::new(proto::GetNodeInfoResponse {
@@ -216,6 +254,20 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
                 fetch_burst_per_target: l.fetch_per_target.burst,
                 fetch_per_minute_per_target: l.fetch_per_target.per_minute,
             }),
+            static_key: static_key.to_vec(),
         }))
+    }
+}
+
+fn fetched_to_proto(fetched: Vec<FetchedKeyPackage>) -> proto::FetchKeyPackagesResponse {
+    proto::FetchKeyPackagesResponse {
+        key_packages: fetched
+            .into_iter()
+            .map(|f| proto::FetchedKeyPackage {
+                installation_id: f.installation.as_bytes().to_vec(),
+                last_resort: f.key_package.as_ref().is_some_and(|p| p.last_resort),
+                key_package: f.key_package.map(|p| p.bytes),
+            })
+            .collect(),
     }
 }
