@@ -246,6 +246,7 @@ impl ClientBuilder {
             events,
             rewind,
             config: self.config,
+            node_key: tokio::sync::OnceCell::new(),
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))
     }

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt as _};
 use kith_engine::{
     group::{
         CONTENT_TYPE_TEXT, ConversationId, ConversationKind, ConversationRecord, ConversationState,
-        Group, IntentKind, NewGroup, PolicyPreset, dm_conversation_id,
+        DmVerification, Group, IntentKind, NewGroup, PolicyPreset, dm_conversation_id,
         metadata::{ATTRIBUTE_DESCRIPTION, ATTRIBUTE_IMAGE_URL, ATTRIBUTE_NAME},
     },
     identity::{DmMode, InboxId, InstallationId, UnsignedIdentityUpdate},
@@ -388,10 +388,32 @@ impl Client {
         .await
     }
 
-    /// The DM with `peer`, created if there is none. If both sides create
-    /// it at once, each ends up in both groups, which are shown as one
-    /// conversation; both send in the group with the lower id.
+    /// The DM with `peer`, created if there is none, in the default mode:
+    /// deniable. See [`Client::find_or_create_dm_with`].
     pub async fn find_or_create_dm(&self, peer: InboxId) -> Result<Conversation, Error> {
+        self.find_or_create_dm_with(peer, DmMode::default()).await
+    }
+
+    /// The DM with `peer`, created in `mode` if there is none.
+    ///
+    /// - **`DmMode::Deniable`**: no installation or wallet key signs
+    ///   anything in it; each side proves who it is to the other with MACs
+    ///   that either side could have made, so a leaked transcript proves
+    ///   nothing to a third party. Messages sent before every installation
+    ///   has proved itself wait ([`Conversation::verification`]).
+    /// - **`DmMode::NonRepudiable`**: every message is signed by an
+    ///   installation key the sender's wallet vouched for.
+    ///
+    /// Both modes share one conversation id per pair of inboxes, so an
+    /// active DM is returned whatever its mode; check
+    /// [`Conversation::dm_mode`] when it matters. If both sides create it at
+    /// once, each ends up in both groups, which are shown as one
+    /// conversation; both send in the group with the lower id.
+    pub async fn find_or_create_dm_with(
+        &self,
+        peer: InboxId,
+        mode: DmMode,
+    ) -> Result<Conversation, Error> {
         if peer == self.inbox_id() {
             return Err(Error::InvalidInput("a DM needs another inbox".into()));
         }
@@ -406,9 +428,7 @@ impl Client {
             NewGroup {
                 kind: ConversationKind::Dm,
                 dm_peer: Some(peer),
-                // Deniable DMs need the node to hand out deniable key
-                // packages, which it does not yet.
-                dm_mode: DmMode::NonRepudiable,
+                dm_mode: mode,
                 attributes: Default::default(),
                 preset: PolicyPreset::Default,
                 now_ms: now_ms(),
@@ -672,6 +692,19 @@ impl Conversation {
     /// The metadata of the current epoch.
     pub async fn metadata(&self) -> Result<Metadata, Error> {
         Ok(self.actor().await?.send(Info).await??.metadata)
+    }
+
+    /// For a DM, whether it is deniable (`None` for a group).
+    pub async fn dm_mode(&self) -> Result<Option<DmMode>, Error> {
+        Ok(self.metadata().await?.dm_mode)
+    }
+
+    /// For a deniable DM, whether every installation in it has proved who
+    /// it is (`None` for groups and non-repudiable DMs, whose members are
+    /// always known). While it is `Pending`, messages sent here wait and
+    /// messages received show `verified: false`; `Failed` is for good.
+    pub async fn verification(&self) -> Result<Option<DmVerification>, Error> {
+        Ok(self.actor().await?.send(Info).await??.verification)
     }
 
     /// The group's epoch and epoch authenticator (equal on every member in

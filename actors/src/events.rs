@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kith_engine::{
     group::{ConversationId, ConversationKind, Delivery, GroupEvent, GroupMetadata, StoredMessage},
-    identity::{InboxId, InstallationId},
+    identity::{DmMode, InboxId, InstallationId},
 };
 
 /// A message id: SHA-256 of sender, group and a random nonce.
@@ -46,6 +46,12 @@ pub struct Message {
     pub time_ms: u64,
     /// Whether it is on the node (always true for received messages).
     pub published: bool,
+    /// Whether its sender is known. False only in a deniable DM, for a
+    /// message that arrived before its sender's binding verified: the
+    /// sender fields are then placeholders. It turns true (with the real
+    /// sender) when the binding verifies, announced by
+    /// [`Event::MemberVerified`].
+    pub verified: bool,
 }
 
 impl Message {
@@ -61,6 +67,7 @@ impl Message {
 
 impl From<StoredMessage> for Message {
     fn from(m: StoredMessage) -> Self {
+        let verified = m.is_verified();
         Self {
             id: MessageId(m.message_id),
             conversation: m.conversation_id,
@@ -71,6 +78,7 @@ impl From<StoredMessage> for Message {
             sent_at_ms: m.sent_at_ms,
             time_ms: m.time_ms,
             published: m.delivery == Delivery::Published,
+            verified,
         }
     }
 }
@@ -80,6 +88,9 @@ impl From<StoredMessage> for Message {
 pub struct Metadata {
     /// Group or DM.
     pub kind: ConversationKind,
+    /// For a DM, whether it is deniable; `None` for a group (always
+    /// non-repudiable). Fixed at creation.
+    pub dm_mode: Option<DmMode>,
     /// Who created it.
     pub creator: InboxId,
     /// When it was created (the creator's clock), ms since the Unix epoch.
@@ -100,6 +111,7 @@ impl From<&GroupMetadata> for Metadata {
     fn from(m: &GroupMetadata) -> Self {
         Self {
             kind: m.immutable.kind,
+            dm_mode: m.immutable.dm_mode,
             creator: m.immutable.creator,
             created_at_ms: m.immutable.created_at_ms,
             name: m.name().map(str::to_owned),
@@ -220,6 +232,26 @@ pub enum Event {
         /// The epoch it joined at.
         epoch: u64,
     },
+    /// In a deniable DM, an installation's binding verified: its messages
+    /// are now shown with their sender, and once every installation is
+    /// bound, held messages go out.
+    MemberVerified {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The inbox.
+        inbox: InboxId,
+        /// Its installation.
+        installation: InstallationId,
+    },
+    /// In a deniable DM, a binding did not verify (a key package the node
+    /// substituted, say). The DM is unverified for good: nothing more is
+    /// sent in it. Start a new DM, and tell the user.
+    VerificationFailed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -280,6 +312,18 @@ impl Event {
             GroupEvent::Rejoined { epoch, .. } => Event::Rejoined {
                 conversation,
                 epoch,
+            },
+            GroupEvent::MemberVerified {
+                inbox,
+                installation,
+            } => Event::MemberVerified {
+                conversation,
+                inbox,
+                installation,
+            },
+            GroupEvent::BindingFailed { reason } => Event::VerificationFailed {
+                conversation,
+                reason,
             },
             _ => return None,
         })

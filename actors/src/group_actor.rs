@@ -26,9 +26,13 @@ use actix::prelude::*;
 use futures::FutureExt as _;
 use kith_engine::{
     delivery::Topic,
-    group::{ConversationId, Group, GroupError, GroupEvent, IntentKind, StoredMessage},
+    group::{
+        ConversationId, DeniableAdd, DmVerification, Group, GroupError, GroupEvent, IntentKind,
+        StoredMessage,
+    },
     identity::{InboxId, InstallationId},
 };
+use kith_transport::node::FetchedKeyPackage;
 use tracing::Instrument as _;
 
 use crate::{
@@ -56,6 +60,7 @@ pub(crate) struct GroupInfo {
     pub(crate) active: bool,
     pub(crate) epoch: u64,
     pub(crate) epoch_authenticator: Vec<u8>,
+    pub(crate) verification: Option<DmVerification>,
 }
 
 /// How an intent ended: done, or failed with a reason and whether the
@@ -453,6 +458,9 @@ impl GroupCore {
                 .refresh_identities(inboxes.iter().copied())
                 .await?;
         }
+        if self.apply(|group, _| Ok(group.is_deniable())).await? {
+            return self.add_deniable(inboxes).await;
+        }
         let (targets, sequences) = {
             let cache = self.shared.identities();
             let mut targets = Vec::new();
@@ -483,6 +491,44 @@ impl GroupCore {
             ));
         }
         self.change(IntentKind::AddMembers {
+            key_packages,
+            sequences,
+        })
+        .await
+    }
+
+    /// Add `inboxes` to a deniable DM from their deniable key packages, with
+    /// this inbox's other installations: every installation pair of the two
+    /// inboxes is bound (DESIGN.md section 8).
+    async fn add_deniable(&self, inboxes: Vec<InboxId>) -> Result<(), Error> {
+        let sequences = {
+            let cache = self.shared.identities();
+            inboxes
+                .iter()
+                .map(|inbox| (*inbox, cache.sequence(inbox)))
+                .collect()
+        };
+        let mut key_packages = Vec::new();
+        for inbox in &inboxes {
+            let before = key_packages.len();
+            key_packages.extend(deniable_adds(
+                self.shared.fetch_deniable_key_packages(*inbox).await?,
+            ));
+            if key_packages.len() == before {
+                return Err(Error::InvalidInput(format!(
+                    "no installation of {inbox} has a deniable key package on the node"
+                )));
+            }
+        }
+        // This inbox's other installations join too; one without a package
+        // yet is not a reason to keep the peer waiting.
+        let own = self.shared.inbox;
+        if !inboxes.contains(&own) {
+            key_packages.extend(deniable_adds(
+                self.shared.fetch_deniable_key_packages(own).await?,
+            ));
+        }
+        self.change(IntentKind::AddDeniable {
             key_packages,
             sequences,
         })
@@ -579,6 +625,7 @@ impl GroupCore {
                 active: group.is_active(),
                 epoch: group.epoch(),
                 epoch_authenticator: group.epoch_authenticator(),
+                verification: group.verification(),
             })
         })
         .map_err(|f| match f {
@@ -835,4 +882,15 @@ impl Handler<Restarts> for GroupActor {
     fn handle(&mut self, _: Restarts, _: &mut Self::Context) -> u64 {
         self.core.restarts.load(Ordering::SeqCst)
     }
+}
+
+/// The fetched deniable packages, each with the installation the node
+/// handed it out for (the Welcome goes to that installation).
+fn deniable_adds(fetched: Vec<FetchedKeyPackage>) -> impl Iterator<Item = DeniableAdd> {
+    fetched.into_iter().filter_map(|f| {
+        f.key_package.map(|k| DeniableAdd {
+            installation: f.installation,
+            key_package: k.bytes,
+        })
+    })
 }

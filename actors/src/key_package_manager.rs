@@ -1,13 +1,19 @@
 //! `KeyPackageManager`: keeps this installation's one-time key packages on
 //! the node topped up and its last-resort package fresh (DESIGN.md
 //! section 4), by running the engine's inventory plan on a timer and after
-//! every Welcome.
+//! every Welcome. It keeps two pools: the ordinary one, and the deniable
+//! one that deniable DMs add this installation from (DESIGN.md section 8),
+//! whose uploads are MACed instead of signed.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
-use kith_engine::identity::{KeyPackageInventoryStore as _, execute_plan};
-use kith_transport::node::{KeyPackageUpload, upload_signed_bytes};
+use kith_engine::identity::{
+    KeyPackageInventoryStore as _, execute_deniable_plan, execute_plan, upload_tag,
+};
+use kith_transport::node::{
+    DeniableKeyPackageUpload, KeyPackageUpload, deniable_upload_bytes, upload_signed_bytes,
+};
 use openmls::prelude::tls_codec::Serialize as _;
 use tracing::Instrument as _;
 
@@ -105,11 +111,6 @@ async fn refill(shared: Arc<Shared>) -> Result<u32, Error> {
     let Some(generated) = generated else {
         return Ok(remaining);
     };
-    let encode = |kp: &openmls::prelude::KeyPackage| -> Result<Vec<u8>, Error> {
-        openmls::prelude::MlsMessageOut::from(kp.clone())
-            .tls_serialize_detached()
-            .map_err(|e| Error::Storage(format!("encoding a key package: {e}")))
-    };
     let one_time = generated
         .one_time
         .iter()
@@ -117,6 +118,101 @@ async fn refill(shared: Arc<Shared>) -> Result<u32, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let last_resort = generated.last_resort.as_ref().map(encode).transpose()?;
     upload(&shared, one_time, last_resort).await
+}
+
+fn encode(key_package: &openmls::prelude::KeyPackage) -> Result<Vec<u8>, Error> {
+    openmls::prelude::MlsMessageOut::from(key_package.clone())
+        .tls_serialize_detached()
+        .map_err(|e| Error::Storage(format!("encoding a key package: {e}")))
+}
+
+/// Upload deniable packages (possibly none, to learn the count), MACed with
+/// the key this installation shares with the node; returns the one-time
+/// deniable packages the node now holds.
+async fn upload_deniable(
+    shared: &Shared,
+    one_time: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+) -> Result<u32, Error> {
+    let key = shared.deniable_mac_key().await?;
+    let timestamp_ms = now_ms();
+    let installation = shared.keys.id();
+    let macd = deniable_upload_bytes(
+        timestamp_ms,
+        &shared.inbox,
+        &installation,
+        &one_time,
+        last_resort.as_deref(),
+    );
+    let left = shared
+        .node
+        .upload_deniable_key_packages(DeniableKeyPackageUpload {
+            inbox: shared.inbox,
+            installation,
+            one_time,
+            last_resort,
+            timestamp_ms,
+            mac: upload_tag(&key, &macd).to_vec(),
+        })
+        .await?;
+    Ok(u32::try_from(left).unwrap_or(u32::MAX))
+}
+
+/// [`refill`] for the deniable pool. Each package's leaf key is kept in
+/// the same storage step as its HPKE keys, before the upload: a Welcome
+/// for the package needs both. Leaf keys of retired last-resort packages
+/// are deleted unless a DM signs with them.
+async fn refill_deniable(shared: Arc<Shared>) -> Result<u32, Error> {
+    let remaining = upload_deniable(&shared, Vec::new(), None).await?;
+    let now = now_ms();
+    let generated = {
+        let shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let storage = shared.storage();
+            let step = storage.begin_step()?;
+            let mut inventory = storage.load_deniable_inventory()?;
+            let policy = &shared.config.deniable_key_packages;
+            let plan = policy.plan(&inventory, remaining, now);
+            if plan.is_empty() {
+                return Ok(None);
+            }
+            let generated = execute_deniable_plan(
+                &shared.provider,
+                &mut rand_core::OsRng,
+                policy,
+                &mut inventory,
+                &plan,
+                now,
+            )
+            .map_err(|e| Error::Storage(e.to_string()))?;
+            let store = shared.store();
+            for made in generated.one_time.iter().chain(&generated.last_resort) {
+                store.put_ephemeral_key(&made.leaf_key)?;
+            }
+            for leaf_key in &generated.retired_leaf_keys {
+                store.retire_ephemeral_key(leaf_key)?;
+            }
+            storage.save_deniable_inventory(&inventory)?;
+            step.commit()?;
+            Ok(Some(generated))
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("deniable key-package generation: {e}")))??
+    };
+    let Some(generated) = generated else {
+        return Ok(remaining);
+    };
+    let one_time = generated
+        .one_time
+        .iter()
+        .map(|made| encode(&made.key_package))
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_resort = generated
+        .last_resort
+        .as_ref()
+        .map(|made| encode(&made.key_package))
+        .transpose()?;
+    upload_deniable(&shared, one_time, last_resort).await
 }
 
 /// Check the pool now.
@@ -130,8 +226,9 @@ impl Handler<Refill> for KeyPackageManager {
     fn handle(&mut self, _: Refill, _: &mut Self::Context) -> Self::Result {
         let shared = Arc::clone(&self.shared);
         let fut = async move {
-            let left = refill(shared).await?;
-            tracing::debug!(left, "key-package pool checked");
+            let left = refill(Arc::clone(&shared)).await?;
+            let deniable_left = refill_deniable(shared).await?;
+            tracing::debug!(left, deniable_left, "key-package pools checked");
             Ok(())
         };
         let span = tracing::debug_span!("key_package_refill");

@@ -84,8 +84,8 @@ pub use client::{Client, Conversation, GroupOptions, Member};
 pub use error::Error;
 pub use events::{Event, Message, MessageId, Metadata};
 pub use kith_engine::{
-    group::{ConversationId, ConversationKind, Permission, Policies, PolicyPreset},
-    identity::{InboxId, InstallationId, LocalWallet},
+    group::{ConversationId, ConversationKind, DmVerification, Permission, Policies, PolicyPreset},
+    identity::{DmMode, InboxId, InstallationId, LocalWallet},
 };
 pub use kith_transport::client::{GrpcClient, LocalNode};
 pub use shared::ClientConfig;

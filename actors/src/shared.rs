@@ -15,9 +15,13 @@ use kith_engine::{
 use kith_storage::{KithProvider, SledMlsStorage};
 use kith_transport::{
     client::DeliveryClient,
-    node::{FetchedKeyPackage, KeyPackageFetch, fetch_signed_bytes},
+    node::{
+        DeniableKeyPackageFetch, FetchedKeyPackage, KeyPackageFetch, deniable_fetch_bytes,
+        fetch_signed_bytes,
+    },
 };
 use tokio::sync::broadcast;
+use zeroize::Zeroizing;
 
 use crate::{Error, events::Event};
 
@@ -42,6 +46,9 @@ pub struct ClientConfig {
     pub key_package_interval: Duration,
     /// The key-package pool's policy.
     pub key_packages: KeyPackagePolicy,
+    /// The deniable key-package pool's policy (the same defaults): the
+    /// packages peers add this installation to deniable DMs with.
+    pub deniable_key_packages: KeyPackagePolicy,
     /// Threads running group actors (default 2).
     pub group_threads: usize,
     /// How long after a commit's originator time it settles (and its
@@ -71,6 +78,7 @@ impl Default for ClientConfig {
             sync_interval: Duration::from_secs(30),
             key_package_interval: Duration::from_secs(10 * 60),
             key_packages: KeyPackagePolicy::default(),
+            deniable_key_packages: KeyPackagePolicy::default(),
             group_threads: 2,
             settle_window: None,
             max_rewind: 5,
@@ -90,6 +98,8 @@ pub(crate) struct Shared {
     /// The rollback policy every group runs with.
     pub(crate) rewind: kith_engine::group::RewindPolicy,
     pub(crate) config: ClientConfig,
+    /// The node's static X25519 key, asked for once.
+    pub(crate) node_key: tokio::sync::OnceCell<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -208,5 +218,36 @@ impl Shared {
             signature: self.keys.sign(&signed).to_vec(),
         };
         Ok(self.node.fetch_key_packages(fetch).await?)
+    }
+
+    /// The key this installation MACs its deniable key-package requests
+    /// with: from its identity key and the node's static key.
+    pub(crate) async fn deniable_mac_key(&self) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let node_key = self
+            .node_key
+            .get_or_try_init(|| async { Ok::<_, Error>(self.node.node_info().await?.static_key) })
+            .await?;
+        kith_engine::identity::upload_key(self.keys.identity_secret(), node_key)
+            .map_err(|e| Error::Network(format!("the node's static key cannot be used: {e}")))
+    }
+
+    /// Fetch one deniable key package for each active installation of
+    /// `target` (this installation excluded), in one MACed request.
+    pub(crate) async fn fetch_deniable_key_packages(
+        &self,
+        target: InboxId,
+    ) -> Result<Vec<FetchedKeyPackage>, Error> {
+        let key = self.deniable_mac_key().await?;
+        let timestamp_ms = now_ms();
+        let installation = self.keys.id();
+        let macd = deniable_fetch_bytes(timestamp_ms, &self.inbox, &installation, &target);
+        let fetch = DeniableKeyPackageFetch {
+            target,
+            requester_inbox: self.inbox,
+            requester: installation,
+            timestamp_ms,
+            mac: kith_engine::identity::upload_tag(&key, &macd).to_vec(),
+        };
+        Ok(self.node.fetch_deniable_key_packages(fetch).await?)
     }
 }

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use kith_engine::{
     delivery::Topic,
     group::{ConversationState, Group, GroupError, WelcomePayload},
-    identity::{InboxId, KeyPackageInventoryStore as _},
+    identity::{InboxId, KeyPackageInventory, KeyPackageInventoryStore as _},
 };
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
 use tracing::Instrument as _;
@@ -253,17 +253,28 @@ fn note_last_resort_use(shared: &Shared, payload: &[u8]) -> Result<(), Error> {
         return Ok(());
     };
     let storage = shared.storage();
-    let mut inventory = storage.load_inventory()?;
-    let Some(current) = inventory.last_resort.as_ref().map(|r| r.hash_ref.clone()) else {
-        return Ok(());
+    let used = |inventory: &mut KeyPackageInventory| {
+        let Some(current) = inventory.last_resort.as_ref().map(|r| r.hash_ref.clone()) else {
+            return false;
+        };
+        let used = welcome
+            .secrets()
+            .iter()
+            .any(|s| s.new_member().as_slice() == current.as_slice());
+        if used {
+            inventory.note_last_resort_used(&current, now_ms());
+        }
+        used
     };
-    let used = welcome
-        .secrets()
-        .iter()
-        .any(|s| s.new_member().as_slice() == current.as_slice());
-    if used {
-        inventory.note_last_resort_used(&current, now_ms());
+    // Either pool's last-resort package may be the one.
+    let mut inventory = storage.load_inventory()?;
+    if used(&mut inventory) {
         storage.save_inventory(&inventory)?;
+        return Ok(());
+    }
+    let mut deniable = storage.load_deniable_inventory()?;
+    if used(&mut deniable) {
+        storage.save_deniable_inventory(&deniable)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use common::{Net, eventually, group_with, joined, texts, wallet};
 use futures::StreamExt as _;
-use kith::{ConversationKind, Error, Event, GroupOptions};
+use kith::{ConversationKind, DmMode, Error, Event, GroupOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_installation_receives_and_discovery_follows_the_identity_logs() {
@@ -151,9 +151,11 @@ async fn dms_created_at_once_become_one_conversation() {
     let (aw, bw) = (wallet(), wallet());
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
+    // The merge of concurrent DMs is the same in either mode; deniable DMs
+    // add bindings on top (tests/deniable_dms.rs).
     let (a, b) = tokio::join!(
-        alice.find_or_create_dm(bw.inbox_id()),
-        bob.find_or_create_dm(aw.inbox_id())
+        alice.find_or_create_dm_with(bw.inbox_id(), DmMode::NonRepudiable),
+        bob.find_or_create_dm_with(aw.inbox_id(), DmMode::NonRepudiable)
     );
     let (a, b) = (a.expect("alice's dm"), b.expect("bob's dm"));
     assert_eq!(a.id(), b.id(), "both sides derive the same DM id");
