@@ -71,53 +71,127 @@ async fn upload(
     Ok(u32::try_from(left).unwrap_or(u32::MAX))
 }
 
-/// Run the inventory plan once; returns the one-time packages left on the
-/// node.
-async fn refill(shared: Arc<Shared>) -> Result<u32, Error> {
+/// One of the two pools this installation keeps on the node.
+#[derive(Clone, Copy, Debug)]
+enum Pool {
+    Ordinary,
+    Deniable,
+}
+
+/// Encoded packages to upload: one-time ones and a last-resort one.
+type Made = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
+async fn upload_to(
+    shared: &Shared,
+    pool: Pool,
+    one_time: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+) -> Result<u32, Error> {
+    match pool {
+        Pool::Ordinary => upload(shared, one_time, last_resort).await,
+        Pool::Deniable => upload_deniable(shared, one_time, last_resort).await,
+    }
+}
+
+/// Run `pool`'s inventory plan once; returns the one-time packages left on
+/// the node.
+async fn refill(shared: Arc<Shared>, pool: Pool) -> Result<u32, Error> {
     // Ask the node how many are left (an empty upload) rather than keep an
     // estimate: others' fetches drain the pool without telling us, and
     // after a restart an estimate would be gone.
-    let remaining = upload(&shared, Vec::new(), None).await?;
+    let remaining = upload_to(&shared, pool, Vec::new(), None).await?;
     let now = now_ms();
-    let generated = {
+    let made = {
         let shared = Arc::clone(&shared);
         // Generating a hundred packages is CPU work plus an fsync: keep it
-        // off the actor's thread.
+        // off the actor's thread. Keys and inventory commit in one step.
         tokio::task::spawn_blocking(move || -> Result<_, Error> {
-            let storage = shared.storage();
-            let step = storage.begin_step()?;
-            let mut inventory = storage.load_inventory()?;
-            let plan = shared.config.key_packages.plan(&inventory, remaining, now);
-            if plan.is_empty() {
-                return Ok(None);
-            }
-            let generated = execute_plan(
-                &shared.provider,
-                &shared.keys,
-                shared.inbox,
-                &shared.config.key_packages,
-                &mut inventory,
-                &plan,
-                now,
-            )
-            .map_err(|e| Error::Storage(e.to_string()))?;
-            storage.save_inventory(&inventory)?;
+            let step = shared.storage().begin_step()?;
+            let made = match pool {
+                Pool::Ordinary => generate_ordinary(&shared, remaining, now)?,
+                Pool::Deniable => generate_deniable(&shared, remaining, now)?,
+            };
             step.commit()?;
-            Ok(Some(generated))
+            Ok(made)
         })
         .await
         .map_err(|e| Error::Storage(format!("key-package generation: {e}")))??
     };
-    let Some(generated) = generated else {
-        return Ok(remaining);
-    };
-    let one_time = generated
-        .one_time
-        .iter()
-        .map(encode)
-        .collect::<Result<Vec<_>, _>>()?;
-    let last_resort = generated.last_resort.as_ref().map(encode).transpose()?;
-    upload(&shared, one_time, last_resort).await
+    match made {
+        Some((one_time, last_resort)) => upload_to(&shared, pool, one_time, last_resort).await,
+        None => Ok(remaining),
+    }
+}
+
+fn generate_ordinary(shared: &Shared, remaining: u32, now: u64) -> Result<Option<Made>, Error> {
+    let storage = shared.storage();
+    let mut inventory = storage.load_inventory()?;
+    let plan = shared.config.key_packages.plan(&inventory, remaining, now);
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let generated = execute_plan(
+        &shared.provider,
+        &shared.keys,
+        shared.inbox,
+        &shared.config.key_packages,
+        &mut inventory,
+        &plan,
+        now,
+    )
+    .map_err(|e| Error::Storage(e.to_string()))?;
+    storage.save_inventory(&inventory)?;
+    Ok(Some((
+        generated
+            .one_time
+            .iter()
+            .map(encode)
+            .collect::<Result<_, _>>()?,
+        generated.last_resort.as_ref().map(encode).transpose()?,
+    )))
+}
+
+/// Each deniable package's leaf key is kept in the same storage step as
+/// its HPKE keys, before the upload: a Welcome for the package needs both.
+/// Leaf keys of retired last-resort packages are deleted unless a DM signs
+/// with them.
+fn generate_deniable(shared: &Shared, remaining: u32, now: u64) -> Result<Option<Made>, Error> {
+    let storage = shared.storage();
+    let mut inventory = storage.load_deniable_inventory()?;
+    let policy = &shared.config.deniable_key_packages;
+    let plan = policy.plan(&inventory, remaining, now);
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let generated = execute_deniable_plan(
+        &shared.provider,
+        &mut rand_core::OsRng,
+        policy,
+        &mut inventory,
+        &plan,
+        now,
+    )
+    .map_err(|e| Error::Storage(e.to_string()))?;
+    let store = shared.store();
+    for made in generated.one_time.iter().chain(&generated.last_resort) {
+        store.put_ephemeral_key(&made.leaf_key)?;
+    }
+    for leaf_key in &generated.retired_leaf_keys {
+        store.retire_ephemeral_key(leaf_key)?;
+    }
+    storage.save_deniable_inventory(&inventory)?;
+    Ok(Some((
+        generated
+            .one_time
+            .iter()
+            .map(|made| encode(&made.key_package))
+            .collect::<Result<_, _>>()?,
+        generated
+            .last_resort
+            .as_ref()
+            .map(|made| encode(&made.key_package))
+            .transpose()?,
+    )))
 }
 
 fn encode(key_package: &openmls::prelude::KeyPackage) -> Result<Vec<u8>, Error> {
@@ -158,63 +232,6 @@ async fn upload_deniable(
     Ok(u32::try_from(left).unwrap_or(u32::MAX))
 }
 
-/// [`refill`] for the deniable pool. Each package's leaf key is kept in
-/// the same storage step as its HPKE keys, before the upload: a Welcome
-/// for the package needs both. Leaf keys of retired last-resort packages
-/// are deleted unless a DM signs with them.
-async fn refill_deniable(shared: Arc<Shared>) -> Result<u32, Error> {
-    let remaining = upload_deniable(&shared, Vec::new(), None).await?;
-    let now = now_ms();
-    let generated = {
-        let shared = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || -> Result<_, Error> {
-            let storage = shared.storage();
-            let step = storage.begin_step()?;
-            let mut inventory = storage.load_deniable_inventory()?;
-            let policy = &shared.config.deniable_key_packages;
-            let plan = policy.plan(&inventory, remaining, now);
-            if plan.is_empty() {
-                return Ok(None);
-            }
-            let generated = execute_deniable_plan(
-                &shared.provider,
-                &mut rand_core::OsRng,
-                policy,
-                &mut inventory,
-                &plan,
-                now,
-            )
-            .map_err(|e| Error::Storage(e.to_string()))?;
-            let store = shared.store();
-            for made in generated.one_time.iter().chain(&generated.last_resort) {
-                store.put_ephemeral_key(&made.leaf_key)?;
-            }
-            for leaf_key in &generated.retired_leaf_keys {
-                store.retire_ephemeral_key(leaf_key)?;
-            }
-            storage.save_deniable_inventory(&inventory)?;
-            step.commit()?;
-            Ok(Some(generated))
-        })
-        .await
-        .map_err(|e| Error::Storage(format!("deniable key-package generation: {e}")))??
-    };
-    let Some(generated) = generated else {
-        return Ok(remaining);
-    };
-    let one_time = generated
-        .one_time
-        .iter()
-        .map(|made| encode(&made.key_package))
-        .collect::<Result<Vec<_>, _>>()?;
-    let last_resort = generated
-        .last_resort
-        .as_ref()
-        .map(|made| encode(&made.key_package))
-        .transpose()?;
-    upload_deniable(&shared, one_time, last_resort).await
-}
-
 /// Check the pool now.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), Error>")]
@@ -226,8 +243,8 @@ impl Handler<Refill> for KeyPackageManager {
     fn handle(&mut self, _: Refill, _: &mut Self::Context) -> Self::Result {
         let shared = Arc::clone(&self.shared);
         let fut = async move {
-            let left = refill(Arc::clone(&shared)).await?;
-            let deniable_left = refill_deniable(shared).await?;
+            let left = refill(Arc::clone(&shared), Pool::Ordinary).await?;
+            let deniable_left = refill(shared, Pool::Deniable).await?;
             tracing::debug!(left, deniable_left, "key-package pools checked");
             Ok(())
         };

@@ -627,37 +627,33 @@ pub struct MemoryInventoryStore {
     deniable: std::sync::Mutex<KeyPackageInventory>,
 }
 
+impl MemoryInventoryStore {
+    fn slot(
+        slot: &std::sync::Mutex<KeyPackageInventory>,
+    ) -> std::sync::MutexGuard<'_, KeyPackageInventory> {
+        slot.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl KeyPackageInventoryStore for MemoryInventoryStore {
     type Error = std::convert::Infallible;
 
     fn load_inventory(&self) -> Result<KeyPackageInventory, Self::Error> {
-        Ok(self
-            .inventory
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone())
+        Ok(Self::slot(&self.inventory).clone())
     }
 
     fn save_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error> {
-        *self
-            .inventory
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = inventory.clone();
+        *Self::slot(&self.inventory) = inventory.clone();
         Ok(())
     }
+
     fn load_deniable_inventory(&self) -> Result<KeyPackageInventory, Self::Error> {
-        Ok(self
-            .deniable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone())
+        Ok(Self::slot(&self.deniable).clone())
     }
 
     fn save_deniable_inventory(&self, inventory: &KeyPackageInventory) -> Result<(), Self::Error> {
-        *self
-            .deniable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = inventory.clone();
+        *Self::slot(&self.deniable) = inventory.clone();
         Ok(())
     }
 }

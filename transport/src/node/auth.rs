@@ -17,6 +17,13 @@ pub fn upload_signed_bytes(
     let mut out = b"kith.v1.UploadKeyPackages\n".to_vec();
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
     out.extend_from_slice(installation.as_bytes());
+    push_package_digests(&mut out, one_time, last_resort);
+    out
+}
+
+/// `u32be(count) ‖ sha256 of each one-time package ‖ 0x00`, or `0x01 ‖
+/// sha256(last resort)`: how both kinds of upload cover their packages.
+fn push_package_digests(out: &mut Vec<u8>, one_time: &[Vec<u8>], last_resort: Option<&[u8]>) {
     out.extend_from_slice(&(one_time.len() as u32).to_be_bytes());
     for package in one_time {
         out.extend_from_slice(&Sha256::digest(package));
@@ -28,7 +35,6 @@ pub fn upload_signed_bytes(
             out.extend_from_slice(&Sha256::digest(package));
         }
     }
-    out
 }
 
 /// The signed bytes of a `FetchKeyPackages` request.
@@ -61,17 +67,7 @@ pub fn deniable_upload_bytes(
     out.extend_from_slice(&timestamp_ms.to_be_bytes());
     out.extend_from_slice(inbox.as_bytes());
     out.extend_from_slice(installation.as_bytes());
-    out.extend_from_slice(&(one_time.len() as u32).to_be_bytes());
-    for package in one_time {
-        out.extend_from_slice(&Sha256::digest(package));
-    }
-    match last_resort {
-        None => out.push(0),
-        Some(package) => {
-            out.push(1);
-            out.extend_from_slice(&Sha256::digest(package));
-        }
-    }
+    push_package_digests(&mut out, one_time, last_resort);
     out
 }
 

@@ -487,16 +487,9 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// Verify and store a key-package upload; returns the one-time packages
     /// the installation has left.
     pub async fn upload_key_packages(&self, upload: KeyPackageUpload) -> Result<usize, NodeError> {
-        let limits = self.config.limits;
-        let count = upload.one_time.len() + usize::from(upload.last_resort.is_some());
-        if count > limits.max_batch_key_packages {
-            return Err(NodeError::too_large(format!(
-                "{count} key packages in one upload; the limit is {}",
-                limits.max_batch_key_packages
-            )));
-        }
+        self.check_upload_size(upload.one_time.len(), upload.last_resort.is_some())?;
         let now_ms = self.clock.now_ms();
-        let window = u64::try_from(limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        let window = self.timestamp_window_ms();
         self.blocking(move |store| {
             let signed = auth::upload_signed_bytes(
                 upload.timestamp_ms,
@@ -514,39 +507,24 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             )?;
             let crypto = openmls_rust_crypto::RustCrypto::default();
             let mut identities = std::collections::HashMap::new();
-            let packages = upload
-                .one_time
-                .iter()
-                .map(|p| (p, false))
-                .chain(upload.last_resort.iter().map(|p| (p, true)));
-            for (i, (bytes, want_last_resort)) in packages.enumerate() {
-                check_uploaded_package(
-                    store,
-                    &crypto,
-                    &mut identities,
-                    bytes,
-                    &upload.installation,
-                    want_last_resort,
-                    now_ms / 1000,
-                )
-                .map_err(|e| match e {
-                    NodeError::InvalidArgument(m) => {
-                        NodeError::InvalidArgument(format!("key package {i}: {m}"))
-                    }
-                    other => other,
-                })?;
-            }
-            store
-                .add_key_packages(
-                    KeyPackagePool::Ordinary,
-                    &upload.installation,
-                    upload.one_time,
-                    upload.last_resort,
-                )
-                .map_err(internal)?;
-            store
-                .one_time_key_packages_left(KeyPackagePool::Ordinary, &upload.installation)
-                .map_err(internal)
+            check_and_store(
+                store,
+                KeyPackagePool::Ordinary,
+                &upload.installation,
+                upload.one_time,
+                upload.last_resort,
+                |bytes, want_last_resort| {
+                    check_uploaded_package(
+                        store,
+                        &crypto,
+                        &mut identities,
+                        bytes,
+                        &upload.installation,
+                        want_last_resort,
+                        now_ms / 1000,
+                    )
+                },
+            )
         })
         .await
     }
@@ -566,7 +544,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             )));
         }
         let now_ms = self.clock.now_ms();
-        let window = u64::try_from(limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        let window = self.timestamp_window_ms();
         let signed = auth::fetch_signed_bytes(
             fetch.timestamp_ms,
             &fetch.requester_inbox,
@@ -606,6 +584,21 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 .collect())
         })
         .await
+    }
+
+    fn timestamp_window_ms(&self) -> u64 {
+        u64::try_from(self.config.limits.timestamp_window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn check_upload_size(&self, one_time: usize, last_resort: bool) -> Result<(), NodeError> {
+        let limit = self.config.limits.max_batch_key_packages;
+        let count = one_time + usize::from(last_resort);
+        if count > limit {
+            return Err(NodeError::too_large(format!(
+                "{count} key packages in one upload; the limit is {limit}"
+            )));
+        }
+        Ok(())
     }
 
     /// Take `targets.len()` fetches from `requester`'s bucket and one per
@@ -680,16 +673,9 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         &self,
         upload: DeniableKeyPackageUpload,
     ) -> Result<usize, NodeError> {
-        let limits = self.config.limits;
-        let count = upload.one_time.len() + usize::from(upload.last_resort.is_some());
-        if count > limits.max_batch_key_packages {
-            return Err(NodeError::too_large(format!(
-                "{count} key packages in one upload; the limit is {}",
-                limits.max_batch_key_packages
-            )));
-        }
+        self.check_upload_size(upload.one_time.len(), upload.last_resort.is_some())?;
         let now_ms = self.clock.now_ms();
-        let window = u64::try_from(limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        let window = self.timestamp_window_ms();
         auth::check_timestamp(upload.timestamp_ms, now_ms, window)?;
         let macd = auth::deniable_upload_bytes(
             upload.timestamp_ms,
@@ -702,32 +688,16 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .await?;
         self.blocking(move |store| {
             let crypto = openmls_rust_crypto::RustCrypto::default();
-            let packages = upload
-                .one_time
-                .iter()
-                .map(|p| (p, false))
-                .chain(upload.last_resort.iter().map(|p| (p, true)));
-            for (i, (bytes, want_last_resort)) in packages.enumerate() {
-                check_deniable_package(&crypto, bytes, want_last_resort, now_ms / 1000).map_err(
-                    |e| match e {
-                        NodeError::InvalidArgument(m) => {
-                            NodeError::InvalidArgument(format!("key package {i}: {m}"))
-                        }
-                        other => other,
-                    },
-                )?;
-            }
-            store
-                .add_key_packages(
-                    KeyPackagePool::Deniable,
-                    &upload.installation,
-                    upload.one_time,
-                    upload.last_resort,
-                )
-                .map_err(internal)?;
-            store
-                .one_time_key_packages_left(KeyPackagePool::Deniable, &upload.installation)
-                .map_err(internal)
+            check_and_store(
+                store,
+                KeyPackagePool::Deniable,
+                &upload.installation,
+                upload.one_time,
+                upload.last_resort,
+                |bytes, want_last_resort| {
+                    check_deniable_package(&crypto, bytes, want_last_resort, now_ms / 1000)
+                },
+            )
         })
         .await
     }
@@ -740,8 +710,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         fetch: DeniableKeyPackageFetch,
     ) -> Result<Vec<FetchedKeyPackage>, NodeError> {
         let now_ms = self.clock.now_ms();
-        let window =
-            u64::try_from(self.config.limits.timestamp_window.as_millis()).unwrap_or(u64::MAX);
+        let window = self.timestamp_window_ms();
         auth::check_timestamp(fetch.timestamp_ms, now_ms, window)?;
         let macd = auth::deniable_fetch_bytes(
             fetch.timestamp_ms,
@@ -861,6 +830,37 @@ fn check_uploaded_package<S: NodeStore>(
         }));
     }
     Ok(())
+}
+
+/// Check every package of an upload with `check(bytes, want_last_resort)`,
+/// naming the first that fails, then store them all in `installation`'s
+/// `pool`; returns the one-time packages the pool holds.
+fn check_and_store<S: NodeStore>(
+    store: &S,
+    pool: KeyPackagePool,
+    installation: &InstallationId,
+    one_time: Vec<Vec<u8>>,
+    last_resort: Option<Vec<u8>>,
+    mut check: impl FnMut(&[u8], bool) -> Result<(), NodeError>,
+) -> Result<usize, NodeError> {
+    let packages = one_time
+        .iter()
+        .map(|p| (p, false))
+        .chain(last_resort.iter().map(|p| (p, true)));
+    for (i, (bytes, want_last_resort)) in packages.enumerate() {
+        check(bytes, want_last_resort).map_err(|e| match e {
+            NodeError::InvalidArgument(m) => {
+                NodeError::InvalidArgument(format!("key package {i}: {m}"))
+            }
+            other => other,
+        })?;
+    }
+    store
+        .add_key_packages(pool, installation, one_time, last_resort)
+        .map_err(internal)?;
+    store
+        .one_time_key_packages_left(pool, installation)
+        .map_err(internal)
 }
 
 fn check_deniable_package(
