@@ -11,14 +11,17 @@
 //! identity logs and real last-resort key packages on the node, but no
 //! client running for them, so that the benchmark measures the adder.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use criterion::Criterion;
 use kith::{
     Client, ClientConfig, Conversation, GroupOptions, InboxId, InstallationId, LocalNode,
     LocalWallet,
 };
-use kith_benches::{Backend as _, Member, Pair, Recorder, bench_recorded, key_packages};
+use kith_benches::{
+    Backend as _, Member, Pair, Recorder, bench_recorded, key_packages, registered_client,
+    unlimited_local_node,
+};
 use kith_engine::delivery::{Cursor, Topic};
 use kith_engine::identity::{
     DEFAULT_LIFETIME_SECS, InstallationKeys, UnsignedIdentityUpdate, generate_key_package,
@@ -26,7 +29,7 @@ use kith_engine::identity::{
 use kith_storage::SledNodeStore;
 use kith_transport::{
     client::DeliveryClient as _,
-    node::{BucketLimit, KeyPackageUpload, NodeConfig, NodeLimits, NodeLogic, upload_signed_bytes},
+    node::{KeyPackageUpload, upload_signed_bytes},
 };
 use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -42,20 +45,7 @@ fn now_ms() -> u64 {
 type Node = LocalNode<SledNodeStore>;
 
 fn node(dir: &std::path::Path) -> Node {
-    let unlimited = BucketLimit {
-        burst: 1_000_000,
-        per_minute: 1_000_000,
-    };
-    let config = NodeConfig {
-        node_id: 1,
-        limits: NodeLimits {
-            fetch_per_requester: unlimited,
-            fetch_per_target: unlimited,
-            ..NodeLimits::default()
-        },
-    };
-    let store = SledNodeStore::open(dir.join("node")).expect("node store");
-    LocalNode::new(Arc::new(NodeLogic::new(config, store)))
+    unlimited_local_node(dir)
 }
 
 /// An inbox with one installation and a last-resort key package on the
@@ -97,20 +87,7 @@ async fn virtual_member(node: &Node) -> (InboxId, InstallationId) {
 }
 
 async fn client(dir: &std::path::Path, name: &str, node: &Node) -> Client {
-    let client = Client::builder()
-        .wallet(LocalWallet::generate(&mut rand_core::OsRng))
-        .data_dir(dir.join(name))
-        .node(node.clone())
-        .config(ClientConfig {
-            sync_interval: Duration::from_secs(3600),
-            discovery_before_send: Duration::from_secs(3600),
-            ..ClientConfig::default()
-        })
-        .build()
-        .await
-        .expect("client");
-    client.register().await.expect("register");
-    client
+    registered_client(dir, name, node, ClientConfig::default()).await
 }
 
 fn main() {

@@ -1,7 +1,9 @@
 //! Time to the first verified message of a DM: deniable against
-//! non-repudiable, on the engine with sled stores, and raw OpenMLS as the
-//! baseline, in one run.
+//! non-repudiable, and raw OpenMLS as the baseline, in one run, at two
+//! levels: the engine with sled stores and in-process delivery, and the
+//! client end to end.
 //!
+//! **Engine.**
 //! Measured from the creator's `Group::create` until the peer holds the
 //! creator's first message as verified: the commit that adds the peer, its
 //! Welcome, the join, and (deniable only) both bindings, each checked at
@@ -11,11 +13,25 @@
 //! starts (it comes from the pool on the node). The raw-OpenMLS baseline
 //! creates a group, adds the peer, joins it from the Welcome and sends one
 //! message, on `openmls_memory_storage`.
+//!
+//! **Client end to end.** Two fresh registered clients (actors, sled
+//! stores, a `LocalNode` on sled; made before the clock starts), then from
+//! `find_or_create_dm_with` until the peer's client shows the first message
+//! as verified: the deniable key-package fetch (MACed) or the ordinary
+//! one, the commit and Welcome through the node, and each side syncing in
+//! turn. In a deniable DM that takes one more round: the creator must see
+//! the peer's binding before its held message goes out.
 
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
-use kith_benches::{Backend as _, Pair, Recorder};
+use std::path::Path;
+
+use criterion::{Criterion, SamplingMode};
+use kith::ClientConfig;
+use kith_benches::{
+    Backend as _, Recorder, bench_timed, median, raw_first_message, registered_client,
+    unlimited_local_node,
+};
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
@@ -23,15 +39,16 @@ use kith_engine::{
         PolicyPreset,
     },
     identity::{
-        DEFAULT_LIFETIME_SECS, DmMode, InboxId, InstallationKeys, LocalWallet,
+        DEFAULT_LIFETIME_SECS, DmMode, InboxId, InstallationKeys, KeyPackagePolicy, LocalWallet,
         UnsignedIdentityUpdate, generate_deniable_key_package, generate_key_package,
     },
 };
 use kith_storage::{KithProvider, SledMlsStorage, StorageConfig};
 use openmls::prelude::{MlsMessageOut, OpenMlsProvider as _, tls_codec::Serialize as _};
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng as _;
+
+type Node = kith::LocalNode<kith_storage::SledNodeStore>;
 
 /// Key-package lifetimes are checked against the system clock.
 #[allow(clippy::disallowed_methods)]
@@ -278,19 +295,59 @@ fn wire(key_package: openmls::prelude::KeyPackage) -> Vec<u8> {
         .expect("serialize")
 }
 
-/// The raw-OpenMLS baseline: create, add one member, join from the
-/// Welcome, one message across, on memory storage.
-fn raw(seed: u64) -> Duration {
-    let id = seed.to_be_bytes();
+/// One run through the client: a fresh pair of registered clients on
+/// `node` (not timed), then the time from `find_or_create_dm_with` until
+/// the peer's client holds the creator's first message as verified, each
+/// side syncing in turn as an application would on a push.
+async fn client_first_verified_message(
+    node: &Node,
+    dir: &Path,
+    run: u64,
+    mode: DmMode,
+) -> Duration {
+    // Small pools: each run makes new clients, and filling the default
+    // pools of 100 would dominate the set-up.
+    let pools = KeyPackagePolicy {
+        target_pool: 4,
+        refill_below: 2,
+        ..KeyPackagePolicy::default()
+    };
+    let config = ClientConfig {
+        key_packages: pools,
+        deniable_key_packages: pools,
+        ..ClientConfig::default()
+    };
+    let alice = registered_client(dir, &format!("alice-{run}"), node, config.clone()).await;
+    let bob = registered_client(dir, &format!("bob-{run}"), node, config).await;
     let start = Instant::now();
-    let mut pair = Pair::new(
-        OpenMlsRustCrypto::default(),
-        OpenMlsRustCrypto::default(),
-        &id,
-        &[],
-    );
-    pair.message_round_trip(b"hello");
-    start.elapsed()
+    let dm = alice
+        .find_or_create_dm_with(bob.inbox_id(), mode)
+        .await
+        .expect("dm");
+    dm.send_text("hello").await.expect("send");
+    let mut rounds = 0;
+    loop {
+        bob.sync().await.expect("sync");
+        if let Ok(view) = bob.conversation(dm.id()).await
+            && view
+                .messages()
+                .await
+                .expect("messages")
+                .first()
+                .is_some_and(|m| m.verified)
+        {
+            break;
+        }
+        dm.sync().await.expect("sync");
+        rounds += 1;
+        assert!(rounds < 50, "the first message never arrived verified");
+    }
+    let elapsed = start.elapsed();
+    // Shutting down closes the stores, which no handle may still hold.
+    drop(dm);
+    alice.shutdown().await.expect("shutdown");
+    bob.shutdown().await.expect("shutdown");
+    elapsed
 }
 
 fn main() {
@@ -302,52 +359,94 @@ fn main() {
         seed += 1;
         seed
     };
-    let mut bench = |backend: &str, run: &mut dyn FnMut() -> Duration| {
-        c.benchmark_group(operation)
+    {
+        let mut group = c.benchmark_group(operation);
+        group
             .sample_size(20)
-            .measurement_time(Duration::from_secs(6))
-            .bench_function(backend, |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += run();
-                    }
-                    recorder.record(operation, backend, total, iters);
-                    total
-                });
-            });
+            .measurement_time(Duration::from_secs(6));
+        let mut bench = |backend: &str, run: &mut dyn FnMut() -> Duration| {
+            bench_timed(&mut group, &recorder, (operation, backend), run);
+        };
+        bench("raw OpenMLS", &mut || raw_first_message(next()));
+        bench("kith non-repudiable", &mut || {
+            first_verified_message(next(), DmMode::NonRepudiable)
+        });
+        bench("kith deniable", &mut || {
+            first_verified_message(next(), DmMode::Deniable)
+        });
+    }
+
+    // End to end through the client: actors, sled stores, a LocalNode on
+    // sled. Each run makes two clients first (not timed), so criterion is
+    // held to one run per sample.
+    let client_operation = "first verified message, client end to end";
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let node = unlimited_local_node(dir.path());
+    let mut run = 0u64;
+    let mut client_run = |mode| {
+        run += 1;
+        rt.block_on(client_first_verified_message(&node, dir.path(), run, mode))
     };
-    bench("raw OpenMLS", &mut || raw(next()));
-    bench("kith non-repudiable", &mut || {
-        first_verified_message(next(), DmMode::NonRepudiable)
-    });
-    bench("kith deniable", &mut || {
-        first_verified_message(next(), DmMode::Deniable)
-    });
+    {
+        let mut group = c.benchmark_group(client_operation);
+        group
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_millis(10));
+        bench_timed(
+            &mut group,
+            &recorder,
+            (client_operation, "raw OpenMLS"),
+            || raw_first_message(next()),
+        );
+        for (backend, mode) in [
+            ("kith non-repudiable", DmMode::NonRepudiable),
+            ("kith deniable", DmMode::Deniable),
+        ] {
+            bench_timed(&mut group, &recorder, (client_operation, backend), || {
+                client_run(mode)
+            });
+        }
+    }
     recorder.print_ratios("raw OpenMLS");
 
     // Paired: the two modes in alternation, so that drift on a shared
     // machine falls on both.
-    let rounds = 40;
-    let (mut deniable, mut plain) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let s = 1_000_000 + round;
-        if round % 2 == 0 {
-            deniable.push(first_verified_message(s, DmMode::Deniable));
-            plain.push(first_verified_message(s, DmMode::NonRepudiable));
-        } else {
-            plain.push(first_verified_message(s, DmMode::NonRepudiable));
-            deniable.push(first_verified_message(s, DmMode::Deniable));
+    let paired = |rounds: u64, run: &mut dyn FnMut(u64, DmMode) -> Duration| {
+        let (mut deniable, mut plain) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                deniable.push(run(round, DmMode::Deniable));
+                plain.push(run(round, DmMode::NonRepudiable));
+            } else {
+                plain.push(run(round, DmMode::NonRepudiable));
+                deniable.push(run(round, DmMode::Deniable));
+            }
         }
-    }
-    deniable.sort();
-    plain.sort();
-    let (d, p) = (deniable[rounds as usize / 2], plain[rounds as usize / 2]);
-    println!(
-        "\npaired medians over {rounds} rounds: deniable {:.2} ms, non-repudiable {:.2} ms, \
-         ratio {:.2}x",
-        d.as_secs_f64() * 1e3,
-        p.as_secs_f64() * 1e3,
-        d.as_secs_f64() / p.as_secs_f64()
+        (median(&mut deniable), median(&mut plain))
+    };
+    let report = |what: &str, rounds: u64, (d, p): (Duration, Duration)| {
+        println!(
+            "paired medians, {what}, over {rounds} rounds: deniable {:.2} ms, \
+             non-repudiable {:.2} ms, ratio {:.2}x",
+            d.as_secs_f64() * 1e3,
+            p.as_secs_f64() * 1e3,
+            d.as_secs_f64() / p.as_secs_f64()
+        );
+    };
+    println!();
+    report(
+        "engine",
+        40,
+        paired(40, &mut |round, mode| {
+            first_verified_message(1_000_000 + round, mode)
+        }),
+    );
+    report(
+        "client end to end",
+        16,
+        paired(16, &mut |_, mode| client_run(mode)),
     );
 }

@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use kith_benches::{Backend as _, Pair, Recorder, key_packages};
+use kith_benches::{Backend as _, Pair, Recorder, bench_timed, key_packages, median};
 use kith_engine::{delivery::Envelope, group::IntentKind};
 use kith_sim::{client::Client, world::World};
 use openmls::prelude::{
@@ -214,21 +214,13 @@ fn timed(
     recorder: &Recorder,
     operation: &str,
     backend: &str,
-    mut run: impl FnMut() -> Duration,
+    run: impl FnMut() -> Duration,
 ) {
-    c.benchmark_group(operation)
+    let mut group = c.benchmark_group(operation);
+    group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(4))
-        .bench_function(backend, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += run();
-                }
-                recorder.record(operation, backend, total, iters);
-                total
-            });
-        });
+        .measurement_time(Duration::from_secs(4));
+    bench_timed(&mut group, recorder, (operation, backend), run);
 }
 
 /// Rounds of the paired measurement.
@@ -252,11 +244,6 @@ fn paired(scenario: &Scenario, k: usize) -> (Duration, Duration) {
         }
     }
     (median(&mut replay), median(&mut direct))
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }
 
 /// The name filter given on the command line (criterion's), if any.

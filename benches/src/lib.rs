@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use criterion::Criterion;
+use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 
 use kith_storage::KithProvider;
 use openmls::prelude::{tls_codec::Deserialize as _, *};
@@ -285,6 +285,93 @@ pub fn bench_recorded(
                 elapsed
             });
         });
+}
+
+/// Benchmark `run` as `operation`/`backend` in `group` (configured by the
+/// caller), where `run` performs one iteration and returns the time it
+/// measured itself, so that set-up inside it is not counted. Records the
+/// samples, as [`bench_recorded`] does.
+pub fn bench_timed(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    recorder: &Recorder,
+    (operation, backend): (&str, &str),
+    mut run: impl FnMut() -> Duration,
+) {
+    group.bench_function(backend, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += run();
+            }
+            recorder.record(operation, backend, total, iters);
+            total
+        });
+    });
+}
+
+/// The raw-OpenMLS baseline of a DM's first message: create a group, add
+/// one member, join from the Welcome, one message across, on
+/// `openmls_memory_storage`. `seed` makes the group id.
+pub fn raw_first_message(seed: u64) -> Duration {
+    let start = Instant::now();
+    let mut pair = Pair::new(
+        OpenMlsRustCrypto::default(),
+        OpenMlsRustCrypto::default(),
+        &seed.to_be_bytes(),
+        &[],
+    );
+    pair.message_round_trip(b"hello");
+    start.elapsed()
+}
+
+/// The median of `times` (sorting them).
+pub fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// A `LocalNode` over a sled store in `dir`, with the key-package fetch
+/// rate limits lifted: benchmarks fetch far faster than people do.
+pub fn unlimited_local_node(dir: &std::path::Path) -> kith::LocalNode<kith_storage::SledNodeStore> {
+    use kith_transport::node::{BucketLimit, NodeConfig, NodeLimits, NodeLogic};
+    let unlimited = BucketLimit {
+        burst: 1_000_000,
+        per_minute: 1_000_000,
+    };
+    let config = NodeConfig {
+        node_id: 1,
+        limits: NodeLimits {
+            fetch_per_requester: unlimited,
+            fetch_per_target: unlimited,
+            ..NodeLimits::default()
+        },
+    };
+    let store = kith_storage::SledNodeStore::open(dir.join("node")).expect("node store");
+    kith::LocalNode::new(std::sync::Arc::new(NodeLogic::new(config, store)))
+}
+
+/// A registered client with a fresh wallet, its store at `dir/name`, on
+/// `node`, with background timers out of the way of the measurement.
+pub async fn registered_client(
+    dir: &std::path::Path,
+    name: &str,
+    node: &kith::LocalNode<kith_storage::SledNodeStore>,
+    config: kith::ClientConfig,
+) -> kith::Client {
+    let client = kith::Client::builder()
+        .wallet(kith::LocalWallet::generate(&mut rand_core::OsRng))
+        .data_dir(dir.join(name))
+        .node(node.clone())
+        .config(kith::ClientConfig {
+            sync_interval: Duration::from_secs(3600),
+            discovery_before_send: Duration::from_secs(3600),
+            ..config
+        })
+        .build()
+        .await
+        .expect("client");
+    client.register().await.expect("register");
+    client
 }
 
 /// Collects the times measured inside `iter_custom`, so that the ratio of
