@@ -320,6 +320,15 @@ impl Client {
                 )));
             }
         }
+        // Fetch the members' key packages before anything is created: a
+        // group, and above all a DM (which find_or_create_dm would then
+        // find), must not be left without the members it was made for.
+        let first = if members.is_empty() {
+            None
+        } else {
+            let deniable = new.kind == ConversationKind::Dm && new.dm_mode == DmMode::Deniable;
+            Some(self.shared().member_adds(&members, deniable).await?)
+        };
         let shared = Arc::clone(self.shared());
         let group_id = blocking(move || {
             shared.step(|| {
@@ -339,13 +348,8 @@ impl Client {
         self.shared().emit(Event::Joined {
             conversation: info.conversation.clone(),
         });
-        if !members.is_empty() {
-            // `create` fetched their identity logs just now.
-            addr.send(Change::AddMembers {
-                inboxes: members,
-                refresh: false,
-            })
-            .await??;
+        if let Some(first) = first {
+            addr.send(Change::Intent(first)).await??;
         }
         self.conversation(&info.conversation).await
     }

@@ -27,12 +27,10 @@ use futures::FutureExt as _;
 use kith_engine::{
     delivery::Topic,
     group::{
-        ConversationId, DeniableAdd, DmVerification, Group, GroupError, GroupEvent, IntentKind,
-        StoredMessage,
+        ConversationId, DmVerification, Group, GroupError, GroupEvent, IntentKind, StoredMessage,
     },
     identity::{InboxId, InstallationId},
 };
-use kith_transport::node::FetchedKeyPackage;
 use tracing::Instrument as _;
 
 use crate::{
@@ -458,81 +456,9 @@ impl GroupCore {
                 .refresh_identities(inboxes.iter().copied())
                 .await?;
         }
-        if self.apply(|group, _| Ok(group.is_deniable())).await? {
-            return self.add_deniable(inboxes).await;
-        }
-        let (targets, sequences) = {
-            let cache = self.shared.identities();
-            let mut targets = Vec::new();
-            let mut sequences = Vec::new();
-            for inbox in &inboxes {
-                let state = cache.state(inbox);
-                let active: Vec<InstallationId> = state
-                    .map(|s| s.active_installations().map(|(id, _)| *id).collect())
-                    .unwrap_or_default();
-                if active.is_empty() {
-                    return Err(Error::InvalidInput(format!(
-                        "{inbox} has no registered installations"
-                    )));
-                }
-                sequences.push((*inbox, state.map_or(0, |s| s.sequence())));
-                targets.extend(active);
-            }
-            (targets, sequences)
-        };
-        let fetched = self.shared.fetch_key_packages(targets).await?;
-        let key_packages: Vec<Vec<u8>> = fetched
-            .into_iter()
-            .filter_map(|f| f.key_package.map(|k| k.bytes))
-            .collect();
-        if key_packages.is_empty() {
-            return Err(Error::InvalidInput(
-                "none of the installations has a key package on the node".into(),
-            ));
-        }
-        self.change(IntentKind::AddMembers {
-            key_packages,
-            sequences,
-        })
-        .await
-    }
-
-    /// Add `inboxes` to a deniable DM from their deniable key packages, with
-    /// this inbox's other installations: every installation pair of the two
-    /// inboxes is bound (DESIGN.md section 8).
-    async fn add_deniable(&self, inboxes: Vec<InboxId>) -> Result<(), Error> {
-        let sequences = {
-            let cache = self.shared.identities();
-            inboxes
-                .iter()
-                .map(|inbox| (*inbox, cache.sequence(inbox)))
-                .collect()
-        };
-        let mut key_packages = Vec::new();
-        for inbox in &inboxes {
-            let before = key_packages.len();
-            key_packages.extend(deniable_adds(
-                self.shared.fetch_deniable_key_packages(*inbox).await?,
-            ));
-            if key_packages.len() == before {
-                return Err(Error::InvalidInput(format!(
-                    "no installation of {inbox} has a deniable key package on the node"
-                )));
-            }
-        }
-        // This inbox's other installations join too; one without a package
-        // yet is not a reason to keep the peer waiting.
-        let own = self.shared.inbox;
-        if !inboxes.contains(&own) {
-            key_packages.extend(deniable_adds(
-                self.shared.fetch_deniable_key_packages(own).await?,
-            ));
-        }
-        self.change(IntentKind::AddDeniable {
-            key_packages,
-            sequences,
-        })
-        .await
+        let deniable = self.apply(|group, _| Ok(group.is_deniable())).await?;
+        let kind = self.shared.member_adds(&inboxes, deniable).await?;
+        self.change(kind).await
     }
 
     /// Bring the group's installations in line with the identity logs.
@@ -791,6 +717,8 @@ impl Change {
         match self {
             Change::AddMembers { .. } => "add members",
             Change::Reconcile { .. } => "reconcile installations",
+            Change::Intent(IntentKind::AddMembers { .. }) => "add members",
+            Change::Intent(IntentKind::AddDeniable { .. }) => "add to a deniable DM",
             Change::Intent(IntentKind::RemoveMembers { .. }) => "remove members",
             Change::Intent(IntentKind::UpdateAttributes { .. }) => "update attributes",
             Change::Intent(IntentKind::UpdateAdmins { .. }) => "update admins",
@@ -882,15 +810,4 @@ impl Handler<Restarts> for GroupActor {
     fn handle(&mut self, _: Restarts, _: &mut Self::Context) -> u64 {
         self.core.restarts.load(Ordering::SeqCst)
     }
-}
-
-/// The fetched deniable packages, each with the installation the node
-/// handed it out for (the Welcome goes to that installation).
-fn deniable_adds(fetched: Vec<FetchedKeyPackage>) -> impl Iterator<Item = DeniableAdd> {
-    fetched.into_iter().filter_map(|f| {
-        f.key_package.map(|k| DeniableAdd {
-            installation: f.installation,
-            key_package: k.bytes,
-        })
-    })
 }

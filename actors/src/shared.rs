@@ -9,7 +9,7 @@ use std::{
 };
 
 use kith_engine::{
-    group::{ClientStore, GroupError, IdentityCache, Me},
+    group::{ClientStore, DeniableAdd, GroupError, IdentityCache, IntentKind, Me},
     identity::{InboxId, InstallationId, InstallationKeys, KeyPackagePolicy},
 };
 use kith_storage::{KithProvider, SledMlsStorage};
@@ -250,4 +250,88 @@ impl Shared {
         };
         Ok(self.node.fetch_deniable_key_packages(fetch).await?)
     }
+
+    /// The intent that adds `inboxes` (all their active installations, as
+    /// the cache knows them) to a group or DM: their key packages, fetched
+    /// now, and the log sequences to record. For a deniable DM
+    /// (`deniable`), their deniable packages and this inbox's, so that its
+    /// other installations join too and every installation pair is bound.
+    /// Fails, having changed nothing but the node's pools, if an inbox has
+    /// no installation with a package.
+    pub(crate) async fn member_adds(
+        &self,
+        inboxes: &[InboxId],
+        deniable: bool,
+    ) -> Result<IntentKind, Error> {
+        let (targets, sequences) = {
+            let cache = self.identities();
+            let mut targets = Vec::new();
+            let mut sequences = Vec::new();
+            for inbox in inboxes {
+                let state = cache.state(inbox);
+                let active: Vec<InstallationId> = state
+                    .map(|s| s.active_installations().map(|(id, _)| *id).collect())
+                    .unwrap_or_default();
+                if active.is_empty() {
+                    return Err(Error::InvalidInput(format!(
+                        "{inbox} has no registered installations"
+                    )));
+                }
+                sequences.push((*inbox, state.map_or(0, |s| s.sequence())));
+                targets.extend(active);
+            }
+            (targets, sequences)
+        };
+        if !deniable {
+            let key_packages: Vec<Vec<u8>> = self
+                .fetch_key_packages(targets)
+                .await?
+                .into_iter()
+                .filter_map(|f| f.key_package.map(|k| k.bytes))
+                .collect();
+            if key_packages.is_empty() {
+                return Err(Error::InvalidInput(
+                    "none of the installations has a key package on the node".into(),
+                ));
+            }
+            return Ok(IntentKind::AddMembers {
+                key_packages,
+                sequences,
+            });
+        }
+        let mut key_packages = Vec::new();
+        for inbox in inboxes {
+            let before = key_packages.len();
+            key_packages.extend(deniable_adds(
+                self.fetch_deniable_key_packages(*inbox).await?,
+            ));
+            if key_packages.len() == before {
+                return Err(Error::InvalidInput(format!(
+                    "no installation of {inbox} has a deniable key package on the node"
+                )));
+            }
+        }
+        // This inbox's other installations join too; one without a package
+        // yet is not a reason to keep the peer waiting.
+        if !inboxes.contains(&self.inbox) {
+            key_packages.extend(deniable_adds(
+                self.fetch_deniable_key_packages(self.inbox).await?,
+            ));
+        }
+        Ok(IntentKind::AddDeniable {
+            key_packages,
+            sequences,
+        })
+    }
+}
+
+/// The fetched deniable packages, each with the installation the node
+/// handed it out for (the Welcome goes to that installation).
+fn deniable_adds(fetched: Vec<FetchedKeyPackage>) -> impl Iterator<Item = DeniableAdd> {
+    fetched.into_iter().filter_map(|f| {
+        f.key_package.map(|k| DeniableAdd {
+            installation: f.installation,
+            key_package: k.bytes,
+        })
+    })
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::{Net, texts, wallet};
 use futures::StreamExt as _;
-use kith::{Client, Conversation, DmMode, DmVerification, Event};
+use kith::{Client, Conversation, DmMode, DmVerification, Error, Event};
+use kith_engine::identity::{InstallationKeys, UnsignedIdentityUpdate};
+use kith_transport::client::DeliveryClient as _;
 
 /// Sync every client until `done` holds (bindings take a few round trips).
 async fn until<F, Fut>(clients: &[&Client], what: &str, mut done: F)
@@ -165,4 +167,36 @@ async fn a_non_repudiable_dm_is_chosen_explicitly_and_needs_no_bindings() {
         .expect("group");
     assert_eq!(group.dm_mode().await.expect("mode"), None);
     assert_eq!(group.verification().await.expect("verification"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_with_a_peer_without_key_packages_fails_and_leaves_nothing() {
+    let net = Net::new();
+    let alice = net.client("alice", &wallet()).await;
+    // Bob's installation is in his identity log, but it never uploaded a
+    // key package of either kind (an old client, say).
+    let bw = wallet();
+    let keys = InstallationKeys::generate(&mut rand_core::OsRng);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let update = UnsignedIdentityUpdate::add_installation(bw.inbox_id(), &keys, 1, now_ms);
+    let signature = bw.sign_personal(update.signature_text().as_bytes());
+    net.node
+        .publish_identity_update(update.sign(signature, Some(&keys)))
+        .await
+        .expect("register bob's installation");
+
+    for mode in [DmMode::Deniable, DmMode::NonRepudiable] {
+        let refused = alice.find_or_create_dm_with(bw.inbox_id(), mode).await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidInput(m)) if m.contains("key package")),
+            "{mode:?}: {refused:?}"
+        );
+    }
+    assert!(
+        alice.conversations().await.expect("list").is_empty(),
+        "no half-made DM is left for find_or_create_dm to find"
+    );
 }
