@@ -11,7 +11,8 @@ use std::{
 };
 
 use common::{joined, texts, wallet};
-use kith::{Client, ClientConfig, GroupOptions, LocalWallet};
+use kith::{Client, ClientConfig, DmVerification, GroupOptions, GrpcClient, LocalWallet};
+use kith_transport::client::DeliveryClient as _;
 
 /// The `kith-node` binary of this workspace's target directory, built if
 /// it is not there yet (e.g. when only this crate's tests run).
@@ -138,4 +139,61 @@ async fn a_group_conversation_over_the_kith_node_binary() {
     let carol_sees = texts(&carol_group).await;
     assert!(!carol_sees.iter().any(|t| t == "after carol left"));
     assert!(!carol_group.is_active().await.expect("state"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deniable_dm_over_the_kith_node_binary() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let node = start_node(&dir.path().join("node"));
+    let (aw, bw) = (wallet(), wallet());
+    let alice = client(dir.path(), "alice", &aw, &node.url).await;
+    let bob = client(dir.path(), "bob", &bw, &node.url).await;
+
+    // Deniable by default: packages fetched by inbox with a MAC keyed with
+    // the node's static key, which the client read from GetNodeInfo.
+    let dm = alice.find_or_create_dm(bw.inbox_id()).await.expect("dm");
+    dm.send_text("deniably yours").await.expect("send");
+    let mut arrived = false;
+    for _ in 0..50 {
+        bob.sync().await.expect("sync");
+        alice.sync().await.expect("sync");
+        if let Ok(view) = bob.conversation(dm.id()).await
+            && view
+                .messages()
+                .await
+                .expect("messages")
+                .first()
+                .is_some_and(|m| m.verified && m.text() == Some("deniably yours"))
+        {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "Bob never held Alice's message, verified");
+    assert_eq!(
+        dm.verification().await.expect("verification"),
+        Some(DmVerification::Verified)
+    );
+}
+
+#[tokio::test]
+async fn the_node_keeps_its_static_key_across_restarts() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("node");
+    let static_key = |url: String| async move {
+        GrpcClient::connect_lazy(&url)
+            .expect("client")
+            .node_info()
+            .await
+            .expect("node info")
+            .static_key
+    };
+    let first = {
+        let node = start_node(&data);
+        static_key(node.url.clone()).await
+        // Dropping the node kills the process.
+    };
+    let node = start_node(&data);
+    assert_eq!(static_key(node.url.clone()).await, first);
+    assert_ne!(first, [0; 32]);
 }
