@@ -5,9 +5,10 @@
 mod common;
 
 use kith_engine::identity::{
-    CIPHERSUITE, IdentityState, InstallationKeys, InstallationStore, KeyPackageInventoryStore,
-    KeyPackagePolicy, LocalWallet, UnsignedIdentityUpdate, execute_deniable_plan, execute_plan,
-    generate_key_package, kith_capabilities, kith_credential,
+    CIPHERSUITE, EphemeralKey, IdentityState, InstallationKeys, InstallationStore,
+    KeyPackageInventoryStore, KeyPackagePolicy, LocalWallet, UnsignedIdentityUpdate,
+    deniable_capabilities, execute_deniable_plan, execute_plan, generate_key_package,
+    kith_capabilities, kith_credential, pseudonym_credential,
     test_suite::{installation_store_suite, inventory_store_suite},
 };
 use kith_storage::{EntryKind, KithProvider, SledMlsStorage};
@@ -108,16 +109,28 @@ impl Client {
 /// Alice adds `key_package` to a new group; Bob processes the Welcome in a
 /// step.
 fn welcome_bob(alice: &Client, bob: &Client, key_package: KeyPackage) -> MlsGroup {
-    let mut group = MlsGroup::builder()
+    let group = MlsGroup::builder()
         .ciphersuite(CIPHERSUITE)
         .with_capabilities(kith_capabilities())
         .use_ratchet_tree_extension(true)
         .build(&alice.provider, &alice.keys, alice.credential())
         .expect("create group");
+    welcome_into(group, &alice.provider, &alice.keys, bob, key_package)
+}
+
+/// `group`'s creator adds `key_package`; Bob processes the Welcome in a
+/// step.
+fn welcome_into(
+    mut group: MlsGroup,
+    provider: &KithProvider,
+    signer: &impl openmls_traits::signatures::Signer,
+    bob: &Client,
+    key_package: KeyPackage,
+) -> MlsGroup {
     let (_, welcome, _) = group
-        .add_members(&alice.provider, &alice.keys, &[key_package])
+        .add_members(provider, signer, &[key_package])
         .expect("add bob");
-    group.merge_pending_commit(&alice.provider).expect("merge");
+    group.merge_pending_commit(provider).expect("merge");
     let welcome =
         MlsMessageIn::tls_deserialize_exact(welcome.to_bytes().expect("serialise").as_slice())
             .expect("parse")
@@ -270,6 +283,7 @@ fn the_deniable_pool_rotates_and_deletes_its_last_resort_keys_like_the_ordinary_
 
     let (_, made) = run(t0);
     assert_eq!(made.one_time.len(), 3);
+    let alice = Client::new(dir.path(), "alice", 7);
     let last_resort = made.last_resort.expect("a deniable last-resort package");
     assert!(last_resort.key_package.last_resort());
     assert_eq!(bob.key_packages_stored(), 4, "HPKE keys of all four");
@@ -288,6 +302,35 @@ fn the_deniable_pool_rotates_and_deletes_its_last_resort_keys_like_the_ordinary_
         .map(|m| m.leaf_key.public_key())
         .collect();
     assert_eq!(leaf_keys.len(), 4, "a fresh leaf key per package");
+
+    // A Welcome for a one-time deniable package deletes its HPKE keys, as
+    // for ordinary packages. (Its leaf key becomes the DM's signing key.)
+    let alice_key = EphemeralKey::generate(&mut ChaCha20Rng::seed_from_u64(8));
+    let deniable_group = MlsGroup::builder()
+        .ciphersuite(CIPHERSUITE)
+        .with_capabilities(deniable_capabilities())
+        .use_ratchet_tree_extension(true)
+        .build(
+            &alice.provider,
+            &alice_key,
+            CredentialWithKey {
+                credential: pseudonym_credential(&mut ChaCha20Rng::seed_from_u64(9)),
+                signature_key: alice_key.public_key().to_vec().into(),
+            },
+        )
+        .expect("a deniable group");
+    welcome_into(
+        deniable_group,
+        &alice.provider,
+        &alice_key,
+        &bob,
+        made.one_time[0].key_package.clone(),
+    );
+    assert_eq!(
+        bob.key_packages_stored(),
+        3,
+        "the used one-time key is gone"
+    );
 
     let hash_ref = last_resort
         .key_package
