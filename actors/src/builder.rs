@@ -229,13 +229,17 @@ impl ClientBuilder {
             Some(window) => u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             None => node.node_info().await?.settle_window_ms,
         };
-        let rewind = kith_engine::group::RewindPolicy {
-            max_rewind: self.config.max_rewind,
-            settle_window_ms,
-            propose_first: self.config.propose_first,
-            proposal_wait_ms: u64::try_from(self.config.proposal_wait.as_millis())
-                .unwrap_or(u64::MAX),
-            ..kith_engine::group::RewindPolicy::default()
+        let group_config = kith_engine::group::GroupConfig {
+            rewind: kith_engine::group::RewindPolicy {
+                max_rewind: self.config.max_rewind,
+                settle_window_ms,
+            },
+            proposals: kith_engine::group::ProposalPolicy {
+                propose_first: self.config.propose_first,
+                proposal_wait_ms: u64::try_from(self.config.proposal_wait.as_millis())
+                    .unwrap_or(u64::MAX),
+            },
+            ..kith_engine::group::GroupConfig::default()
         };
         let shared = Arc::new(Shared {
             provider,
@@ -244,7 +248,7 @@ impl ClientBuilder {
             node,
             identities: std::sync::RwLock::new(identities),
             events,
-            rewind,
+            group_config,
             config: self.config,
             node_key: tokio::sync::OnceCell::new(),
         });

@@ -133,7 +133,7 @@ impl GroupCore {
             let loaded = Group::load(&shared.provider, shared.storage(), &self.group_id)
                 .map_err(|e| Failure::Fatal(e.into()))?
                 .map(|mut group| {
-                    group.set_rewind_policy(shared.rewind);
+                    group.set_config(shared.group_config);
                     group
                 });
             *slot = Some(loaded.ok_or_else(|| {
@@ -370,7 +370,7 @@ impl GroupCore {
             });
             match (result, need) {
                 (Ok(Some(mut group)), _) => {
-                    group.set_rewind_policy(shared.rewind);
+                    group.set_config(shared.group_config);
                     let conversation = group.conversation_id();
                     while let Some(event) = group.poll_event() {
                         self.observe(&conversation, event);

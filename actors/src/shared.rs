@@ -95,8 +95,9 @@ pub(crate) struct Shared {
     pub(crate) node: Arc<dyn DeliveryClient>,
     pub(crate) identities: RwLock<IdentityCache>,
     pub(crate) events: broadcast::Sender<Event>,
-    /// The rollback policy every group runs with.
-    pub(crate) rewind: kith_engine::group::RewindPolicy,
+    /// The configuration every group runs with (rollback, proposals,
+    /// fork healing).
+    pub(crate) group_config: kith_engine::group::GroupConfig,
     pub(crate) config: ClientConfig,
     /// The node's static X25519 key, asked for once.
     pub(crate) node_key: tokio::sync::OnceCell<[u8; 32]>,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kith_engine::{
     delivery::{Envelope, Topic},
-    group::{ClientStore, Group, GroupError, GroupEvent, IdentityCache, Me, RewindPolicy},
+    group::{ClientStore, Group, GroupConfig, GroupError, GroupEvent, IdentityCache, Me},
     identity::{InboxId, InstallationKeys},
 };
 use kith_storage::{Codec, Durability, KithProvider, SledMlsStorage, StorageConfig, StorageError};
@@ -140,7 +140,7 @@ impl Client {
         let policy = self
             .group
             .as_ref()
-            .map_or_else(RewindPolicy::default, Group::rewind_policy);
+            .map_or_else(GroupConfig::default, Group::config);
         copy.reload(policy)?;
         Ok(copy)
     }
@@ -188,7 +188,7 @@ impl Client {
                 Ok(value)
             }
             Err(e) => {
-                self.reload(RewindPolicy::default())?;
+                self.reload(GroupConfig::default())?;
                 Err(e)
             }
         }
@@ -196,14 +196,14 @@ impl Client {
 
     /// Reload the group from the store (after a discarded step or a
     /// restart), keeping `policy` (or the loaded group's).
-    pub fn reload(&mut self, fallback: RewindPolicy) -> Result<(), StepError> {
-        let policy = self.group.as_ref().map_or(fallback, Group::rewind_policy);
+    pub fn reload(&mut self, fallback: GroupConfig) -> Result<(), StepError> {
+        let policy = self.group.as_ref().map_or(fallback, Group::config);
         let Some(group_id) = self.group_id.clone() else {
             return Ok(());
         };
         let mut group = Group::load(&self.provider, self.storage(), &group_id)?
             .ok_or(StepError::Group(GroupError::NotMember))?;
-        group.set_rewind_policy(policy);
+        group.set_config(policy);
         self.group = Some(group);
         Ok(())
     }
@@ -229,7 +229,7 @@ impl Client {
         &mut self,
         identities: &IdentityCache,
         payload: &[u8],
-        policy: RewindPolicy,
+        policy: GroupConfig,
         now: u64,
     ) -> Result<bool, StepError> {
         self.join_with(policy, |provider, storage, me| {
@@ -242,7 +242,7 @@ impl Client {
     pub fn rejoin_deferred(
         &mut self,
         identities: &IdentityCache,
-        policy: RewindPolicy,
+        policy: GroupConfig,
         now: u64,
     ) -> Result<bool, StepError> {
         let Some(group_id) = self.group_id.clone() else {
@@ -257,7 +257,7 @@ impl Client {
     /// client's.
     fn join_with(
         &mut self,
-        policy: RewindPolicy,
+        policy: GroupConfig,
         join: impl FnOnce(&KithProvider, &SledMlsStorage, Me<'_>) -> Result<Option<Group>, GroupError>,
     ) -> Result<bool, StepError> {
         let provider = &self.provider;
@@ -271,7 +271,7 @@ impl Client {
     }
 
     /// Take a group just joined (if any) as this client's.
-    fn adopt(&mut self, joined: Option<Group>, policy: RewindPolicy) -> bool {
+    fn adopt(&mut self, joined: Option<Group>, policy: GroupConfig) -> bool {
         let Some(mut group) = joined else {
             return false;
         };
@@ -279,7 +279,7 @@ impl Client {
         // Welcome's cursor, as a fresh member would.
         self.read
             .remove(&Topic::Group(group.group_id().to_vec()).to_string());
-        group.set_rewind_policy(policy);
+        group.set_config(policy);
         while let Some(event) = group.poll_event() {
             self.events.push(event);
         }
@@ -290,7 +290,7 @@ impl Client {
     }
 
     /// The retained snapshots' ring entries of the group.
-    pub fn snapshots(&self) -> Vec<kith_engine::group::rewind::EpochSnapshot> {
+    pub fn snapshots(&self) -> Vec<kith_engine::group::records::EpochSnapshot> {
         self.group_id
             .as_ref()
             .and_then(|g| ClientStore(self.storage()).snapshots(g).ok())

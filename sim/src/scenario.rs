@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupEvent,
-        IdentityCache, IntentKind, NewGroup, Outbound, PolicyPreset, RewindPolicy,
+        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupConfig, GroupEvent,
+        IdentityCache, IntentKind, NewGroup, Outbound, PolicyPreset, ProposalPolicy, RewindPolicy,
     },
     identity::{InboxId, InstallationId},
 };
@@ -200,7 +200,7 @@ struct Sim {
     net: Network,
     clients: Vec<Client>,
     identities: IdentityCache,
-    policy: RewindPolicy,
+    policy: GroupConfig,
     now: u64,
     start: u64,
     failures: Vec<String>,
@@ -286,12 +286,16 @@ impl Sim {
         // A forked member asks again after a few settle windows, so that
         // a request that met members in the middle of their own rollback
         // is repeated within the run.
-        let policy = RewindPolicy {
-            max_rewind: config.max_rewind,
-            settle_window_ms: config.settle_window_ms,
+        let policy = GroupConfig {
+            rewind: RewindPolicy {
+                max_rewind: config.max_rewind,
+                settle_window_ms: config.settle_window_ms,
+            },
+            proposals: ProposalPolicy {
+                propose_first: config.propose_first,
+                proposal_wait_ms: config.proposal_wait_ms,
+            },
             rejoin_retry_ms: 5 * config.settle_window_ms,
-            propose_first: config.propose_first,
-            proposal_wait_ms: config.proposal_wait_ms,
         };
         let mut sim = Self {
             config,
@@ -338,7 +342,7 @@ impl Sim {
                 },
             )?)
         })?;
-        group.set_rewind_policy(self.policy);
+        group.set_config(self.policy);
         creator.group_id = Some(group.group_id().to_vec());
         creator.join_epoch = Some(0);
         creator.group = Some(group);
@@ -952,15 +956,15 @@ impl Sim {
     /// its bound, and the ring within its size.
     fn check_ring(&mut self, index: usize) {
         let ring = self.clients[index].snapshots();
-        if ring.len() > self.policy.max_rewind {
+        if ring.len() > self.policy.rewind.max_rewind {
             self.failures.push(format!(
                 "client {index}: {} snapshots retained, over the bound of {}",
                 ring.len(),
-                self.policy.max_rewind
+                self.policy.rewind.max_rewind
             ));
         }
         for snapshot in ring {
-            if self.now >= snapshot.commit_key.0 + self.policy.settle_window_ms {
+            if self.now >= snapshot.commit_key.0 + self.policy.rewind.settle_window_ms {
                 self.failures.push(format!(
                     "client {index}: the snapshot of epoch {} outlived the settle window",
                     snapshot.epoch

@@ -5,8 +5,9 @@
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupEvent,
-        IdentityCache, IntentKind, IntentState, Me, NewGroup, Outbound, PolicyPreset, RewindPolicy,
+        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupConfig, GroupEvent,
+        IdentityCache, IntentKind, IntentState, Me, NewGroup, Outbound, PolicyPreset,
+        ProposalPolicy, RewindPolicy,
     },
 };
 use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
@@ -26,7 +27,7 @@ pub struct World {
     /// Start of time; every time given to the world is an offset from it.
     pub base: u64,
     /// The rollback policy every member runs with.
-    pub policy: RewindPolicy,
+    pub policy: GroupConfig,
 }
 
 /// OpenMLS checks key-package lifetimes against the system clock, so the
@@ -53,11 +54,16 @@ impl World {
             seed,
             count,
             members,
-            RewindPolicy {
-                max_rewind: 5,
-                settle_window_ms: window_ms,
-                propose_first: false,
-                ..RewindPolicy::default()
+            GroupConfig {
+                rewind: RewindPolicy {
+                    max_rewind: 5,
+                    settle_window_ms: window_ms,
+                },
+                proposals: ProposalPolicy {
+                    propose_first: false,
+                    ..ProposalPolicy::default()
+                },
+                ..GroupConfig::default()
             },
         )
     }
@@ -76,17 +82,21 @@ impl World {
             seed,
             count,
             members,
-            RewindPolicy {
-                max_rewind: 5,
-                settle_window_ms: window_ms,
-                propose_first: true,
-                proposal_wait_ms: wait_ms,
-                ..RewindPolicy::default()
+            GroupConfig {
+                rewind: RewindPolicy {
+                    max_rewind: 5,
+                    settle_window_ms: window_ms,
+                },
+                proposals: ProposalPolicy {
+                    propose_first: true,
+                    proposal_wait_ms: wait_ms,
+                },
+                ..GroupConfig::default()
             },
         )
     }
 
-    fn with_policy(seed: u64, count: usize, members: usize, policy: RewindPolicy) -> Self {
+    fn with_policy(seed: u64, count: usize, members: usize, policy: GroupConfig) -> Self {
         let base = wall_clock_ms();
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let (identities, mut clients) = population(&mut rng, count, 1, base).expect("clients");
@@ -111,7 +121,7 @@ impl World {
                 )?)
             })
             .expect("create");
-        group.set_rewind_policy(policy);
+        group.set_config(policy);
         let group_id = group.group_id().to_vec();
         creator.group_id = Some(group_id.clone());
         creator.group = Some(group);
@@ -225,7 +235,7 @@ impl World {
     /// `adder` adds `clients` in one commit at `time`; the commit is
     /// delivered to every member, settles, and the joiners join.
     pub fn add(&mut self, adder: usize, clients: &[usize], time: u64) {
-        let window = self.policy.settle_window_ms;
+        let window = self.policy.rewind.settle_window_ms;
         let mut key_packages = Vec::new();
         let mut sequences = Vec::new();
         for &c in clients {

@@ -7,8 +7,8 @@
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        ConversationKind, Group, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
-        RewindPolicy,
+        ConversationKind, Group, GroupConfig, GroupEvent, IdentityCache, IntentKind, Me, NewGroup,
+        PolicyPreset, ProposalPolicy,
     },
     identity::{
         DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
@@ -161,11 +161,14 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     .expect("create");
     // Changes go out as commits here: this test is about racing commits
     // (proposals first has tests of its own, in `proposals.rs`).
-    let commits_only = RewindPolicy {
-        propose_first: false,
-        ..RewindPolicy::default()
+    let commits_only = GroupConfig {
+        proposals: ProposalPolicy {
+            propose_first: false,
+            ..ProposalPolicy::default()
+        },
+        ..GroupConfig::default()
     };
-    a.set_rewind_policy(commits_only);
+    a.set_config(commits_only);
     let key_package = generate_key_package(
         &bob.provider,
         &bob.keys,
@@ -215,7 +218,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     )
     .expect("join")
     .expect("new group");
-    b.set_rewind_policy(commits_only);
+    b.set_config(commits_only);
 
     // Bob commits first; Alice stages a commit and sends while it pends.
     b.queue_intent(bob.kv(), IntentKind::UpdateKeys)

@@ -9,8 +9,8 @@ use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
         CONTENT_TYPE_BINDING, ClientStore, ConversationKind, Delivery, DeniableAdd, DmVerification,
-        Group, GroupError, GroupEvent, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
-        RewindPolicy, binding_body,
+        Group, GroupConfig, GroupError, GroupEvent, IdentityCache, IntentKind, Me, NewGroup,
+        PolicyPreset, ProposalPolicy, RewindPolicy, binding_body,
     },
     identity::{
         BindingClaim, DEFAULT_LIFETIME_SECS, DmMode, InboxId, InstallationId, InstallationKeys,
@@ -767,17 +767,23 @@ fn concurrent_first_commits_in_a_deniable_dm_roll_back_and_replay() {
     let mut a2 = alice_person.device(&mut rng, &mut identities);
     let mut bob = bob_person.device(&mut rng, &mut identities);
     let mut node = Node::default();
-    let policy = RewindPolicy {
-        settle_window_ms: 60_000,
-        propose_first: false,
-        ..RewindPolicy::default()
+    let policy = GroupConfig {
+        rewind: RewindPolicy {
+            settle_window_ms: 60_000,
+            ..RewindPolicy::default()
+        },
+        proposals: ProposalPolicy {
+            propose_first: false,
+            ..ProposalPolicy::default()
+        },
+        ..GroupConfig::default()
     };
 
     let package = bob.deniable_package(&mut rng);
     let welcomes = create_dm(&mut node, &mut alice, bob.inbox, vec![package], &identities);
-    alice.group().set_rewind_policy(policy);
+    alice.group().set_config(policy);
     join(&mut bob, &welcomes[0], &identities);
-    bob.group().set_rewind_policy(policy);
+    bob.group().set_config(policy);
     node.settle(&mut [&mut alice, &mut bob], &identities);
     assert_eq!(alice.verification(), Some(DmVerification::Verified));
     assert_eq!(bob.verification(), Some(DmVerification::Verified));
@@ -849,7 +855,7 @@ fn concurrent_first_commits_in_a_deniable_dm_roll_back_and_replay() {
         .cloned()
         .expect("a Welcome for Alice's second installation");
     join(&mut a2, &welcome, &identities);
-    a2.group().set_rewind_policy(policy);
+    a2.group().set_config(policy);
     a2.skew_ms = 120_000;
     node.settle(&mut [&mut alice, &mut bob, &mut a2], &identities);
 

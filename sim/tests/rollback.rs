@@ -259,13 +259,13 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     // She also proposes a rename there, to be committed by whoever commits
     // next (long after she finds out).
     let mut proposing = w.policy;
-    proposing.propose_first = true;
-    proposing.proposal_wait_ms = 10 * WINDOW;
+    proposing.proposals.propose_first = true;
+    proposing.proposals.proposal_wait_ms = 10 * WINDOW;
     w.clients[alice]
         .group
         .as_mut()
         .expect("a member")
-        .set_rewind_policy(proposing);
+        .set_config(proposing);
     w.queue(alice, rename("alice's"));
     w.advance(alice, 330);
     assert_eq!(w.outbox(alice).len(), 1, "her proposal");

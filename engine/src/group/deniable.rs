@@ -28,22 +28,19 @@
 use std::collections::BTreeSet;
 
 use openmls::prelude::{LeafNodeIndex, Member, MlsGroup, Proposal, Sender, StagedCommit};
-use openmls_traits::{
-    OpenMlsProvider,
-    random::OpenMlsRand as _,
-    signatures::{Signer, SignerError},
-    types::SignatureScheme,
-};
+use openmls_traits::{OpenMlsProvider, random::OpenMlsRand as _};
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
 use x25519_dalek::StaticSecret;
 
 use super::{
-    GroupError,
     content::{CONTENT_TYPE_BINDING, Content, message_id},
-    group_state::{Group, GroupEvent, MAX_PAST_EPOCHS, Me},
+    error::GroupError,
+    events::GroupEvent,
+    group_state::{Group, MAX_PAST_EPOCHS},
     identities::IdentityCache,
     metadata::{GroupMetadata, Role},
+    records::{BoundLeaf, PendingBinding},
+    signer::Me,
     store::{ClientStore, KvStore},
     validate::{CommitSummary, Verdict, check_metadata_change_by_role},
 };
@@ -51,94 +48,14 @@ use crate::{
     delivery::Topic,
     identity::{
         BINDING_EXPORTER_LABEL, BINDING_EXPORTER_LEN, BindingClaim, DEFAULT_MAX_INSTALLATIONS,
-        DeniableError, EphemeralKey, InboxId, InstallationId, InstallationKeys, binding_key,
-        binding_tag, check_pseudonym, verify_binding_tag,
+        DeniableError, InboxId, InstallationId, binding_key, binding_tag, check_pseudonym,
+        verify_binding_tag,
     },
 };
 
 /// The most leaves a deniable DM may have: every installation of both
 /// inboxes.
 pub const MAX_DENIABLE_LEAVES: usize = 2 * DEFAULT_MAX_INSTALLATIONS;
-
-/// A leaf whose binding verified.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BoundLeaf {
-    /// The leaf's signature key.
-    pub leaf_key: [u8; 32],
-    /// The inbox it speaks for.
-    pub inbox: InboxId,
-    /// The installation it speaks for.
-    pub installation: InstallationId,
-}
-
-/// A binding received, waiting for [`Group::advance`] to verify the tag
-/// meant for this installation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingBinding {
-    /// The sending leaf's signature key.
-    pub leaf_key: [u8; 32],
-    /// The epoch it was sent in.
-    pub epoch: u64,
-    /// That epoch's authenticator digest here: if the epoch is replaced by
-    /// a rollback, the binding was of a losing branch and is dropped.
-    pub auth_digest: [u8; 8],
-    /// The inbox it claims.
-    pub inbox: InboxId,
-    /// The installation it claims.
-    pub installation: InstallationId,
-    /// The tag for this installation.
-    pub tag: Vec<u8>,
-    /// How far the cached identity log of `inbox` went when it arrived: an
-    /// installation the log does not show is waited for until the log has
-    /// been read further, and only then refused.
-    #[serde(default)]
-    pub log_sequence: u64,
-}
-
-/// The deniable side of a group's record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeniableState {
-    /// This installation's leaf signature key in the DM (its secret is kept
-    /// under the store's `'e'` tag).
-    pub own_leaf_key: [u8; 32],
-    /// This installation's inbox; the peer is the DM's other inbox.
-    pub own_inbox: InboxId,
-    /// Leaves whose binding verified, this installation's own included.
-    pub bound: Vec<BoundLeaf>,
-    /// Bindings received and not verified yet.
-    pub pending: Vec<PendingBinding>,
-    /// This installation owes the DM a binding: it joined, leaves were
-    /// added, or its last binding was sent in an epoch that lost.
-    pub binding_due: bool,
-    /// The epoch its last binding went out in.
-    pub sent_epoch: Option<u64>,
-    /// Why a binding failed, if one did. The DM stays unverified.
-    pub failed: Option<String>,
-}
-
-impl DeniableState {
-    pub(crate) fn new(own_leaf_key: [u8; 32], own_inbox: InboxId, me: InstallationId) -> Self {
-        Self {
-            own_leaf_key,
-            own_inbox,
-            bound: vec![BoundLeaf {
-                leaf_key: own_leaf_key,
-                inbox: own_inbox,
-                installation: me,
-            }],
-            pending: Vec::new(),
-            binding_due: false,
-            sent_epoch: None,
-            failed: None,
-        }
-    }
-
-    fn bound_leaf(&self, leaf_key: &[u8]) -> Option<&BoundLeaf> {
-        self.bound
-            .iter()
-            .find(|b| b.leaf_key.as_slice() == leaf_key)
-    }
-}
 
 /// Where a deniable DM stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,27 +70,6 @@ pub enum DmVerification {
     /// other members claim. Nothing is sent; the application must tell
     /// the user.
     Failed(String),
-}
-
-/// The key a group signs with: the installation's own, or, in a deniable
-/// DM, the leaf's ephemeral key.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum GroupSigner<'a> {
-    Installation(&'a InstallationKeys),
-    Ephemeral(&'a EphemeralKey),
-}
-
-impl Signer for GroupSigner<'_> {
-    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        match self {
-            Self::Installation(keys) => Signer::sign(*keys, payload),
-            Self::Ephemeral(key) => Signer::sign(*key, payload),
-        }
-    }
-
-    fn signature_scheme(&self) -> SignatureScheme {
-        SignatureScheme::ED25519
-    }
 }
 
 /// The body of a binding message sent in `epoch`: a tag of `claim` for
@@ -285,16 +181,6 @@ pub(crate) fn check_deniable_update(
         return Err("a key update that changes its leaf's key or pseudonym".into());
     }
     Ok(())
-}
-
-/// The key a group signs with, given its ephemeral key (a deniable DM's)
-/// and the installation acting. A free function, so that it borrows only
-/// the key, not the whole group, while OpenMLS mutates the MLS group.
-pub(crate) fn signer<'a>(ephemeral: &'a Option<EphemeralKey>, me: Me<'a>) -> GroupSigner<'a> {
-    match ephemeral {
-        Some(key) => GroupSigner::Ephemeral(key),
-        None => GroupSigner::Installation(me.keys),
-    }
 }
 
 /// Check the tree of a Welcome into a deniable DM: pseudonymous leaves

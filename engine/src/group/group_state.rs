@@ -40,27 +40,31 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 
 use super::{
-    GroupError,
+    config::GroupConfig,
     content::{CONTENT_TYPE_BINDING, Content, WelcomePayload, message_id},
-    deniable::{DeniableState, check_deniable_welcome, signer},
+    deniable::check_deniable_welcome,
+    error::GroupError,
+    events::GroupEvent,
     identities::IdentityCache,
     intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit},
     metadata::{
         ConversationKind, GroupMetadata, ImmutableMetadata, MutableMetadata, Policies, PolicyPreset,
     },
-    rewind::{COMMIT_HISTORY, MAX_HELD, OwnCommit, RetainedEnvelope, RewindPolicy, RewindStats},
-    store::GroupSnapshots,
-    store::{
-        ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, GroupRecord,
-        KvStore, LeafAdded, Outbound, StoredMessage, dm_conversation_id,
+    records::{
+        ConversationId, ConversationRecord, ConversationState, Delivery, DeniableState,
+        GroupRecord, LeafAdded, Outbound, OwnCommit, RetainedEnvelope, StoredMessage,
+        dm_conversation_id,
     },
+    rewind::{COMMIT_HISTORY, MAX_HELD},
+    signer::{Me, signer},
+    store::{ClientStore, GroupSnapshots, KvStore},
     validate::{CommitSummary, Verdict, leaf_identity},
 };
 use crate::{
     delivery::{Envelope, Topic},
     identity::{
-        CIPHERSUITE, DmMode, EphemeralKey, InboxId, InstallationId, InstallationKeys,
-        deniable_capabilities, kith_capabilities, kith_credential, pseudonym_credential_from_bytes,
+        CIPHERSUITE, DmMode, EphemeralKey, InboxId, InstallationId, deniable_capabilities,
+        kith_capabilities, kith_credential, pseudonym_credential_from_bytes,
         validate_deniable_key_package, validate_key_package,
     },
 };
@@ -71,15 +75,6 @@ pub const MAX_PAST_EPOCHS: usize = 16;
 
 /// How many failed intents a group keeps in its store.
 pub const KEPT_FAILED_INTENTS: usize = 32;
-
-/// The installation acting: its inbox and keys.
-#[derive(Debug, Clone, Copy)]
-pub struct Me<'a> {
-    /// The inbox.
-    pub inbox: InboxId,
-    /// The installation's keys (its leaf signature key).
-    pub keys: &'a InstallationKeys,
-}
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -100,139 +95,6 @@ pub struct NewGroup {
     pub now_ms: u64,
 }
 
-/// Something the application should hear about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GroupEvent {
-    /// A message was stored (received, or sent by this installation).
-    Message(StoredMessage),
-    /// Installations joined or left.
-    MembersChanged {
-        /// Who committed the change.
-        by: InboxId,
-        /// Installations added.
-        added: Vec<(InboxId, InstallationId)>,
-        /// Installations removed.
-        removed: Vec<(InboxId, InstallationId)>,
-    },
-    /// Attributes, admins or policies changed.
-    MetadataChanged {
-        /// Who committed the change.
-        by: InboxId,
-        /// The metadata now.
-        metadata: Box<GroupMetadata>,
-    },
-    /// An intent is done.
-    IntentDone {
-        /// Its id.
-        id: u64,
-    },
-    /// An intent failed for good.
-    IntentFailed {
-        /// Its id.
-        id: u64,
-        /// Why.
-        reason: String,
-        /// Whether the group's policy forbade it (rather than it no longer
-        /// making sense).
-        denied: bool,
-    },
-    /// A commit from another member broke a rule and was not merged.
-    CommitRejected {
-        /// Why.
-        reason: String,
-    },
-    /// An envelope could not be used (malformed, stale, undecryptable).
-    EnvelopeSkipped {
-        /// Why.
-        reason: String,
-    },
-    /// This installation is no longer a member.
-    Removed,
-    /// A received message was known only from an epoch that lost; it is
-    /// kept, marked [`Delivery::Superseded`], until the sender's re-sent
-    /// copy arrives.
-    MessageSuperseded {
-        /// Its id.
-        message_id: [u8; 32],
-    },
-    /// An own message was sent in an epoch that lost and cannot be re-sent
-    /// (this installation is no longer a member); it is marked
-    /// [`Delivery::Failed`].
-    MessageFailed {
-        /// Its id.
-        message_id: [u8; 32],
-        /// Why.
-        reason: String,
-    },
-    /// The re-sent copy of a superseded message arrived in the canonical
-    /// branch; the message is delivered again.
-    MessageConfirmed {
-        /// Its id.
-        message_id: [u8; 32],
-    },
-    /// A commit arrived that sorts before the one applied for its epoch:
-    /// the group was restored to that epoch and the envelopes since
-    /// replayed in canonical order.
-    RolledBack {
-        /// The epoch restored.
-        to_epoch: u64,
-        /// How many envelopes were replayed.
-        replayed: u64,
-        /// The group's rollback metrics now.
-        stats: RewindStats,
-    },
-    /// Epoch transitions settled and their snapshots were deleted.
-    Settled {
-        /// The group's rollback metrics now.
-        stats: RewindStats,
-    },
-    /// A member on a fork asked to be re-added. The driver fetches a key
-    /// package for the installation and queues [`IntentKind::Readd`] with
-    /// these fields.
-    RejoinRequested {
-        /// The member's inbox.
-        inbox: InboxId,
-        /// Its installation.
-        installation: InstallationId,
-        /// The encryption key of its leaf now.
-        stale_leaf: Vec<u8>,
-    },
-    /// This installation, which was on a fork, joined the group again from
-    /// a Welcome. Messages of the epochs between the fork and `epoch` may
-    /// be missing: it could not decrypt them.
-    Rejoined {
-        /// The epoch it joined at.
-        epoch: u64,
-        /// The epoch it was in when it found the fork.
-        forked_at: u64,
-    },
-    /// In a deniable DM, a leaf's binding verified: it is this
-    /// installation of this inbox, and its messages are shown as verified.
-    MemberVerified {
-        /// The inbox.
-        inbox: InboxId,
-        /// The installation.
-        installation: InstallationId,
-    },
-    /// In a deniable DM, a binding did not verify: a leaf is not the
-    /// installation it claims (a key package substituted by the node, say).
-    /// The DM stays unverified and sends no application message any more;
-    /// tell the user.
-    BindingFailed {
-        /// Why.
-        reason: String,
-    },
-    /// This installation found itself on a fork of the group: its epoch
-    /// differs from the canonical one and it can no longer roll back.
-    Forked {
-        /// Its epoch.
-        epoch: u64,
-        /// The evidence.
-        reason: String,
-    },
-}
-
 /// One conversation's MLS group and its engine state. See the module docs.
 #[derive(Debug)]
 pub struct Group {
@@ -241,7 +103,7 @@ pub struct Group {
     pub(super) metadata: GroupMetadata,
     pub(super) outbound: VecDeque<Outbound>,
     pub(super) events: VecDeque<GroupEvent>,
-    pub(super) policy: RewindPolicy,
+    pub(super) config: GroupConfig,
     /// In a deniable DM, the key this installation's leaf signs with.
     pub(super) ephemeral: Option<EphemeralKey>,
 }
@@ -403,7 +265,7 @@ impl Group {
             metadata,
             outbound: VecDeque::new(),
             events: VecDeque::new(),
-            policy: RewindPolicy::default(),
+            config: GroupConfig::default(),
             ephemeral,
         };
         group.register_conversation(kv, me, new.now_ms)?;
@@ -439,7 +301,7 @@ impl Group {
             metadata,
             outbound,
             events: VecDeque::new(),
-            policy: RewindPolicy::default(),
+            config: GroupConfig::default(),
             ephemeral,
         }))
     }
@@ -580,7 +442,7 @@ impl Group {
             metadata,
             outbound: VecDeque::new(),
             events,
-            policy: RewindPolicy::default(),
+            config: GroupConfig::default(),
             ephemeral,
         };
         group.register_conversation(kv, me, now_ms)?;
@@ -974,7 +836,7 @@ impl Group {
                 )?;
                 continue;
             }
-            let outcome = if self.policy.propose_first && intent.kind.is_proposable() {
+            let outcome = if self.config.proposals.propose_first && intent.kind.is_proposable() {
                 self.propose(provider, kv, me, &intent.kind)
             } else {
                 self.build(provider, kv, me, identities, &intent.kind, now_ms)
@@ -1042,7 +904,7 @@ impl Group {
                 p.epoch == epoch
                     && now_ms
                         >= p.proposed_at_ms
-                            .saturating_add(self.policy.proposal_wait_ms)
+                            .saturating_add(self.config.proposals.proposal_wait_ms)
             }
             _ => false,
         });
@@ -1748,7 +1610,7 @@ impl Group {
         kv: &S,
         entry: &RetainedEnvelope,
     ) -> Result<(), GroupError> {
-        if self.policy.retains() && self.ring_len(kv)? > 0 {
+        if self.config.rewind.retains() && self.ring_len(kv)? > 0 {
             ClientStore(kv).put_retained(self.group_id(), entry)?;
         }
         Ok(())
@@ -1776,7 +1638,7 @@ impl Group {
         // after a rollback restored this epoch, the stored snapshot is
         // that state already (`None`: nothing to capture or write again).
         let restored = ctx.restored.take() == Some(epoch);
-        let before = if is_commit && self.policy.retains() {
+        let before = if is_commit && self.config.rewind.retains() {
             let state = if restored {
                 None
             } else {
@@ -2026,7 +1888,7 @@ impl Group {
         let leaves_added = summary.leaves_added;
         self.after_merge(kv, summary, self_removed)?;
         self.after_deniable_merge(provider, kv, leaves_added)?;
-        if self.policy.retains() {
+        if self.config.rewind.retains() {
             // Only the ring's bound: settling by time waits for `advance`,
             // which the driver calls once it has read the topic's backlog.
             self.settle(kv, None, ctx.now_ms)?;
@@ -2069,7 +1931,7 @@ impl Group {
                 return Ok(());
             }
         };
-        if self.policy.retains() {
+        if self.config.rewind.retains() {
             let state = self.capture(kv)?;
             let auth = self.auth_digest();
             self.keep_snapshot(kv, Some(&state), &entry, entry.epoch, auth, ctx.now_ms)?;

@@ -27,11 +27,14 @@
 use openmls::prelude::{LeafNodeIndex, OpenMlsProvider};
 
 use super::{
-    GroupError, IdentityCache,
     content::WelcomePayload,
-    group_state::{Group, GroupEvent, Me},
-    rewind::OrderKey,
-    store::{ClientStore, DeferredWelcome, Delivery, GroupSnapshots, KvStore},
+    error::GroupError,
+    events::GroupEvent,
+    group_state::Group,
+    identities::IdentityCache,
+    records::{DeferredWelcome, Delivery, OrderKey},
+    signer::Me,
+    store::{ClientStore, GroupSnapshots, KvStore},
     validate::leaf_identity,
 };
 use crate::{
@@ -40,10 +43,6 @@ use crate::{
 };
 
 const MAGIC: &[u8] = b"KITH-REJOIN-1";
-
-/// How long a forked member waits for its re-add before asking again, by
-/// default.
-pub const REJOIN_RETRY_MS: u64 = 30_000;
 
 /// A forked installation's request to be re-added.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +151,7 @@ impl Group {
         };
         if fork
             .requested_at_ms
-            .is_some_and(|at| now_ms < at.saturating_add(self.policy.rejoin_retry_ms))
+            .is_some_and(|at| now_ms < at.saturating_add(self.config.rejoin_retry_ms))
         {
             return Ok(());
         }

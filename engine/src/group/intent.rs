@@ -19,7 +19,7 @@ pub enum IntentKind {
     /// identity-log sequence each inbox was read at.
     AddMembers {
         /// The key packages.
-        #[serde(with = "byte_lists")]
+        #[serde(with = "super::records::byte_lists")]
         key_packages: Vec<Vec<u8>>,
         /// Inbox -> sequence number recorded in the membership extension.
         sequences: Vec<(InboxId, u64)>,
@@ -62,7 +62,7 @@ pub enum IntentKind {
     /// Bring installations in line with the identity logs.
     Reconcile {
         /// Key packages of installations to add.
-        #[serde(with = "byte_lists")]
+        #[serde(with = "super::records::byte_lists")]
         key_packages: Vec<Vec<u8>>,
         /// Installations to remove.
         remove: Vec<InstallationId>,
@@ -219,29 +219,4 @@ pub struct Intent {
     pub kind: IntentKind,
     /// Where it is.
     pub state: IntentState,
-}
-
-/// Lists of byte strings, encoded as lists of binary values rather than
-/// lists of lists of integers (which MessagePack would spend a byte of
-/// type tag on per byte).
-pub(crate) mod byte_lists {
-    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
-    use serde_bytes::{ByteBuf, Bytes};
-
-    pub(crate) fn serialize<S: Serializer>(
-        lists: &[Vec<u8>],
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let borrowed: Vec<&Bytes> = lists.iter().map(|b| Bytes::new(b)).collect();
-        borrowed.serialize(serializer)
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<Vec<u8>>, D::Error> {
-        Ok(Vec::<ByteBuf>::deserialize(deserializer)?
-            .into_iter()
-            .map(ByteBuf::into_vec)
-            .collect())
-    }
 }

@@ -37,21 +37,24 @@ use std::collections::BTreeSet;
 use openmls::prelude::{GroupId, MlsGroup};
 use openmls_traits::{OpenMlsProvider, random::OpenMlsRand as _};
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::{
-    GroupError,
+    aad::{AAD_HISTORY, KithAad, auth_digest},
+    config::GroupConfig,
     content::{Content, WelcomePayload},
-    group_state::{Group, GroupEvent, Me},
+    error::GroupError,
+    events::GroupEvent,
+    group_state::Group,
     intent::IntentState,
     metadata::GroupMetadata,
-    store::{ClientStore, ConversationState, Delivery, GroupSnapshots, KvStore},
+    records::{
+        ConversationState, Delivery, EarlierCommit, EpochSnapshot, Fork, OrderKey, OwnSend,
+        RetainedEnvelope, RewindStats,
+    },
+    signer::Me,
+    store::{ClientStore, GroupSnapshots, KvStore},
 };
-use crate::delivery::{Envelope, NodeId, Topic};
-
-/// An envelope's place in canonical order: `(time, node, sequence)`.
-pub type OrderKey = (u64, NodeId, u64);
+use crate::delivery::Topic;
 
 /// How many past epochs' commit positions are remembered for fork
 /// detection (positions only: no secrets).
@@ -64,282 +67,6 @@ pub const DIGEST_INTERVAL_MS: u64 = 60 * 60 * 1000;
 /// How many envelopes of future epochs a group holds.
 pub const MAX_HELD: usize = 1024;
 
-/// How far back a group can roll, and for how long.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RewindPolicy {
-    /// At most this many unsettled epoch transitions are kept (default 5).
-    pub max_rewind: usize,
-    /// How long after its commit's originator time a transition settles,
-    /// in ms. Taken from the node's info: 0 for a strong order.
-    pub settle_window_ms: u64,
-    /// How long a member on a fork waits for its re-add before asking
-    /// again, in ms (default [`super::REJOIN_RETRY_MS`]).
-    pub rejoin_retry_ms: u64,
-    /// Whether metadata changes and key updates go out first as proposals
-    /// (default true), so that whoever commits next includes them and
-    /// fewer commits collide. Off, every change is its own commit.
-    pub propose_first: bool,
-    /// How long a proposer waits for another member's commit to include
-    /// its proposal before committing it itself, in ms (default 0: at the
-    /// next [`super::Group::advance`]).
-    pub proposal_wait_ms: u64,
-}
-
-impl Default for RewindPolicy {
-    fn default() -> Self {
-        Self {
-            max_rewind: 5,
-            settle_window_ms: 0,
-            rejoin_retry_ms: super::REJOIN_RETRY_MS,
-            propose_first: true,
-            proposal_wait_ms: 0,
-        }
-    }
-}
-
-impl RewindPolicy {
-    /// Whether snapshots are taken at all.
-    pub fn retains(&self) -> bool {
-        self.max_rewind > 0 && self.settle_window_ms > 0
-    }
-}
-
-/// The ring entry for one unsettled epoch transition. The snapshot bytes
-/// are stored beside it, under their own key, so that scanning the ring
-/// reads no secrets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochSnapshot {
-    /// The epoch the snapshot captures (the one the commit left).
-    pub epoch: u64,
-    /// The arrival number of the commit applied to leave it: envelopes
-    /// from this one on are replayed after a restore.
-    pub arrival: u64,
-    /// The applied commit's canonical position.
-    pub commit_key: OrderKey,
-    /// SHA-256 of the applied commit's bytes (a copy of it is no rival).
-    pub commit_hash: [u8; 32],
-    /// When the snapshot was taken (the driver's clock).
-    pub taken_at_ms: u64,
-    /// Digest of the epoch authenticator of `epoch`.
-    pub auth_digest: [u8; 8],
-}
-
-/// An envelope of the group topic kept for replay.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetainedEnvelope {
-    /// Arrival number, increasing per group.
-    pub arrival: u64,
-    /// Its bytes.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-    /// Its canonical position.
-    pub key: OrderKey,
-    /// The epoch in its MLS header.
-    pub epoch: u64,
-    /// From a future epoch: not applied yet.
-    pub held: bool,
-    /// The application message it delivered, if any.
-    pub message_id: Option<[u8; 32]>,
-}
-
-impl RetainedEnvelope {
-    pub(crate) fn new(arrival: u64, envelope: &Envelope) -> Self {
-        Self {
-            arrival,
-            payload: envelope.payload.clone(),
-            key: envelope.order_key(),
-            epoch: 0,
-            held: false,
-            message_id: None,
-        }
-    }
-
-    /// The envelope, on the group's topic.
-    pub fn envelope(&self, group_id: &[u8]) -> Envelope {
-        Envelope {
-            topic: Topic::Group(group_id.to_vec()),
-            payload: self.payload.clone(),
-            originator_time_ms: self.key.0,
-            originator_node_id: self.key.1,
-            originator_sequence_id: self.key.2,
-        }
-    }
-}
-
-/// A commit this installation published, remembered until its epoch
-/// settles so that it is recognised (by the hash of its bytes) even after
-/// a rollback brought back the state in which it is pending.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnCommit {
-    /// SHA-256 of its bytes.
-    pub hash: [u8; 32],
-    /// The intent it carries out.
-    pub intent_id: u64,
-    /// The epoch it leaves.
-    pub epoch: u64,
-    /// Digest of that epoch's authenticator (which branch it was built on).
-    pub auth_digest: [u8; 8],
-    /// The Welcome to publish once the commit is canonical and settled.
-    #[serde(with = "serde_bytes")]
-    pub welcome: Option<Vec<u8>>,
-    /// The installations the Welcome is for.
-    pub welcome_to: Vec<crate::identity::InstallationId>,
-    /// The group topic's cursor when the commit was staged: where its
-    /// joiners start reading. Everything of the commit's new epoch comes
-    /// after it, whatever order this installation saw envelopes in
-    /// afterwards (held ones, a replay).
-    pub joiner_cursor: crate::delivery::Cursor,
-}
-
-/// An own application message sent in an epoch whose transition has not
-/// settled, kept so that it can be re-sent if that epoch loses.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnSend {
-    /// Its id.
-    pub message_id: [u8; 32],
-    /// The epoch it was encrypted in.
-    pub epoch: u64,
-    /// Digest of that epoch's authenticator.
-    pub auth_digest: [u8; 8],
-    /// The encoded [`Content`].
-    #[serde(with = "serde_bytes")]
-    pub content: Vec<u8>,
-    /// [`Group::advance`] (re-)sends it: its epoch lost, or it was written
-    /// while proposals waited for a commit (MLS sends nothing then).
-    pub resend: bool,
-    /// Its place in the order this installation wrote its messages: what
-    /// waited goes out in that order, not in the store's (by id).
-    #[serde(default)]
-    pub written: u64,
-}
-
-/// Rollback metrics of one group, kept in its record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RewindStats {
-    /// Rollbacks done.
-    pub rollbacks: u64,
-    /// Envelopes replayed by them.
-    pub replayed: u64,
-    /// The oldest a snapshot got before it was deleted, in ms.
-    pub max_snapshot_age_ms: u64,
-    /// Commits dropped because their epoch had settled.
-    pub dropped_settled: u64,
-}
-
-/// How this installation found itself on a fork.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fork {
-    /// Its epoch when the fork was found.
-    pub epoch: u64,
-    /// The evidence.
-    pub reason: String,
-    /// When (the driver's clock).
-    pub detected_at_ms: u64,
-    /// When this installation last asked to be re-added.
-    #[serde(default)]
-    pub requested_at_ms: Option<u64>,
-    /// The epoch whose canonical commit it missed.
-    pub evidence_epoch: u64,
-    /// That commit's canonical position.
-    pub evidence_key: OrderKey,
-}
-
-/// A member's branch took a commit for an epoch this installation can
-/// still roll back, sorting before the one it applied. The rollback should
-/// follow once that commit arrives; if the epoch settles first (the commit
-/// came too late, or waits for a proposal that lags), this installation is
-/// on a fork, and [`Group::settle`] says so without waiting for another
-/// message from that branch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EarlierCommit {
-    /// The epoch both branches left by different commits.
-    pub epoch: u64,
-    /// That epoch's authenticator digest (the same on both branches).
-    pub auth_digest: [u8; 8],
-    /// The canonical position of the member's commit for it.
-    pub key: OrderKey,
-}
-
-/// How many of its epoch's predecessors a message's authenticated data
-/// names (see [`KithAad`]).
-pub const AAD_HISTORY: usize = 6;
-
-/// Kith's authenticated data on application messages, readable without
-/// the epoch secret: a digest of the sender's epoch authenticator, and, for
-/// the commits that entered the sender's epoch and its [`AAD_HISTORY`]` - 1`
-/// predecessors (newest first, as far as the sender knows them), the epoch
-/// each left, that epoch's authenticator digest and the commit's canonical
-/// position. A member on another branch finds the epoch both were in whose
-/// commits differ (where the branches part) and which commit sorts first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct KithAad {
-    pub(crate) auth_digest: [u8; 8],
-    /// `(epoch left, its authenticator digest, commit position)`, newest
-    /// first.
-    pub(crate) history: Vec<(u64, [u8; 8], OrderKey)>,
-}
-
-const AAD_TAG: &[u8; 2] = b"k3";
-const AAD_ENTRY: usize = 36;
-
-impl KithAad {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(11 + AAD_ENTRY * self.history.len());
-        out.extend_from_slice(AAD_TAG);
-        out.extend_from_slice(&self.auth_digest);
-        out.push(self.history.len() as u8);
-        for (epoch, auth, (time, node, seq)) in &self.history {
-            out.extend_from_slice(&epoch.to_be_bytes());
-            out.extend_from_slice(auth);
-            out.extend_from_slice(&time.to_be_bytes());
-            out.extend_from_slice(&node.to_be_bytes());
-            out.extend_from_slice(&seq.to_be_bytes());
-        }
-        out
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        let rest = bytes.strip_prefix(AAD_TAG)?;
-        let (digest, rest) = rest.split_first_chunk::<8>()?;
-        let (count, mut rest) = rest.split_first()?;
-        if usize::from(*count) > AAD_HISTORY || rest.len() != usize::from(*count) * AAD_ENTRY {
-            return None;
-        }
-        let mut history = Vec::with_capacity(usize::from(*count));
-        for _ in 0..*count {
-            let (epoch, r) = rest.split_first_chunk::<8>()?;
-            let (auth, r) = r.split_first_chunk::<8>()?;
-            let (time, r) = r.split_first_chunk::<8>()?;
-            let (node, r) = r.split_first_chunk::<4>()?;
-            let (seq, r) = r.split_first_chunk::<8>()?;
-            history.push((
-                u64::from_be_bytes(*epoch),
-                *auth,
-                (
-                    u64::from_be_bytes(*time),
-                    u32::from_be_bytes(*node),
-                    u64::from_be_bytes(*seq),
-                ),
-            ));
-            rest = r;
-        }
-        Some(Self {
-            auth_digest: *digest,
-            history,
-        })
-    }
-}
-
-pub(crate) fn auth_digest(authenticator: &[u8]) -> [u8; 8] {
-    let hash = Sha256::new()
-        .chain_update(b"kith epoch digest v1")
-        .chain_update(authenticator)
-        .finalize();
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&hash[..8]);
-    out
-}
-
 /// How a rollback returns to the current state when the earlier commit
 /// does not merge.
 enum Undo<P> {
@@ -350,15 +77,16 @@ enum Undo<P> {
 }
 
 impl Group {
-    /// The rollback policy in force.
-    pub fn rewind_policy(&self) -> RewindPolicy {
-        self.policy
+    /// The configuration in force.
+    pub fn config(&self) -> GroupConfig {
+        self.config
     }
 
-    /// Set the rollback policy (from the node's settle window). Not
-    /// stored: the driver sets it whenever it loads the group.
-    pub fn set_rewind_policy(&mut self, policy: RewindPolicy) {
-        self.policy = policy;
+    /// Set the configuration (from the node's settle window and the
+    /// client's settings). Not stored: the driver sets it whenever it loads
+    /// the group.
+    pub fn set_config(&mut self, config: GroupConfig) {
+        self.config = config;
     }
 
     /// Rollback metrics.
@@ -377,7 +105,11 @@ impl Group {
         Ok(ClientStore(kv)
             .snapshots(self.group_id())?
             .first()
-            .map(|s| s.commit_key.0.saturating_add(self.policy.settle_window_ms)))
+            .map(|s| {
+                s.commit_key
+                    .0
+                    .saturating_add(self.config.rewind.settle_window_ms)
+            }))
     }
 
     pub(crate) fn auth_digest(&self) -> [u8; 8] {
@@ -1013,8 +745,8 @@ impl Group {
                     >= snapshot
                         .commit_key
                         .0
-                        .saturating_add(self.policy.settle_window_ms)
-            }) || left > self.policy.max_rewind;
+                        .saturating_add(self.config.rewind.settle_window_ms)
+            }) || left > self.config.rewind.max_rewind;
             if !due {
                 oldest_kept = Some(snapshot);
                 break;
@@ -1199,7 +931,7 @@ impl Group {
         message_id: [u8; 32],
         deferred: bool,
     ) -> Result<(), GroupError> {
-        if !deferred && (!self.policy.retains() || self.ring_len(kv)? == 0) {
+        if !deferred && (!self.config.rewind.retains() || self.ring_len(kv)? == 0) {
             return Ok(());
         }
         let written = self.record.next_written;

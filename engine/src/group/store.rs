@@ -33,12 +33,15 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    GroupError,
+    error::GroupError,
     intent::Intent,
-    rewind::{EpochSnapshot, OrderKey, OwnCommit, OwnSend, RetainedEnvelope},
+    records::{
+        ConversationId, ConversationRecord, DeferredWelcome, EpochSnapshot, GroupRecord, LeafAdded,
+        OrderKey, Outbound, OwnCommit, OwnSend, RetainedEnvelope, StoredMessage,
+    },
 };
 use crate::{
     delivery::{Cursor, Topic},
@@ -133,220 +136,6 @@ impl KvStore for MemoryKvStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
-}
-
-/// A conversation's id: the group id for a group, and for a DM an id
-/// derived from its two inboxes, so that both sides and all DM groups
-/// between them share it (see [`dm_conversation_id`]).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ConversationId(#[serde(with = "serde_bytes")] pub Vec<u8>);
-
-impl std::fmt::Display for ConversationId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(&self.0))
-    }
-}
-
-impl std::fmt::Debug for ConversationId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConversationId({self})")
-    }
-}
-
-/// The conversation id of the DM between `a` and `b` (in either order).
-pub fn dm_conversation_id(a: InboxId, b: InboxId) -> ConversationId {
-    use sha2::{Digest, Sha256};
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut hasher = Sha256::new();
-    hasher.update(b"kith dm conversation v1");
-    hasher.update(lo.as_bytes());
-    hasher.update(hi.as_bytes());
-    ConversationId(hasher.finalize()[..16].to_vec())
-}
-
-/// Whether this installation still takes part in a conversation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ConversationState {
-    /// A member.
-    Active,
-    /// Removed by another member, or left.
-    Removed,
-}
-
-/// A conversation in the conversation list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConversationRecord {
-    /// Its id.
-    pub id: ConversationId,
-    /// For a DM, the other inbox.
-    pub dm_peer: Option<InboxId>,
-    /// Its MLS groups. A group has one; a DM that both sides created at
-    /// once has several, and the lowest id is the one used for sending.
-    #[serde(with = "super::intent::byte_lists")]
-    pub group_ids: Vec<Vec<u8>>,
-    /// When this installation first saw it, ms since the Unix epoch.
-    pub created_at_ms: u64,
-    /// Whether this installation is still a member.
-    pub state: ConversationState,
-}
-
-impl ConversationRecord {
-    /// The group to send in: the lowest group id, which both sides agree on.
-    pub fn active_group(&self) -> Option<&[u8]> {
-        self.group_ids.iter().min().map(Vec::as_slice)
-    }
-}
-
-/// Whether a stored message reached the node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Delivery {
-    /// Sent by this installation, not yet acknowledged by the node.
-    Unpublished,
-    /// On the node.
-    Published,
-    /// Received only in an epoch that lost to another branch of the group
-    /// (DESIGN.md section 7). It turns back into `Published` when the
-    /// sender's re-sent copy arrives in the canonical branch.
-    Superseded,
-    /// Sent by this installation in an epoch that lost, and it could not be
-    /// re-sent (this installation is no longer a member).
-    Failed,
-}
-
-/// A message as stored and shown.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    /// The conversation.
-    pub conversation_id: ConversationId,
-    /// The MLS group it came through.
-    #[serde(with = "serde_bytes")]
-    pub group_id: Vec<u8>,
-    /// Its id (hash of sender, group and a random nonce).
-    pub message_id: [u8; 32],
-    /// Who sent it.
-    pub sender_inbox: InboxId,
-    /// From which installation.
-    pub sender_installation: InstallationId,
-    /// Its content type, e.g. `text/plain`.
-    pub content_type: String,
-    /// Its body.
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
-    /// The sender's clock when sending, ms since the Unix epoch.
-    pub sent_at_ms: u64,
-    /// Its place in the conversation's order: the node's time for received
-    /// messages, the local time for own ones.
-    pub time_ms: u64,
-    /// Whether it reached the node.
-    pub delivery: Delivery,
-    /// In a deniable DM, the leaf key of a sender whose binding had not
-    /// verified when the message arrived: who sent it is not known, and it
-    /// must not be shown as verified. Cleared (and the sender filled in)
-    /// when that leaf's binding verifies. Always `None` elsewhere.
-    #[serde(default)]
-    pub unbound_leaf: Option<[u8; 32]>,
-}
-
-impl StoredMessage {
-    /// Whether the sender is known: always outside deniable DMs, and in
-    /// one once the sending leaf's binding verified.
-    pub fn is_verified(&self) -> bool {
-        self.unbound_leaf.is_none()
-    }
-}
-
-/// What the engine wants published.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outbound {
-    /// Its id, increasing per group.
-    pub id: u64,
-    /// The topics to publish it on (a Welcome goes to every joiner's
-    /// topic), as their string form. Stored once however many there are.
-    pub topics: Vec<String>,
-    /// The payload.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-    /// The own message this carries, to mark it published.
-    pub message_id: Option<[u8; 32]>,
-}
-
-/// Engine bookkeeping per group.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupRecord {
-    /// The conversation the group belongs to.
-    pub conversation_id: Option<ConversationId>,
-    /// The next intent id.
-    pub next_intent_id: u64,
-    /// The next outbox id.
-    pub next_outbox_id: u64,
-    /// When installations were last reconciled, ms since the Unix epoch.
-    pub last_reconciled_ms: u64,
-    /// The arrival number of the next envelope of the group topic.
-    #[serde(default)]
-    pub next_arrival: u64,
-    /// Rollback metrics.
-    #[serde(default)]
-    pub rewind: super::rewind::RewindStats,
-    /// Set when this installation found itself on a fork of the group.
-    #[serde(default)]
-    pub forked: Option<super::rewind::Fork>,
-    /// An own commit merged: publish an epoch digest.
-    #[serde(default)]
-    pub digest_due: bool,
-    /// When this installation last published an epoch digest.
-    #[serde(default)]
-    pub last_digest_ms: u64,
-    /// The epoch this installation joined at (from a Welcome).
-    #[serde(default)]
-    pub joined_at_epoch: u64,
-    /// This installation. Its leaf names it too, but not once it was
-    /// removed (the leaf is blank, or someone else's), and a removed
-    /// member must still know its own messages (to fail them if the
-    /// removal was a fork's).
-    #[serde(default)]
-    pub own_installation: Option<InstallationId>,
-    /// A member's branch parted from this one by an earlier commit, at an
-    /// epoch not settled yet when it was seen.
-    #[serde(default)]
-    pub earlier_commit: Option<super::rewind::EarlierCommit>,
-    /// The `written` number of the next own message tracked for re-sending.
-    #[serde(default)]
-    pub next_written: u64,
-    /// In a deniable DM: the bindings and this installation's leaf key.
-    #[serde(default)]
-    pub deniable: Option<super::deniable::DeniableState>,
-}
-
-/// A Welcome that re-adds this installation to a group it is still a
-/// member of: several members may answer one rejoin request, at different
-/// epochs, and the canonical re-add may be one whose Welcome arrives while
-/// an earlier re-add's leaf is still in use. It is kept until that leaf
-/// is removed (by the later re-add's commit).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeferredWelcome {
-    /// The epoch the Welcome starts at.
-    pub epoch: u64,
-    /// The Welcome payload, as read from the welcome topic.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-}
-
-impl DeferredWelcome {
-    fn hash(&self) -> [u8; 32] {
-        super::group_state::sha256(&self.payload)
-    }
-}
-
-/// When an installation's current leaf was added, so that a member can
-/// tell a rejoin request that a re-add already answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeafAdded {
-    /// The originator time of the commit that added it, ms.
-    pub commit_time_ms: u64,
-    /// The added leaf's encryption key: the record holds only while the
-    /// leaf does (a rollback or an update replaces it).
-    #[serde(with = "serde_bytes")]
-    pub encryption_key: Vec<u8>,
 }
 
 fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
@@ -917,7 +706,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        group::deniable::DeniableState,
+        group::records::DeniableState,
         identity::{InstallationKeys, LocalWallet},
     };
 
