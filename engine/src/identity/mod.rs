@@ -20,6 +20,7 @@ mod credential;
 mod deniable;
 mod error;
 mod installation;
+mod inventory;
 mod key_package;
 mod log;
 mod wallet;
@@ -39,11 +40,13 @@ pub use installation::{
     INSTALLATION_KEYS_LEN, InstallationId, InstallationKeys, InstallationStore,
     MemoryInstallationStore, load_or_create_installation, verify_installation_signature,
 };
-pub use key_package::{
-    CIPHERSUITE, DEFAULT_LIFETIME_SECS, GeneratedDeniableKeyPackages, GeneratedKeyPackages,
-    InventoryPlan, KITH_EXTENSION_TYPES, KeyPackageError, KeyPackageInventory,
+pub use inventory::{
+    GeneratedDeniableKeyPackages, GeneratedKeyPackages, InventoryPlan, KeyPackageInventory,
     KeyPackageInventoryStore, KeyPackagePolicy, LastResortRecord, MemoryInventoryStore,
-    RetiredLastResort, ValidatedKeyPackage, execute_deniable_plan, execute_plan,
+    RetiredLastResort, execute_deniable_plan, execute_plan,
+};
+pub use key_package::{
+    CIPHERSUITE, DEFAULT_LIFETIME_SECS, KITH_EXTENSION_TYPES, KeyPackageError, ValidatedKeyPackage,
     generate_key_package, kith_capabilities, validate_key_package,
 };
 pub use log::{
