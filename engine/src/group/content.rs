@@ -72,6 +72,26 @@ pub struct Content {
 }
 
 impl Content {
+    /// The content of a new message from `sender` in `group_id`, with the
+    /// id that `nonce` (fresh randomness) makes; returns it with that id.
+    pub fn new(
+        sender: InboxId,
+        group_id: &[u8],
+        nonce: &[u8],
+        content_type: &str,
+        body: Vec<u8>,
+        sent_at_ms: u64,
+    ) -> (Self, [u8; 32]) {
+        let id = message_id(sender, group_id, nonce);
+        let content = Self {
+            content_type: content_type.to_owned(),
+            message_id: id.to_vec(),
+            body,
+            sent_at_ms,
+        };
+        (content, id)
+    }
+
     /// Decode and check an application message's plaintext.
     pub fn decode_checked(bytes: &[u8]) -> Result<(Self, [u8; 32]), ContentError> {
         let content = Self::decode(bytes).map_err(|e| ContentError {
@@ -209,4 +229,19 @@ impl WelcomePayload {
             branch,
         })
     }
+}
+
+/// Check a content type an application sends: 1 to
+/// [`MAX_CONTENT_TYPE_LEN`] bytes, and not one of the engine's own.
+pub(crate) fn check_application_type(content_type: &str) -> Result<(), String> {
+    if content_type.is_empty() || content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err("the content type must be 1 to 128 bytes".into());
+    }
+    if content_type.starts_with(CONTROL_CONTENT_PREFIX) {
+        return Err(format!(
+            "content types starting with {CONTROL_CONTENT_PREFIX:?} are the engine's control \
+             messages"
+        ));
+    }
+    Ok(())
 }

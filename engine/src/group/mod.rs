@@ -1,60 +1,89 @@
-//! Groups and DMs: the conversation engine (DESIGN.md sections 5, 7 and 9).
+//! Groups and DMs: the conversation engine (DESIGN.md sections 5, 7, 8
+//! and 9).
+//!
+//! [`Group`] is the API: the driver makes every call through it. It owns
+//! the group's parts, each a type that owns its state, has its own tests,
+//! and says in its module docs what it never does; `Group` routes each
+//! input and each command to the parts that own what it changes.
 //!
 //! ```text
-//!  envelopes ──► Group::handle_envelope ─┬─► OpenMLS (process, validate, merge)
-//!  commands  ──► Group::send_message      ├─► ClientStore (messages, cursor, intents, outbox)
-//!               Group::queue_intent/advance┘
-//!  outputs   ◄── Group::poll_outbound / poll_event
+//!  Group (group.rs)        lifecycle, getters, commands, advance, outputs
+//!    │  each envelope ──► Input (input.rs)   routing, rollback and replay
+//!    ▼                      │
+//!  Parts (parts.rs)        the parts together; settling, flagging a fork
+//!    ├─ Mls (mls.rs)                 the epoch's MLS state, every OpenMLS call
+//!    ├─ Outbox (outbox.rs)           intents, payloads to publish
+//!    ├─ RewindHistory (history.rs)   snapshot ring, retained envelopes, commit
+//!    │                               positions, own commits and sends
+//!    ├─ ForkMonitor (forks.rs)       fork evidence, rejoin requests, kept Welcomes
+//!    ├─ Bindings (bindings.rs)       who is behind a deniable DM's leaves
+//!    └─ conversation (conversation.rs)  the conversation list and messages
+//!  under the parts: commit_plan (what a commit carries), validate (what
+//!    every member checks), roster (who each leaf is)
+//!  bottom: records, store (the port), intent, events, config, content,
+//!    aad, metadata, identities, signer, error
 //! ```
 //!
-//! [`metadata`] holds the GroupContext extensions and policies; commits are
-//! checked by `validate` before any merge; [`rewind`] rolls a group back
-//! and replays when the network delivered a group's commits out of
-//! canonical order; [`store`] is the client's own store port; [`identities`]
-//! the identity cache commit checks consult.
+//! Dependencies point down this picture only: the records and the store
+//! port import nothing above them, no part imports `Group`, and no two
+//! modules import each other, directly or around a circle
+//! (`engine/tests/layers.rs` checks it on every test run).
+//!
+//! The call order, the commit flow and where each envelope goes are in the
+//! docs of [`Group`]; rollback and replay in `history` and `input`; forks
+//! and their healing in `forks`; deniable DMs in `bindings`.
 
 mod aad;
+mod bindings;
+mod commit_plan;
 mod config;
 mod content;
-pub mod deniable;
+mod conversation;
 mod error;
 mod events;
-mod group_state;
-mod heal;
+mod forks;
+#[allow(clippy::module_inception)]
+mod group;
+mod history;
 mod identities;
+mod input;
 mod intent;
 pub mod metadata;
+mod mls;
+mod outbox;
+mod parts;
 pub mod records;
-pub mod rewind;
+mod roster;
 mod signer;
 pub mod store;
 mod validate;
 
+pub use bindings::{BindingView, DmVerification, binding_body, decode_binding};
 pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RewindPolicy};
 pub use content::{
     BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT,
     CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload,
     message_id,
 };
-pub use deniable::{
-    BindingView, DmVerification, MAX_DENIABLE_LEAVES, binding_body, decode_binding,
-};
+pub use conversation::NewGroup;
 pub use error::GroupError;
 pub use events::GroupEvent;
-pub use group_state::{
-    Group, KEPT_FAILED_INTENTS, MAX_PAST_EPOCHS, NewGroup, OUT_OF_ORDER_TOLERANCE, ReconcilePlan,
-};
-pub use heal::RejoinRequest;
+pub use forks::RejoinRequest;
+pub use group::{DIGEST_INTERVAL_MS, Group};
+pub use history::{COMMIT_HISTORY, MAX_HELD};
 pub use identities::IdentityCache;
 pub use intent::{DeniableAdd, Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
+pub use mls::{MAX_PAST_EPOCHS, OUT_OF_ORDER_TOLERANCE};
+pub use outbox::KEPT_FAILED_INTENTS;
 pub use records::{
     ConversationId, ConversationRecord, ConversationState, DeferredWelcome, Delivery, LeafAdded,
     Outbound, RewindStats, StoredMessage, dm_conversation_id,
 };
+pub use roster::ReconcilePlan;
 pub use signer::Me;
 pub use store::{ClientStore, GroupSnapshots, KvEntries, KvStore, MemoryKvStore};
-pub use validate::CommitSummary;
+pub use validate::{CommitSummary, MAX_DENIABLE_LEAVES};
 
 #[cfg(any(test, feature = "test-suite"))]
 pub mod test_suite;

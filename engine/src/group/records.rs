@@ -209,6 +209,119 @@ pub struct GroupRecord {
     pub deniable: Option<DeniableState>,
 }
 
+impl GroupRecord {
+    /// Split the record by the part of the engine that owns each field.
+    pub(crate) fn into_parts(self) -> RecordParts {
+        RecordParts {
+            core: CoreState {
+                conversation_id: self.conversation_id,
+                last_reconciled_ms: self.last_reconciled_ms,
+                digest_due: self.digest_due,
+                last_digest_ms: self.last_digest_ms,
+                joined_at_epoch: self.joined_at_epoch,
+                own_installation: self.own_installation,
+            },
+            outbox: OutboxState {
+                next_intent_id: self.next_intent_id,
+                next_outbox_id: self.next_outbox_id,
+            },
+            history: HistoryState {
+                next_arrival: self.next_arrival,
+                next_written: self.next_written,
+                stats: self.rewind,
+            },
+            forks: ForkState {
+                forked: self.forked,
+                earlier_commit: self.earlier_commit,
+            },
+            deniable: self.deniable,
+        }
+    }
+}
+
+/// A [`GroupRecord`] split by owner: what the coordinating `Group` keeps,
+/// and the state of the outbox, the rewind history, the fork monitor and
+/// (in a deniable DM) the bindings. The group is stored as one record, so
+/// that an old record still decodes and one step writes it once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RecordParts {
+    pub(crate) core: CoreState,
+    pub(crate) outbox: OutboxState,
+    pub(crate) history: HistoryState,
+    pub(crate) forks: ForkState,
+    pub(crate) deniable: Option<DeniableState>,
+}
+
+impl RecordParts {
+    /// The stored form.
+    pub(crate) fn into_record(self) -> GroupRecord {
+        let Self {
+            core,
+            outbox,
+            history,
+            forks,
+            deniable,
+        } = self;
+        GroupRecord {
+            conversation_id: core.conversation_id,
+            next_intent_id: outbox.next_intent_id,
+            next_outbox_id: outbox.next_outbox_id,
+            last_reconciled_ms: core.last_reconciled_ms,
+            next_arrival: history.next_arrival,
+            rewind: history.stats,
+            forked: forks.forked,
+            digest_due: core.digest_due,
+            last_digest_ms: core.last_digest_ms,
+            joined_at_epoch: core.joined_at_epoch,
+            own_installation: core.own_installation,
+            earlier_commit: forks.earlier_commit,
+            next_written: history.next_written,
+            deniable,
+        }
+    }
+}
+
+/// What the coordinating `Group` itself keeps of its record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CoreState {
+    pub(crate) conversation_id: Option<ConversationId>,
+    pub(crate) last_reconciled_ms: u64,
+    pub(crate) digest_due: bool,
+    pub(crate) last_digest_ms: u64,
+    pub(crate) joined_at_epoch: u64,
+    pub(crate) own_installation: Option<InstallationId>,
+}
+
+/// The outbox's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OutboxState {
+    /// The next intent id.
+    pub(crate) next_intent_id: u64,
+    /// The next outbox id.
+    pub(crate) next_outbox_id: u64,
+}
+
+/// The rewind history's counters and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HistoryState {
+    /// The arrival number of the next envelope of the group topic.
+    pub(crate) next_arrival: u64,
+    /// The `written` number of the next own message tracked for re-sending.
+    pub(crate) next_written: u64,
+    /// Rollback metrics.
+    pub(crate) stats: RewindStats,
+}
+
+/// The fork monitor's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ForkState {
+    /// Set when this installation found itself on a fork of the group.
+    pub(crate) forked: Option<Fork>,
+    /// A member's branch parted from this one by an earlier commit, at an
+    /// epoch not settled yet when it was seen.
+    pub(crate) earlier_commit: Option<EarlierCommit>,
+}
+
 // ----- the rewind history's records --------------------------------------
 
 /// The ring entry for one unsettled epoch transition. The snapshot bytes

@@ -375,6 +375,18 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         key
     }
 
+    /// Forget when each installation's leaf was added to the group.
+    pub fn remove_leaves_added(&self, group_id: &[u8]) -> Result<(), GroupError> {
+        self.remove_prefix(&with_len(b'a', group_id))
+    }
+
+    fn remove_prefix(&self, prefix: &[u8]) -> Result<(), GroupError> {
+        for (key, _) in self.0.kv_scan(prefix).map_err(GroupError::store)? {
+            self.0.kv_delete(&key).map_err(GroupError::store)?;
+        }
+        Ok(())
+    }
+
     /// The retained snapshots of a group, oldest epoch first.
     pub fn snapshots(&self, group_id: &[u8]) -> Result<Vec<EpochSnapshot>, GroupError> {
         self.scan(&with_len(b's', group_id))
@@ -568,14 +580,7 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
 
     /// Forget every recorded commit position of a group.
     pub fn remove_commit_keys(&self, group_id: &[u8]) -> Result<(), GroupError> {
-        for (key, _) in self
-            .0
-            .kv_scan(&with_len(b'k', group_id))
-            .map_err(GroupError::store)?
-        {
-            self.0.kv_delete(&key).map_err(GroupError::store)?;
-        }
-        Ok(())
+        self.remove_prefix(&with_len(b'k', group_id))
     }
 
     /// Keep a deniable leaf key, under its public key.
@@ -644,6 +649,11 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
                 .map_err(GroupError::store)?;
         }
         Ok(())
+    }
+
+    /// Forget every binding exporter secret kept for a group.
+    pub fn remove_binding_exporters(&self, group_id: &[u8]) -> Result<(), GroupError> {
+        self.remove_prefix(&with_len(b'b', group_id))
     }
 
     /// The binding exporter secret of `epoch`, if kept.

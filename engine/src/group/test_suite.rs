@@ -5,8 +5,11 @@
 use rand_core::SeedableRng as _;
 
 use super::{
-    ClientStore, ConversationId, ConversationRecord, ConversationState, Delivery, Intent,
-    IntentKind, IntentState, KvStore, Outbound, StoredMessage,
+    intent::{Intent, IntentKind, IntentState},
+    records::{
+        ConversationId, ConversationRecord, ConversationState, Delivery, Outbound, StoredMessage,
+    },
+    store::{ClientStore, KvStore},
 };
 use crate::{
     delivery::{Cursor, Topic},
@@ -151,6 +154,6 @@ pub fn client_store_suite<S: KvStore>(kv: &S) {
 mod tests {
     #[test]
     fn memory_client_store() {
-        super::client_store_suite(&super::super::MemoryKvStore::default());
+        super::client_store_suite(&crate::group::store::MemoryKvStore::default());
     }
 }

@@ -10,10 +10,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openmls::prelude::{LeafNode, LeafNodeIndex, MlsGroup, Proposal, Sender, StagedCommit};
+use openmls::prelude::{
+    LeafNode, LeafNodeIndex, Member, MlsGroup, Proposal, QueuedProposal, Sender, StagedCommit,
+};
 
-use super::{identities::IdentityCache, metadata::GroupMetadata};
-use crate::identity::{InboxId, InstallationId, credential_inbox};
+use super::{
+    error::GroupError,
+    identities::IdentityCache,
+    metadata::{GroupMetadata, Role},
+    records::DeniableState,
+    roster::{Roster, leaf_identity},
+};
+use crate::identity::{
+    DEFAULT_MAX_INSTALLATIONS, InboxId, InstallationId, check_pseudonym, credential_inbox,
+};
+
+/// The most leaves a deniable DM may have: every installation of both
+/// inboxes.
+pub const MAX_DENIABLE_LEAVES: usize = 2 * DEFAULT_MAX_INSTALLATIONS;
 
 /// What a valid commit changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,17 +54,6 @@ pub(crate) enum Verdict {
     NeedIdentities(Vec<(InboxId, u64)>),
     /// The commit breaks a rule; it is rejected whole.
     Reject(String),
-}
-
-/// The inbox and installation of a leaf of the current tree.
-pub(crate) fn leaf_identity(
-    group: &MlsGroup,
-    leaf: LeafNodeIndex,
-) -> Option<(InboxId, InstallationId)> {
-    let member = group.member_at(leaf)?;
-    let inbox = credential_inbox(&member.credential).ok()?;
-    let installation = InstallationId(member.signature_key.as_slice().try_into().ok()?);
-    Some((inbox, installation))
 }
 
 fn reject(reason: impl Into<String>) -> Verdict {
@@ -225,7 +228,7 @@ pub(crate) fn validate_commit(
         if !old.policies.remove_member.allows(role) {
             return Err(reject(format!("{proposer} may not remove members")));
         }
-        if old.mutable.super_admins.contains(inbox) && role != super::Role::SuperAdmin {
+        if old.mutable.super_admins.contains(inbox) && role != Role::SuperAdmin {
             return Err(reject(format!(
                 "only a super admin may remove the super admin {inbox}"
             )));
@@ -280,7 +283,7 @@ pub(crate) fn check_metadata_change(
 pub(crate) fn check_metadata_change_by_role(
     old: &GroupMetadata,
     new: &GroupMetadata,
-    role: super::Role,
+    role: Role,
     proposer: &str,
 ) -> Result<(), String> {
     let keys: BTreeSet<&String> = old
@@ -299,13 +302,339 @@ pub(crate) fn check_metadata_change_by_role(
     if old.mutable.admins != new.mutable.admins && !old.policies.manage_admins.allows(role) {
         return Err(format!("{proposer} may not manage admins"));
     }
-    if old.mutable.super_admins != new.mutable.super_admins && role != super::Role::SuperAdmin {
+    if old.mutable.super_admins != new.mutable.super_admins && role != Role::SuperAdmin {
         return Err(format!("{proposer} may not manage super admins"));
     }
     if (old.policies != new.policies || old.gating != new.gating)
         && !old.policies.change_policies.allows(role)
     {
         return Err(format!("{proposer} may not change policies"));
+    }
+    Ok(())
+}
+
+/// A deniable leaf's new version (a key update, or a committer's path) may
+/// change its encryption key, never its signature key or pseudonym: those
+/// are what its binding speaks for.
+pub(crate) fn check_deniable_update(
+    leaf: Option<Member>,
+    new: &openmls::prelude::LeafNode,
+) -> Result<(), String> {
+    let leaf = leaf.ok_or("an update from an empty leaf")?;
+    if new.signature_key().as_slice() != leaf.signature_key.as_slice()
+        || *new.credential() != leaf.credential
+    {
+        return Err("a key update that changes its leaf's key or pseudonym".into());
+    }
+    Ok(())
+}
+
+/// Check the tree of a Welcome into a deniable DM: pseudonymous leaves
+/// only, no more than [`MAX_DENIABLE_LEAVES`], and a membership record
+/// that names only the DM's inboxes.
+pub(crate) fn check_deniable_welcome(
+    metadata: &GroupMetadata,
+    members: impl Iterator<Item = Member>,
+) -> Result<(), GroupError> {
+    let mut leaves = 0;
+    for member in members {
+        check_pseudonym(&member.credential)
+            .map_err(|e| GroupError::InvalidInput(format!("a leaf of the deniable DM: {e}")))?;
+        leaves += 1;
+    }
+    if leaves > MAX_DENIABLE_LEAVES {
+        return Err(GroupError::InvalidInput(format!(
+            "a deniable DM has at most {MAX_DENIABLE_LEAVES} leaves, this one {leaves}"
+        )));
+    }
+    let dm = metadata.immutable.dm_members;
+    if metadata
+        .membership
+        .keys()
+        .any(|inbox| !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b))
+    {
+        return Err(GroupError::InvalidInput(
+            "the membership record names an inbox that is not in the DM".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Validate `staged`, a commit by leaf `committer` of the deniable DM
+/// `group`, whose metadata before it is `old`. Leaves are pseudonyms:
+/// adds must be pseudonymous leaves (their bindings check whose they
+/// are), nobody is removed but a member leaving or a leaf replaced in the
+/// same commit, a leaf keeps its key and pseudonym, and metadata changes
+/// follow the DM's policies.
+pub(crate) fn validate_deniable_commit(
+    group: &MlsGroup,
+    old: &GroupMetadata,
+    staged: &StagedCommit,
+    committer: LeafNodeIndex,
+    identities: &IdentityCache,
+    committer_inbox: InboxId,
+) -> Result<CommitSummary, Verdict> {
+    let reject = |reason: String| Verdict::Reject(reason);
+    let new = GroupMetadata::from_extensions(staged.group_context().extensions())
+        .map_err(|e| reject(format!("metadata after the commit: {e}")))?;
+    if new.immutable != old.immutable {
+        return Err(reject("the commit changes the immutable metadata".into()));
+    }
+    let committer_leaf = group
+        .member_at(committer)
+        .ok_or_else(|| reject("the committer has no leaf".into()))?;
+    let mut added = 0usize;
+    let mut removed = BTreeSet::new();
+    let mut metadata_changes = 0;
+    for queued in staged.queued_proposals() {
+        let Sender::Member(sender) = queued.sender() else {
+            return Err(reject("a proposal from outside the group".into()));
+        };
+        match queued.proposal() {
+            Proposal::Add(add) => {
+                check_pseudonym(add.key_package().leaf_node().credential())
+                    .map_err(|e| reject(format!("an added leaf: {e}")))?;
+                added += 1;
+            }
+            Proposal::Remove(remove) => {
+                removed.insert((remove.removed(), *sender == remove.removed()));
+            }
+            Proposal::Update(update) => {
+                check_deniable_update(group.member_at(*sender), update.leaf_node())
+                    .map_err(reject)?;
+            }
+            Proposal::GroupContextExtensions(_) => metadata_changes += 1,
+            other => {
+                return Err(reject(format!(
+                    "proposal type {:?} is not used by Kith",
+                    other.proposal_type()
+                )));
+            }
+        }
+    }
+    if metadata_changes > 1 {
+        return Err(reject(
+            "more than one group-context change in one commit".into(),
+        ));
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        check_deniable_update(Some(committer_leaf), leaf)
+            .map_err(|_| reject("the committer's new leaf changes its key or pseudonym".into()))?;
+    }
+    // A removal is a member leaving, or a leaf replaced by an add in the
+    // same commit (a re-add): a DM removes nobody.
+    let replaced = removed.iter().filter(|(_, own)| !own).count();
+    if replaced > added {
+        return Err(reject("a DM removes nobody".into()));
+    }
+    let leaves = group.members().count() + added - removed.len();
+    if leaves > MAX_DENIABLE_LEAVES {
+        return Err(reject(format!(
+            "a deniable DM has at most {MAX_DENIABLE_LEAVES} leaves"
+        )));
+    }
+    // The membership extension names only the DM's inboxes, whose
+    // identity-log sequences never go back.
+    let dm = old.immutable.dm_members;
+    for (inbox, sequence) in &new.membership {
+        if !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b) {
+            return Err(reject(format!("{inbox} is not one of the DM's inboxes")));
+        }
+        if old.membership.get(inbox).is_some_and(|p| sequence < p) {
+            return Err(reject(format!(
+                "the identity-log sequence of {inbox} goes back"
+            )));
+        }
+    }
+    let need = identities.behind(&new.membership);
+    if !need.is_empty() {
+        return Err(Verdict::NeedIdentities(need));
+    }
+    let metadata_changed =
+        new.mutable != old.mutable || new.policies != old.policies || new.gating != old.gating;
+    if metadata_changed {
+        if metadata_changes == 0 {
+            return Err(reject(
+                "the metadata changed without a group-context proposal".into(),
+            ));
+        }
+        // A DM has no admins: every member acts as one.
+        check_metadata_change_by_role(old, &new, Role::Member, "a member of this DM")
+            .map_err(Verdict::Reject)?;
+    }
+    Ok(CommitSummary {
+        committer: committer_inbox,
+        added: Vec::new(),
+        removed: Vec::new(),
+        metadata: new,
+        metadata_changed,
+        leaves_added: added > 0,
+    })
+}
+
+/// Validate a staged commit by leaf `committer` of `group` (metadata
+/// `metadata` before it), as every member will: against the identity logs
+/// in groups, by [`validate_deniable_commit`] in a deniable DM, whose
+/// bindings are `deniable`.
+pub(crate) fn validate_staged(
+    group: &MlsGroup,
+    metadata: &GroupMetadata,
+    deniable: Option<&DeniableState>,
+    staged: &StagedCommit,
+    committer: LeafNodeIndex,
+    identities: &IdentityCache,
+) -> Result<CommitSummary, Verdict> {
+    match deniable {
+        None => validate_commit(group, metadata, staged, committer, identities),
+        Some(state) => {
+            // Until its binding verifies, a committer is taken to be the
+            // peer: only for the events' `by`, never for a permission (a DM
+            // grants the same to both).
+            let committer_inbox = Roster::new(group, deniable)
+                .identity_of(committer)
+                .map_or_else(
+                    || dm_peer(metadata, state.own_inbox).unwrap_or(state.own_inbox),
+                    |(inbox, _)| inbox,
+                );
+            validate_deniable_commit(
+                group,
+                metadata,
+                staged,
+                committer,
+                identities,
+                committer_inbox,
+            )
+        }
+    }
+}
+
+/// For a DM, the inbox that is not `me`.
+pub(crate) fn dm_peer(metadata: &GroupMetadata, me: InboxId) -> Option<InboxId> {
+    metadata
+        .immutable
+        .dm_members
+        .map(|(a, b)| if a == me { b } else { a })
+}
+
+/// Whether a member's standalone proposal may be stored for the next
+/// commit: a member leaving (`Ok(true)`), a key update that keeps the
+/// member's identity, or a metadata change the proposer's role allows that
+/// leaves the membership and the immutable metadata alone. Checked when it
+/// arrives, as a commit including it will be, so that nobody's commit
+/// picks up a proposal that would sink it.
+pub(crate) fn check_proposal(
+    group: &MlsGroup,
+    metadata: &GroupMetadata,
+    queued: &QueuedProposal,
+) -> Result<bool, String> {
+    let Sender::Member(sender) = queued.sender() else {
+        return Err("a proposal from outside the group".into());
+    };
+    // In a deniable DM the proposer is a pseudonym: its binding, not its
+    // leaf, says who it is, and every member may do what a DM allows.
+    let proposer = if metadata.immutable.deniable() {
+        None
+    } else {
+        Some(
+            leaf_identity(group, *sender)
+                .ok_or("a proposal from a leaf without a Kith credential")?,
+        )
+    };
+    match queued.proposal() {
+        Proposal::Remove(r) if r.removed() == *sender => Ok(true),
+        Proposal::Update(update) => {
+            match proposer {
+                Some((inbox, installation)) => {
+                    check_update(update.leaf_node(), inbox, installation)?
+                }
+                None => check_deniable_update(group.member_at(*sender), update.leaf_node())?,
+            }
+            Ok(false)
+        }
+        Proposal::GroupContextExtensions(change) => {
+            let new = GroupMetadata::from_extensions(change.extensions())
+                .map_err(|e| format!("a proposed metadata change: {e}"))?;
+            if new.immutable != metadata.immutable || new.membership != metadata.membership {
+                return Err(
+                    "a proposed metadata change touches the immutable metadata or the membership"
+                        .into(),
+                );
+            }
+            match proposer {
+                Some((inbox, _)) => check_metadata_change(metadata, &new, &inbox)?,
+                None => check_metadata_change_by_role(
+                    metadata,
+                    &new,
+                    Role::Member,
+                    "a member of this DM",
+                )?,
+            }
+            Ok(false)
+        }
+        other => Err(format!(
+            "a standalone {:?} proposal, which Kith does not use",
+            other.proposal_type()
+        )),
+    }
+}
+
+/// Check a metadata change `old` -> `new` this installation (`me`) is about
+/// to propose or commit, as the others will check it.
+pub(crate) fn check_own_metadata_change(
+    old: &GroupMetadata,
+    new: &GroupMetadata,
+    me: InboxId,
+) -> Result<(), GroupError> {
+    let checked = if old.immutable.deniable() {
+        check_metadata_change_by_role(old, new, Role::Member, "a member of this DM")
+    } else {
+        check_metadata_change(old, new, &me)
+    };
+    checked.map_err(GroupError::NotPermitted)
+}
+
+/// Check the tree of a Welcome whose group metadata is `metadata`: every
+/// member's leaf is checked against the identity logs at the sequence
+/// numbers the group records, and the membership record must name exactly
+/// the members' inboxes. A deniable DM's leaves are pseudonyms, checked by
+/// [`check_deniable_welcome`] (their bindings say who they are).
+pub(crate) fn check_welcome(
+    metadata: &GroupMetadata,
+    members: Vec<Member>,
+    identities: &IdentityCache,
+) -> Result<(), GroupError> {
+    let need = identities.behind(&metadata.membership);
+    if !need.is_empty() {
+        return Err(GroupError::NeedIdentities(need));
+    }
+    if metadata.immutable.deniable() {
+        return check_deniable_welcome(metadata, members.into_iter());
+    }
+    let mut inboxes = BTreeSet::new();
+    for member in members {
+        let inbox = credential_inbox(&member.credential)
+            .map_err(|e| GroupError::InvalidInput(format!("a member's leaf: {e}")))?;
+        let installation = InstallationId(
+            member
+                .signature_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| GroupError::InvalidInput("a leaf key is not Ed25519".into()))?,
+        );
+        let sequence = metadata.membership.get(&inbox).copied().ok_or_else(|| {
+            GroupError::InvalidInput(format!("member {inbox} is not in the membership record"))
+        })?;
+        if identities.active_at(&inbox, &installation, sequence) != Some(true) {
+            return Err(GroupError::InvalidInput(format!(
+                "member installation {installation} is not active for {inbox}"
+            )));
+        }
+        inboxes.insert(inbox);
+    }
+    if inboxes != metadata.membership.keys().copied().collect() {
+        return Err(GroupError::InvalidInput(
+            "the membership record does not match the members".into(),
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,399 @@
+//! The conversation's side of a group: its entry in the conversation list
+//! and its stored messages, as the engine changes them.
+//!
+//! A conversation outlives its MLS groups (a DM may have several, and a
+//! member re-added after a fork joins the same group id afresh), so these
+//! records are keyed by conversation, not by group. The functions here
+//! are the only ways the engine changes them: registering and retiring a
+//! group, storing a received message (once per id), and moving a message
+//! between delivery states. Each returns the events the application must
+//! hear; none reads or writes anything of the MLS state. A new
+//! conversation's metadata is made here too ([`NewGroup`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    content::Content,
+    error::GroupError,
+    events::{Events, GroupEvent},
+    identities::IdentityCache,
+    metadata::{
+        ConversationKind, GroupMetadata, ImmutableMetadata, MutableMetadata, Policies, PolicyPreset,
+    },
+    records::{ConversationId, ConversationRecord, ConversationState, Delivery, StoredMessage},
+    signer::Me,
+    store::{ClientStore, KvStore},
+};
+use crate::identity::{DmMode, InboxId, InstallationId};
+
+/// Add `group_id` to conversation `id` (creating the conversation, with
+/// `dm_peer`, if it is new) and mark the conversation active.
+pub(crate) fn register_group<S: KvStore + ?Sized>(
+    kv: &S,
+    id: &ConversationId,
+    dm_peer: Option<InboxId>,
+    group_id: &[u8],
+    now_ms: u64,
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    let mut record = store.conversation(id)?.unwrap_or(ConversationRecord {
+        id: id.clone(),
+        dm_peer,
+        group_ids: Vec::new(),
+        created_at_ms: now_ms,
+        state: ConversationState::Active,
+    });
+    if !record.group_ids.contains(&group_id.to_vec()) {
+        record.group_ids.push(group_id.to_vec());
+    }
+    record.state = ConversationState::Active;
+    store.put_conversation(&record)
+}
+
+/// This installation left `group_id` (it was removed): drop the group from
+/// the conversation, and mark the conversation removed if it was its last.
+pub(crate) fn retire_group<S: KvStore + ?Sized>(
+    kv: &S,
+    id: &ConversationId,
+    group_id: &[u8],
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    if let Some(mut record) = store.conversation(id)? {
+        record.group_ids.retain(|g| g != group_id);
+        if record.group_ids.is_empty() {
+            record.group_ids.push(group_id.to_vec());
+            record.state = ConversationState::Removed;
+        }
+        store.put_conversation(&record)?;
+    }
+    Ok(())
+}
+
+/// A rollback brought this installation back into `group_id` (the replay
+/// undid its removal): list the group and the conversation as active
+/// again.
+pub(crate) fn restore_group<S: KvStore + ?Sized>(
+    kv: &S,
+    id: &ConversationId,
+    group_id: &[u8],
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    let mut record = store.conversation(id)?;
+    if let Some(record) = record.as_mut()
+        && (record.state != ConversationState::Active
+            || !record.group_ids.contains(&group_id.to_vec()))
+    {
+        record.state = ConversationState::Active;
+        if !record.group_ids.contains(&group_id.to_vec()) {
+            record.group_ids.push(group_id.to_vec());
+        }
+        store.put_conversation(record)?;
+    }
+    Ok(())
+}
+
+/// A message this installation (`me`) is sending through `group_id`,
+/// as stored before it reaches the node; its place in the conversation is
+/// when it was written.
+pub(crate) fn own_message(
+    conversation_id: ConversationId,
+    group_id: &[u8],
+    me: Me<'_>,
+    message_id: [u8; 32],
+    content: Content,
+) -> StoredMessage {
+    StoredMessage {
+        conversation_id,
+        group_id: group_id.to_vec(),
+        message_id,
+        sender_inbox: me.inbox,
+        sender_installation: me.keys.id(),
+        content_type: content.content_type,
+        body: content.body,
+        sent_at_ms: content.sent_at_ms,
+        time_ms: content.sent_at_ms,
+        delivery: Delivery::Unpublished,
+        unbound_leaf: None,
+    }
+}
+
+/// Store a received message, once per id. A message already stored as
+/// [`Delivery::Superseded`] is delivered again: its sender's re-sent copy
+/// arrived in the canonical branch.
+pub(crate) fn store_received<S: KvStore + ?Sized>(
+    kv: &S,
+    message: StoredMessage,
+    events: &mut Events,
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    if store.insert_message(&message)? {
+        events.push_back(GroupEvent::Message(message));
+    } else if let Some(mut stored) = store.message(&message.conversation_id, &message.message_id)?
+        && stored.delivery == Delivery::Superseded
+    {
+        stored.delivery = Delivery::Published;
+        store.update_message(&stored)?;
+        events.push_back(GroupEvent::MessageConfirmed {
+            message_id: message.message_id,
+        });
+    }
+    Ok(())
+}
+
+/// Move an own message from `Unpublished` to `Published` (its payload
+/// reached the node). A message failed meanwhile (sent on a fork) stays
+/// failed.
+pub(crate) fn mark_published<S: KvStore + ?Sized>(
+    kv: &S,
+    conversation: &ConversationId,
+    message_id: &[u8; 32],
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    if let Some(mut message) = store.message(conversation, message_id)?
+        && message.delivery == Delivery::Unpublished
+    {
+        message.delivery = Delivery::Published;
+        store.update_message(&message)?;
+    }
+    Ok(())
+}
+
+/// Mark an own message failed, and say why.
+pub(crate) fn mark_failed<S: KvStore + ?Sized>(
+    kv: &S,
+    conversation: &ConversationId,
+    message_id: &[u8; 32],
+    reason: &str,
+    events: &mut Events,
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    if let Some(mut message) = store.message(conversation, message_id)? {
+        message.delivery = Delivery::Failed;
+        store.update_message(&message)?;
+    }
+    events.push_back(GroupEvent::MessageFailed {
+        message_id: *message_id,
+        reason: reason.into(),
+    });
+    Ok(())
+}
+
+/// Mark received messages known only from a branch that lost as
+/// superseded (those not superseded already), and say so.
+pub(crate) fn supersede<'a, S: KvStore + ?Sized>(
+    kv: &S,
+    conversation: &ConversationId,
+    ids: impl IntoIterator<Item = &'a [u8; 32]>,
+    events: &mut Events,
+) -> Result<(), GroupError> {
+    let store = ClientStore(kv);
+    for id in ids {
+        if let Some(mut message) = store.message(conversation, id)?
+            && message.delivery != Delivery::Superseded
+        {
+            message.delivery = Delivery::Superseded;
+            store.update_message(&message)?;
+            events.push_back(GroupEvent::MessageSuperseded { message_id: *id });
+        }
+    }
+    Ok(())
+}
+
+/// Fail the messages `me` sent through `group_id` at or after `since_ms`
+/// (on a fork that began then, which the other members never saw), and
+/// return their ids.
+pub(crate) fn fail_sent_since<S: KvStore + ?Sized>(
+    kv: &S,
+    conversation: &ConversationId,
+    group_id: &[u8],
+    me: InstallationId,
+    since_ms: u64,
+    events: &mut Events,
+) -> Result<Vec<[u8; 32]>, GroupError> {
+    let store = ClientStore(kv);
+    let mut failed = Vec::new();
+    for mut message in store.messages(conversation)? {
+        if message.group_id != group_id
+            || message.sender_installation != me
+            || message.time_ms < since_ms
+            || message.delivery == Delivery::Failed
+        {
+            continue;
+        }
+        message.delivery = Delivery::Failed;
+        store.update_message(&message)?;
+        failed.push(message.message_id);
+        events.push_back(GroupEvent::MessageFailed {
+            message_id: message.message_id,
+            reason: "sent on a fork of the group, which the other members never saw".into(),
+        });
+    }
+    Ok(failed)
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    /// Group or DM.
+    pub kind: ConversationKind,
+    /// For a DM, the other inbox.
+    pub dm_peer: Option<InboxId>,
+    /// For a DM, whether it can be denied (ignored for groups, which never
+    /// can). A deniable DM's members are added with
+    /// [`IntentKind::AddDeniable`](super::intent::IntentKind::AddDeniable).
+    pub dm_mode: DmMode,
+    /// Initial attributes (name, description, ...).
+    pub attributes: BTreeMap<String, String>,
+    /// Policy preset (ignored for DMs, which use [`Policies::dm`]).
+    pub preset: PolicyPreset,
+    /// Creation time, ms since the Unix epoch.
+    pub now_ms: u64,
+}
+
+/// The metadata of a new conversation made by `me`.
+pub(crate) fn new_metadata(
+    new: &NewGroup,
+    me: InboxId,
+    identities: &IdentityCache,
+) -> Result<GroupMetadata, GroupError> {
+    let (dm_members, policies, super_admins) = match (new.kind, new.dm_peer) {
+        (ConversationKind::Dm, Some(peer)) if peer != me => {
+            let pair = if me < peer { (me, peer) } else { (peer, me) };
+            (Some(pair), Policies::dm(), BTreeSet::new())
+        }
+        (ConversationKind::Dm, _) => {
+            return Err(GroupError::InvalidInput(
+                "a DM needs one peer other than yourself".into(),
+            ));
+        }
+        (ConversationKind::Group, _) => (None, Policies::preset(new.preset), BTreeSet::from([me])),
+    };
+    let metadata = GroupMetadata {
+        immutable: ImmutableMetadata {
+            kind: new.kind,
+            creator: me,
+            dm_mode: dm_members.map(|_| new.dm_mode),
+            dm_members,
+            created_at_ms: new.now_ms,
+            legacy_conversation_id: None,
+        },
+        mutable: MutableMetadata {
+            attributes: new.attributes.clone(),
+            admins: BTreeSet::new(),
+            super_admins,
+        },
+        policies,
+        membership: BTreeMap::from([(me, identities.sequence(&me))]),
+        gating: Vec::new(),
+    };
+    metadata.check_limits()?;
+    Ok(metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::store::MemoryKvStore;
+
+    fn message(conversation: &ConversationId, id: u8, time_ms: u64) -> StoredMessage {
+        StoredMessage {
+            conversation_id: conversation.clone(),
+            group_id: b"group".to_vec(),
+            message_id: [id; 32],
+            sender_inbox: InboxId::from_bytes([1; 20]),
+            sender_installation: InstallationId([2; 32]),
+            content_type: "text/plain".into(),
+            body: vec![id],
+            sent_at_ms: time_ms,
+            time_ms,
+            delivery: Delivery::Published,
+            unbound_leaf: None,
+        }
+    }
+
+    #[test]
+    fn a_message_is_stored_and_announced_once() {
+        let kv = MemoryKvStore::default();
+        let conversation = ConversationId(b"c".to_vec());
+        let mut events = Events::new();
+        store_received(&kv, message(&conversation, 1, 10), &mut events).expect("store");
+        store_received(&kv, message(&conversation, 1, 20), &mut events).expect("store");
+        assert_eq!(events.len(), 1, "{events:?}");
+        let stored = ClientStore(&kv).messages(&conversation).expect("read");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].time_ms, 10);
+    }
+
+    #[test]
+    fn a_superseded_message_is_confirmed_by_its_copy() {
+        let kv = MemoryKvStore::default();
+        let conversation = ConversationId(b"c".to_vec());
+        let mut events = Events::new();
+        store_received(&kv, message(&conversation, 1, 10), &mut events).expect("store");
+        supersede(&kv, &conversation, [&[1; 32]], &mut events).expect("supersede");
+        // Twice is once.
+        supersede(&kv, &conversation, [&[1; 32]], &mut events).expect("supersede");
+        store_received(&kv, message(&conversation, 1, 30), &mut events).expect("store");
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| match e {
+                GroupEvent::Message(_) => "message",
+                GroupEvent::MessageSuperseded { .. } => "superseded",
+                GroupEvent::MessageConfirmed { .. } => "confirmed",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["message", "superseded", "confirmed"]);
+        let stored = ClientStore(&kv).messages(&conversation).expect("read");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].delivery, Delivery::Published);
+    }
+
+    #[test]
+    fn only_own_messages_of_the_fork_fail() {
+        let kv = MemoryKvStore::default();
+        let conversation = ConversationId(b"c".to_vec());
+        let store = ClientStore(&kv);
+        let me = InstallationId([2; 32]);
+        let mut before = message(&conversation, 1, 10);
+        before.delivery = Delivery::Published;
+        let after = message(&conversation, 2, 20);
+        let mut theirs = message(&conversation, 3, 30);
+        theirs.sender_installation = InstallationId([9; 32]);
+        for m in [&before, &after, &theirs] {
+            store.insert_message(m).expect("insert");
+        }
+        let mut events = Events::new();
+        let failed =
+            fail_sent_since(&kv, &conversation, b"group", me, 15, &mut events).expect("fail");
+        assert_eq!(failed, vec![[2; 32]]);
+        assert_eq!(events.len(), 1);
+        let stored = store.messages(&conversation).expect("read");
+        let states: Vec<Delivery> = stored.iter().map(|m| m.delivery).collect();
+        assert_eq!(
+            states,
+            [Delivery::Published, Delivery::Failed, Delivery::Published]
+        );
+    }
+
+    #[test]
+    fn a_group_is_retired_and_restored() {
+        let kv = MemoryKvStore::default();
+        let id = ConversationId(b"c".to_vec());
+        register_group(&kv, &id, None, b"g1", 5).expect("register");
+        retire_group(&kv, &id, b"g1").expect("retire");
+        let record = ClientStore(&kv)
+            .conversation(&id)
+            .expect("read")
+            .expect("kept");
+        assert_eq!(record.state, ConversationState::Removed);
+        assert_eq!(record.group_ids, vec![b"g1".to_vec()]);
+        restore_group(&kv, &id, b"g1").expect("restore");
+        let record = ClientStore(&kv)
+            .conversation(&id)
+            .expect("read")
+            .expect("kept");
+        assert_eq!(record.state, ConversationState::Active);
+        assert_eq!(record.created_at_ms, 5);
+    }
+}

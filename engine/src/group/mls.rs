@@ -1,0 +1,707 @@
+//! [`Mls`]: the group's MLS state of the current epoch, and every OpenMLS
+//! call made on it.
+//!
+//! It owns the `MlsGroup` (tree, secrets, pending proposals and commit),
+//! the key the group's leaf signs with, and the metadata the GroupContext
+//! carries. It is the one place that knows how Kith configures OpenMLS
+//! (ciphersuite, wire format, ratchet tolerance, past-epoch secrets) and
+//! how OpenMLS errors map to [`GroupError`], and it checks everything
+//! before it merges: every commit is validated exactly as every member
+//! validates it (`validate`), and every proposal before it is stored.
+//!
+//! ```text
+//!  build(intent) ─► plan ─► stage ─► validate as a receiver would ─► Built (or cleared)
+//!  receive(message) ─► process ─► Received: a message, a checked proposal,
+//!                                          a validated commit, or why not
+//!  merge(commit) ─► the next epoch, and what it changed (Merge)
+//! ```
+//!
+//! It never decides when: whether to merge, when to capture or restore a
+//! snapshot, what to do with a message are the group's, with the other
+//! parts. It writes nothing but OpenMLS's own storage.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openmls::prelude::{
+    Credential, CredentialWithKey, GroupId, LeafNodeIndex, LeafNodeParameters, MlsGroup,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessMessageError, ProcessedMessageContent,
+    ProposalOrRefType, ProtocolMessage, Sender, SenderRatchetConfiguration, StageCommitError,
+    StagedCommit, StagedWelcome,
+    tls_codec::{Deserialize as _, Serialize as _},
+};
+use openmls_traits::OpenMlsProvider;
+
+use super::{
+    aad::auth_digest,
+    commit_plan::{GroupView, Plan, changed_metadata, plan_commit, proposal_refs},
+    error::GroupError,
+    identities::IdentityCache,
+    intent::IntentKind,
+    metadata::GroupMetadata,
+    records::DeniableState,
+    roster::Roster,
+    signer::{Me, signer},
+    store::GroupSnapshots,
+    validate::{
+        CommitSummary, Verdict, check_own_metadata_change, check_proposal, check_welcome,
+        validate_staged,
+    },
+};
+use crate::identity::{
+    BINDING_EXPORTER_LABEL, BINDING_EXPORTER_LEN, CIPHERSUITE, EphemeralKey, InboxId,
+    InstallationId, deniable_capabilities, kith_capabilities, kith_credential,
+    pseudonym_credential_from_bytes,
+};
+
+/// How many past epochs' secrets are kept, so that application messages
+/// sent just before a commit still decrypt after it.
+pub const MAX_PAST_EPOCHS: usize = 16;
+
+/// How many generations behind the newest a sender's message may arrive
+/// and still decrypt. OpenMLS's default (5) assumes one ordered stream;
+/// envelopes of one sender reach members through different originator
+/// nodes (the sender moved, replication lagged), so they can arrive far
+/// out of order. The cost is up to this many kept keys per sender and
+/// epoch.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 128;
+
+fn sender_ratchets() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, 1000)
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .sender_ratchet_configuration(sender_ratchets())
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+/// Serialize an outgoing MLS message.
+fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
+    message.tls_serialize_detached().map_err(GroupError::mls)
+}
+
+/// The identity a new group's creator takes: its installation, or in a
+/// deniable DM a pseudonym and a fresh per-conversation key.
+#[derive(Debug)]
+pub(crate) enum CreatorLeaf {
+    /// A Kith credential naming the inbox, signed by the installation.
+    Installation,
+    /// A pseudonym, signed by a key made for this one conversation.
+    Pseudonym {
+        /// The random pseudonym.
+        pseudonym: [u8; 16],
+        /// The leaf's key.
+        key: EphemeralKey,
+    },
+}
+
+/// What an intent came to.
+#[derive(Debug)]
+pub(crate) enum Built {
+    /// Nothing was left to change.
+    Done,
+    /// A proposal to leave, for another member to commit.
+    Leave(Vec<u8>),
+    /// A standalone proposal.
+    Proposed {
+        /// The message.
+        message: Vec<u8>,
+        /// Its reference.
+        reference: Vec<u8>,
+    },
+    /// A commit, staged as the pending commit.
+    Commit {
+        /// The commit.
+        commit: Vec<u8>,
+        /// The Welcome for its joiners, if it adds anyone.
+        welcome: Option<Vec<u8>>,
+        /// Whom the Welcome is for.
+        welcome_to: Vec<InstallationId>,
+    },
+}
+
+/// What a received message is, once OpenMLS processed it and the commit or
+/// proposal it carries was checked.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// A commit referring to a proposal that has not arrived yet (it sorts
+    /// before the commit, but came by a slower path): hold it.
+    MissingProposal,
+    /// OpenMLS could not process it.
+    Unreadable(String),
+    /// An application message from leaf `leaf`, whose credential in the
+    /// sender's epoch is `credential`.
+    Application {
+        /// The sender's leaf.
+        leaf: LeafNodeIndex,
+        /// Its credential.
+        credential: Credential,
+        /// The plaintext.
+        plaintext: Vec<u8>,
+    },
+    /// A member's proposal, checked and stored for the next commit;
+    /// `leaving` if it removes its own sender.
+    Proposal {
+        /// Whether a member asks to leave.
+        leaving: bool,
+    },
+    /// A commit that passed validation, not merged yet.
+    Commit(Box<ValidCommit>),
+    /// A commit or proposal that breaks a rule, or is not for Kith.
+    Refused {
+        /// Whether it was a commit (a rejected commit is an event of its
+        /// own; anything else is skipped).
+        commit: bool,
+        /// Why.
+        reason: String,
+    },
+    /// An own message, which OpenMLS cannot decrypt (sent messages are
+    /// stored already, own commits are recognised by hash).
+    Own,
+}
+
+/// A validated commit, ready to merge.
+#[derive(Debug)]
+pub(crate) struct ValidCommit {
+    staged: StagedCommit,
+    summary: CommitSummary,
+}
+
+/// What a merge changed.
+#[derive(Debug)]
+pub(crate) struct Merge {
+    /// Digest of the authenticator of the epoch the commit left.
+    pub(crate) left_auth: [u8; 8],
+    /// The references of the proposals it carried.
+    pub(crate) included: BTreeSet<Vec<u8>>,
+    /// What it changed.
+    pub(crate) summary: CommitSummary,
+    /// Whether it removed this installation.
+    pub(crate) self_removed: bool,
+}
+
+/// A group's MLS state. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Mls {
+    group: MlsGroup,
+    /// In a deniable DM, the key this installation's leaf signs with.
+    ephemeral: Option<EphemeralKey>,
+    metadata: GroupMetadata,
+}
+
+impl Mls {
+    // ----- lifecycle -----------------------------------------------------------
+
+    /// A new group `group_id` with `me` as its only member, carrying
+    /// `metadata` in its GroupContext extensions.
+    pub(crate) fn create<P: OpenMlsProvider>(
+        provider: &P,
+        me: Me<'_>,
+        group_id: &[u8],
+        metadata: GroupMetadata,
+        leaf: CreatorLeaf,
+    ) -> Result<Self, GroupError> {
+        let (credential, capabilities, ephemeral) = match leaf {
+            CreatorLeaf::Pseudonym { pseudonym, key } => (
+                CredentialWithKey {
+                    credential: pseudonym_credential_from_bytes(&pseudonym),
+                    signature_key: key.public_key().to_vec().into(),
+                },
+                deniable_capabilities(),
+                Some(key),
+            ),
+            CreatorLeaf::Installation => (
+                CredentialWithKey {
+                    credential: kith_credential(me.inbox),
+                    signature_key: me.keys.id().as_bytes().to_vec().into(),
+                },
+                kith_capabilities(),
+                None,
+            ),
+        };
+        let group = MlsGroup::builder()
+            .with_group_id(GroupId::from_slice(group_id))
+            .ciphersuite(CIPHERSUITE)
+            .with_capabilities(capabilities)
+            .with_group_context_extensions(metadata.to_extensions())
+            .use_ratchet_tree_extension(true)
+            .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(sender_ratchets())
+            .build(provider, &signer(&ephemeral, me), credential)
+            .map_err(GroupError::mls)?;
+        Ok(Self {
+            group,
+            ephemeral,
+            metadata,
+        })
+    }
+
+    /// The stored group `group_id`, if any, with `ephemeral` its leaf key
+    /// in a deniable DM (looked up by `leaf_key` from its record).
+    pub(crate) fn load<P: OpenMlsProvider>(
+        provider: &P,
+        group_id: &[u8],
+    ) -> Result<Option<Self>, GroupError> {
+        let Some(group) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(GroupError::mls)?
+        else {
+            return Ok(None);
+        };
+        let metadata = GroupMetadata::from_extensions(group.extensions())?;
+        Ok(Some(Self {
+            group,
+            ephemeral: None,
+            metadata,
+        }))
+    }
+
+    /// Join `group_id` from a Welcome (a TLS-serialized `MlsMessage`),
+    /// after checking that it is that group's and that its members are
+    /// who the identity logs say.
+    pub(crate) fn join<P: OpenMlsProvider>(
+        provider: &P,
+        welcome: &[u8],
+        group_id: &[u8],
+        identities: &IdentityCache,
+    ) -> Result<Self, GroupError> {
+        let message = MlsMessageIn::tls_deserialize_exact(welcome)
+            .map_err(|e| GroupError::InvalidInput(format!("welcome: {e}")))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(GroupError::InvalidInput("not a Welcome message".into()));
+        };
+        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+            .map_err(|e| GroupError::InvalidInput(format!("welcome: {e:?}")))?;
+        let metadata = GroupMetadata::from_extensions(staged.group_context().extensions())?;
+        if staged.group_context().group_id().as_slice() != group_id {
+            return Err(GroupError::InvalidInput(
+                "the Welcome names another group than its envelope".into(),
+            ));
+        }
+        check_welcome(&metadata, staged.members().collect(), identities)?;
+        let group = staged.into_group(provider).map_err(GroupError::mls)?;
+        Ok(Self {
+            group,
+            ephemeral: None,
+            metadata,
+        })
+    }
+
+    /// Give a deniable DM its leaf key (kept in the store).
+    pub(crate) fn set_leaf_key(&mut self, key: EphemeralKey) {
+        self.ephemeral = Some(key);
+    }
+
+    // ----- getters -------------------------------------------------------------
+
+    /// The group, to read.
+    pub(crate) fn group(&self) -> &MlsGroup {
+        &self.group
+    }
+
+    /// The metadata of the current epoch.
+    pub(crate) fn metadata(&self) -> &GroupMetadata {
+        &self.metadata
+    }
+
+    /// The group id.
+    pub(crate) fn group_id(&self) -> &[u8] {
+        self.group.group_id().as_slice()
+    }
+
+    /// The current epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.group.epoch().as_u64()
+    }
+
+    /// The digest of the current epoch's authenticator.
+    pub(crate) fn auth_digest(&self) -> [u8; 8] {
+        auth_digest(self.group.epoch_authenticator().as_slice())
+    }
+
+    /// Whether this installation is a member.
+    pub(crate) fn is_active(&self) -> bool {
+        self.group.is_active()
+    }
+
+    /// Whether proposals wait for a commit (MLS sends no application
+    /// message meanwhile).
+    pub(crate) fn has_pending_proposals(&self) -> bool {
+        self.group.pending_proposals().next().is_some()
+    }
+
+    /// Whether a commit of ours is staged.
+    pub(crate) fn has_pending_commit(&self) -> bool {
+        self.group.pending_commit().is_some()
+    }
+
+    /// The signature key of this installation's leaf.
+    pub(crate) fn own_leaf_key(&self) -> Option<[u8; 32]> {
+        self.group
+            .own_leaf_node()
+            .and_then(|leaf| leaf.signature_key().as_slice().try_into().ok())
+    }
+
+    fn roster<'a>(&'a self, deniable: Option<&'a DeniableState>) -> Roster<'a> {
+        Roster::new(&self.group, deniable)
+    }
+
+    // ----- sending -------------------------------------------------------------
+
+    /// Encrypt an application message with `aad` as its authenticated data.
+    pub(crate) fn encrypt<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: Me<'_>,
+        aad: Vec<u8>,
+        content: &[u8],
+    ) -> Result<Vec<u8>, GroupError> {
+        self.group.set_aad(aad);
+        let out = self
+            .group
+            .create_message(provider, &signer(&self.ephemeral, me), content)
+            .map_err(GroupError::mls)?;
+        serialize(&out)
+    }
+
+    /// Send `kind` (see [`IntentKind::is_proposable`]) as a standalone
+    /// proposal, after checking it exactly as a commit carrying it will be
+    /// checked. [`Built::Done`] if there is nothing left to change.
+    pub(crate) fn propose<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: Me<'_>,
+        kind: &IntentKind,
+        members: &BTreeMap<InboxId, BTreeSet<InstallationId>>,
+    ) -> Result<Built, GroupError> {
+        let signer = signer(&self.ephemeral, me);
+        let (message, reference) = if *kind == IntentKind::UpdateKeys {
+            self.group
+                .propose_self_update(provider, &signer, LeafNodeParameters::default())
+                .map_err(GroupError::mls)?
+        } else {
+            let metadata = changed_metadata(&self.metadata, members, kind)?;
+            if metadata == self.metadata {
+                // Another member's commit already made this change.
+                return Ok(Built::Done);
+            }
+            metadata.check_limits()?;
+            check_own_metadata_change(&self.metadata, &metadata, me.inbox)?;
+            self.group
+                .propose_group_context_extensions(provider, metadata.to_extensions(), &signer)
+                .map_err(GroupError::mls)?
+        };
+        Ok(Built::Proposed {
+            message: serialize(&message)?,
+            reference: reference.as_slice().to_vec(),
+        })
+    }
+
+    /// Build what `kind` comes to, planned at `now_ms` with the identity
+    /// logs: stage its commit (checked exactly as every receiver will check
+    /// it, so that a forbidden change fails here instead of forking us off
+    /// the group), or make the proposal to leave.
+    pub(crate) fn build<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        deniable: Option<&DeniableState>,
+        kind: &IntentKind,
+        now_ms: u64,
+    ) -> Result<Built, GroupError> {
+        let view = GroupView {
+            mls: &self.group,
+            roster: self.roster(deniable),
+            metadata: &self.metadata,
+        };
+        let plan = match plan_commit(provider.crypto(), view, me.inbox, identities, kind, now_ms)? {
+            Plan::Done => return Ok(Built::Done),
+            Plan::Leave => {
+                let proposal = self
+                    .group
+                    .leave_group(provider, &signer(&self.ephemeral, me))
+                    .map_err(GroupError::mls)?;
+                return Ok(Built::Leave(serialize(&proposal)?));
+            }
+            Plan::Commit(plan) => plan,
+        };
+        let welcome_to = plan.welcome_to.clone();
+        let riders = plan.riders;
+        let mut builder = self
+            .group
+            .commit_builder()
+            .consume_proposal_store(true)
+            .force_self_update(plan.force_update)
+            .propose_adds(plan.adds)
+            .propose_removals(plan.removals);
+        if plan.metadata_changed {
+            builder = builder
+                .propose_group_context_extensions(plan.metadata.to_extensions())
+                .map_err(GroupError::mls)?;
+        }
+        let bundle = builder
+            .load_psks(provider.storage())
+            .map_err(GroupError::mls)?
+            .build(
+                provider.rand(),
+                provider.crypto(),
+                &signer(&self.ephemeral, me),
+                |queued| {
+                    queued.proposal_or_ref_type() == ProposalOrRefType::Proposal
+                        || riders.contains(queued.proposal_reference_ref().as_slice())
+                },
+            )
+            .map_err(|e| GroupError::InvalidInput(format!("cannot build the commit: {e:?}")))?
+            .stage_commit(provider)
+            .map_err(GroupError::mls)?;
+        let own_leaf = self.group.own_leaf_index();
+        let verdict = match self.group.pending_commit() {
+            Some(staged) => self.validate(staged, own_leaf, identities, deniable),
+            None => Err(Verdict::Reject("the staged commit vanished".into())),
+        };
+        if let Err(verdict) = verdict {
+            self.clear_pending(provider)?;
+            return Err(match verdict {
+                Verdict::NeedIdentities(need) => GroupError::NeedIdentities(need),
+                Verdict::Reject(reason) => GroupError::NotPermitted(reason),
+            });
+        }
+        Ok(Built::Commit {
+            commit: serialize(bundle.commit())?,
+            welcome: bundle.to_welcome_msg().map(|w| serialize(&w)).transpose()?,
+            welcome_to,
+        })
+    }
+
+    /// Drop the staged commit of ours.
+    pub(crate) fn clear_pending<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+    ) -> Result<(), GroupError> {
+        self.group
+            .clear_pending_commit(provider.storage())
+            .map_err(GroupError::mls)
+    }
+
+    // ----- receiving -----------------------------------------------------------
+
+    /// Process a message of the current epoch (or an application message
+    /// of a past one) and check what it carries. A valid proposal is stored
+    /// for the next commit; a valid commit is returned for merging.
+    pub(crate) fn receive<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        message: ProtocolMessage,
+        identities: &IdentityCache,
+        deniable: Option<&DeniableState>,
+    ) -> Result<Received, GroupError> {
+        let processed = match self.group.process_message(provider, message) {
+            Ok(p) => p,
+            Err(ProcessMessageError::InvalidCommit(StageCommitError::MissingProposal)) => {
+                return Ok(Received::MissingProposal);
+            }
+            Err(e) => return Ok(Received::Unreadable(format!("cannot process: {e}"))),
+        };
+        let sender = processed.sender().clone();
+        let credential = processed.credential().clone();
+        let refused = |commit, reason: &str| Received::Refused {
+            commit,
+            reason: reason.into(),
+        };
+        Ok(match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => match sender {
+                Sender::Member(leaf) => Received::Application {
+                    leaf,
+                    credential,
+                    plaintext: app.into_bytes(),
+                },
+                _ => refused(false, "an application message from a non-member"),
+            },
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                match check_proposal(&self.group, &self.metadata, &proposal) {
+                    Ok(leaving) => {
+                        self.group
+                            .store_pending_proposal(provider.storage(), *proposal)
+                            .map_err(GroupError::mls)?;
+                        Received::Proposal { leaving }
+                    }
+                    Err(reason) => refused(false, &reason),
+                }
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let Sender::Member(committer) = sender else {
+                    return Ok(refused(false, "a commit from a non-member"));
+                };
+                match self.validate(&staged, committer, identities, deniable) {
+                    Ok(summary) => Received::Commit(Box::new(ValidCommit {
+                        staged: *staged,
+                        summary,
+                    })),
+                    Err(Verdict::NeedIdentities(need)) => {
+                        return Err(GroupError::NeedIdentities(need));
+                    }
+                    Err(Verdict::Reject(reason)) => refused(true, &reason),
+                }
+            }
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
+                refused(false, "external join proposals are not used by Kith")
+            }
+            _ => Received::Own,
+        })
+    }
+
+    /// Validate a staged commit by leaf `committer`, as every member will.
+    fn validate(
+        &self,
+        staged: &StagedCommit,
+        committer: LeafNodeIndex,
+        identities: &IdentityCache,
+        deniable: Option<&DeniableState>,
+    ) -> Result<CommitSummary, Verdict> {
+        validate_staged(
+            &self.group,
+            &self.metadata,
+            deniable,
+            staged,
+            committer,
+            identities,
+        )
+    }
+
+    /// Merge another member's validated commit.
+    pub(crate) fn merge<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        commit: ValidCommit,
+    ) -> Result<Merge, GroupError> {
+        let ValidCommit { staged, summary } = commit;
+        let merge = Merge {
+            left_auth: self.auth_digest(),
+            included: proposal_refs(staged.queued_proposals()),
+            self_removed: staged.self_removed(),
+            summary,
+        };
+        self.group
+            .merge_staged_commit(provider, staged)
+            .map_err(GroupError::mls)?;
+        self.metadata = merge.summary.metadata.clone();
+        Ok(merge)
+    }
+
+    /// Check our own pending commit as a receiver would, now that it came
+    /// back first in its epoch: `Ok(Err(reason))` if it breaks a rule
+    /// (every other member rejects it too; it is cleared and the epoch
+    /// stays).
+    pub(crate) fn check_own<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        identities: &IdentityCache,
+        deniable: Option<&DeniableState>,
+    ) -> Result<Result<CommitSummary, String>, GroupError> {
+        let own_leaf = self.group.own_leaf_index();
+        let verdict = match self.group.pending_commit() {
+            Some(staged) => self.validate(staged, own_leaf, identities, deniable),
+            None => Err(Verdict::Reject("no pending commit".into())),
+        };
+        match verdict {
+            Ok(summary) => Ok(Ok(summary)),
+            Err(Verdict::NeedIdentities(need)) => Err(GroupError::NeedIdentities(need)),
+            Err(Verdict::Reject(reason)) => {
+                self.clear_pending(provider)?;
+                Ok(Err(reason))
+            }
+        }
+    }
+
+    /// Merge our own pending commit, checked by [`Self::check_own`].
+    pub(crate) fn merge_own<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        summary: CommitSummary,
+    ) -> Result<Merge, GroupError> {
+        let merge = Merge {
+            left_auth: self.auth_digest(),
+            included: self
+                .group
+                .pending_commit()
+                .map(|staged| proposal_refs(staged.queued_proposals()))
+                .unwrap_or_default(),
+            self_removed: false,
+            summary,
+        };
+        self.group
+            .merge_pending_commit(provider)
+            .map_err(GroupError::mls)?;
+        self.metadata = merge.summary.metadata.clone();
+        Ok(merge)
+    }
+
+    // ----- secrets and snapshots -----------------------------------------------
+
+    /// The current epoch's binding exporter secret (deniable DMs).
+    pub(crate) fn binding_exporter<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, GroupError> {
+        self.group
+            .export_secret(
+                provider.crypto(),
+                BINDING_EXPORTER_LABEL,
+                &[],
+                BINDING_EXPORTER_LEN,
+            )
+            .map(zeroize::Zeroizing::new)
+            .map_err(GroupError::mls)
+    }
+
+    /// Capture everything stored for the group (including a pending commit
+    /// and the epoch's key pairs), to restore later. The bytes hold
+    /// secrets.
+    pub(crate) fn capture<S: GroupSnapshots + ?Sized>(
+        &self,
+        kv: &S,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, GroupError> {
+        kv.snapshot_group(self.group_id())
+            .map_err(GroupError::store)
+    }
+
+    /// Put the group's stored state back to `state` and load it; returns
+    /// the state it replaced (group and metadata), which
+    /// [`Self::put_back`] can reinstate.
+    pub(crate) fn restore<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        &mut self,
+        provider: &P,
+        kv: &S,
+        state: &[u8],
+    ) -> Result<(MlsGroup, GroupMetadata), GroupError> {
+        let group_id = self.group_id().to_vec();
+        kv.restore_group(&group_id, state)
+            .map_err(GroupError::store)?;
+        let restored = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))
+            .map_err(GroupError::mls)?
+            .ok_or_else(|| GroupError::Corrupt("the restored group does not load".into()))?;
+        // Commits that change neither metadata nor membership (key updates)
+        // leave the extensions as they were: decoding them again is wasted.
+        let metadata = if restored.extensions() == self.group.extensions() {
+            self.metadata.clone()
+        } else {
+            GroupMetadata::from_extensions(restored.extensions())?
+        };
+        Ok((
+            std::mem::replace(&mut self.group, restored),
+            std::mem::replace(&mut self.metadata, metadata),
+        ))
+    }
+
+    /// Reinstate a state [`Self::restore`] replaced (the store holds it
+    /// again).
+    pub(crate) fn put_back(&mut self, (group, metadata): (MlsGroup, GroupMetadata)) {
+        self.group = group;
+        self.metadata = metadata;
+    }
+}

@@ -1,0 +1,226 @@
+//! [`Parts`]: the parts of one group, held together, and the procedures
+//! that touch several of them at once.
+//!
+//! A group is its MLS state ([`Mls`]), its outbox, its rewind history, its
+//! fork monitor, its deniable bindings (in a deniable DM), what it keeps of
+//! its own (the conversation it belongs to, when it joined, when it last
+//! published an epoch digest), and the events waiting for the application.
+//! [`Group`](super::Group) is the public face of a `Parts`, and
+//! [`Input`](super::input::Input) routes an envelope through one.
+//!
+//! Most work belongs to one part. What spans several is here: settling an
+//! epoch (the history deletes the snapshot, the fork monitor learns whether
+//! a rollback it expected never came, the outbox sends the Welcomes that
+//! waited), flagging a fork (the conversation fails what was sent on it,
+//! the outbox withdraws what did not go out yet, the fork monitor records
+//! it), keeping a deniable DM's exporter, and storing the group's record.
+//! Nothing here decides how to route an envelope or build an intent.
+
+use super::{
+    bindings::Bindings,
+    conversation,
+    error::GroupError,
+    events::{Events, GroupEvent},
+    forks::{ForkEvidence, ForkMonitor},
+    history::RewindHistory,
+    metadata::GroupMetadata,
+    mls::{MAX_PAST_EPOCHS, Mls},
+    outbox::Outbox,
+    records::{ConversationId, CoreState, DeniableState, RecordParts},
+    roster::{Roster, leaf_identity},
+    store::{ClientStore, KvStore},
+    validate,
+};
+use crate::identity::{InboxId, InstallationId};
+use openmls_traits::OpenMlsProvider;
+
+/// The parts of one group. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) mls: Mls,
+    pub(crate) core: CoreState,
+    pub(crate) outbox: Outbox,
+    pub(crate) history: RewindHistory,
+    pub(crate) forks: ForkMonitor,
+    /// In a deniable DM, who is behind each pseudonymous leaf.
+    pub(crate) bindings: Option<Bindings>,
+    pub(crate) events: Events,
+}
+
+impl Parts {
+    /// Assemble a group from its MLS state and stored record, with its
+    /// outbox (loaded with its unpublished payloads), or an empty one.
+    pub(crate) fn new(mls: Mls, record: RecordParts, outbox: Option<Outbox>) -> Self {
+        let group_id = mls.group_id().to_vec();
+        Self {
+            outbox: outbox.unwrap_or_else(|| Outbox::new(&group_id, record.outbox)),
+            history: RewindHistory::new(&group_id, record.history),
+            forks: ForkMonitor::new(&group_id, record.forks),
+            bindings: record.deniable.map(|state| Bindings::new(&group_id, state)),
+            core: record.core,
+            mls,
+            events: Events::new(),
+        }
+    }
+
+    /// What the group stores of its parts.
+    pub(crate) fn record(&self) -> RecordParts {
+        RecordParts {
+            core: self.core.clone(),
+            outbox: self.outbox.state(),
+            history: self.history.state(),
+            forks: self.forks.state().clone(),
+            deniable: self.bindings.as_ref().map(|b| b.state().clone()),
+        }
+    }
+
+    /// Store the group's record: every public call that changes the group
+    /// ends with it, inside the driver's step.
+    pub(crate) fn save<S: KvStore + ?Sized>(&self, kv: &S) -> Result<(), GroupError> {
+        ClientStore(kv).put_group_record(self.group_id(), &self.record().into_record())
+    }
+
+    // ----- what every part asks ----------------------------------------------
+
+    /// The MLS group id.
+    pub(crate) fn group_id(&self) -> &[u8] {
+        self.mls.group_id()
+    }
+
+    /// The current epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.mls.epoch()
+    }
+
+    /// The metadata of the current epoch.
+    pub(crate) fn metadata(&self) -> &GroupMetadata {
+        self.mls.metadata()
+    }
+
+    /// The conversation this group belongs to.
+    pub(crate) fn conversation_id(&self) -> ConversationId {
+        self.core
+            .conversation_id
+            .clone()
+            .unwrap_or_else(|| ConversationId(self.group_id().to_vec()))
+    }
+
+    /// For a DM, the inbox that is not `me`.
+    pub(crate) fn dm_peer(&self, me: InboxId) -> Option<InboxId> {
+        validate::dm_peer(self.metadata(), me)
+    }
+
+    /// In a deniable DM, the bindings' state.
+    pub(crate) fn deniable(&self) -> Option<&DeniableState> {
+        self.bindings.as_ref().map(Bindings::state)
+    }
+
+    /// Who the leaves are.
+    pub(crate) fn roster(&self) -> Roster<'_> {
+        Roster::new(self.mls.group(), self.deniable())
+    }
+
+    /// This installation. Groups stored before the record named it: the
+    /// leaf does, while this installation is a member.
+    pub(crate) fn own_installation(&self) -> InstallationId {
+        self.core.own_installation.unwrap_or_else(|| {
+            leaf_identity(self.mls.group(), self.mls.group().own_leaf_index())
+                .map_or(InstallationId::UNKNOWN, |(_, installation)| installation)
+        })
+    }
+
+    /// Whether an application message must wait: on a fork (nobody would
+    /// read it), while proposals wait for a commit (MLS sends none), or in
+    /// a deniable DM not yet verified both ways.
+    pub(crate) fn must_hold_messages(&self) -> bool {
+        self.forks.is_forked() || self.mls.has_pending_proposals() || self.awaiting_bindings()
+    }
+
+    fn awaiting_bindings(&self) -> bool {
+        let members = self.mls.group().members();
+        self.bindings.as_ref().is_some_and(|b| b.awaiting(members))
+    }
+
+    // ----- procedures across parts -------------------------------------------
+
+    /// This installation is on a fork: fail what it sent there (the first
+    /// time), and record it; `advance` then asks to be re-added.
+    pub(crate) fn flag_fork<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        found: ForkEvidence,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        if !self.forks.is_forked() {
+            let (conversation, me) = (self.conversation_id(), self.own_installation());
+            let group_id = self.group_id().to_vec();
+            let since = found.since_ms;
+            let failed = conversation::fail_sent_since(
+                kv,
+                &conversation,
+                &group_id,
+                me,
+                since,
+                &mut self.events,
+            )?;
+            // What is not published yet stays unpublished.
+            self.outbox.withdraw(kv, &failed)?;
+        }
+        let epoch = self.epoch();
+        self.forks.flag(found, epoch, now_ms, &mut self.events);
+        Ok(())
+    }
+
+    /// Settle what is due: delete snapshots whose transition settled (by
+    /// time, or because the ring is over its bound), then finish what
+    /// waited for settling below the oldest snapshot left: own commits
+    /// (their Welcomes go out now) and own messages.
+    ///
+    /// `synced_ms` is the time up to which the topic has been read (`None`
+    /// applies only the ring's bound); `now_ms` measures snapshot ages.
+    pub(crate) fn settle<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        synced_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), GroupError> {
+        let settlement = self.history.settle_ring(kv, synced_ms, now_ms)?;
+        let mut forked = None;
+        for snapshot in &settlement.settled {
+            forked = self.forks.settled(snapshot).or(forked);
+        }
+        let oldest = settlement.oldest_kept.as_ref();
+        let horizon = oldest.map_or(self.epoch(), |s| s.epoch);
+        self.outbox
+            .finish_settled(kv, horizon, &self.history, &mut self.events)?;
+        let keep_from = oldest.map_or(u64::MAX, |s| s.arrival);
+        self.history.forget_settled(kv, horizon, keep_from)?;
+        if !settlement.settled.is_empty() {
+            let stats = self.history.stats();
+            self.events.push_back(GroupEvent::Settled { stats });
+        }
+        match forked {
+            Some(found) => self.flag_fork(kv, found, now_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// Keep the current epoch's binding exporter secret (deniable DMs only),
+    /// so that a binding sent in it can be checked after the group moved on.
+    pub(crate) fn keep_exporter<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        &self,
+        provider: &P,
+        kv: &S,
+    ) -> Result<(), GroupError> {
+        let Some(bindings) = &self.bindings else {
+            return Ok(());
+        };
+        if !self.mls.is_active() {
+            return Ok(());
+        }
+        let secret = self.mls.binding_exporter(provider)?;
+        let keep = MAX_PAST_EPOCHS as u64 + 1;
+        let (epoch, auth) = (self.epoch(), self.mls.auth_digest());
+        bindings.keep_exporter(kv, epoch, auth, &secret, keep)
+    }
+}
