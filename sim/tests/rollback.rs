@@ -894,3 +894,91 @@ fn a_message_from_a_future_epoch_is_held_until_its_epoch() {
     w.handle(alice, &message, 251);
     assert_eq!(w.state(alice), w.state(carol));
 }
+
+/// Carol is removed, keeps a re-add Welcome from before, and is added back
+/// by a Welcome that replaces her removed state: what she kept for that
+/// state (when each leaf was added, the kept Welcome) goes with it.
+#[test]
+fn a_replaced_state_takes_what_was_kept_for_it_along() {
+    use kith_engine::group::{Group, WelcomePayload};
+
+    let mut w = World::new(7, 4, 3, WINDOW);
+    let (alice, carol, dave) = (0, 2, 3);
+    w.add(alice, &[dave], 100);
+    let group_id = w.group_id.clone();
+    let dave_installation = w.clients[dave].keys.id();
+    let leaf_added = |w: &World| {
+        ClientStore(w.clients[carol].storage())
+            .leaf_added(&group_id, &dave_installation)
+            .expect("read")
+    };
+    assert!(leaf_added(&w).is_some(), "Carol saw Dave's leaf added");
+    // A Welcome into a later epoch reaches Carol while she is a member: she
+    // keeps it.
+    let epoch = w.group(carol).epoch();
+    let later = WelcomePayload {
+        welcome: vec![0],
+        group_id: group_id.clone(),
+        cursor: Default::default(),
+        branch: vec![(epoch + 1, [0; 8], (0, 1, 0))],
+    }
+    .to_bytes();
+    let kept = {
+        let c = &w.clients[carol];
+        let storage = c.storage();
+        let me = c.me();
+        storage
+            .step(|| {
+                Ok::<_, kith_sim::client::StepError>(Group::join(
+                    &c.provider,
+                    storage,
+                    me,
+                    &w.identities,
+                    &later,
+                    w.base + 150,
+                )?)
+            })
+            .expect("kept")
+    };
+    assert!(kept.is_none());
+    let kept_welcomes = |w: &World| {
+        ClientStore(w.clients[carol].storage())
+            .deferred_welcomes(&group_id)
+            .expect("read")
+            .len()
+    };
+    assert_eq!(kept_welcomes(&w), 1);
+
+    // Alice removes Carol, then adds her back.
+    w.queue(
+        alice,
+        IntentKind::RemoveMembers {
+            inboxes: vec![w.clients[carol].inbox],
+        },
+    );
+    w.advance(alice, 200);
+    let removal = w.outbox(alice).remove(0);
+    let removal = w.env(200, 1, 200, removal.payload);
+    for member in [0, 1, 2, 3] {
+        w.handle(member, &removal, 210);
+        w.advance(member, 210 + WINDOW);
+    }
+    assert!(!w.group(carol).is_active());
+    w.clients[carol].key_package = Some(fresh_key_package(&w, carol));
+    w.add(alice, &[carol], 2_000);
+    assert!(w.group(carol).is_active());
+    assert_eq!(w.state(carol), w.state(alice));
+    assert!(
+        w.group(carol).epoch() >= epoch + 1,
+        "she joined at or after the kept Welcome's epoch"
+    );
+    assert!(
+        leaf_added(&w).is_none(),
+        "the old state's add records are gone"
+    );
+    assert_eq!(
+        kept_welcomes(&w),
+        0,
+        "the kept Welcome can never be used now"
+    );
+}
