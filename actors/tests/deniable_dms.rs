@@ -40,8 +40,12 @@ async fn a_deniable_dm_binds_every_installation_then_delivers() {
     let net = Net::new();
     let (aw, bw) = (wallet(), wallet());
     let alice = net.client("alice", &aw).await;
-    let bob = net.client("bob", &bw).await;
-    let bob_phone = net.client("bob-phone", &bw).await;
+    // Bob's installations register (and upload their packages), then stay
+    // offline until Alice has written, so that none can bind before.
+    for name in ["bob", "bob-phone"] {
+        let offline = net.client(name, &bw).await;
+        offline.shutdown().await.expect("shutdown");
+    }
     let mut alice_events = alice.stream_events();
 
     // Deniable is the default for DMs.
@@ -56,6 +60,8 @@ async fn a_deniable_dm_binds_every_installation_then_delivers() {
     let held = dm.messages().await.expect("messages");
     assert_eq!(held.len(), 1);
     assert!(!held[0].published, "held until every leaf is bound");
+    let bob = net.open("bob", &bw).await;
+    let bob_phone = net.open("bob-phone", &bw).await;
 
     let clients = [&alice, &bob, &bob_phone];
     until(
