@@ -5,13 +5,24 @@ use kith_engine::identity::{
     IdentityConfig, IdentityState, IdentityUpdate, InboxId, InstallationId, InstallationKeys,
     LocalWallet, UnsignedIdentityUpdate, UpdateAction,
 };
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 /// Build a valid log from a seed and a list of choices: `true` adds a new
 /// installation (if there is room), `false` revokes the oldest active one.
-fn valid_log(seed: u64, choices: &[bool]) -> (InboxId, Vec<IdentityUpdate>) {
+/// Returns it with the installations it leaves active, each with its
+/// identity key.
+fn valid_log(
+    seed: u64,
+    choices: &[bool],
+) -> (
+    InboxId,
+    Vec<IdentityUpdate>,
+    BTreeMap<InstallationId, [u8; 32]>,
+) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let wallet = LocalWallet::generate(&mut rng);
     let inbox = wallet.inbox_id();
@@ -44,7 +55,11 @@ fn valid_log(seed: u64, choices: &[bool]) -> (InboxId, Vec<IdentityUpdate>) {
         let signature = wallet.sign_personal(request.signature_text().as_bytes());
         log.push(request.sign(signature, None));
     }
-    (inbox, log)
+    let active = active
+        .iter()
+        .map(|keys| (keys.id(), keys.identity_public_key()))
+        .collect();
+    (inbox, log, active)
 }
 
 /// The byte-addressable fields of an update: the signatures and every
@@ -110,11 +125,21 @@ proptest! {
 
     #[test]
     fn random_valid_logs_verify(seed in any::<u64>(), choices in prop::collection::vec(any::<bool>(), 1..16)) {
-        let (inbox, log) = valid_log(seed, &choices);
+        let (inbox, log, expected) = valid_log(seed, &choices);
         let state = IdentityState::from_log(inbox, IdentityConfig::default(), &log);
         prop_assert!(state.is_ok(), "{:?}", state.err());
         let state = state.expect("checked");
         prop_assert_eq!(state.sequence(), log.len() as u64);
+        // Exactly the installations added and not revoked since, with the
+        // identity keys they were added with.
+        let active: BTreeMap<InstallationId, [u8; 32]> = state
+            .active_installations()
+            .map(|(installation, active)| (*installation, active.identity_key))
+            .collect();
+        prop_assert_eq!(&active, &expected);
+        for installation in expected.keys() {
+            prop_assert!(state.is_active(installation));
+        }
         // Through the wire encoding too.
         let decoded: Vec<IdentityUpdate> = log
             .iter()
@@ -132,7 +157,7 @@ proptest! {
         at in any::<prop::sample::Index>(),
         mask in 1u8..=255,
     ) {
-        let (inbox, mut log) = valid_log(seed, &choices);
+        let (inbox, mut log, _) = valid_log(seed, &choices);
         let index = which.index(log.len());
         let len = field_len(&log[index], field);
         // Revocations carry no installation signature: nothing to flip.
