@@ -52,17 +52,26 @@ fn soak(durability: Durability, steps: usize) {
             .size_bytes();
         println!("{durability:?}: one 100-member group state is {size} bytes");
         for i in 0..steps {
+            // 100 bytes that differ per step, so that a message delivered
+            // twice or out of turn does not pass for the right one.
+            let mut plaintext = [7u8; 100];
+            plaintext[..8].copy_from_slice(&(i as u64).to_be_bytes());
             let message = alice_provider
                 .storage()
                 .step(|| {
-                    a.create_message(&alice_provider, &alice.signer, &[7u8; 100])
+                    a.create_message(&alice_provider, &alice.signer, &plaintext)
                         .map_err(common::TestError::from)
                 })
                 .expect("encrypt");
-            bob_provider
+            let received = bob_provider
                 .storage()
                 .step(|| common::receive(&bob_provider, &mut b, &wire(&message)))
                 .expect("decrypt");
+            assert_eq!(
+                received,
+                common::Received::Application(plaintext.to_vec()),
+                "{durability:?}: step {i} decrypted to something else"
+            );
             // Every so often a commit rewrites the tree and the epoch state.
             if i % 20 == 19 {
                 let update = alice_provider
@@ -83,10 +92,12 @@ fn soak(durability: Durability, steps: usize) {
                             .map_err(common::TestError::from)
                     })
                     .expect("merge");
-                bob_provider
+                let processed = bob_provider
                     .storage()
                     .step(|| common::receive(&bob_provider, &mut b, &wire(update.commit())))
                     .expect("process update");
+                assert_eq!(processed, common::Received::CommitMerged);
+                assert_eq!(a.epoch(), b.epoch(), "{durability:?}: epochs part at {i}");
             }
             if progress_tx.send(i).is_err() {
                 return;
