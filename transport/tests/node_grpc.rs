@@ -385,11 +385,25 @@ async fn concurrent_publishers_reach_a_subscriber_exactly_once() {
     sorted.dedup();
     assert_eq!(sorted.len(), expected, "no duplicate");
     assert_eq!(sorted, (1..=expected as u64).collect::<Vec<_>>(), "no gap");
-    // Nothing more arrives.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), stream.next())
-            .await
-            .is_err()
+    // Nothing more arrives: the next envelope on the stream is one published
+    // after all of them, not a repeat.
+    publish(&mut client, vec![envelope(GROUP, &[254, 0])])
+        .await
+        .expect("publish the marker");
+    let next = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("the marker arrives")
+        .expect("stream open")
+        .expect("batch");
+    let payloads: Vec<&[u8]> = next
+        .envelopes
+        .iter()
+        .map(|e| e.payload.as_slice())
+        .collect();
+    assert_eq!(payloads, [[254u8, 0].as_slice()], "only the marker follows");
+    assert_eq!(
+        next.envelopes[0].originator_sequence_id,
+        expected as u64 + 1
     );
     // Shutting the node down ends the open subscription instead of waiting
     // for it forever.
@@ -896,11 +910,18 @@ async fn an_attacker_cannot_drain_a_victims_pool() {
     // 30 of the 40 are gone; two minutes later the attacker takes the last
     // 10 and the pool is empty.
     node.clock.0.fetch_add(120_000, Ordering::SeqCst);
-    for _ in 0..10 {
-        let _ = node
+    for taken in 30..40 {
+        let answer = node
             .client
             .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
-            .await;
+            .await
+            .unwrap_or_else(|status| panic!("fetch {taken} refused: {status}"))
+            .into_inner();
+        let package = &answer.key_packages[0];
+        assert!(
+            package.key_package.is_some() && !package.last_resort,
+            "fetch {taken} is one of the pool's last one-time packages"
+        );
     }
     // An honest requester can still add the victim, through the last-resort
     // package, once the target bucket refills.
