@@ -113,20 +113,28 @@ async fn a_deniable_dm_binds_every_installation_then_delivers() {
     assert!(answer.verified);
     assert_eq!(answer.sender_installation, bob_phone.installation_id());
 
-    // Alice was told each of Bob's installations verified.
+    // Alice was told each of Bob's installations verified, once: a message
+    // she sends afterwards is her marker, and nothing else of the kind
+    // comes before it.
+    dm.send_text("marker").await.expect("send");
     let mut seen = Vec::new();
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(200), alice_events.next()).await
-    {
-        if let Event::MemberVerified {
-            conversation,
-            inbox,
-            installation,
-        } = event
-        {
-            assert_eq!(&conversation, dm.id());
-            assert_eq!(inbox, bw.inbox_id());
-            seen.push(installation);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), alice_events.next())
+            .await
+            .expect("events until the marker")
+            .expect("stream open");
+        match event {
+            Event::MemberVerified {
+                conversation,
+                inbox,
+                installation,
+            } => {
+                assert_eq!(&conversation, dm.id());
+                assert_eq!(inbox, bw.inbox_id());
+                seen.push(installation);
+            }
+            Event::Message(message) if message.text() == Some("marker") => break,
+            _ => {}
         }
     }
     seen.sort();
