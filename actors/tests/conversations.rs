@@ -173,7 +173,10 @@ async fn dms_created_at_once_become_one_conversation() {
     // A DM takes nobody else.
     let carol = net.client("carol", &wallet()).await;
     let third = a.add_members(&[carol.inbox_id()]).await;
-    assert!(matches!(third, Err(Error::NotPermitted(_))), "{third:?}");
+    assert!(
+        matches!(&third, Err(Error::NotPermitted(reason)) if reason.contains("a DM cannot take other inboxes")),
+        "{third:?}"
+    );
     // Asking again finds it.
     let again = alice.find_or_create_dm(bw.inbox_id()).await.expect("dm");
     assert_eq!(again.id(), a.id());
@@ -208,9 +211,10 @@ async fn a_panicking_group_actor_restarts_from_storage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_messages_members_and_metadata() {
     let net = Net::new();
-    let (aw, bw) = (wallet(), wallet());
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
     let alice = net.client("alice", &aw).await;
     let bob = net.client("bob", &bw).await;
+    let carol = net.client("carol", &cw).await;
     let mut events = bob.stream_events();
     let group = alice
         .create_group(&[bw.inbox_id()], GroupOptions::default())
@@ -219,9 +223,13 @@ async fn events_stream_messages_members_and_metadata() {
     let bob_group = joined(&bob, group.id()).await;
     group.update_name("renamed").await.expect("rename");
     group.send_text("hello").await.expect("send");
+    group
+        .add_members(&[cw.inbox_id()])
+        .await
+        .expect("add carol");
     bob_group.sync().await.expect("sync");
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
             .await
             .expect("an event in time")
@@ -233,6 +241,18 @@ async fn events_stream_messages_members_and_metadata() {
         matches!(&seen[1], Event::MetadataChanged { metadata, by, .. } if metadata.name.as_deref() == Some("renamed") && *by == aw.inbox_id())
     );
     assert!(matches!(&seen[2], Event::Message(m) if m.text() == Some("hello")));
+    assert!(
+        matches!(
+            &seen[3],
+            Event::MembersChanged { conversation, by, added, removed }
+                if conversation == group.id()
+                    && *by == aw.inbox_id()
+                    && *added == [(cw.inbox_id(), carol.installation_id())]
+                    && removed.is_empty()
+        ),
+        "{:?}",
+        seen[3]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Net, group_with, texts, wallet};
 use futures::StreamExt as _;
-use kith::{Conversation, Error, Event, GroupOptions};
+use kith::{Client, Conversation, Error, Event, GroupOptions};
 use kith_engine::{
     delivery::Topic,
     group::{
@@ -62,25 +62,59 @@ fn forge(
 }
 
 /// Publish a hand-made commit to the group and have each receiver sync:
-/// every one must stay in the epoch it was in.
-async fn deliver_rejected(net: &Net, receivers: &[&Conversation], commit: Vec<u8>) {
-    let group_id = receivers[0].id().0.clone();
+/// every one must stay in the epoch it was in, and say it rejected the
+/// commit for a reason containing `why` (not for any other: a forgery that
+/// does not even decrypt proves nothing about the policy).
+async fn deliver_rejected(
+    net: &Net,
+    receivers: &[(&Client, &Conversation)],
+    commit: Vec<u8>,
+    why: &str,
+) {
+    let group_id = receivers[0].1.id().0.clone();
     let mut before = Vec::new();
-    for receiver in receivers {
-        before.push(receiver.epoch_state().await.expect("epoch"));
+    for (client, receiver) in receivers {
+        before.push((
+            receiver.epoch_state().await.expect("epoch"),
+            client.stream_events(),
+        ));
     }
     net.node
         .publish(vec![(Topic::Group(group_id), commit)])
         .await
         .expect("publish");
-    for (receiver, before) in receivers.iter().zip(before) {
+    for ((_, receiver), (before, mut events)) in receivers.iter().zip(before) {
         receiver.sync().await.expect("sync");
         assert_eq!(
             receiver.epoch_state().await.expect("epoch"),
             before,
             "the receiver did not move"
         );
+        let reason = loop {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+                .await
+                .expect("the rejection is reported")
+                .expect("stream open");
+            if let Event::CommitRejected {
+                conversation,
+                reason,
+            } = event
+                && &conversation == receiver.id()
+            {
+                break reason;
+            }
+        };
+        assert!(
+            reason.contains(why),
+            "rejected for {reason:?}, not for {why:?}"
+        );
     }
+}
+
+/// Whether `result` is the client's own refusal, for a reason containing
+/// `why`.
+fn refused_for(result: &Result<(), Error>, why: &str) -> bool {
+    matches!(result, Err(Error::NotPermitted(reason)) if reason.contains(why))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +136,7 @@ async fn a_non_admin_cannot_remove_in_an_admins_only_group() {
     // Bob's own client refuses, and publishes nothing.
     let refused = bob_group.remove_members(&[cw.inbox_id()]).await;
     assert!(
-        matches!(refused, Err(Error::NotPermitted(_))),
+        refused_for(&refused, "may not remove members"),
         "{refused:?}"
     );
     assert_eq!(group.epoch_state().await.expect("epoch"), before);
@@ -125,7 +159,13 @@ async fn a_non_admin_cannot_remove_in_an_admins_only_group() {
             ..Forged::default()
         }
     });
-    deliver_rejected(&net, &[&group, &carol_group], commit).await;
+    deliver_rejected(
+        &net,
+        &[(&alice, &group), (&carol, &carol_group)],
+        commit,
+        "may not remove members",
+    )
+    .await;
     assert_eq!(group.epoch_state().await.expect("epoch"), before);
     assert!(carol_group.is_active().await.expect("state"));
     let event = tokio::time::timeout(std::time::Duration::from_secs(10), alice_events.next())
@@ -159,7 +199,7 @@ async fn a_commit_mixing_allowed_and_forbidden_changes_is_rejected_whole() {
     let (carol_group, bob_group) = (views.remove(1), views.remove(0));
     let refused = bob_group.add_admin(bw.inbox_id()).await;
     assert!(
-        matches!(refused, Err(Error::NotPermitted(_))),
+        refused_for(&refused, "may not manage admins"),
         "{refused:?}"
     );
     drop(bob_group);
@@ -175,7 +215,13 @@ async fn a_commit_mixing_allowed_and_forbidden_changes_is_rejected_whole() {
         metadata.mutable.admins.insert(bw.inbox_id());
         Forged::default()
     });
-    deliver_rejected(&net, &[&group, &carol_group], commit).await;
+    deliver_rejected(
+        &net,
+        &[(&alice, &group), (&carol, &carol_group)],
+        commit,
+        "may not manage admins",
+    )
+    .await;
     for conversation in [&group, &carol_group] {
         let metadata = conversation.metadata().await.expect("metadata");
         assert_eq!(metadata.description.as_deref(), Some("original"));
@@ -214,7 +260,7 @@ async fn a_forbidden_metadata_change_is_rejected_by_every_receiver() {
     let (carol_group, bob_group) = (views.remove(1), views.remove(0));
     let refused = bob_group.update_name("hijacked").await;
     assert!(
-        matches!(refused, Err(Error::NotPermitted(_))),
+        refused_for(&refused, "may not change the attribute \"name\""),
         "{refused:?}"
     );
     let too_long = group.update_name(&"n".repeat(257)).await;
@@ -232,7 +278,13 @@ async fn a_forbidden_metadata_change_is_rejected_by_every_receiver() {
             .insert(ATTRIBUTE_NAME.into(), "hijacked".into());
         Forged::default()
     });
-    deliver_rejected(&net, &[&group, &carol_group], commit).await;
+    deliver_rejected(
+        &net,
+        &[(&alice, &group), (&carol, &carol_group)],
+        commit,
+        "may not change the attribute \"name\"",
+    )
+    .await;
     for conversation in [&group, &carol_group] {
         let metadata = conversation.metadata().await.expect("metadata");
         assert_eq!(metadata.name.as_deref(), Some("official"));
@@ -268,7 +320,7 @@ async fn super_admins_change_policies_and_others_cannot() {
     open.remove_member = Permission::Allow;
     let refused = bob_group.set_policies(open.clone()).await;
     assert!(
-        matches!(refused, Err(Error::NotPermitted(_))),
+        refused_for(&refused, "may not change policies"),
         "{refused:?}"
     );
     let mut closed = Policies::preset(PolicyPreset::Default);
@@ -277,10 +329,7 @@ async fn super_admins_change_policies_and_others_cannot() {
     bob_group.sync().await.expect("sync");
     // Under the new policy Bob can no longer add anyone.
     let refused = bob_group.add_members(&[carol.inbox_id()]).await;
-    assert!(
-        matches!(refused, Err(Error::NotPermitted(_))),
-        "{refused:?}"
-    );
+    assert!(refused_for(&refused, "may not add members"), "{refused:?}");
     group
         .add_members(&[carol.inbox_id()])
         .await
@@ -324,7 +373,13 @@ async fn a_member_cannot_slip_in_a_device_that_is_not_in_the_identity_log() {
         ..Forged::default()
     });
     let mut events = alice.stream_events();
-    deliver_rejected(&net, &[&group], commit).await;
+    deliver_rejected(
+        &net,
+        &[(&alice, &group)],
+        commit,
+        "is not active in the identity log",
+    )
+    .await;
     let members = group.members().await.expect("members");
     let carol_devices = members
         .iter()
