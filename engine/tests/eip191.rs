@@ -25,27 +25,36 @@ fn unhex(s: &str) -> Vec<u8> {
     hex::decode(s.trim_start_matches("0x")).expect("vector hex")
 }
 
-/// The vectors folder, or the path that was looked at and is missing.
-fn vectors_dir() -> Result<PathBuf, PathBuf> {
+/// The vectors folder: `$KITH_TEST_VECTORS`, or `../shared/test-vectors`
+/// beside the workspace. A missing folder fails the test (a wrong path
+/// must not pass silently) unless `KITH_SKIP_TEST_VECTORS=1` asks to skip
+/// it; then `None`, after one line saying so.
+fn vectors_dir(what: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("KITH_TEST_VECTORS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/test-vectors"),
         PathBuf::from,
     );
-    if dir.is_dir() { Ok(dir) } else { Err(dir) }
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("KITH_SKIP_TEST_VECTORS").is_some_and(|v| v == "1") {
+        eprintln!(
+            "{what}: skipped as KITH_SKIP_TEST_VECTORS=1 asks: no test-vector folder at {}",
+            dir.display()
+        );
+        return None;
+    }
+    panic!(
+        "{what}: no test-vector folder at {}; put ../shared beside the workspace, set \
+         KITH_TEST_VECTORS to the folder, or set KITH_SKIP_TEST_VECTORS=1 to skip",
+        dir.display()
+    );
 }
 
 #[test]
 fn eip191_vectors() {
-    let dir = match vectors_dir() {
-        Ok(dir) => dir,
-        Err(missing) => {
-            println!(
-                "eip191 vectors: skipped, no test-vector folder at {} \
-                 (put ../shared beside the workspace or set KITH_TEST_VECTORS)",
-                missing.display()
-            );
-            return;
-        }
+    let Some(dir) = vectors_dir("eip191 vectors") else {
+        return;
     };
     let text = std::fs::read_to_string(dir.join("eip191.json")).expect("read eip191.json");
     let vectors: Vectors = serde_json::from_str(&text).expect("parse eip191.json");

@@ -61,13 +61,30 @@ struct Epoch {
     epoch_authenticator: Vec<u8>,
 }
 
-/// The vectors folder, or the path that was looked at and is missing.
-fn vectors_dir() -> Result<PathBuf, PathBuf> {
+/// The vectors folder: `$KITH_TEST_VECTORS`, or `../shared/test-vectors`
+/// beside the workspace. A missing folder fails the test (a wrong path
+/// must not pass silently) unless `KITH_SKIP_TEST_VECTORS=1` asks to skip
+/// it; then `None`, after one line saying so.
+fn vectors_dir(what: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("KITH_TEST_VECTORS").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/test-vectors"),
         PathBuf::from,
     );
-    if dir.is_dir() { Ok(dir) } else { Err(dir) }
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("KITH_SKIP_TEST_VECTORS").is_some_and(|v| v == "1") {
+        eprintln!(
+            "{what}: skipped as KITH_SKIP_TEST_VECTORS=1 asks: no test-vector folder at {}",
+            dir.display()
+        );
+        return None;
+    }
+    panic!(
+        "{what}: no test-vector folder at {}; put ../shared beside the workspace, set \
+         KITH_TEST_VECTORS to the folder, or set KITH_SKIP_TEST_VECTORS=1 to skip",
+        dir.display()
+    );
 }
 
 /// Put the vector's key package, with its private keys, into the store the
@@ -162,16 +179,8 @@ fn run(provider: &KithProvider, vector: &Vector) -> Result<(), String> {
 
 #[test]
 fn passive_client_vectors() {
-    let dir = match vectors_dir() {
-        Ok(dir) => dir,
-        Err(missing) => {
-            println!(
-                "passive-client vectors: skipped, no test-vector folder at {} \
-                 (put ../shared beside the workspace or set KITH_TEST_VECTORS)",
-                missing.display()
-            );
-            return;
-        }
+    let Some(dir) = vectors_dir("passive-client vectors") else {
+        return;
     };
     let supported = openmls_rust_crypto::RustCrypto::default();
     let tmp = tempfile::tempdir().expect("tempdir");
