@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use actix::prelude::*;
 use kith_engine::{
     delivery::Topic,
-    group::{ConversationState, Group, GroupError, WelcomePayload},
+    group::{ConversationState, Group, GroupError, GroupEvent, WelcomePayload},
     identity::{InboxId, KeyPackageInventory, KeyPackageInventoryStore as _},
 };
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
@@ -204,9 +204,13 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
             match joined {
                 Ok(group) => {
                     step.commit()?;
-                    Ok(Ok(
-                        group.map(|g| (g.group_id().to_vec(), g.conversation_id()))
-                    ))
+                    // What joining told the application (a rejoin after a
+                    // fork says so) goes out with the join.
+                    Ok(Ok(group.map(|mut g| {
+                        let events: Vec<GroupEvent> =
+                            std::iter::from_fn(|| g.poll_event()).collect();
+                        (g.group_id().to_vec(), g.conversation_id(), events)
+                    })))
                 }
                 Err(e) => Ok(Err(e)),
             }
@@ -215,8 +219,20 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
         .map_err(|e| Error::Storage(format!("joining: {e}")))?;
         match result {
             Err(e) => return Err(e),
-            Ok(Ok(Some((group_id, conversation)))) => {
-                shared.emit(Event::Joined { conversation });
+            Ok(Ok(Some((group_id, conversation, events)))) => {
+                let rejoined = events
+                    .iter()
+                    .any(|e| matches!(e, GroupEvent::Rejoined { .. }));
+                if !rejoined {
+                    shared.emit(Event::Joined {
+                        conversation: conversation.clone(),
+                    });
+                }
+                for event in events {
+                    if let Some(event) = Event::from_group(&conversation, event) {
+                        shared.emit(event);
+                    }
+                }
                 return Ok(Some(group_id));
             }
             Ok(Ok(None)) => return Ok(None),
