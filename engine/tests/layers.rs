@@ -173,11 +173,7 @@ fn inline_depths(code: &str) -> Vec<usize> {
                     depth += 1;
                 }
             }
-            '}' => {
-                if stack.pop() == Some(true) {
-                    depth -= 1;
-                }
-            }
+            '}' if stack.pop() == Some(true) => depth -= 1,
             _ => {}
         }
         depths[offset] = depth;

@@ -44,7 +44,7 @@ pub(crate) enum Plan {
     /// Leave the group: a self-remove proposal that another member commits.
     Leave,
     /// A commit.
-    Commit(CommitPlan),
+    Commit(Box<CommitPlan>),
 }
 
 /// The parts of a commit.
@@ -236,7 +236,7 @@ pub(crate) fn plan_commit(
     if metadata_changed {
         check_own_metadata_change(group.metadata, &metadata, me)?;
     }
-    Ok(Plan::Commit(CommitPlan {
+    Ok(Plan::Commit(Box::new(CommitPlan {
         metadata,
         metadata_changed,
         adds: adds.key_packages,
@@ -244,7 +244,7 @@ pub(crate) fn plan_commit(
         removals,
         force_update,
         riders,
-    }))
+    })))
 }
 
 /// Key packages a commit adds, and whom its Welcome is for.

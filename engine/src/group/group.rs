@@ -127,7 +127,10 @@ impl Group {
             ClientStore(kv).put_ephemeral_key(&key)?;
             deniable = Some(DeniableState::new(key.public_key(), me.inbox, me.keys.id()));
             let pseudonym = rand.random_array().map_err(GroupError::mls)?;
-            CreatorLeaf::Pseudonym { pseudonym, key }
+            CreatorLeaf::Pseudonym {
+                pseudonym,
+                key: Box::new(key),
+            }
         } else {
             CreatorLeaf::Installation
         };

@@ -94,8 +94,8 @@ pub(crate) enum CreatorLeaf {
     Pseudonym {
         /// The random pseudonym.
         pseudonym: [u8; 16],
-        /// The leaf's key.
-        key: EphemeralKey,
+        /// The leaf's key (boxed: the other variant is empty).
+        key: Box<EphemeralKey>,
     },
 }
 
@@ -212,7 +212,7 @@ impl Mls {
                     signature_key: key.public_key().to_vec().into(),
                 },
                 deniable_capabilities(),
-                Some(key),
+                Some(*key),
             ),
             CreatorLeaf::Installation => (
                 CredentialWithKey {
@@ -428,7 +428,7 @@ impl Mls {
                     .map_err(GroupError::mls)?;
                 return Ok(Built::Leave(serialize(&proposal)?));
             }
-            Plan::Commit(plan) => plan,
+            Plan::Commit(plan) => *plan,
         };
         let welcome_to = plan.welcome_to.clone();
         let riders = plan.riders;

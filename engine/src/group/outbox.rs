@@ -524,7 +524,7 @@ mod tests {
         let (kv, mut outbox) = outbox();
         let topic = Topic::Group(GROUP.to_vec());
         outbox
-            .push(&kv, &[topic.clone()], b"one".to_vec(), None)
+            .push(&kv, std::slice::from_ref(&topic), b"one".to_vec(), None)
             .expect("push");
         outbox
             .push(&kv, &[topic], b"two".to_vec(), None)
@@ -588,7 +588,12 @@ mod tests {
         let (kv, mut outbox) = outbox();
         let topic = Topic::Group(GROUP.to_vec());
         outbox
-            .push(&kv, &[topic.clone()], b"keep".to_vec(), Some([1; 32]))
+            .push(
+                &kv,
+                std::slice::from_ref(&topic),
+                b"keep".to_vec(),
+                Some([1; 32]),
+            )
             .expect("push");
         outbox
             .push(&kv, &[topic], b"drop".to_vec(), Some([2; 32]))
