@@ -135,7 +135,7 @@ impl Group {
             CreatorLeaf::Installation
         };
         let conversation = conversation_id(&metadata, &group_id);
-        let mls = Mls::create(provider, me, &group_id, metadata, leaf)?;
+        let mls = Mls::create(provider, me, &group_id, metadata, leaf, new.now_ms)?;
         let parts = RecordParts {
             core: CoreState {
                 conversation_id: Some(conversation),
@@ -395,6 +395,13 @@ impl Group {
             .epoch_authenticator()
             .as_slice()
             .to_vec()
+    }
+
+    /// A short digest of the epoch authenticator: what tells two branches'
+    /// epochs of the same number apart in message AAD and in the stored
+    /// commit records ([`ClientStore::commit_record`]).
+    pub fn epoch_digest(&self) -> [u8; 8] {
+        self.parts.mls.auth_digest()
     }
 
     /// This installation's leaf index in the group's tree.

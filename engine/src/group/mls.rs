@@ -49,9 +49,9 @@ use super::{
     },
 };
 use crate::identity::{
-    BINDING_EXPORTER_LABEL, BINDING_EXPORTER_LEN, CIPHERSUITE, EphemeralKey, InboxId,
-    InstallationId, deniable_capabilities, kith_capabilities, kith_credential,
-    pseudonym_credential_from_bytes,
+    BINDING_EXPORTER_LABEL, BINDING_EXPORTER_LEN, CIPHERSUITE, DEFAULT_LIFETIME_SECS, EphemeralKey,
+    InboxId, InstallationId, deniable_capabilities, kith_capabilities, kith_credential,
+    leaf_lifetime, pseudonym_credential_from_bytes,
 };
 
 /// How many past epochs' secrets are kept, so that application messages
@@ -197,13 +197,15 @@ impl Mls {
     // ----- lifecycle -----------------------------------------------------------
 
     /// A new group `group_id` with `me` as its only member, carrying
-    /// `metadata` in its GroupContext extensions.
+    /// `metadata` in its GroupContext extensions, made at `now_ms` (the
+    /// creator's leaf lifetime counts from it, not from the system clock).
     pub(crate) fn create<P: OpenMlsProvider>(
         provider: &P,
         me: Me<'_>,
         group_id: &[u8],
         metadata: GroupMetadata,
         leaf: CreatorLeaf,
+        now_ms: u64,
     ) -> Result<Self, GroupError> {
         let (credential, capabilities, ephemeral) = match leaf {
             CreatorLeaf::Pseudonym { pseudonym, key } => (
@@ -232,6 +234,7 @@ impl Mls {
             .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(MAX_PAST_EPOCHS)
             .sender_ratchet_configuration(sender_ratchets())
+            .lifetime(leaf_lifetime(now_ms / 1000, DEFAULT_LIFETIME_SECS))
             .build(provider, &signer(&ephemeral, me), credential)
             .map_err(GroupError::mls)?;
         Ok(Self {

@@ -111,6 +111,13 @@ pub fn generate_key_package(
         .map_err(|e| KeyPackageError::Create(e.to_string()))
 }
 
+/// The lifetime of a leaf made at `now` (seconds since the Unix epoch) for
+/// `lifetime_secs`, starting an hour early for clock skew. Taken from the
+/// time the engine is given, never from the system clock.
+pub fn leaf_lifetime(now: u64, lifetime_secs: u64) -> Lifetime {
+    Lifetime::init(now.saturating_sub(CLOCK_SKEW_SECS), now + lifetime_secs)
+}
+
 /// The builder both kinds of key package start from: `capabilities`, a
 /// lifetime from `now` (seconds since the Unix epoch, less an hour for
 /// clock skew) for `lifetime_secs`, and the last-resort mark if asked.
@@ -120,10 +127,9 @@ pub(super) fn builder(
     lifetime_secs: u64,
     last_resort: bool,
 ) -> openmls::prelude::KeyPackageBuilder {
-    let lifetime = Lifetime::init(now.saturating_sub(CLOCK_SKEW_SECS), now + lifetime_secs);
     let builder = KeyPackage::builder()
         .leaf_node_capabilities(capabilities)
-        .key_package_lifetime(lifetime);
+        .key_package_lifetime(leaf_lifetime(now, lifetime_secs));
     if last_resort {
         builder.mark_as_last_resort()
     } else {

@@ -47,7 +47,7 @@ pub use inventory::{
 };
 pub use key_package::{
     CIPHERSUITE, DEFAULT_LIFETIME_SECS, KITH_EXTENSION_TYPES, KeyPackageError, ValidatedKeyPackage,
-    generate_key_package, kith_capabilities, validate_key_package,
+    generate_key_package, kith_capabilities, leaf_lifetime, validate_key_package,
 };
 pub use log::{
     ActiveInstallation, DEFAULT_MAX_INSTALLATIONS, IdentityConfig, IdentityState, IdentityUpdate,
