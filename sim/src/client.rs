@@ -1,6 +1,7 @@
 //! A simulated installation: its own sled store and engine, attached to
 //! one node, able to crash (losing its in-memory state and any open step)
-//! and restart from its store.
+//! and restart from its store, or to lose power (losing, besides, every
+//! step committed since the store was last flushed).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,19 @@ use kith_engine::{
     identity::{InboxId, InstallationKeys},
 };
 use kith_storage::{Codec, Durability, KithProvider, SledMlsStorage, StorageConfig, StorageError};
+use openmls_traits::{OpenMlsProvider as _, random::OpenMlsRand as _};
+
+use crate::crypto::SeededCrypto;
+
+/// The provider a simulated installation runs on: sled, and crypto whose
+/// randomness comes from the run's seed.
+pub type SimProvider = KithProvider<SeededCrypto>;
+
+/// How long the simulator's key packages live, in seconds. Runs start at a
+/// fixed time (so that a seed replays byte for byte), and OpenMLS checks a
+/// key package's lifetime against the real clock: the lifetime must reach
+/// past any day the tests run on.
+pub const KEY_PACKAGE_LIFETIME_SECS: u64 = 100 * 365 * 24 * 60 * 60;
 
 /// Why a step did not commit.
 #[derive(Debug)]
@@ -54,7 +68,7 @@ pub struct Client {
     /// Its installation keys.
     pub keys: InstallationKeys,
     /// Its store and crypto.
-    pub provider: KithProvider,
+    pub provider: SimProvider,
     /// Its group, when loaded (`None` while crashed or before joining).
     pub group: Option<Group>,
     /// The group id, once it is a member.
@@ -67,19 +81,42 @@ pub struct Client {
     pub read: BTreeMap<String, usize>,
     /// The epoch it joined at.
     pub join_epoch: Option<u64>,
-    /// Its key package, while nobody has used it.
+    /// Its key package as the node holds it, while nobody has fetched it
+    /// (the node's copy: a power loss of the client does not bring it
+    /// back).
     pub key_package: Option<Vec<u8>>,
     /// Every event its engine emitted.
     pub events: Vec<GroupEvent>,
+    /// How many times it joined the group (creating it counts as the
+    /// first): each join after a fork or a removal replaces the state of
+    /// the one before.
+    pub incarnation: u32,
+    /// What the disk held at the last flush: what a power loss goes back to.
+    disk: Option<Disk>,
+}
+
+/// A sled export: per tree, its kind, name and key-value pairs.
+type Image = Vec<(Vec<u8>, Vec<u8>, Vec<Vec<Vec<u8>>>)>;
+
+/// The store, and what the client knew with it, at a flush.
+#[derive(Debug)]
+struct Disk {
+    image: Image,
+    group_id: Option<Vec<u8>>,
+    join_epoch: Option<u64>,
+    incarnation: u32,
+    events: usize,
 }
 
 impl Client {
-    /// A client with a fresh in-memory sled store.
+    /// A client with a fresh in-memory sled store, whose randomness comes
+    /// from `seed`.
     pub fn new(
         index: usize,
         inbox: InboxId,
         keys: InstallationKeys,
         node: usize,
+        seed: [u8; 32],
     ) -> Result<Self, StepError> {
         let db = sled::Config::new()
             .temporary(true)
@@ -101,7 +138,7 @@ impl Client {
             index,
             inbox,
             keys,
-            provider: KithProvider::from_storage(storage),
+            provider: KithProvider::with_crypto(storage, SeededCrypto::new(seed)),
             group: None,
             group_id: None,
             node,
@@ -110,6 +147,8 @@ impl Client {
             join_epoch: None,
             key_package: None,
             events: Vec::new(),
+            incarnation: 0,
+            disk: None,
         })
     }
 
@@ -123,11 +162,16 @@ impl Client {
             .map_err(|e| StepError::Storage(StorageError::from(e)))?;
         db.import(self.storage().db().export());
         let storage = SledMlsStorage::from_db(db, self.storage().config())?;
+        let seed = self
+            .provider
+            .rand()
+            .random_array()
+            .unwrap_or_else(|e| match e {});
         let mut copy = Self {
             index: self.index,
             inbox: self.inbox,
             keys: self.keys.clone(),
-            provider: KithProvider::from_storage(storage),
+            provider: KithProvider::with_crypto(storage, SeededCrypto::new(seed)),
             group: None,
             group_id: self.group_id.clone(),
             node: self.node,
@@ -136,6 +180,8 @@ impl Client {
             join_epoch: self.join_epoch,
             key_package: self.key_package.clone(),
             events: Vec::new(),
+            incarnation: self.incarnation,
+            disk: None,
         };
         let policy = self
             .group
@@ -172,7 +218,7 @@ impl Client {
     /// step is discarded and the group reloaded from the store.
     pub fn step<T>(
         &mut self,
-        f: impl FnOnce(&mut Group, &KithProvider, &SledMlsStorage) -> Result<T, StepError>,
+        f: impl FnOnce(&mut Group, &SimProvider, &SledMlsStorage) -> Result<T, StepError>,
     ) -> Result<T, StepError> {
         let Some(group) = self.group.as_mut() else {
             return Err(StepError::Group(GroupError::NotMember));
@@ -213,6 +259,59 @@ impl Client {
         self.group = None;
         self.read.clear();
         self.down_until = Some(until);
+    }
+
+    /// Flush the store: what is committed now survives a power loss. A
+    /// driver must do this before anything it encrypted leaves the process
+    /// (the simulator does it before every publish), or a power loss would
+    /// rewind a sender ratchet past a ciphertext already out.
+    pub fn flush(&mut self) {
+        let image = self
+            .storage()
+            .db()
+            .export()
+            .into_iter()
+            .map(|(kind, name, entries)| (kind, name, entries.collect()))
+            .collect();
+        self.disk = Some(Disk {
+            image,
+            group_id: self.group_id.clone(),
+            join_epoch: self.join_epoch,
+            incarnation: self.incarnation,
+            events: self.events.len(),
+        });
+    }
+
+    /// Lose power: everything in memory, and every step committed since
+    /// the last flush, is gone; the process restarts at `until` with fresh
+    /// randomness from `seed`.
+    pub fn power_loss(&mut self, until: u64, seed: [u8; 32]) -> Result<(), StepError> {
+        let Some(disk) = &self.disk else {
+            return Err(StepError::Storage(StorageError::Corrupt(
+                "a power loss before the first flush".into(),
+            )));
+        };
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| StepError::Storage(StorageError::from(e)))?;
+        db.import(
+            disk.image
+                .iter()
+                .map(|(kind, name, entries)| {
+                    (kind.clone(), name.clone(), entries.clone().into_iter())
+                })
+                .collect(),
+        );
+        let storage = SledMlsStorage::from_db(db, self.storage().config())?;
+        self.provider = KithProvider::with_crypto(storage, SeededCrypto::new(seed));
+        self.group_id = disk.group_id.clone();
+        self.join_epoch = disk.join_epoch;
+        self.incarnation = disk.incarnation;
+        self.events.truncate(disk.events);
+        self.crash(until);
+        Ok(())
     }
 
     /// Read the new envelopes of `topic` from the attached node.
@@ -258,7 +357,7 @@ impl Client {
     fn join_with(
         &mut self,
         policy: GroupConfig,
-        join: impl FnOnce(&KithProvider, &SledMlsStorage, Me<'_>) -> Result<Option<Group>, GroupError>,
+        join: impl FnOnce(&SimProvider, &SledMlsStorage, Me<'_>) -> Result<Option<Group>, GroupError>,
     ) -> Result<bool, StepError> {
         let provider = &self.provider;
         let storage = openmls::prelude::OpenMlsProvider::storage(provider);
@@ -286,6 +385,7 @@ impl Client {
         self.join_epoch = Some(group.epoch());
         self.group_id = Some(group.group_id().to_vec());
         self.group = Some(group);
+        self.incarnation += 1;
         true
     }
 
@@ -300,17 +400,17 @@ impl Client {
 
 /// `count` clients, each with its own inbox (its identity log in
 /// `identities`) and an unused key package, spread over `nodes` nodes.
-/// Keys come from `rng`, so a seed gives the same identities.
+/// Keys and each client's crypto randomness come from `rng`, so a seed
+/// gives the same identities and the same bytes.
 pub fn population(
     rng: &mut rand_chacha::ChaCha20Rng,
     count: usize,
     nodes: usize,
     now_ms: u64,
 ) -> Result<(IdentityCache, Vec<Client>), StepError> {
-    use kith_engine::identity::{
-        DEFAULT_LIFETIME_SECS, LocalWallet, UnsignedIdentityUpdate, generate_key_package,
-    };
+    use kith_engine::identity::{LocalWallet, UnsignedIdentityUpdate, generate_key_package};
     use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+    use rand_core::RngCore as _;
 
     let mut identities = IdentityCache::new();
     let mut clients = Vec::with_capacity(count);
@@ -323,13 +423,15 @@ pub fn population(
         identities
             .extend(wallet.inbox_id(), [unsigned.sign(signature, Some(&keys))])
             .map_err(|e| StepError::Group(GroupError::InvalidInput(e.to_string())))?;
-        let mut client = Client::new(index, wallet.inbox_id(), keys, index % nodes.max(1))?;
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let mut client = Client::new(index, wallet.inbox_id(), keys, index % nodes.max(1), seed)?;
         let key_package = generate_key_package(
             &client.provider,
             &client.keys,
             client.inbox,
             now_ms / 1000,
-            DEFAULT_LIFETIME_SECS,
+            KEY_PACKAGE_LIFETIME_SECS,
             false,
         )
         .map_err(|e| StepError::Group(e.into()))?;
@@ -338,6 +440,8 @@ pub fn population(
                 .tls_serialize_detached()
                 .map_err(|e| StepError::Group(GroupError::Mls(e.to_string())))?,
         );
+        // Flushed before the key package is uploaded.
+        client.flush();
         clients.push(client);
     }
     Ok((identities, clients))

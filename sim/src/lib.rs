@@ -5,33 +5,42 @@
 //! to each other with per-link delays, duplicates and partitions; clients
 //! ([`client`]), each with its own sled store, attach to a node, crash and
 //! restart from their stores (sometimes in the middle of a step, which is
-//! then discarded), move to another node, and, while they are members,
+//! then discarded), lose power (and with it every step since their store
+//! was last flushed), move to another node, and, while they are members,
 //! send messages, add and remove members, rename the group and update
 //! their keys. Then the network quiets down and [`run`] checks that:
 //!
 //! 1. every member agrees on the epoch, the epoch authenticator, the
 //!    membership and the metadata;
-//! 2. every application message is stored exactly once, not superseded, by
-//!    every member of its canonical epoch, unless its sender was told it
-//!    failed;
+//! 2. every client's whole message list (ids, order, delivery state, the
+//!    events that announced it) is what the model of the run allows
+//!    ([`model`]): each member holds every message of its time exactly
+//!    once, in order, delivered unless its sender was told it failed, and
+//!    nobody holds a message it could not have read;
 //! 3. no snapshot outlived its bound, and none is left;
 //! 4. no intent is stuck (each is done, or failed with an event);
 //!
-//! and, on every step, that no two distinct published ciphertexts share
+//! and, on every publish, that no two distinct published ciphertexts share
 //! (group, epoch, sender leaf, generation, content kind), with the epoch
 //! told apart by its authenticator, since the same epoch number on two
 //! branches is two epochs with different secrets ([`oracle`]).
 //!
-//! Everything the schedule depends on comes from the seed. The MLS
-//! randomness (key material, group ids) comes from the crypto provider and
-//! differs between runs, but no decision of the engine or of the schedule
-//! depends on it, so a seed replays the same schedule.
+//! Everything comes from the seed: the schedule, the clients' keys, and
+//! every random byte OpenMLS draws ([`crypto`]), and time starts at a
+//! fixed instant. A seed therefore replays byte for byte; each run's
+//! [`Outcome::trace_hash`] proves it.
 
+mod checks;
 pub mod client;
+mod config;
+pub mod crypto;
+pub mod model;
 pub mod network;
 pub mod oracle;
 mod rng;
 mod scenario;
+pub mod trace;
 pub mod world;
 
-pub use scenario::{Config, Outcome, run};
+pub use config::{Config, PROFILES};
+pub use scenario::{Outcome, START_MS, run};

@@ -1,158 +1,34 @@
-//! One seeded run: the schedule, the clients' loop, and the checks.
+//! One seeded run: the schedule, the clients' loop, and what it records
+//! for the checks ([`crate::model`], [`crate::oracle`], [`crate::checks`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kith_engine::{
-    delivery::{Envelope, Topic},
+    delivery::Topic,
     group::{
-        CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupConfig, GroupEvent,
-        IdentityCache, IntentKind, NewGroup, Outbound, PolicyPreset, ProposalPolicy, RewindPolicy,
+        CONTENT_TYPE_TEXT, ConversationKind, Group, GroupConfig, GroupEvent, IdentityCache,
+        IntentKind, NewGroup, Outbound, PolicyPreset, ProposalPolicy, RewindPolicy,
     },
-    identity::{InboxId, InstallationId},
+    identity::InstallationId,
 };
-use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
+use openmls::prelude::{ContentType, GroupId, MlsMessageIn, tls_codec::Deserialize as _};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
-use sha2::{Digest as _, Sha256};
+use rand_core::RngCore as _;
 
 use crate::{
-    client::{Client, StepError, population},
+    checks,
+    client::{Client, KEY_PACKAGE_LIFETIME_SECS, StepError, population},
+    config::Config,
+    model::{Model, State},
     network::Network,
-    oracle::{self, Generations},
+    oracle::{self, Generations, NonceOracle},
     rng::{below, chance},
+    trace::{self, Trace, TraceHashes, hex8, sha256},
 };
 
-/// What a run looks like. The defaults keep every delay and partition
-/// inside the settle window, so no member may end on a fork.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Originator nodes.
-    pub nodes: usize,
-    /// Clients (one installation of one inbox each).
-    pub clients: usize,
-    /// Members at the start (the creator included).
-    pub initial_members: usize,
-    /// Operations to issue before the network quiets down.
-    pub ops: usize,
-    /// Virtual time per tick, in ms.
-    pub tick_ms: u64,
-    /// Largest base delay of a link, in ms.
-    pub max_delay_ms: u64,
-    /// Extra random delay per envelope, in ms.
-    pub jitter_ms: u64,
-    /// The settle window, in ms.
-    pub settle_window_ms: u64,
-    /// At most this many unsettled transitions.
-    pub max_rewind: usize,
-    /// Chance of a duplicated replication, per mille.
-    pub duplicate_per_mille: u64,
-    /// Chance per tick that a member issues an operation, per mille.
-    pub op_per_mille: u64,
-    /// Chance per tick that a client crashes, per mille.
-    pub crash_per_mille: u64,
-    /// Chance that a client crashes inside a step, per mille of steps.
-    pub crash_in_step_per_mille: u64,
-    /// Chance per tick that a partition starts, per mille.
-    pub partition_per_mille: u64,
-    /// Longest partition, in ms.
-    pub max_partition_ms: u64,
-    /// Chance per tick that a client moves to another node, per mille.
-    pub reconnect_per_mille: u64,
-    /// Give up (and fail) after this many ticks.
-    pub max_ticks: u64,
-    /// Whether metadata changes and key updates go out as proposals first.
-    pub propose_first: bool,
-    /// How long a proposer waits for someone else to commit its proposal.
-    pub proposal_wait_ms: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            nodes: 3,
-            clients: 5,
-            initial_members: 3,
-            ops: 12,
-            tick_ms: 5,
-            max_delay_ms: 25,
-            jitter_ms: 15,
-            settle_window_ms: 200,
-            max_rewind: 5,
-            duplicate_per_mille: 50,
-            op_per_mille: 25,
-            crash_per_mille: 3,
-            crash_in_step_per_mille: 10,
-            partition_per_mille: 3,
-            max_partition_ms: 60,
-            reconnect_per_mille: 4,
-            max_ticks: 20_000,
-            propose_first: true,
-            proposal_wait_ms: 40,
-        }
-    }
-}
-
-impl Config {
-    /// The configuration the seed tests use: the seed picks one of three
-    /// profiles (calm, busy, crashy), all of whose delays and partitions
-    /// stay inside the settle window.
-    pub fn for_seed(seed: u64) -> Self {
-        let base = Self::default();
-        match seed % 3 {
-            1 => Self {
-                nodes: 4,
-                ops: 24,
-                op_per_mille: 80,
-                max_delay_ms: 60,
-                jitter_ms: 40,
-                settle_window_ms: 300,
-                max_partition_ms: 120,
-                partition_per_mille: 5,
-                proposal_wait_ms: 0,
-                ..base
-            },
-            2 => Self {
-                crash_per_mille: 10,
-                crash_in_step_per_mille: 30,
-                reconnect_per_mille: 10,
-                op_per_mille: 50,
-                ..base
-            },
-            _ => base,
-        }
-    }
-}
-
-impl Config {
-    /// Replication that can lag past the settle window (partitions up to
-    /// three windows long): members end up on forks, which must be found
-    /// and healed. [`Config::heavy_lag`] is harsher.
-    pub fn lagging() -> Self {
-        Self {
-            settle_window_ms: 100,
-            max_partition_ms: 300,
-            partition_per_mille: 15,
-            op_per_mille: 40,
-            ops: 14,
-            ..Self::default()
-        }
-    }
-}
-
-impl Config {
-    /// Frequent partitions several settle windows long (over six windows):
-    /// forks are frequent and older, and several members often answer one
-    /// rejoin request.
-    pub fn heavy_lag() -> Self {
-        Self {
-            settle_window_ms: 60,
-            max_partition_ms: 400,
-            partition_per_mille: 25,
-            op_per_mille: 60,
-            ops: 20,
-            ..Self::default()
-        }
-    }
-}
+/// When every run starts, in ms since the Unix epoch (2026-01-01T00:00Z).
+/// Fixed, so that a seed replays byte for byte; only differences matter.
+pub const START_MS: u64 = 1_767_225_600_000;
 
 /// What a run found.
 #[derive(Debug, Default)]
@@ -161,12 +37,25 @@ pub struct Outcome {
     pub seed: u64,
     /// Every violated check, with its evidence. Empty when the run passed.
     pub failures: Vec<String>,
+    /// The hashes of the run's trace (see [`crate::trace`]): equal for two
+    /// runs of the same seed and configuration (the byte hash only if no
+    /// commit was [`Outcome::unordered_commits`]).
+    pub trace: TraceHashes,
+    /// Commits that covered proposals about two or more members (updates,
+    /// removals). OpenMLS 0.9.2 lists those in the order of a `HashMap`
+    /// (`ProposalQueue::filter_proposals`), seeded by the process, so the
+    /// commit's bytes, and every byte after it, differ between runs; what
+    /// the commit does, and so the run, does not.
+    pub unordered_commits: usize,
     /// Operations issued.
     pub ops: usize,
     /// Rollbacks done, over all clients.
     pub rollbacks: u64,
     /// Envelopes replayed by them.
     pub replayed: u64,
+    /// Whether two different commits were published for the same epoch
+    /// of the same branch (so that one of them had to lose).
+    pub raced: bool,
     /// Messages sent.
     pub messages: usize,
     /// The final epoch.
@@ -177,6 +66,10 @@ pub struct Outcome {
     pub forks: usize,
     /// Forked clients that were re-added.
     pub rejoins: usize,
+    /// Process crashes (inside a step or between steps).
+    pub crashes: usize,
+    /// Power losses.
+    pub power_losses: usize,
 }
 
 impl Outcome {
@@ -184,52 +77,41 @@ impl Outcome {
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// Whether the run exercised conflict resolution: commits raced, or
+    /// somebody rolled back.
+    pub fn contended(&self) -> bool {
+        self.raced || self.rollbacks > 0
+    }
 }
 
-/// Key of a ciphertext for the key and nonce invariant: group epoch and
-/// authenticator digest, sender leaf, generation, handshake or not.
-type NonceTuple = (u64, [u8; 8], u32, u64, bool);
-
-struct Sent {
-    sender: usize,
-}
-
-struct Sim {
-    config: Config,
+/// One run in progress.
+pub(crate) struct Sim {
+    pub(crate) config: Config,
     rng: ChaCha20Rng,
     net: Network,
-    clients: Vec<Client>,
+    pub(crate) clients: Vec<Client>,
     identities: IdentityCache,
-    policy: GroupConfig,
-    now: u64,
-    start: u64,
-    failures: Vec<String>,
+    pub(crate) policy: GroupConfig,
+    pub(crate) now: u64,
+    pub(crate) failures: Vec<String>,
     ops_done: usize,
-    sent: BTreeMap<[u8; 32], Sent>,
-    /// Per message id, the epoch of the last copy its sender queued.
-    message_epochs: BTreeMap<[u8; 32], u64>,
-    nonces: BTreeMap<NonceTuple, [u8; 32]>,
-    /// Per client: the last generations seen, in which epoch.
-    last_generations: BTreeMap<usize, (u64, [u8; 8], Generations)>,
+    pub(crate) model: Model,
+    nonces: NonceOracle,
+    /// Per queued commit's payload hash, the state it leaves.
+    commits: BTreeMap<[u8; 32], State>,
+    /// Per state, the different commits published to leave it.
+    published_commits: BTreeMap<State, BTreeSet<[u8; 32]>>,
     last_publish: u64,
     /// Per client, how many of its events were looked at for rejoin
     /// requests.
     events_seen: BTreeMap<usize, usize>,
-}
-
-/// OpenMLS checks key-package lifetimes against the system clock, so the
-/// virtual clock starts at the real time; only differences matter.
-#[allow(clippy::disallowed_methods)]
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn digest8(bytes: &[u8]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&Sha256::digest(bytes)[..8]);
-    out
+    pub(crate) trace: Trace,
+    crashes: usize,
+    power_losses: usize,
+    /// Whether the deliberate ratchet reuse was done.
+    mutated: bool,
+    unordered_commits: usize,
 }
 
 /// Run one seed.
@@ -238,43 +120,49 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
         seed,
         ..Outcome::default()
     };
-    match Sim::new(seed, config.clone()) {
-        Ok(mut sim) => {
-            sim.run();
-            outcome.failures = std::mem::take(&mut sim.failures);
-            outcome.ops = sim.ops_done;
-            outcome.messages = sim.sent.len();
-            for client in &sim.clients {
-                if let Some(group) = &client.group {
-                    let stats = group.rewind_stats();
-                    outcome.rollbacks += stats.rollbacks;
-                    outcome.replayed += stats.replayed;
-                    outcome.epoch = outcome.epoch.max(group.epoch());
-                }
-            }
-            outcome.virtual_ms = sim.now.saturating_sub(sim.start);
-            for client in &sim.clients {
-                outcome.forks += client
-                    .events
-                    .iter()
-                    .filter(|e| matches!(e, GroupEvent::Forked { .. }))
-                    .count();
-                outcome.rejoins += client
-                    .events
-                    .iter()
-                    .filter(|e| matches!(e, GroupEvent::Rejoined { .. }))
-                    .count();
+    let mut sim = match Sim::new(seed, config.clone()) {
+        Ok(sim) => sim,
+        Err(e) => {
+            outcome.failures.push(format!("setup failed: {e}"));
+            return outcome;
+        }
+    };
+    sim.run();
+    if sim.config.reuse_ratchet && !sim.mutated {
+        sim.failures
+            .push("the ratchet reuse asked for was never done: no message went out".into());
+    }
+    outcome.ops = sim.ops_done;
+    outcome.messages = sim.model.written_count();
+    outcome.raced = sim.published_commits.values().any(|c| c.len() > 1);
+    outcome.crashes = sim.crashes;
+    outcome.power_losses = sim.power_losses;
+    outcome.virtual_ms = sim.now - START_MS;
+    for client in &sim.clients {
+        if let Some(group) = &client.group {
+            let stats = group.rewind_stats();
+            outcome.rollbacks += stats.rollbacks;
+            outcome.replayed += stats.replayed;
+            outcome.epoch = outcome.epoch.max(group.epoch());
+        }
+        for event in &client.events {
+            match event {
+                GroupEvent::Forked { .. } => outcome.forks += 1,
+                GroupEvent::Rejoined { .. } => outcome.rejoins += 1,
+                _ => {}
             }
         }
-        Err(e) => outcome.failures.push(format!("setup failed: {e}")),
     }
+    outcome.failures = std::mem::take(&mut sim.failures);
+    outcome.unordered_commits = sim.unordered_commits;
+    outcome.trace = sim.trace.finish();
     outcome
 }
 
 impl Sim {
     fn new(seed: u64, config: Config) -> Result<Self, StepError> {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let now = wall_clock_ms();
+        let now = START_MS;
         let net = Network::new(
             &mut rng,
             config.nodes,
@@ -305,16 +193,21 @@ impl Sim {
             identities,
             policy,
             now,
-            start: now,
             failures: Vec::new(),
             ops_done: 0,
-            sent: BTreeMap::new(),
-            message_epochs: BTreeMap::new(),
-            nonces: BTreeMap::new(),
-            last_generations: BTreeMap::new(),
+            model: Model::default(),
+            nonces: NonceOracle::default(),
+            commits: BTreeMap::new(),
+            published_commits: BTreeMap::new(),
             last_publish: now,
             events_seen: BTreeMap::new(),
+            trace: Trace::new(seed),
+            crashes: 0,
+            power_losses: 0,
+            mutated: false,
+            unordered_commits: 0,
         };
+        sim.trace.line(format_args!("seed {seed} {:?}", sim.config));
         sim.create()?;
         Ok(sim)
     }
@@ -346,7 +239,9 @@ impl Sim {
         creator.group_id = Some(group.group_id().to_vec());
         creator.join_epoch = Some(0);
         creator.group = Some(group);
+        creator.incarnation = 1;
         creator.key_package = None;
+        self.model.joined(0, 1, 0);
         let mut key_packages = Vec::new();
         let mut sequences = Vec::new();
         for index in 1..self.config.initial_members.min(self.clients.len()) {
@@ -364,6 +259,9 @@ impl Sim {
                 },
             )?)
         })?;
+        // The application saves the group it made before it shows it.
+        self.flush(0);
+        self.observe(0);
         Ok(())
     }
 
@@ -388,6 +286,10 @@ impl Sim {
                     .filter(|_| chance(&mut self.rng, 500))
                     .collect();
                 let until = self.now + 1 + below(&mut self.rng, self.config.max_partition_ms);
+                self.trace.line(format_args!(
+                    "t={} partition {side:?} until {until}",
+                    self.now
+                ));
                 self.net.partition(side, until);
             }
             let mut busy = false;
@@ -414,7 +316,7 @@ impl Sim {
             if settled && self.clients.iter().all(Client::is_up) {
                 quiet_rounds += 1;
                 if quiet_rounds > 3 {
-                    self.check_final();
+                    checks::end(self);
                     return;
                 }
             }
@@ -423,7 +325,7 @@ impl Sim {
             "the network did not quiet down within {} ticks",
             self.config.max_ticks
         ));
-        self.check_final();
+        checks::end(self);
     }
 
     /// Whether a client on a fork is still in the canonical tree (as a
@@ -451,21 +353,32 @@ impl Sim {
             if now < until {
                 return false;
             }
+            self.trace
+                .line(format_args!("t={now} client {index} restarts"));
             let client = &mut self.clients[index];
             client.down_until = None;
             if let Err(e) = client.reload(self.policy) {
                 self.failures
                     .push(format!("client {index} could not restart: {e}"));
             }
+            self.observe(index);
             return true;
         }
         if self.active() && chance(&mut self.rng, self.config.crash_per_mille) {
-            let until = now + 20 + below(&mut self.rng, 200);
-            self.clients[index].crash(until);
+            self.crash(index, "crashes");
+            return true;
+        }
+        if self.active()
+            && self.config.power_loss_per_mille > 0
+            && chance(&mut self.rng, self.config.power_loss_per_mille)
+        {
+            self.power_loss(index);
             return true;
         }
         if self.active() && chance(&mut self.rng, self.config.reconnect_per_mille) {
             let node = below(&mut self.rng, self.net.len() as u64) as usize;
+            self.trace
+                .line(format_args!("t={now} client {index} moves to node {node}"));
             let client = &mut self.clients[index];
             client.node = node;
             client.read.clear();
@@ -488,6 +401,17 @@ impl Sim {
         if self.clients[index].down_until.is_some() {
             return true;
         }
+        if !self.advance(index) {
+            return true;
+        }
+        checks::ring(self, index);
+        self.answer_rejoin_requests(index);
+        busy | self.rejoin_deferred(index) | self.publish(index)
+    }
+
+    /// The engine's timers and sends; `false` if the client went down.
+    fn advance(&mut self, index: usize) -> bool {
+        let now = self.now;
         let crash = chance(&mut self.rng, self.config.crash_in_step_per_mille) && self.active();
         let result = self.watch(index, |client, identities| {
             let me_inbox = client.inbox;
@@ -504,12 +428,11 @@ impl Sim {
                 Ok(())
             })
         });
-        if self.handle(index, result, "advance").is_none() {
-            return true;
+        let done = self.handle(index, result, "advance").is_some();
+        if done {
+            self.observe(index);
         }
-        self.check_ring(index);
-        self.answer_rejoin_requests(index);
-        busy | self.rejoin_deferred(index) | self.publish(index)
+        done
     }
 
     /// Handle a step's result: a crash takes the client down; any other
@@ -518,8 +441,7 @@ impl Sim {
         match result {
             Ok(value) => Some(value),
             Err(StepError::Crash) => {
-                let until = self.now + 20 + below(&mut self.rng, 200);
-                self.clients[index].crash(until);
+                self.crash(index, "crashes inside a step");
                 None
             }
             Err(e) => {
@@ -527,6 +449,71 @@ impl Sim {
                     .push(format!("client {index}: {what} failed: {e}"));
                 None
             }
+        }
+    }
+
+    /// The process of `index` dies; it restarts from its store a little
+    /// later.
+    fn crash(&mut self, index: usize, how: &str) {
+        let until = self.now + 20 + below(&mut self.rng, 200);
+        self.trace.line(format_args!(
+            "t={} client {index} {how} until {until}",
+            self.now
+        ));
+        self.clients[index].crash(until);
+        self.crashes += 1;
+    }
+
+    /// `index` loses power: it restarts a little later from what its store
+    /// held at its last flush.
+    fn power_loss(&mut self, index: usize) {
+        let until = self.now + 20 + below(&mut self.rng, 200);
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        self.trace.line(format_args!(
+            "t={} client {index} loses power until {until}",
+            self.now
+        ));
+        if let Err(e) = self.clients[index].power_loss(until, seed) {
+            self.failures
+                .push(format!("client {index} could not lose power: {e}"));
+            return;
+        }
+        self.model.power_lost(index);
+        self.nonces.power_lost(index);
+        let events = self.clients[index].events.len();
+        self.events_seen
+            .entry(index)
+            .and_modify(|seen| *seen = (*seen).min(events));
+        self.power_losses += 1;
+    }
+
+    /// Flush `index`'s store: its steps so far survive a power loss.
+    fn flush(&mut self, index: usize) {
+        self.clients[index].flush();
+        self.model.flushed(index);
+    }
+
+    /// Record the states `index` has been in: the current one and those
+    /// its commit records name (a rollback and replay inside one step
+    /// passes through epochs no step ends in).
+    fn observe(&mut self, index: usize) {
+        let client = &self.clients[index];
+        let Some(group) = client.group.as_ref() else {
+            return;
+        };
+        let epoch = group.epoch();
+        let mut states = vec![(epoch, group.epoch_digest())];
+        let store = kith_engine::group::ClientStore(client.storage());
+        let deepest = epoch.saturating_sub(self.config.max_rewind as u64 + 1);
+        for past in deepest..epoch {
+            if let Ok(Some((_, auth))) = store.commit_record(group.group_id(), past) {
+                states.push((past, auth));
+            }
+        }
+        let incarnation = client.incarnation;
+        for state in states {
+            self.model.observed(index, incarnation, state);
         }
     }
 
@@ -542,12 +529,8 @@ impl Sim {
             let had_group = self.clients[index].group_id.is_some();
             match self.clients[index].join(&self.identities, &envelope.payload, self.policy, now) {
                 Ok(joined) => {
-                    if std::env::var_os("KITH_SIM_TRACE").is_some() {
-                        eprintln!(
-                            "t={} client {index} joined: {joined}, epoch {:?}",
-                            now % 100_000,
-                            self.clients[index].join_epoch
-                        );
+                    if joined {
+                        self.joined(index, "joins");
                     }
                 }
                 // A member re-reading its topic meets the Welcomes it used.
@@ -558,6 +541,24 @@ impl Sim {
             }
         }
         busy
+    }
+
+    /// `index` joined (from a Welcome or a kept one): a new incarnation.
+    fn joined(&mut self, index: usize, how: &str) {
+        let client = &self.clients[index];
+        let (incarnation, epoch) = (client.incarnation, client.join_epoch.unwrap_or(0));
+        self.trace.line(format_args!(
+            "t={} client {index} {how}: incarnation {incarnation}, epoch {epoch}",
+            self.now
+        ));
+        if trace::enabled() {
+            eprintln!(
+                "t={} client {index} {how}: incarnation {incarnation}, epoch {epoch}",
+                self.now % 100_000
+            );
+        }
+        self.model.joined(index, incarnation, epoch);
+        self.observe(index);
     }
 
     /// A member that needs a rejoin uses a Welcome it was given while it
@@ -575,12 +576,8 @@ impl Sim {
         let joined = self
             .handle(index, result, "joining from a kept Welcome")
             .unwrap_or(false);
-        if joined && std::env::var_os("KITH_SIM_TRACE").is_some() {
-            eprintln!(
-                "t={} client {index} joined from a kept Welcome, epoch {:?}",
-                now % 100_000,
-                self.clients[index].join_epoch
-            );
+        if joined {
+            self.joined(index, "joins from a kept Welcome");
         }
         joined
     }
@@ -597,6 +594,12 @@ impl Sim {
             let crash = self.active() && chance(&mut self.rng, self.config.crash_in_step_per_mille);
             let identities = &self.identities;
             let now = self.now;
+            // A removed member still reads messages of its past epochs
+            // (and is a member again if its removal loses a race).
+            let before = self.clients[index]
+                .group
+                .as_ref()
+                .map(|g| (g.epoch(), g.epoch_digest()));
             let result = self.clients[index].step(|group, provider, storage| {
                 group.handle_envelope(provider, storage, identities, &envelope, now)?;
                 if crash {
@@ -604,36 +607,52 @@ impl Sim {
                 }
                 Ok(())
             });
-            if std::env::var_os("KITH_SIM_TRACE").is_some() {
-                let header = MlsMessageIn::tls_deserialize_exact(envelope.payload.as_slice())
-                    .ok()
-                    .and_then(|m| m.try_into_protocol_message().ok())
-                    .map(|p| (p.epoch().as_u64(), p.content_type()));
-                eprintln!(
-                    "t={} client {index} handles {} {:?} key ({}, {}, {}) -> {:?} {:?}",
-                    self.now % 100_000,
-                    hex8(&Sha256::digest(&envelope.payload)),
-                    header,
-                    envelope.originator_time_ms % 100_000,
-                    envelope.originator_node_id,
-                    envelope.originator_sequence_id,
-                    result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-                    self.clients[index]
-                        .group
-                        .as_ref()
-                        .map(|g| (g.epoch(), hex8(&g.epoch_authenticator()))),
-                );
-                for event in self.clients[index].events.iter().skip(events_before) {
-                    if !matches!(event, GroupEvent::Message(_)) {
-                        eprintln!("    event {event:?}");
-                    }
-                }
+            if trace::enabled() {
+                self.log_handled(index, &envelope, &result, events_before);
             }
             if self.handle(index, result, "handling an envelope").is_none() {
                 return true;
             }
+            if let Some(state) = before {
+                let incarnation = self.clients[index].incarnation;
+                self.model
+                    .handled(index, incarnation, sha256(&envelope.payload), state);
+            }
+            self.observe(index);
         }
         busy
+    }
+
+    fn log_handled(
+        &self,
+        index: usize,
+        envelope: &kith_engine::delivery::Envelope,
+        result: &Result<(), StepError>,
+        events_before: usize,
+    ) {
+        let header = MlsMessageIn::tls_deserialize_exact(envelope.payload.as_slice())
+            .ok()
+            .and_then(|m| m.try_into_protocol_message().ok())
+            .map(|p| (p.epoch().as_u64(), p.content_type()));
+        eprintln!(
+            "t={} client {index} handles {} {:?} key ({}, {}, {}) -> {:?} {:?}",
+            self.now % 100_000,
+            hex8(&sha256(&envelope.payload)),
+            header,
+            envelope.originator_time_ms % 100_000,
+            envelope.originator_node_id,
+            envelope.originator_sequence_id,
+            result.as_ref().map(|_| ()).map_err(ToString::to_string),
+            self.clients[index]
+                .group
+                .as_ref()
+                .map(|g| (g.epoch(), hex8(&g.epoch_digest()))),
+        );
+        for event in self.clients[index].events.iter().skip(events_before) {
+            if !matches!(event, GroupEvent::Message(_)) {
+                eprintln!("    event {event:?}");
+            }
+        }
     }
 
     /// One random operation by member `index`.
@@ -683,34 +702,90 @@ impl Sim {
         } else {
             Some(IntentKind::UpdateKeys)
         };
-        let now = self.now;
-        let result = match kind {
-            Some(kind) => self.clients[index]
-                .step(|group, _, storage| Ok(group.queue_intent(storage, kind)?))
-                .map(|_| None),
-            None => self.watch(index, |client, _| {
-                let inbox = client.inbox;
-                let keys = client.keys.clone();
-                client.step(|group, provider, storage| {
-                    let me = kith_engine::group::Me { inbox, keys: &keys };
-                    Ok(Some(group.send_message(
-                        provider,
-                        storage,
-                        me,
-                        CONTENT_TYPE_TEXT,
-                        format!("message {} from {index}", now).as_bytes(),
-                        now,
-                    )?))
-                })
-            }),
-        };
-        if let Some(Some(id)) = self.handle(index, result, "an operation") {
-            self.sent.insert(id, Sent { sender: index });
+        match kind {
+            Some(kind) => {
+                let result = self.clients[index]
+                    .step(|group, _, storage| Ok(group.queue_intent(storage, kind)?));
+                self.handle(index, result, "an operation");
+            }
+            None if self.config.reuse_ratchet && !self.mutated => self.send_twice(index),
+            None => {
+                self.send(index);
+            }
         }
     }
 
+    /// Member `index` sends a message; its id, if it was written.
+    fn send(&mut self, index: usize) -> Option<[u8; 32]> {
+        let now = self.now;
+        let result = self.watch(index, |client, _| {
+            let inbox = client.inbox;
+            let keys = client.keys.clone();
+            client.step(|group, provider, storage| {
+                let me = kith_engine::group::Me { inbox, keys: &keys };
+                Ok(group.send_message(
+                    provider,
+                    storage,
+                    me,
+                    CONTENT_TYPE_TEXT,
+                    format!("message {now} from {index}").as_bytes(),
+                    now,
+                )?)
+            })
+        });
+        let id = self.handle(index, result, "sending a message")?;
+        self.model.written(index, id, now);
+        self.observe(index);
+        Some(id)
+    }
+
+    /// The deliberate bug of [`Config::reuse_ratchet`]: send, put the
+    /// group's MLS state back as it was before, and send again, so that
+    /// two ciphertexts leave with the same key and nonce.
+    fn send_twice(&mut self, index: usize) {
+        let Some(group_id) = self.clients[index].group_id.clone() else {
+            return;
+        };
+        let snapshot = match self.clients[index]
+            .storage()
+            .snapshot_group(&GroupId::from_slice(&group_id))
+        {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                self.failures
+                    .push(format!("client {index}: snapshot for the mutation: {e}"));
+                return;
+            }
+        };
+        let Some(id) = self.send(index) else {
+            return;
+        };
+        let went_out = self.clients[index]
+            .group
+            .as_ref()
+            .is_some_and(|g| g.pending_outbound().any(|o| o.message_id == Some(id)));
+        if !went_out {
+            return;
+        }
+        let result = self.clients[index].step(|_, _, storage| {
+            storage.restore_group(&snapshot)?;
+            Ok(())
+        });
+        let restored = self
+            .handle(index, result, "restoring for the mutation")
+            .is_some();
+        if let (true, Err(e)) = (restored, self.clients[index].reload(self.policy)) {
+            self.failures
+                .push(format!("client {index}: reload for the mutation: {e}"));
+            return;
+        }
+        self.mutated = restored;
+        self.send(index);
+    }
+
     /// Run an engine call that may encrypt, and attribute the generations
-    /// it spent to the ciphertexts it queued (see [`oracle`]).
+    /// it spent to the ciphertexts it queued (see [`oracle`]); the
+    /// messages among them are copies for the model.
     fn watch<T>(
         &mut self,
         index: usize,
@@ -726,10 +801,7 @@ impl Sim {
             .as_ref()
             .map(|g| g.pending_outbound().map(|o| o.id).collect())
             .unwrap_or_default();
-        let before = client
-            .group
-            .as_ref()
-            .map(|g| (g.epoch(), digest8(&g.epoch_authenticator())));
+        let before = client.group.as_ref().map(|g| (g.epoch(), g.epoch_digest()));
         let gens_before = oracle::generations(client.storage(), &group_id);
         let result = f(client, identities);
         let client = &self.clients[index];
@@ -741,7 +813,7 @@ impl Sim {
         ) else {
             return result;
         };
-        let epoch = (group.epoch(), digest8(&group.epoch_authenticator()));
+        let state = (group.epoch(), group.epoch_digest());
         let Some(gens_after) = oracle::generations(client.storage(), &group_id) else {
             self.failures.push(format!(
                 "client {index}: the key and nonce oracle cannot read the sender ratchets"
@@ -754,30 +826,21 @@ impl Sim {
             .filter(|o| !before_ids.contains(&o.id))
             .cloned()
             .collect();
-        // Generations never go backwards within one epoch.
-        if let Some((e, a, last)) = self.last_generations.get(&index)
-            && (*e, *a) == epoch
-            && (gens_after.application < last.application || gens_after.handshake < last.handshake)
-        {
-            self.failures.push(format!(
-                "client {index}: a sender ratchet went backwards in epoch {e}: {last:?} -> {gens_after:?}"
-            ));
-        }
-        self.last_generations
-            .insert(index, (epoch.0, epoch.1, gens_after));
-        if std::env::var_os("KITH_SIM_TRACE").is_some() {
+        if trace::enabled() {
             eprintln!(
                 "t={} client {index} gens {:?} -> {:?} epoch {:?} -> {} ({} new)",
                 self.now % 100_000,
                 gens_before,
                 gens_after,
-                before,
-                epoch.0,
+                before.map(|b| b.0),
+                state.0,
                 new.len()
             );
         }
+        self.failures
+            .extend(self.nonces.read(index, state.0, state.1, gens_after));
         let start = match (before, gens_before) {
-            (Some(b), Some(g)) if b == epoch => g,
+            (Some(b), Some(g)) if b == state => g,
             _ => Generations {
                 application: 0,
                 handshake: 0,
@@ -795,48 +858,54 @@ impl Sim {
             let Ok(protocol) = message.try_into_protocol_message() else {
                 continue;
             };
-            if protocol.epoch().as_u64() != epoch.0 {
+            if protocol.epoch().as_u64() != state.0 {
                 self.failures.push(format!(
                     "client {index}: queued a ciphertext of epoch {} while in epoch {}",
                     protocol.epoch().as_u64(),
-                    epoch.0
+                    state.0
                 ));
             }
-            let hash: [u8; 32] = Sha256::digest(&item.payload).into();
-            if protocol.content_type() == ContentType::Application {
-                app.push(hash);
-                if let Some(id) = item.message_id {
-                    self.message_epochs.insert(id, epoch.0);
+            let hash = sha256(&item.payload);
+            match protocol.content_type() {
+                ContentType::Application => {
+                    app.push(hash);
+                    if let Some(id) = item.message_id {
+                        self.model.queued(index, id, hash, self.now, state);
+                    }
                 }
-            } else {
-                handshake.push(hash);
+                ContentType::Commit => {
+                    self.commits.insert(hash, state);
+                    handshake.push(hash);
+                    let client = &self.clients[index];
+                    if oracle::pending_commit_member_proposals(client.storage(), &group_id)
+                        .is_some_and(|n| n > 1)
+                    {
+                        self.unordered_commits += 1;
+                    }
+                }
+                ContentType::Proposal => handshake.push(hash),
             }
         }
-        let mut record = |hashes: &[[u8; 32]], from: u64, to: u64, handshake: bool| {
-            // The ciphertexts used the last generations spent (a commit
-            // that failed its own check spends one and is not published).
-            let spent = to.saturating_sub(from);
-            if (hashes.len() as u64) > spent {
-                self.failures.push(format!(
-                    "client {index}: {} ciphertexts but {spent} generations spent",
-                    hashes.len()
-                ));
-            }
-            let first = to.saturating_sub(hashes.len() as u64);
-            for (offset, hash) in hashes.iter().enumerate() {
-                let tuple = (epoch.0, epoch.1, leaf, first + offset as u64, handshake);
-                match self.nonces.insert(tuple, *hash) {
-                    Some(previous) if previous != *hash => self.failures.push(format!(
-                        "client {index}: key and nonce reused: epoch {}, leaf {leaf}, \
-                         generation {}, handshake {handshake}",
-                        tuple.0, tuple.3
-                    )),
-                    _ => {}
-                }
-            }
-        };
-        record(&app, start.application, gens_after.application, false);
-        record(&handshake, start.handshake, gens_after.handshake, true);
+        let at = (state.0, state.1, leaf);
+        let spent = [
+            self.nonces.queued(
+                index,
+                at,
+                &app,
+                start.application,
+                gens_after.application,
+                false,
+            ),
+            self.nonces.queued(
+                index,
+                at,
+                &handshake,
+                start.handshake,
+                gens_after.handshake,
+                true,
+            ),
+        ];
+        self.failures.extend(spent.into_iter().flatten());
         result
     }
 
@@ -878,6 +947,8 @@ impl Sim {
                     continue;
                 }
             };
+            // The installation flushed its key package before uploading it.
+            self.flush(target);
             let result = self.clients[index].step(|group, _, storage| {
                 Ok(group.queue_intent(
                     storage,
@@ -892,8 +963,9 @@ impl Sim {
         }
     }
 
-    /// Publish everything queued; a client may crash between publishing
-    /// and recording it (it publishes again after restarting).
+    /// Publish everything queued, after flushing the store (what leaves
+    /// the process must survive a power loss); a client may crash between
+    /// publishing and recording it (it publishes again after restarting).
     fn publish(&mut self, index: usize) -> bool {
         let pending: Vec<Outbound> = self.clients[index]
             .group
@@ -903,28 +975,18 @@ impl Sim {
         if pending.is_empty() {
             return false;
         }
+        self.flush(index);
         self.last_publish = self.now;
         let node = self.clients[index].node;
-        if std::env::var_os("KITH_SIM_TRACE").is_some() {
-            let epoch = self.clients[index].group.as_ref().map(Group::epoch);
-            for item in &pending {
-                eprintln!(
-                    "t={} client {index} (epoch {epoch:?}) publishes {} {} bytes (message {}) to {}",
-                    self.now % 100_000,
-                    hex8(&Sha256::digest(&item.payload)),
-                    item.payload.len(),
-                    item.message_id
-                        .as_ref()
-                        .map_or_else(|| "-".into(), |id| hex8(id)),
-                    item.topics
-                        .iter()
-                        .map(|t| t.chars().take(16).collect::<String>())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                );
-            }
-        }
         for item in &pending {
+            let hash = sha256(&item.payload);
+            self.failures.extend(self.nonces.published(index, hash));
+            if let Some(state) = self.commits.get(&hash) {
+                self.published_commits
+                    .entry(*state)
+                    .or_default()
+                    .insert(hash);
+            }
             for topic in &item.topics {
                 let Ok(topic) = topic.parse::<Topic>() else {
                     self.failures.push(format!(
@@ -932,14 +994,28 @@ impl Sim {
                     ));
                     continue;
                 };
-                let _: Envelope =
+                if trace::enabled() {
+                    eprintln!(
+                        "t={} client {index} publishes {} to {topic} at node {node} (message {:?})",
+                        self.now % 100_000,
+                        hex8(&hash),
+                        item.message_id.map(|id| hex8(&id))
+                    );
+                }
+                self.trace.line(format_args!(
+                    "t={} client {index} publishes {} bytes to {topic} at node {node}",
+                    self.now,
+                    item.payload.len()
+                ));
+                self.trace.bytes(trace::hex(&hash));
+                let envelope =
                     self.net
                         .publish(&mut self.rng, node, topic, item.payload.clone(), self.now);
+                self.model.stamped(hash, envelope.originator_time_ms);
             }
         }
         if self.active() && chance(&mut self.rng, self.config.crash_in_step_per_mille) {
-            let until = self.now + 20 + below(&mut self.rng, 200);
-            self.clients[index].crash(until);
+            self.crash(index, "crashes before recording a publish");
             return true;
         }
         let result = self.clients[index].step(|group, _, storage| {
@@ -951,226 +1027,6 @@ impl Sim {
         self.handle(index, result, "acknowledging a publish");
         true
     }
-
-    /// After a client's advance, every snapshot left must still be within
-    /// its bound, and the ring within its size.
-    fn check_ring(&mut self, index: usize) {
-        let ring = self.clients[index].snapshots();
-        if ring.len() > self.policy.rewind.max_rewind {
-            self.failures.push(format!(
-                "client {index}: {} snapshots retained, over the bound of {}",
-                ring.len(),
-                self.policy.rewind.max_rewind
-            ));
-        }
-        for snapshot in ring {
-            if self.now >= snapshot.commit_key.0 + self.policy.rewind.settle_window_ms {
-                self.failures.push(format!(
-                    "client {index}: the snapshot of epoch {} outlived the settle window",
-                    snapshot.epoch
-                ));
-            }
-        }
-    }
-
-    fn check_final(&mut self) {
-        // A member removed on the canonical branch while it was on a fork
-        // cannot learn of the removal (it cannot decrypt that branch); it
-        // must know it is on a fork, and then it is not counted a member.
-        let removed_on_fork: BTreeSet<usize> = self
-            .clients
-            .iter()
-            .filter(|c| c.group.as_ref().is_some_and(|g| g.fork().is_some()))
-            .map(|c| c.index)
-            .collect();
-        if std::env::var_os("KITH_SIM_TRACE").is_some() {
-            for client in &self.clients {
-                eprintln!(
-                    "client {} node {} join {:?} epoch {:?}",
-                    client.index,
-                    client.node,
-                    client.join_epoch,
-                    client.group.as_ref().map(Group::epoch)
-                );
-                if let Some(group) = client.group.as_ref() {
-                    // The commit applied for each recorded epoch: where two
-                    // members' chains part is where one of them went wrong.
-                    let store = ClientStore(client.storage());
-                    let chain: Vec<String> = (0..group.epoch())
-                        .filter_map(|epoch| {
-                            let (key, auth) =
-                                store.commit_record(group.group_id(), epoch).ok()??;
-                            Some(format!(
-                                "{epoch}:({},{},{})@{}",
-                                key.0 % 100_000,
-                                key.1,
-                                key.2,
-                                hex8(&auth)
-                            ))
-                        })
-                        .collect();
-                    eprintln!("    chain {}", chain.join(" "));
-                }
-                for event in &client.events {
-                    eprintln!("    {}", trace_event(event));
-                }
-            }
-        }
-        let members: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|c| c.is_member() && !removed_on_fork.contains(&c.index))
-            .map(|c| c.index)
-            .collect();
-        let Some(&first) = members.first() else {
-            self.failures.push("no member is left".into());
-            return;
-        };
-        let reference = {
-            let Some(g) = self.clients[first].group.as_ref() else {
-                return;
-            };
-            (
-                g.epoch(),
-                g.epoch_authenticator(),
-                g.members(),
-                g.metadata().clone(),
-            )
-        };
-        let member_inboxes: BTreeSet<InboxId> =
-            members.iter().map(|i| self.clients[*i].inbox).collect();
-        if reference.2.keys().copied().collect::<BTreeSet<_>>() != member_inboxes {
-            self.failures.push(format!(
-                "the tree's members {:?} are not the clients that think they are members {:?}",
-                reference.2.keys().collect::<Vec<_>>(),
-                member_inboxes
-            ));
-        }
-        for &index in &members {
-            let client = &self.clients[index];
-            let Some(g) = client.group.as_ref() else {
-                continue;
-            };
-            if g.epoch() != reference.0 || g.epoch_authenticator() != reference.1 {
-                self.failures.push(format!(
-                    "client {index} ended in epoch {} ({}), client {first} in epoch {} ({})",
-                    g.epoch(),
-                    hex8(&g.epoch_authenticator()),
-                    reference.0,
-                    hex8(&reference.1)
-                ));
-            }
-            if g.members() != reference.2 {
-                self.failures
-                    .push(format!("client {index} disagrees on the membership"));
-            }
-            if *g.metadata() != reference.3 {
-                self.failures
-                    .push(format!("client {index} disagrees on the metadata"));
-            }
-            if let Some(fork) = g.fork() {
-                self.failures
-                    .push(format!("client {index} is on a fork: {}", fork.reason));
-            }
-        }
-        for client in &self.clients {
-            let Some(group) = client.group.as_ref() else {
-                continue;
-            };
-            let store = ClientStore(client.storage());
-            let group_id = group.group_id().to_vec();
-            if !client.snapshots().is_empty() {
-                self.failures.push(format!(
-                    "client {}: snapshots are left after the network settled",
-                    client.index
-                ));
-            }
-            match store.intents(&group_id) {
-                // Waiting to be re-added, by members that removed it.
-                Ok(_) if removed_on_fork.contains(&client.index) => {}
-                Ok(intents) => {
-                    for intent in intents {
-                        if !intent.state.is_final() {
-                            self.failures.push(format!(
-                                "client {}: intent {} is stuck in {:?}",
-                                client.index, intent.id, intent.state
-                            ));
-                        } else if !client.events.iter().any(
-                            |e| matches!(e, GroupEvent::IntentFailed { id, .. } if *id == intent.id),
-                        ) {
-                            self.failures.push(format!(
-                                "client {}: intent {} failed without an event",
-                                client.index, intent.id
-                            ));
-                        }
-                    }
-                }
-                Err(e) => self.failures.push(format!("client {}: {e}", client.index)),
-            }
-            if group.pending_outbound().next().is_some() {
-                self.failures.push(format!(
-                    "client {}: outbox not empty after the network settled",
-                    client.index
-                ));
-            }
-        }
-        // Exactly once, to every member of the message's canonical epoch.
-        for (id, sent) in &self.sent {
-            let sender = &self.clients[sent.sender];
-            let Some(conversation) = sender.group.as_ref().map(Group::conversation_id) else {
-                continue;
-            };
-            let own = ClientStore(sender.storage())
-                .message(&conversation, id)
-                .ok()
-                .flatten();
-            if own.as_ref().is_some_and(|m| m.delivery == Delivery::Failed) {
-                continue;
-            }
-            let Some(&epoch) = self.message_epochs.get(id) else {
-                // Written on a fork, it waits for a re-add that never comes:
-                // the members removed this installation meanwhile.
-                if removed_on_fork.contains(&sent.sender)
-                    && own
-                        .as_ref()
-                        .is_some_and(|m| m.delivery == Delivery::Unpublished)
-                {
-                    continue;
-                }
-                self.failures.push(format!(
-                    "message {} of client {} was never published",
-                    hex8(id),
-                    sent.sender
-                ));
-                continue;
-            };
-            for &index in &members {
-                let client = &self.clients[index];
-                if index == sent.sender || client.join_epoch.is_none_or(|j| j > epoch) {
-                    continue;
-                }
-                let stored = ClientStore(client.storage())
-                    .message(&conversation, id)
-                    .ok()
-                    .flatten();
-                match stored {
-                    Some(m) if m.delivery == Delivery::Published => {}
-                    Some(m) => self.failures.push(format!(
-                        "client {index} holds message {} of client {} (epoch {epoch}) as {:?}",
-                        hex8(id),
-                        sent.sender,
-                        m.delivery
-                    )),
-                    None => self.failures.push(format!(
-                        "client {index} (joined at epoch {:?}) never got message {} of client {} (epoch {epoch})",
-                        client.join_epoch,
-                        hex8(id),
-                        sent.sender
-                    )),
-                }
-            }
-        }
-    }
 }
 
 fn fresh_key_package(client: &Client, now_ms: u64) -> Result<Vec<u8>, String> {
@@ -1180,27 +1036,11 @@ fn fresh_key_package(client: &Client, now_ms: u64) -> Result<Vec<u8>, String> {
         &client.keys,
         client.inbox,
         now_ms / 1000,
-        kith_engine::identity::DEFAULT_LIFETIME_SECS,
+        KEY_PACKAGE_LIFETIME_SECS,
         false,
     )
     .map_err(|e| e.to_string())?;
     MlsMessageOut::from(key_package)
         .tls_serialize_detached()
         .map_err(|e| e.to_string())
-}
-
-fn hex8(bytes: &[u8]) -> String {
-    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-fn trace_event(event: &GroupEvent) -> String {
-    match event {
-        GroupEvent::Message(m) => format!(
-            "message {} from {} at {}",
-            hex8(&m.message_id),
-            m.sender_inbox,
-            m.time_ms % 100_000
-        ),
-        other => format!("{other:?}").chars().take(200).collect(),
-    }
 }
