@@ -143,7 +143,7 @@ pub struct ProposedChange {
 /// ```
 ///
 /// Metadata changes and key updates go out first as proposals (when the
-/// policy allows, see [`crate::group::RewindPolicy::propose_first`]), so
+/// policy allows, see [`crate::group::ProposalPolicy::propose_first`]), so
 /// that whoever commits next includes them; the proposer commits them
 /// itself only if nobody did within the proposal wait. An intent that
 /// another member's commit already satisfied is done without a commit of

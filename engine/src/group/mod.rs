@@ -7,22 +7,30 @@
 //! input and each command to the parts that own what it changes.
 //!
 //! ```text
-//!  Group (group.rs)        lifecycle, getters, commands, advance, outputs
-//!    │  each envelope ──► Input (input.rs)   routing, rollback and replay
-//!    ▼                      │
-//!  Parts (parts.rs)        the parts together; settling, flagging a fork
-//!    ├─ Mls (mls.rs)                 the epoch's MLS state, every OpenMLS call
-//!    ├─ Outbox (outbox.rs)           intents, payloads to publish
-//!    ├─ RewindHistory (history.rs)   snapshot ring, retained envelopes, commit
-//!    │                               positions, own commits and sends
-//!    ├─ ForkMonitor (forks.rs)       fork evidence, rejoin requests, kept Welcomes
-//!    ├─ Bindings (bindings.rs)       who is behind a deniable DM's leaves
-//!    └─ conversation (conversation.rs)  the conversation list and messages
-//!  under the parts: commit_plan (what a commit carries), validate (what
-//!    every member checks), roster (who each leaf is)
-//!  bottom: records, store (the port), intent, events, config, content,
-//!    aad, metadata, identities, signer, error
+//!  Group (group.rs)  the API: lifecycle, commands, advance, outputs
+//!   │ │
+//!   │ └─ each envelope ─► Input (input.rs)  routing, rollback and replay
+//!   │                      │
+//!   ▼                      ▼
+//!  Parts (parts.rs)  the parts together: settling, flagging a fork
+//!   ├─► Mls (mls.rs)                  the epoch's MLS state; every OpenMLS call
+//!   │     └─► commit_plan ─► validate ─► roster
+//!   ├─► Outbox (outbox.rs)            intents and payloads to publish
+//!   │     ├─► RewindHistory
+//!   │     └─► conversation
+//!   ├─► ForkMonitor (forks.rs)        fork evidence, rejoin requests, kept Welcomes
+//!   │     └─► RewindHistory
+//!   ├─► RewindHistory (history.rs)    snapshot ring, retained envelopes, commit
+//!   │                                 positions, own commits and sends
+//!   ├─► Bindings (bindings.rs)        who is behind a deniable DM's leaves
+//!   └─► conversation (conversation.rs)  conversations and messages
+//!  everything above ─► records, store (the port), events, config, content,
+//!                      aad, metadata, identities, signer, error
 //! ```
+//!
+//! An arrow points from a caller to what it calls (`commit_plan` decides
+//! what a commit carries, `validate` what every member checks, `roster`
+//! who each leaf is).
 //!
 //! Dependencies point down this picture only: the records and the store
 //! port import nothing above them, no part imports `Group`, and no two
