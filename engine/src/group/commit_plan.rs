@@ -25,7 +25,7 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use super::{
     error::GroupError,
     identities::IdentityCache,
-    intent::IntentKind,
+    intent::{DeniableAdd, IntentKind},
     metadata::{GroupMetadata, POLICIES_EXTENSION},
     roster::Roster,
     validate::check_own_metadata_change,
@@ -88,13 +88,59 @@ pub(crate) fn plan_commit(
     now_ms: u64,
 ) -> Result<Plan, GroupError> {
     let members = group.roster.members();
-    let mut metadata = changed_metadata(group.metadata, &members, kind)?;
+    let context = Context {
+        crypto,
+        group,
+        members: &members,
+        identities,
+        now_ms,
+    };
+    match ask(&context, kind)? {
+        Asked::Decided(plan) => Ok(plan),
+        Asked::Commit(parts) => finish(&context, me, *parts),
+    }
+}
+
+/// What every step of planning reads.
+struct Context<'a, C> {
+    crypto: &'a C,
+    group: GroupView<'a>,
+    members: &'a Members,
+    identities: &'a IdentityCache,
+    now_ms: u64,
+}
+
+/// Who the group's members are: installations per inbox.
+type Members = BTreeMap<InboxId, BTreeSet<InstallationId>>;
+
+/// What an intent asks of a commit, before pending proposals ride along.
+struct Parts {
+    metadata: GroupMetadata,
+    adds: Adds,
+    removals: Vec<LeafNodeIndex>,
+    commit_pending: bool,
+    force_update: bool,
+}
+
+/// Where an intent leads: a plan decided already (nothing to change, or a
+/// leave), or the parts of a commit.
+enum Asked {
+    Decided(Plan),
+    Commit(Box<Parts>),
+}
+
+/// What `kind` asks of a commit in the group as it is now.
+fn ask<C: OpenMlsCrypto>(context: &Context<'_, C>, kind: &IntentKind) -> Result<Asked, GroupError> {
+    let group = context.group;
+    let mut parts = Parts {
+        metadata: changed_metadata(group.metadata, context.members, kind)?,
+        adds: Adds::default(),
+        removals: Vec::new(),
+        commit_pending: false,
+        force_update: false,
+    };
     let deniable = group.metadata.immutable.deniable();
     let dm = group.metadata.immutable.dm_members;
-    let mut adds = Adds::default();
-    let mut removals: Vec<LeafNodeIndex> = Vec::new();
-    let mut commit_pending = false;
-    let mut force_update = false;
     match kind {
         IntentKind::AddMembers { .. } if deniable => {
             return Err(GroupError::InvalidInput(
@@ -109,32 +155,7 @@ pub(crate) fn plan_commit(
         IntentKind::AddDeniable {
             key_packages,
             sequences,
-        } => {
-            for (inbox, sequence) in sequences {
-                if !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b) {
-                    return Err(GroupError::NotPermitted(
-                        "a DM cannot take other inboxes".into(),
-                    ));
-                }
-                raise_sequence(&mut metadata, *inbox, *sequence);
-            }
-            let present: BTreeSet<Vec<u8>> = group
-                .mls
-                .members()
-                .map(|m| m.signature_key.clone())
-                .collect();
-            for add in key_packages {
-                let valid = checked_deniable_key_package(crypto, &add.key_package, now_ms)?;
-                if present.contains(valid.leaf_key.as_slice()) {
-                    continue;
-                }
-                adds.welcome_to.push(add.installation);
-                adds.key_packages.push(valid.key_package);
-            }
-            if adds.key_packages.is_empty() {
-                return Ok(Plan::Done);
-            }
-        }
+        } => add_deniable(context, &mut parts, key_packages, sequences)?,
         IntentKind::AddMembers {
             key_packages,
             sequences,
@@ -144,26 +165,15 @@ pub(crate) fn plan_commit(
                     "a DM cannot take other inboxes".into(),
                 ));
             }
-            adds.take(
-                crypto,
-                identities,
-                &members,
-                key_packages,
-                sequences,
-                &mut metadata,
-                now_ms,
-            )?;
-            if adds.key_packages.is_empty() {
-                return Ok(Plan::Done);
-            }
+            take_adds(context, &mut parts, key_packages, sequences)?;
         }
         IntentKind::RemoveMembers { inboxes } => {
             // Inboxes already gone were removed by another member's
             // commit: that part of the intent is satisfied.
             for inbox in inboxes {
-                metadata.membership.remove(inbox);
+                parts.metadata.membership.remove(inbox);
             }
-            removals = group.roster.leaves_where(|i, _| inboxes.contains(&i));
+            parts.removals = group.roster.leaves_where(|i, _| inboxes.contains(&i));
         }
         // Their metadata is `changed_metadata`'s.
         IntentKind::UpdateAttributes { .. }
@@ -174,58 +184,148 @@ pub(crate) fn plan_commit(
             remove,
             sequences,
         } => {
-            adds.take(
-                crypto,
-                identities,
-                &members,
-                key_packages,
-                sequences,
-                &mut metadata,
-                now_ms,
-            )?;
-            removals = group.roster.leaves_where(|_, x| remove.contains(&x));
-            if adds.key_packages.is_empty() && removals.is_empty() {
-                return Ok(Plan::Done);
+            take_adds(context, &mut parts, key_packages, sequences)?;
+            parts.removals = group.roster.leaves_where(|_, x| remove.contains(&x));
+            if parts.adds.key_packages.is_empty() && parts.removals.is_empty() {
+                return Ok(Asked::Decided(Plan::Done));
             }
         }
-        IntentKind::CommitPending => commit_pending = true,
-        IntentKind::UpdateKeys => force_update = true,
+        IntentKind::CommitPending => parts.commit_pending = true,
+        IntentKind::UpdateKeys => parts.force_update = true,
         IntentKind::Readd {
             installation,
             key_package,
             stale_leaf,
         } => {
-            let Some(leaf) = group.roster.leaf_of(installation) else {
-                return Ok(Plan::Done);
-            };
-            if group.roster.leaf_encryption_key(leaf) != *stale_leaf {
-                // Re-added (or updated) since it asked.
-                return Ok(Plan::Done);
+            if !readd(context, &mut parts, installation, key_package, stale_leaf)? {
+                return Ok(Asked::Decided(Plan::Done));
             }
-            let (_, valid) = checked_key_package(crypto, identities, key_package, now_ms)?;
-            if valid.installation != *installation {
-                return Err(GroupError::InvalidInput(
-                    "the key package is not the forked installation's".into(),
-                ));
-            }
-            removals = vec![leaf];
-            adds.welcome_to.push(valid.installation);
-            adds.key_packages.push(valid.key_package);
         }
-        IntentKind::Leave => {
-            let own = group.mls.own_leaf_index();
-            let leaving = group
-                .mls
-                .pending_proposals()
-                .any(|p| matches!(p.proposal(), Proposal::Remove(r) if r.removed() == own));
-            return Ok(if leaving { Plan::Done } else { Plan::Leave });
-        }
+        IntentKind::Leave => return Ok(Asked::Decided(leave(group))),
     }
+    let adding = matches!(
+        kind,
+        IntentKind::AddMembers { .. } | IntentKind::AddDeniable { .. }
+    );
+    if adding && parts.adds.key_packages.is_empty() {
+        // Everyone asked for is in already.
+        return Ok(Asked::Decided(Plan::Done));
+    }
+    Ok(Asked::Commit(Box::new(parts)))
+}
+
+/// Check `key_packages` and take those of installations not in the group
+/// yet (see [`Adds::take`]).
+fn take_adds<C: OpenMlsCrypto>(
+    context: &Context<'_, C>,
+    parts: &mut Parts,
+    key_packages: &[Vec<u8>],
+    sequences: &[(InboxId, u64)],
+) -> Result<(), GroupError> {
+    parts.adds.take(
+        context.crypto,
+        context.identities,
+        context.members,
+        key_packages,
+        sequences,
+        &mut parts.metadata,
+        context.now_ms,
+    )
+}
+
+/// Leaving is a self-remove proposal, unless one is pending already.
+fn leave(group: GroupView<'_>) -> Plan {
+    let own = group.mls.own_leaf_index();
+    let leaving = group
+        .mls
+        .pending_proposals()
+        .any(|p| matches!(p.proposal(), Proposal::Remove(r) if r.removed() == own));
+    if leaving { Plan::Done } else { Plan::Leave }
+}
+
+/// Deniable key packages for the DM's own inboxes; those whose leaf key is
+/// in the group already are skipped.
+fn add_deniable<C: OpenMlsCrypto>(
+    context: &Context<'_, C>,
+    parts: &mut Parts,
+    key_packages: &[DeniableAdd],
+    sequences: &[(InboxId, u64)],
+) -> Result<(), GroupError> {
+    let dm = context.group.metadata.immutable.dm_members;
+    for (inbox, sequence) in sequences {
+        if !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b) {
+            return Err(GroupError::NotPermitted(
+                "a DM cannot take other inboxes".into(),
+            ));
+        }
+        raise_sequence(&mut parts.metadata, *inbox, *sequence);
+    }
+    let present: BTreeSet<Vec<u8>> = context
+        .group
+        .mls
+        .members()
+        .map(|m| m.signature_key.clone())
+        .collect();
+    for add in key_packages {
+        let valid = checked_deniable_key_package(context.crypto, &add.key_package, context.now_ms)?;
+        if present.contains(valid.leaf_key.as_slice()) {
+            continue;
+        }
+        parts.adds.welcome_to.push(add.installation);
+        parts.adds.key_packages.push(valid.key_package);
+    }
+    Ok(())
+}
+
+/// Replace a forked installation's stale leaf with a fresh one; `false` if
+/// that leaf is gone or changed since it asked (re-added already).
+fn readd<C: OpenMlsCrypto>(
+    context: &Context<'_, C>,
+    parts: &mut Parts,
+    installation: &InstallationId,
+    key_package: &[u8],
+    stale_leaf: &[u8],
+) -> Result<bool, GroupError> {
+    let roster = context.group.roster;
+    let Some(leaf) = roster.leaf_of(installation) else {
+        return Ok(false);
+    };
+    if roster.leaf_encryption_key(leaf) != stale_leaf {
+        return Ok(false);
+    }
+    let (_, valid) = checked_key_package(
+        context.crypto,
+        context.identities,
+        key_package,
+        context.now_ms,
+    )?;
+    if valid.installation != *installation {
+        return Err(GroupError::InvalidInput(
+            "the key package is not the forked installation's".into(),
+        ));
+    }
+    parts.removals = vec![leaf];
+    parts.adds.welcome_to.push(valid.installation);
+    parts.adds.key_packages.push(valid.key_package);
+    Ok(true)
+}
+
+/// Take the pending proposals along, and make the plan: nothing, if the
+/// intent changes nothing and carries nobody else's change.
+fn finish<C>(context: &Context<'_, C>, me: InboxId, parts: Parts) -> Result<Plan, GroupError> {
+    let group = context.group;
+    let Parts {
+        mut metadata,
+        adds,
+        removals,
+        commit_pending,
+        force_update,
+    } = parts;
     let own_change = metadata != *group.metadata
         || !adds.key_packages.is_empty()
         || !removals.is_empty()
         || force_update;
-    let riders = pending_riders(group, &members, &mut metadata);
+    let riders = pending_riders(group, context.members, &mut metadata);
     let carries_others = commit_pending && !riders.is_empty();
     if !(own_change || carries_others) {
         // Another member's commit already made this change.

@@ -45,7 +45,7 @@ use super::{
     history::{MAX_HELD, PastCommit, ReplayPlan},
     identities::IdentityCache,
     intent::IntentKind,
-    mls::{Merge, Received},
+    mls::{Merge, Received, ValidCommit},
     outbox::Outbox,
     parts::Parts,
     records::{Delivery, EpochSnapshot, OwnCommit, RetainedEnvelope, StoredMessage},
@@ -56,6 +56,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// A snapshot of the state before a commit (none if it is stored already)
+/// and the digest of that epoch's authenticator.
+type StateBefore = (Option<zeroize::Zeroizing<Vec<u8>>>, [u8; 8]);
 /// How a rollback returns to the current state when the earlier commit
 /// does not merge.
 enum Undo<P> {
@@ -289,19 +292,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             ProtocolMessage::PrivateMessage(m) => m.aad().to_vec(),
             ProtocolMessage::PublicMessage(_) => Vec::new(),
         };
-        // The snapshot is taken before the commit is even decrypted, so
-        // that a restore leaves its handshake generation unspent. Right
-        // after a rollback restored this epoch, the stored snapshot is
-        // that state already (`None`: nothing to capture or write again).
-        let restored = self.restored.take() == Some(entry.epoch);
-        let before = match is_commit && self.parts.history.retains() {
-            true if restored => Some((None, self.parts.mls.auth_digest())),
-            true => Some((
-                Some(self.parts.mls.capture(self.kv)?),
-                self.parts.mls.auth_digest(),
-            )),
-            false => None,
-        };
+        let before = self.state_before(&entry, is_commit)?;
         let deniable = self.parts.bindings.as_ref().map(Bindings::state);
         match self
             .parts
@@ -321,41 +312,8 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
                 credential,
                 plaintext,
             } => self.receive_message(entry, leaf, &credential, &plaintext),
-            Received::Proposal { leaving } => {
-                // A leaving member cannot commit its own removal: someone
-                // else must. Other proposers commit their own in time.
-                let intents = self.parts.outbox.intents(self.kv)?;
-                if leaving && !Outbox::has_waiting(&intents, &IntentKind::CommitPending) {
-                    self.parts
-                        .outbox
-                        .queue(self.kv, IntentKind::CommitPending)?;
-                }
-                self.parts.history.retain(self.kv, &entry)?;
-                // A commit that refers to it may be waiting for it.
-                self.release_held()
-            }
-            Received::Commit(commit) => {
-                if let Some((state, auth)) = &before {
-                    let state = state.as_ref().map(|s| s.as_slice());
-                    let epoch = entry.epoch;
-                    self.parts.history.keep_snapshot(
-                        self.kv,
-                        state,
-                        &entry,
-                        epoch,
-                        *auth,
-                        self.now_ms,
-                    )?;
-                }
-                let merge = self.parts.mls.merge(self.provider, *commit)?;
-                // A pending commit of ours lost, and proposals of ours were
-                // committed or are void: see which.
-                let hash = sha256(&entry.payload);
-                self.parts
-                    .outbox
-                    .resolve(self.kv, entry.epoch, &merge.included, hash, None)?;
-                self.merged(&entry, merge)
-            }
+            Received::Proposal { leaving } => self.received_proposal(&entry, leaving),
+            Received::Commit(commit) => self.received_commit(&entry, *commit, before),
             Received::Refused {
                 commit: true,
                 reason,
@@ -371,6 +329,78 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             }
             Received::Own => Ok(()),
         }
+    }
+
+    /// The state to snapshot before a commit of `entry`'s epoch is applied,
+    /// and that epoch's authenticator digest; `None` when no snapshot is
+    /// kept (not a commit, or the settle window is 0). The snapshot is
+    /// taken before the commit is even decrypted, so that a restore leaves
+    /// its handshake generation unspent. Right after a rollback restored
+    /// this epoch, the stored snapshot is that state already (`None` state:
+    /// nothing to capture or write again).
+    fn state_before(
+        &mut self,
+        entry: &RetainedEnvelope,
+        is_commit: bool,
+    ) -> Result<Option<StateBefore>, GroupError> {
+        let restored = self.restored.take() == Some(entry.epoch);
+        Ok(match is_commit && self.parts.history.retains() {
+            true if restored => Some((None, self.parts.mls.auth_digest())),
+            true => Some((
+                Some(self.parts.mls.capture(self.kv)?),
+                self.parts.mls.auth_digest(),
+            )),
+            false => None,
+        })
+    }
+
+    /// A proposal arrived (and was stored by OpenMLS).
+    fn received_proposal(
+        &mut self,
+        entry: &RetainedEnvelope,
+        leaving: bool,
+    ) -> Result<(), GroupError> {
+        // A leaving member cannot commit its own removal: someone else
+        // must. Other proposers commit their own in time.
+        let intents = self.parts.outbox.intents(self.kv)?;
+        if leaving && !Outbox::has_waiting(&intents, &IntentKind::CommitPending) {
+            self.parts
+                .outbox
+                .queue(self.kv, IntentKind::CommitPending)?;
+        }
+        self.parts.history.retain(self.kv, entry)?;
+        // A commit that refers to it may be waiting for it.
+        self.release_held()
+    }
+
+    /// A valid commit of the current epoch: keep the snapshot taken
+    /// `before` it, merge it, and settle what it decides about our own
+    /// pending commit and proposals.
+    fn received_commit(
+        &mut self,
+        entry: &RetainedEnvelope,
+        commit: ValidCommit,
+        before: Option<StateBefore>,
+    ) -> Result<(), GroupError> {
+        if let Some((state, auth)) = &before {
+            let state = state.as_ref().map(|s| s.as_slice());
+            self.parts.history.keep_snapshot(
+                self.kv,
+                state,
+                entry,
+                entry.epoch,
+                *auth,
+                self.now_ms,
+            )?;
+        }
+        let merge = self.parts.mls.merge(self.provider, commit)?;
+        // A pending commit of ours lost, and proposals of ours were
+        // committed or are void: see which.
+        let hash = sha256(&entry.payload);
+        self.parts
+            .outbox
+            .resolve(self.kv, entry.epoch, &merge.included, hash, None)?;
+        self.merged(entry, merge)
     }
 
     /// An application message from `leaf` (credential `credential` in the

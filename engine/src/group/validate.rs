@@ -76,10 +76,82 @@ pub(crate) fn validate_commit(
     if new.immutable != old.immutable {
         return Err(reject("the commit changes the immutable metadata"));
     }
+    let proposed = read_proposals(group, staged)?;
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        let inbox = credential_inbox(leaf.credential()).ok();
+        if inbox != Some(committer_inbox)
+            || leaf.signature_key().as_slice() != committer_installation.as_bytes()
+        {
+            return Err(reject("the committer's new leaf changes its identity"));
+        }
+    }
+    let old_inboxes = check_membership(group, old, &new, &proposed)?;
+    // Every installation the commit adds or keeps because of the logs must
+    // be checked against the logs at the recorded sequence.
+    let need = identities.behind(&new.membership);
+    if !need.is_empty() {
+        return Err(Verdict::NeedIdentities(need));
+    }
+    check_adds(old, &new, identities, &proposed.added, &old_inboxes)?;
+    check_removals(old, &new, identities, &proposed)?;
+    let metadata_changed =
+        new.mutable != old.mutable || new.policies != old.policies || new.gating != old.gating;
+    if metadata_changed {
+        let proposer = proposed
+            .metadata_proposer
+            .ok_or_else(|| reject("the metadata changed without a group-context proposal"))?;
+        check_metadata_change(old, &new, &proposer).map_err(Verdict::Reject)?;
+    }
+    Ok(CommitSummary {
+        committer: committer_inbox,
+        leaves_added: !proposed.added.is_empty(),
+        added: proposed
+            .added
+            .into_iter()
+            .map(|a| (a.inbox, a.installation))
+            .collect(),
+        removed: proposed
+            .removed
+            .into_iter()
+            .map(|r| (r.inbox, r.installation))
+            .collect(),
+        metadata: new,
+        metadata_changed,
+    })
+}
 
-    let mut added = Vec::new();
-    let mut removed = Vec::new();
-    let mut metadata_proposer = None;
+/// A leaf a commit adds, and who proposed it.
+struct Added {
+    by: InboxId,
+    inbox: InboxId,
+    installation: InstallationId,
+}
+
+/// A leaf a commit removes, who proposed it, and whether it removes itself.
+struct Removed {
+    by: InboxId,
+    inbox: InboxId,
+    installation: InstallationId,
+    own: bool,
+}
+
+/// What a commit's proposals do, as far as the rules care.
+struct Proposed {
+    added: Vec<Added>,
+    removed: Vec<Removed>,
+    /// Who proposed the group-context change, if one is covered.
+    metadata_proposer: Option<InboxId>,
+}
+
+/// Read the commit's proposals: every one from a member with a Kith
+/// credential, of a type Kith uses, an update that keeps its identity, and
+/// at most one group-context change.
+fn read_proposals(group: &MlsGroup, staged: &StagedCommit) -> Result<Proposed, Verdict> {
+    let mut proposed = Proposed {
+        added: Vec::new(),
+        removed: Vec::new(),
+        metadata_proposer: None,
+    };
     for queued in staged.queued_proposals() {
         let Sender::Member(sender_leaf) = queued.sender() else {
             return Err(reject("a proposal from outside the group"));
@@ -97,20 +169,28 @@ pub(crate) fn validate_commit(
                         .try_into()
                         .map_err(|_| reject("an added leaf's signature key is not Ed25519"))?,
                 );
-                added.push((proposer.0, inbox, installation));
+                proposed.added.push(Added {
+                    by: proposer.0,
+                    inbox,
+                    installation,
+                });
             }
             Proposal::Remove(remove) => {
                 let (inbox, installation) = leaf_identity(group, remove.removed())
                     .ok_or_else(|| reject("a removal of an empty or invalid leaf"))?;
-                let own = *sender_leaf == remove.removed();
-                removed.push((proposer.0, inbox, installation, own));
+                proposed.removed.push(Removed {
+                    by: proposer.0,
+                    inbox,
+                    installation,
+                    own: *sender_leaf == remove.removed(),
+                });
             }
             Proposal::Update(update) => {
                 check_update(update.leaf_node(), proposer.0, proposer.1)
                     .map_err(Verdict::Reject)?;
             }
             Proposal::GroupContextExtensions(_) => {
-                if metadata_proposer.replace(proposer.0).is_some() {
+                if proposed.metadata_proposer.replace(proposer.0).is_some() {
                     return Err(reject("more than one group-context change in one commit"));
                 }
             }
@@ -122,17 +202,18 @@ pub(crate) fn validate_commit(
             }
         }
     }
-    if let Some(leaf) = staged.update_path_leaf_node() {
-        let inbox = credential_inbox(leaf.credential()).ok();
-        if inbox != Some(committer_inbox)
-            || leaf.signature_key().as_slice() != committer_installation.as_bytes()
-        {
-            return Err(reject("the committer's new leaf changes its identity"));
-        }
-    }
+    Ok(proposed)
+}
 
-    // Membership: the inboxes with leaves after the commit are exactly the
-    // inboxes of the membership extension, whose sequences never go back.
+/// Membership: the inboxes with leaves after the commit are exactly the
+/// inboxes of the membership extension, whose sequences never go back.
+/// Returns the inboxes with leaves before the commit.
+fn check_membership(
+    group: &MlsGroup,
+    old: &GroupMetadata,
+    new: &GroupMetadata,
+    proposed: &Proposed,
+) -> Result<BTreeSet<InboxId>, Verdict> {
     let mut leaves: BTreeMap<InboxId, BTreeSet<InstallationId>> = BTreeMap::new();
     for member in group.members() {
         if let Some(identity) = leaf_identity(group, member.index) {
@@ -140,18 +221,23 @@ pub(crate) fn validate_commit(
         }
     }
     let old_inboxes: BTreeSet<InboxId> = leaves.keys().copied().collect();
-    for (_, inbox, installation, _) in &removed {
-        if let Some(set) = leaves.get_mut(inbox) {
-            set.remove(installation);
+    for removed in &proposed.removed {
+        if let Some(set) = leaves.get_mut(&removed.inbox) {
+            set.remove(&removed.installation);
             if set.is_empty() {
-                leaves.remove(inbox);
+                leaves.remove(&removed.inbox);
             }
         }
     }
-    for (_, inbox, installation) in &added {
-        if !leaves.entry(*inbox).or_default().insert(*installation) {
+    for added in &proposed.added {
+        if !leaves
+            .entry(added.inbox)
+            .or_default()
+            .insert(added.installation)
+        {
             return Err(reject(format!(
-                "installation {installation} is added twice"
+                "installation {} is added twice",
+                added.installation
             )));
         }
     }
@@ -171,15 +257,24 @@ pub(crate) fn validate_commit(
             )));
         }
     }
+    Ok(old_inboxes)
+}
 
-    // Every installation the commit adds or keeps because of the logs must
-    // be checked against the logs at the recorded sequence.
-    let need = identities.behind(&new.membership);
-    if !need.is_empty() {
-        return Err(Verdict::NeedIdentities(need));
-    }
-
-    for (proposer, inbox, installation) in &added {
+/// Every added installation is active in its inbox's log at the recorded
+/// sequence, and whoever brings in a new inbox may add members.
+fn check_adds(
+    old: &GroupMetadata,
+    new: &GroupMetadata,
+    identities: &IdentityCache,
+    added: &[Added],
+    old_inboxes: &BTreeSet<InboxId>,
+) -> Result<(), Verdict> {
+    for Added {
+        by,
+        inbox,
+        installation,
+    } in added
+    {
         let sequence = new.membership.get(inbox).copied().unwrap_or(0);
         if identities.active_at(inbox, installation, sequence) != Some(true) {
             return Err(reject(format!(
@@ -195,20 +290,40 @@ pub(crate) fn validate_commit(
             .is_some_and(|(a, b)| *inbox == a || *inbox == b);
         if !old_inboxes.contains(inbox)
             && !dm_member
-            && !old.policies.add_member.allows(old.role(proposer))
+            && !old.policies.add_member.allows(old.role(by))
         {
-            return Err(reject(format!("{proposer} may not add members")));
+            return Err(reject(format!("{by} may not add members")));
         }
     }
-    for (proposer, inbox, installation, own) in &removed {
+    Ok(())
+}
+
+/// A removal is allowed when the installation leaves by itself, is re-added
+/// in the same commit (a fork healed), was revoked in its log, or its whole
+/// inbox goes and the proposer may remove members (a super admin only by a
+/// super admin).
+fn check_removals(
+    old: &GroupMetadata,
+    new: &GroupMetadata,
+    identities: &IdentityCache,
+    proposed: &Proposed,
+) -> Result<(), Verdict> {
+    for Removed {
+        by,
+        inbox,
+        installation,
+        own,
+    } in &proposed.removed
+    {
         if *own {
             continue; // leaving is always allowed
         }
         // Removed and added again in one commit: a forked installation
         // re-added (its key package proves it asked for a new leaf).
-        if added
+        if proposed
+            .added
             .iter()
-            .any(|(_, i, x)| i == inbox && x == installation)
+            .any(|a| a.inbox == *inbox && a.installation == *installation)
         {
             continue;
         }
@@ -224,9 +339,9 @@ pub(crate) fn validate_commit(
                  identity log"
             )));
         }
-        let role = old.role(proposer);
+        let role = old.role(by);
         if !old.policies.remove_member.allows(role) {
-            return Err(reject(format!("{proposer} may not remove members")));
+            return Err(reject(format!("{by} may not remove members")));
         }
         if old.mutable.super_admins.contains(inbox) && role != Role::SuperAdmin {
             return Err(reject(format!(
@@ -234,23 +349,7 @@ pub(crate) fn validate_commit(
             )));
         }
     }
-
-    let metadata_changed =
-        new.mutable != old.mutable || new.policies != old.policies || new.gating != old.gating;
-    if metadata_changed {
-        let proposer = metadata_proposer
-            .ok_or_else(|| reject("the metadata changed without a group-context proposal"))?;
-        check_metadata_change(old, &new, &proposer).map_err(Verdict::Reject)?;
-    }
-
-    Ok(CommitSummary {
-        committer: committer_inbox,
-        leaves_added: !added.is_empty(),
-        added: added.into_iter().map(|(_, i, x)| (i, x)).collect(),
-        removed: removed.into_iter().map(|(_, i, x, _)| (i, x)).collect(),
-        metadata: new,
-        metadata_changed,
-    })
+    Ok(())
 }
 
 /// A member's key update may replace its leaf's keys, never its identity:
@@ -383,40 +482,11 @@ pub(crate) fn validate_deniable_commit(
     let committer_leaf = group
         .member_at(committer)
         .ok_or_else(|| reject("the committer has no leaf".into()))?;
-    let mut added = 0usize;
-    let mut removed = BTreeSet::new();
-    let mut metadata_changes = 0;
-    for queued in staged.queued_proposals() {
-        let Sender::Member(sender) = queued.sender() else {
-            return Err(reject("a proposal from outside the group".into()));
-        };
-        match queued.proposal() {
-            Proposal::Add(add) => {
-                check_pseudonym(add.key_package().leaf_node().credential())
-                    .map_err(|e| reject(format!("an added leaf: {e}")))?;
-                added += 1;
-            }
-            Proposal::Remove(remove) => {
-                removed.insert((remove.removed(), *sender == remove.removed()));
-            }
-            Proposal::Update(update) => {
-                check_deniable_update(group.member_at(*sender), update.leaf_node())
-                    .map_err(reject)?;
-            }
-            Proposal::GroupContextExtensions(_) => metadata_changes += 1,
-            other => {
-                return Err(reject(format!(
-                    "proposal type {:?} is not used by Kith",
-                    other.proposal_type()
-                )));
-            }
-        }
-    }
-    if metadata_changes > 1 {
-        return Err(reject(
-            "more than one group-context change in one commit".into(),
-        ));
-    }
+    let DeniableProposed {
+        added,
+        removed,
+        metadata_changes,
+    } = read_deniable_proposals(group, staged)?;
     if let Some(leaf) = staged.update_path_leaf_node() {
         check_deniable_update(Some(committer_leaf), leaf)
             .map_err(|_| reject("the committer's new leaf changes its key or pseudonym".into()))?;
@@ -433,19 +503,7 @@ pub(crate) fn validate_deniable_commit(
             "a deniable DM has at most {MAX_DENIABLE_LEAVES} leaves"
         )));
     }
-    // The membership extension names only the DM's inboxes, whose
-    // identity-log sequences never go back.
-    let dm = old.immutable.dm_members;
-    for (inbox, sequence) in &new.membership {
-        if !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b) {
-            return Err(reject(format!("{inbox} is not one of the DM's inboxes")));
-        }
-        if old.membership.get(inbox).is_some_and(|p| sequence < p) {
-            return Err(reject(format!(
-                "the identity-log sequence of {inbox} goes back"
-            )));
-        }
-    }
+    check_dm_membership(old, &new)?;
     let need = identities.behind(&new.membership);
     if !need.is_empty() {
         return Err(Verdict::NeedIdentities(need));
@@ -470,6 +528,79 @@ pub(crate) fn validate_deniable_commit(
         metadata_changed,
         leaves_added: added > 0,
     })
+}
+
+/// What a deniable DM commit's proposals do.
+struct DeniableProposed {
+    /// Leaves added.
+    added: usize,
+    /// Leaves removed, and whether each removes itself.
+    removed: BTreeSet<(LeafNodeIndex, bool)>,
+    /// Group-context changes covered.
+    metadata_changes: usize,
+}
+
+/// Read a deniable DM commit's proposals: from members only, of the types
+/// Kith uses, added leaves with pseudonyms, updates that keep a leaf's key
+/// and pseudonym, and at most one group-context change.
+fn read_deniable_proposals(
+    group: &MlsGroup,
+    staged: &StagedCommit,
+) -> Result<DeniableProposed, Verdict> {
+    let mut proposed = DeniableProposed {
+        added: 0,
+        removed: BTreeSet::new(),
+        metadata_changes: 0,
+    };
+    for queued in staged.queued_proposals() {
+        let Sender::Member(sender) = queued.sender() else {
+            return Err(reject("a proposal from outside the group"));
+        };
+        match queued.proposal() {
+            Proposal::Add(add) => {
+                check_pseudonym(add.key_package().leaf_node().credential())
+                    .map_err(|e| reject(format!("an added leaf: {e}")))?;
+                proposed.added += 1;
+            }
+            Proposal::Remove(remove) => {
+                proposed
+                    .removed
+                    .insert((remove.removed(), *sender == remove.removed()));
+            }
+            Proposal::Update(update) => {
+                check_deniable_update(group.member_at(*sender), update.leaf_node())
+                    .map_err(Verdict::Reject)?;
+            }
+            Proposal::GroupContextExtensions(_) => proposed.metadata_changes += 1,
+            other => {
+                return Err(reject(format!(
+                    "proposal type {:?} is not used by Kith",
+                    other.proposal_type()
+                )));
+            }
+        }
+    }
+    if proposed.metadata_changes > 1 {
+        return Err(reject("more than one group-context change in one commit"));
+    }
+    Ok(proposed)
+}
+
+/// The membership extension of a DM names only the DM's inboxes, whose
+/// identity-log sequences never go back.
+fn check_dm_membership(old: &GroupMetadata, new: &GroupMetadata) -> Result<(), Verdict> {
+    let dm = old.immutable.dm_members;
+    for (inbox, sequence) in &new.membership {
+        if !dm.is_some_and(|(a, b)| *inbox == a || *inbox == b) {
+            return Err(reject(format!("{inbox} is not one of the DM's inboxes")));
+        }
+        if old.membership.get(inbox).is_some_and(|p| sequence < p) {
+            return Err(reject(format!(
+                "the identity-log sequence of {inbox} goes back"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Validate a staged commit by leaf `committer` of `group` (metadata
