@@ -1,6 +1,6 @@
 //! A run's trace: a hash over everything that happened in it, so that two
 //! runs of one seed can be compared byte for byte, and the optional
-//! human-readable log (`KITH_SIM_TRACE=1`) for studying one seed.
+//! human-readable log (`KITH_SIM_TRACE_LINES=1`) for studying one seed.
 
 use std::fmt::Display;
 
