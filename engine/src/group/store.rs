@@ -288,13 +288,25 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         Ok(self.get(&with_len(b'g', group_id))?.unwrap_or_default())
     }
 
-    /// Store a group's bookkeeping.
+    /// Store a group's bookkeeping, unless the store holds it already.
+    ///
+    /// The group stores its record at the end of every call that may have
+    /// changed it, and most calls (an `advance` with nothing to do, a
+    /// message received) leave it as it was. A step that writes nothing is
+    /// not flushed, so skipping the identical write saves a disk flush per
+    /// such call.
     pub fn put_group_record(
         &self,
         group_id: &[u8],
         record: &GroupRecord,
     ) -> Result<(), GroupError> {
-        self.put(&with_len(b'g', group_id), record)
+        let key = with_len(b'g', group_id);
+        let bytes = rmp_serde::to_vec(record)
+            .map_err(|e| GroupError::Corrupt(format!("encoding a record: {e}")))?;
+        if self.0.kv_get(&key).map_err(GroupError::store)?.as_deref() == Some(&bytes[..]) {
+            return Ok(());
+        }
+        self.0.kv_put(&key, &bytes).map_err(GroupError::store)
     }
 
     fn intent_key(group_id: &[u8], id: u64) -> Vec<u8> {
