@@ -226,8 +226,23 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .map_err(internal)?
     }
 
-    /// Store a batch of envelopes, all or nothing, and announce them.
+    /// Store a batch of envelopes from a client, all or nothing, and
+    /// announce them.
+    ///
+    /// Identity topics are refused: they carry the node's own mirror of
+    /// the identity updates it verified ([`NodeLogic::publish_identity_update`]),
+    /// and clients that follow them must read only that.
     pub async fn publish(&self, batch: Vec<(String, Vec<u8>)>) -> Result<Vec<Envelope>, NodeError> {
+        self.append(batch, false).await
+    }
+
+    /// Store and announce a batch; `own` lets the node write the topics it
+    /// keeps for itself.
+    async fn append(
+        &self,
+        batch: Vec<(String, Vec<u8>)>,
+        own: bool,
+    ) -> Result<Vec<Envelope>, NodeError> {
         let limits = self.config.limits;
         if batch.is_empty() {
             return Err(NodeError::InvalidArgument(
@@ -248,6 +263,13 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 .map_err(|e: kith_engine::delivery::TopicError| {
                     NodeError::InvalidArgument(format!("envelope {i}: {e}"))
                 })?;
+            if !own && matches!(topic, Topic::Identity(_)) {
+                return Err(NodeError::InvalidArgument(format!(
+                    "envelope {i}: {topic} is written by the node only, with the identity \
+                     updates it verified; publish an identity update with \
+                     PublishIdentityUpdate instead"
+                )));
+            }
             if payload.len() > limits.max_envelope_bytes {
                 return Err(NodeError::too_large(format!(
                     "envelope {i} is {} bytes; the limit is {}",
@@ -429,7 +451,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         let topic = kith_engine::delivery::Topic::Identity(update.unsigned.inbox).to_string();
         let bytes = update.to_bytes();
         let sequence = self.store_identity_update(update).await?;
-        if let Err(e) = self.publish(vec![(topic, bytes)]).await {
+        if let Err(e) = self.append(vec![(topic, bytes)], true).await {
             tracing::warn!(error = %e, "could not announce an identity update");
         }
         Ok(sequence)
