@@ -7,14 +7,16 @@ use std::{sync::Arc, time::Duration};
 
 use kith_engine::{
     delivery::{Cursor, Topic},
-    identity::{InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package},
+    identity::{
+        IdentityUpdate, InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package,
+    },
 };
 use kith_storage::SledNodeStore;
 use kith_transport::{
-    client::{ClientError, DeliveryClient, GrpcClient, LocalNode},
+    client::{CheckedClient, ClientError, DeliveryClient, GrpcClient, LocalNode},
     node::{
-        KeyPackageFetch, KeyPackageUpload, NodeConfig, NodeLogic, fetch_signed_bytes, serve,
-        upload_signed_bytes,
+        KeyPackageFetch, KeyPackageUpload, NodeConfig, NodeError, NodeLogic, fetch_signed_bytes,
+        serve, upload_signed_bytes,
     },
 };
 use openmls::prelude::MlsMessageOut;
@@ -145,6 +147,28 @@ async fn normal_path_suite(client: &dyn DeliveryClient) {
     assert_eq!(logs[0][0].unsigned.installation, alice.keys.id());
     assert!(logs[1].is_empty());
 
+    // Identity topics are the node's: it mirrors each update there, and
+    // refuses a client's publish to them.
+    let identity = Topic::Identity(alice.wallet.inbox_id());
+    let mirror = client
+        .query(&identity, &Cursor::new(), 0)
+        .await
+        .expect("query the mirror")
+        .envelopes;
+    assert_eq!(mirror.len(), 1);
+    assert_eq!(
+        IdentityUpdate::from_bytes(&mirror[0].payload).expect("an update"),
+        logs[0][0]
+    );
+    let refused = client.publish(vec![(identity, b"forged".to_vec())]).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ClientError::Refused(NodeError::InvalidArgument(m))) if m.contains("identity")
+        ),
+        "{refused:?}"
+    );
+
     // Key packages: one-time first, then the last-resort one.
     let one_time = vec![bob.key_package(false)];
     let last_resort = bob.key_package(true);
@@ -201,6 +225,21 @@ async fn local_node_passes_the_suite() {
     let store = SledNodeStore::open(dir.path().join("node")).expect("open");
     let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), store)));
     normal_path_suite(&node).await;
+}
+
+/// The checks a client puts around its node refuse nothing an honest node
+/// says.
+#[tokio::test]
+async fn an_honest_node_passes_the_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledNodeStore::open(dir.path().join("node")).expect("open");
+    let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), store)));
+    normal_path_suite(&CheckedClient::new(Arc::new(node))).await;
+
+    let server = start_server(&dir.path().join("grpc"), "127.0.0.1:0").await;
+    let client = GrpcClient::connect_lazy(&format!("http://{}", server.address)).expect("client");
+    normal_path_suite(&CheckedClient::new(Arc::new(client))).await;
+    server.stop().await;
 }
 
 struct Server {

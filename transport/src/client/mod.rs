@@ -6,7 +6,13 @@
 //!  engine/actors ──► DeliveryClient ─┬─► GrpcClient ──gRPC──► kith-node ──► NodeLogic
 //!                                    └─► LocalNode ─────────────────────────► NodeLogic
 //! ```
+//!
+//! A client does not take a node's word for anything: [`CheckedClient`]
+//! wraps whichever `DeliveryClient` it uses and refuses answers that cannot
+//! be true (see its module for what is checked, and what a node can still
+//! do).
 
+mod checked;
 mod grpc;
 mod local;
 
@@ -18,6 +24,7 @@ use kith_engine::{
 };
 use tokio_stream::Stream;
 
+pub use checked::{CheckedClient, DEFAULT_PAGE_LIMIT, MAX_FUTURE_SKEW_MS, MAX_SEQUENCE_ID};
 pub use grpc::GrpcClient;
 pub use local::LocalNode;
 
@@ -37,7 +44,8 @@ pub enum ClientError {
     /// publish, the outcome is unknown.
     #[error("node unavailable: {0}")]
     Unavailable(String),
-    /// The node answered with data that does not decode.
+    /// The node answered with data that does not decode, or that cannot be
+    /// true (see [`CheckedClient`]). Nothing of the answer was used.
     #[error("malformed answer from the node: {0}")]
     Malformed(String),
 }
