@@ -252,6 +252,22 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An envelope of the conversation's topic was passed over for good,
+    /// and the conversation read on past it.
+    ///
+    /// Most are harmless: junk anyone may publish, a replay, a message this
+    /// installation cannot decrypt. One that failed for a reason that does
+    /// not go away (invalid, or a commit whose members the identity logs
+    /// the node serves never reach) is skipped after a few syncs (three),
+    /// so that it cannot stop the conversation. If it was a commit that the
+    /// others applied, this installation no longer follows them: expect
+    /// their messages to stop arriving here until it is re-added.
+    EnvelopeSkipped {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -322,6 +338,10 @@ impl Event {
                 installation,
             },
             GroupEvent::BindingFailed { reason } => Event::VerificationFailed {
+                conversation,
+                reason,
+            },
+            GroupEvent::EnvelopeSkipped { reason } => Event::EnvelopeSkipped {
                 conversation,
                 reason,
             },

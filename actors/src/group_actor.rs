@@ -25,7 +25,7 @@ use std::{
 use actix::prelude::*;
 use futures::FutureExt as _;
 use kith_engine::{
-    delivery::Topic,
+    delivery::{Envelope, Topic},
     group::{
         ConversationId, DmVerification, Group, GroupError, GroupEvent, IntentKind, StoredMessage,
     },
@@ -36,6 +36,7 @@ use tracing::Instrument as _;
 use crate::{
     Error,
     events::{Event, Metadata},
+    poison::{self, Blame, Tries},
     shared::{Shared, now_ms},
 };
 
@@ -66,8 +67,26 @@ pub(crate) struct GroupInfo {
 type Outcome = Result<(), (String, bool)>;
 
 enum Failure {
+    /// The engine needs these identity logs first.
     Need(Vec<InboxId>),
+    /// The engine refused the input for a reason that is the same on every
+    /// try ([`Blame::Permanent`]).
+    Refused(Error),
+    /// Anything else: the store, the node, a missing group.
     Fatal(Error),
+}
+
+/// Why one envelope could not be applied.
+enum Attempt {
+    /// Retry later; never skip it for this (see [`poison`]).
+    Transient(Error),
+    /// It fails the same way on every try.
+    Permanent {
+        /// What to report for this sync.
+        error: Error,
+        /// Why, for the skip event.
+        reason: String,
+    },
 }
 
 impl From<Error> for Failure {
@@ -88,6 +107,8 @@ pub(crate) struct GroupCore {
     /// Forked members that asked to be re-added: (installation, its leaf's
     /// encryption key when it asked).
     rejoins: Mutex<Vec<(InstallationId, Vec<u8>)>>,
+    /// The envelope syncs keep failing on, and how often.
+    tries: Mutex<Tries>,
 }
 
 impl std::fmt::Debug for GroupCore {
@@ -108,6 +129,7 @@ impl GroupCore {
             wake_pending: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             rejoins: Mutex::new(Vec::new()),
+            tries: Mutex::new(Tries::default()),
         }
     }
 
@@ -144,10 +166,15 @@ impl GroupCore {
             return Err(Failure::Fatal(Error::Storage("group vanished".into())));
         };
         let mut need = None;
+        let mut refused = false;
         let result = shared.step(|| match f(group, shared) {
             Err(GroupError::NeedIdentities(list)) => {
                 need = Some(list);
                 Err(GroupError::InvalidInput("identity logs needed".into()))
+            }
+            Err(e) => {
+                refused = poison::blame(&e) == Blame::Permanent;
+                Err(e)
             }
             other => other,
         });
@@ -163,6 +190,7 @@ impl GroupCore {
                 *slot = None;
                 match need {
                     Some(list) => Err(Failure::Need(list.into_iter().map(|(i, _)| i).collect())),
+                    None if refused => Err(Failure::Refused(e)),
                     None => Err(Failure::Fatal(e)),
                 }
             }
@@ -240,10 +268,10 @@ impl GroupCore {
         &self,
         mut f: impl FnMut(&mut Group, &Shared) -> Result<T, GroupError>,
     ) -> Result<T, Error> {
-        for _ in 0..3 {
+        for _ in 0..poison::IDENTITY_FETCHES {
             match self.with_group(&mut f) {
                 Ok(value) => return Ok(value),
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Fatal(e) | Failure::Refused(e)) => return Err(e),
                 Err(Failure::Need(inboxes)) => {
                     self.shared.refresh_identities(inboxes).await?;
                 }
@@ -255,29 +283,105 @@ impl GroupCore {
     }
 
     /// Read the group topic from the stored cursor and apply every
-    /// envelope, one step each.
+    /// envelope, one step each. A sync stops at the first envelope that
+    /// fails; one that fails for good is skipped after a few syncs
+    /// ([`poison`]).
     pub(crate) async fn sync(&self) -> Result<(), Error> {
         let topic = self.topic();
         loop {
             let cursor = self.shared.store().cursor(&topic)?;
             let page = self.shared.node.query(&topic, &cursor, 0).await?;
             for envelope in &page.envelopes {
-                self.apply(|group, shared| {
-                    let identities = shared.identities();
-                    group.handle_envelope(
-                        &shared.provider,
-                        shared.storage(),
-                        &identities,
-                        envelope,
-                        now_ms(),
-                    )
-                })
-                .await?;
+                self.receive(envelope).await?;
             }
             if !page.more || page.envelopes.is_empty() {
                 return Ok(());
             }
         }
+    }
+
+    /// Apply one envelope of the group topic, or count a failure on it and,
+    /// once it has failed for good often enough, skip it.
+    async fn receive(&self, envelope: &Envelope) -> Result<(), Error> {
+        let (error, reason) = match self.try_envelope(envelope).await {
+            Ok(()) => {
+                self.tries_mut().clear();
+                return Ok(());
+            }
+            Err(Attempt::Transient(error)) => return Err(error),
+            Err(Attempt::Permanent { error, reason }) => (error, reason),
+        };
+        let tries = self.tries_mut().failed(envelope);
+        let settle_window_ms = self.shared.group_config.rewind.settle_window_ms;
+        if !poison::give_up(tries, envelope, settle_window_ms, now_ms()) {
+            tracing::warn!(
+                group = %hex::encode(&self.group_id),
+                sequence = envelope.originator_sequence_id,
+                tries,
+                %reason,
+                "an envelope failed; it is tried again on the next sync"
+            );
+            return Err(error);
+        }
+        let reason = format!("{reason} (failed on {tries} syncs)");
+        tracing::warn!(
+            group = %hex::encode(&self.group_id),
+            sequence = envelope.originator_sequence_id,
+            %reason,
+            "skipping an envelope that fails for good"
+        );
+        self.apply(|group, shared| group.skip_envelope(shared.storage(), envelope, reason.clone()))
+            .await?;
+        self.tries_mut().clear();
+        Ok(())
+    }
+
+    /// One try at `envelope`: apply it, fetching the identity logs the
+    /// engine asks for; say whether a failure can go away.
+    async fn try_envelope(&self, envelope: &Envelope) -> Result<(), Attempt> {
+        let mut needed = Vec::new();
+        for _ in 0..poison::IDENTITY_FETCHES {
+            let applied = self.with_group(|group, shared| {
+                let identities = shared.identities();
+                group.handle_envelope(
+                    &shared.provider,
+                    shared.storage(),
+                    &identities,
+                    envelope,
+                    now_ms(),
+                )
+            });
+            match applied {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fatal(error)) => return Err(Attempt::Transient(error)),
+                Err(Failure::Refused(error)) => {
+                    let reason = error.to_string();
+                    return Err(Attempt::Permanent { error, reason });
+                }
+                Err(Failure::Need(inboxes)) => {
+                    needed.clone_from(&inboxes);
+                    // The node down or lying is not the envelope's fault.
+                    self.shared
+                        .refresh_identities(inboxes)
+                        .await
+                        .map_err(Attempt::Transient)?;
+                }
+            }
+        }
+        let inboxes: Vec<String> = needed.iter().map(ToString::to_string).collect();
+        Err(Attempt::Permanent {
+            error: Error::Network(
+                "the node's identity logs do not cover what the group refers to".into(),
+            ),
+            reason: format!(
+                "it refers to identity log updates of {} that the node does not serve",
+                inboxes.join(", ")
+            ),
+        })
+    }
+
+    fn tries_mut(&self) -> std::sync::MutexGuard<'_, Tries> {
+        self.tries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Turn waiting intents into commits and publish everything queued,
@@ -484,7 +588,9 @@ impl GroupCore {
                 .into_iter()
                 .filter_map(|f| f.key_package.map(|k| k.bytes))
                 .collect();
-            missing = plan.add.len() - key_packages.len();
+            // CheckedClient allows at most one package per installation
+            // asked for; saturate all the same, a count must not panic.
+            missing = plan.add.len().saturating_sub(key_packages.len());
             self.change(IntentKind::Reconcile {
                 key_packages,
                 remove: plan.remove,
@@ -555,7 +661,7 @@ impl GroupCore {
             })
         })
         .map_err(|f| match f {
-            Failure::Fatal(e) => e,
+            Failure::Fatal(e) | Failure::Refused(e) => e,
             Failure::Need(_) => Error::Storage("unexpected identity request".into()),
         })
     }

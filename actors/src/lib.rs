@@ -67,6 +67,12 @@
 //! - **InstallationDiscovery** fetches every member's identity log in one
 //!   request and asks groups to add new installations and remove revoked
 //!   ones.
+//!
+//! The node is trusted to store and forward, not to tell the truth: every
+//! answer passes a `CheckedClient` (`kith_transport::client`), which
+//! refuses what cannot be true, and a group skips an envelope that fails
+//! for good after a few syncs instead of stopping on it (`poison.rs` says
+//! which failures are retried and which are not).
 
 mod builder;
 mod client;
@@ -76,6 +82,7 @@ mod group_actor;
 mod installation_discovery;
 mod key_package_manager;
 mod network_poller;
+mod poison;
 mod shared;
 mod supervisor;
 
