@@ -9,7 +9,7 @@ use kith_engine::{
     identity::{InboxId, LocalWallet, load_or_create_installation},
 };
 use kith_storage::{KithProvider, StorageConfig};
-use kith_transport::client::{DeliveryClient, GrpcClient, LocalNode};
+use kith_transport::client::{CheckedClient, DeliveryClient, GrpcClient, LocalNode};
 
 use crate::{Client, ClientConfig, Error, client::Inner, shared::Shared};
 
@@ -67,6 +67,10 @@ where
 }
 
 /// Which node a client talks to.
+///
+/// Whichever it is, the client checks every answer through a
+/// [`CheckedClient`] and refuses what cannot be true, so that a node (or a
+/// `DeliveryClient` of your own) that lies can withhold but not mislead.
 #[derive(Clone)]
 pub enum Node {
     /// Any [`DeliveryClient`]: a [`LocalNode`] in this process, or a
@@ -199,6 +203,9 @@ impl ClientBuilder {
                     .map_err(|e| Error::Config(format!("node URL {url:?}: {e}")))?,
             ),
         };
+        // Every answer of the node passes the checks, whoever implemented
+        // the client.
+        let node: Arc<dyn DeliveryClient> = Arc::new(CheckedClient::new(node));
         let storage_config = self.storage;
         let opened = tokio::task::spawn_blocking(move || -> Result<_, Error> {
             std::fs::create_dir_all(&data_dir)

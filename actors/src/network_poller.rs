@@ -6,6 +6,12 @@
 //! a duplicate, or a re-subscription that replays old envelopes costs a
 //! query, never correctness.
 //!
+//! Identity topics are the node's mirror of the identity updates it
+//! verified, but a node may let anyone publish there, and may lie itself:
+//! an envelope on one wakes discovery only if it is a verified update of
+//! that inbox that the client does not hold yet
+//! ([`Shared::identity_push`]).
+//!
 //! Topics arrive over time (one per new group, one per member inbox), so
 //! they are subscribed in batches: each batch of newly watched topics gets
 //! a subscription of its own, and a batch whose stream ends is subscribed
@@ -22,7 +28,10 @@ use futures::StreamExt as _;
 use kith_engine::delivery::{Cursor, NodeId, Topic};
 use tracing::Instrument as _;
 
-use crate::{group_actor::Wake, shared::Shared};
+use crate::{
+    group_actor::Wake,
+    shared::{IdentityPush, Shared},
+};
 
 /// How long to wait before re-subscribing after a stream ended.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -109,6 +118,7 @@ impl NetworkPoller {
         };
         let routes = Arc::clone(&self.routes);
         let seen = Arc::clone(&self.seen);
+        let shared = Arc::clone(&self.shared);
         let node = Arc::clone(&self.shared.node);
         let span = tracing::debug_span!("subscription", topics = topics.len());
         let fut = async move {
@@ -116,7 +126,7 @@ impl NetworkPoller {
                 Ok(mut stream) => {
                     while let Some(item) = stream.next().await {
                         match item {
-                            Ok(envelope) => route(&routes, &seen, &envelope),
+                            Ok(envelope) => route(&shared, &routes, &seen, &envelope),
                             Err(e) => {
                                 tracing::warn!(error = %e, "subscription failed");
                                 break;
@@ -136,8 +146,10 @@ impl NetworkPoller {
     }
 }
 
-/// Wake the owner of `envelope`'s topic, unless it was routed before.
+/// Wake the owner of `envelope`'s topic, unless it was routed before or
+/// (on an identity topic) it is not a new, verified identity update.
 fn route(
+    shared: &Shared,
     routes: &Routes,
     seen: &Mutex<BTreeMap<Topic, Cursor>>,
     envelope: &kith_engine::delivery::Envelope,
@@ -149,7 +161,23 @@ fn route(
         cursor.advance(envelope);
         fresh
     };
-    if fresh {
+    let wanted = match &envelope.topic {
+        Topic::Identity(inbox) if fresh => match shared.identity_push(inbox, &envelope.payload) {
+            IdentityPush::New => true,
+            IdentityPush::Known => false,
+            IdentityPush::Forged(reason) => {
+                tracing::warn!(
+                    topic = %envelope.topic,
+                    sequence = envelope.originator_sequence_id,
+                    %reason,
+                    "ignoring an envelope on an identity topic"
+                );
+                false
+            }
+        },
+        _ => fresh,
+    };
+    if wanted {
         let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(recipient) = routes.get(&envelope.topic) {
             recipient.do_send(Wake);

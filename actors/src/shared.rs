@@ -10,11 +10,14 @@ use std::{
 
 use kith_engine::{
     group::{ClientStore, DeniableAdd, GroupError, IdentityCache, IntentKind, Me},
-    identity::{InboxId, InstallationId, InstallationKeys, KeyPackagePolicy},
+    identity::{
+        IdentityState, IdentityUpdate, InboxId, InstallationId, InstallationKeys, KeyPackagePolicy,
+        UpdateAction, recover_signer, verify_installation_signature,
+    },
 };
 use kith_storage::{KithProvider, SledMlsStorage};
 use kith_transport::{
-    client::DeliveryClient,
+    client::{ClientError, DeliveryClient},
     node::{
         DeniableKeyPackageFetch, FetchedKeyPackage, KeyPackageFetch, deniable_fetch_bytes,
         fetch_signed_bytes,
@@ -176,6 +179,17 @@ impl Shared {
             return Ok(Vec::new());
         }
         let answers = self.node.identity_updates(requests.clone()).await?;
+        // CheckedClient refuses an answer that leaves out an inbox; check
+        // anyway, as pairing them up below must never drop one (a withheld
+        // revocation would go unnoticed).
+        if answers.len() != requests.len() {
+            return Err(ClientError::Malformed(format!(
+                "identity logs for {} inboxes in an answer for {}",
+                answers.len(),
+                requests.len()
+            ))
+            .into());
+        }
         let mut changed = Vec::new();
         let mut cache = self
             .identities
@@ -198,6 +212,70 @@ impl Shared {
             }
         }
         Ok(changed)
+    }
+
+    /// Whether an envelope that arrived on the identity topic of `inbox`
+    /// is worth a discovery run: only a verified identity update of that
+    /// inbox that the cache does not hold yet. Anything else on the topic
+    /// (a stranger's bytes, from a node that lets anyone publish there; an
+    /// update of another inbox; one already known) wakes nothing.
+    pub(crate) fn identity_push(&self, inbox: &InboxId, payload: &[u8]) -> IdentityPush {
+        let update = match IdentityUpdate::from_bytes(payload) {
+            Ok(update) => update,
+            Err(e) => return IdentityPush::Forged(format!("not an identity update: {e}")),
+        };
+        let u = &update.unsigned;
+        if u.inbox != *inbox {
+            return IdentityPush::Forged(format!(
+                "an update of inbox {} on the identity topic of {inbox}",
+                u.inbox
+            ));
+        }
+        let cache = self.identities();
+        let cached = cache.sequence(inbox);
+        if u.sequence <= cached {
+            return match cache.updates(inbox).contains(&update) {
+                true => IdentityPush::Known,
+                false => IdentityPush::Forged(format!(
+                    "update {} differs from the one the verified log holds",
+                    u.sequence
+                )),
+            };
+        }
+        if u.sequence == cached + 1 {
+            // The next step: verify it as the log would.
+            let mut state = cache
+                .state(inbox)
+                .cloned()
+                .unwrap_or_else(|| IdentityState::new(*inbox));
+            return match state.apply(&update) {
+                Ok(()) => IdentityPush::New,
+                Err(e) => {
+                    IdentityPush::Forged(format!("update {} does not verify: {e}", u.sequence))
+                }
+            };
+        }
+        // Further ahead: the updates in between are fetched by discovery,
+        // which verifies the whole log; the signatures can be checked now.
+        let text = u.signature_text();
+        if recover_signer(text.as_bytes(), &update.wallet_signature).ok() != Some(*inbox) {
+            return IdentityPush::Forged(format!(
+                "update {} is not signed by the inbox's wallet",
+                u.sequence
+            ));
+        }
+        if u.action == UpdateAction::AddInstallation {
+            let signed = update.installation_signature.is_some_and(|proof| {
+                verify_installation_signature(&u.installation, text.as_bytes(), &proof).is_ok()
+            });
+            if !signed {
+                return IdentityPush::Forged(format!(
+                    "update {} adds an installation that did not sign it",
+                    u.sequence
+                ));
+            }
+        }
+        IdentityPush::New
     }
 
     /// Fetch one key package per installation, in one signed request.
@@ -249,7 +327,29 @@ impl Shared {
             timestamp_ms,
             mac: kith_engine::identity::upload_tag(&key, &macd).to_vec(),
         };
-        Ok(self.node.fetch_deniable_key_packages(fetch).await?)
+        let fetched = self.node.fetch_deniable_key_packages(fetch).await?;
+        // Nothing in a deniable package says whose it is, so CheckedClient
+        // cannot tie it to its installation. The identity log can at least
+        // say whether the installation it is handed out for exists: a
+        // package for one that does not is left out (a new installation the
+        // cache has not seen yet joins later, through discovery).
+        let cache = self.identities();
+        let state = cache.state(&target);
+        Ok(fetched
+            .into_iter()
+            .filter(|f| {
+                let active = state.is_some_and(|s| s.is_active(&f.installation));
+                if !active {
+                    tracing::warn!(
+                        %target,
+                        installation = %f.installation,
+                        "the node handed out a deniable key package for an installation the \
+                         inbox's identity log does not have; leaving it out"
+                    );
+                }
+                active
+            })
+            .collect())
     }
 
     /// The intent that adds `inboxes` (all their active installations, as
@@ -324,6 +424,17 @@ impl Shared {
             sequences,
         })
     }
+}
+
+/// What an envelope on an identity topic is ([`Shared::identity_push`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IdentityPush {
+    /// A verified update the cache does not hold: run discovery.
+    New,
+    /// An update the cache holds already (a replay on re-subscribing).
+    Known,
+    /// Anything else, and why: ignored.
+    Forged(String),
 }
 
 /// The fetched deniable packages, each with the installation the node
