@@ -534,7 +534,12 @@ impl Sim {
                     }
                 }
                 // A member re-reading its topic meets the Welcomes it used.
-                Err(_) if had_group => {}
+                Err(e) if had_group => {
+                    self.trace.line(format_args!(
+                        "t={} client {index} does not join from a Welcome: {e}",
+                        self.now
+                    ));
+                }
                 Err(e) => self
                     .failures
                     .push(format!("client {index} could not join from a Welcome: {e}")),

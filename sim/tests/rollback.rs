@@ -423,15 +423,14 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
 
 /// Alice applies Bob's commit; Carol's, which sorts first, lags (as when it
 /// refers to a proposal that has not replicated yet). A message from
-/// Carol's branch shows Alice the parting while she can still roll back,
-/// and nothing more comes from that branch: when the epoch settles without
-/// the rollback, Alice knows she is on a fork. Had Carol's commit arrived
-/// in time, the rollback would have made her canonical, and settling would
-/// have found nothing; had it arrived and been refused (here: tampered
-/// with), Carol's branch would not be one to follow, and settling finds
-/// nothing either.
+/// Carol's branch shows Alice the parting while she can still roll back.
+/// When the epoch settles without the rollback, the claim alone proves
+/// nothing (a member may lie): Alice is on a fork once Carol's commit
+/// itself arrives, too late to roll back to. Had it arrived in time, the
+/// rollback would have made her canonical; had it arrived and been refused
+/// (here: tampered with), Carol's branch would not be one to follow.
 #[test]
-fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
+fn an_epoch_that_settles_before_an_earlier_commit_arrives_is_a_fork() {
     #[derive(Clone, Copy, Debug, PartialEq)]
     enum Commit {
         Lost,
@@ -478,7 +477,8 @@ fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
             .any(|e| matches!(e, GroupEvent::Forked { .. }));
         match commit {
             Commit::Lost => {
-                assert!(forked, "settling without the rollback is a fork");
+                assert!(!forked, "a claim alone is no evidence");
+                w.handle(alice, &c, 400 + 2 * WINDOW);
                 let fork = w.group(alice).fork().expect("on a fork");
                 assert!(fork.reason.contains("epoch 1"), "{}", fork.reason);
             }
@@ -491,16 +491,21 @@ fn an_epoch_that_settles_before_an_earlier_commit_seen_in_time_is_a_fork() {
                 assert_eq!(w.group(alice).epoch(), 2);
             }
         }
-        assert_eq!(w.group(alice).fork().is_some(), forked, "{commit:?}");
+        assert_eq!(
+            w.group(alice).fork().is_some(),
+            commit == Commit::Lost,
+            "{commit:?}"
+        );
     }
 }
 
 /// Bob, Carol and Dave rename the group at once. Dave's commit sorts first,
 /// then Carol's, then Bob's. Alice applies Bob's and settles; Carol applied
-/// hers and never saw Dave's. A message from Carol shows Alice a fork,
-/// with Carol's commit as the evidence; but nobody on the canonical branch
-/// applied that one, so nobody would answer. Dave's message shows the
-/// earlier commit: Alice asks again, naming it.
+/// hers and never saw Dave's. Carol's commit reaches Alice late, and a
+/// message from Carol shows Alice a fork, with Carol's commit as the
+/// evidence; but nobody on the canonical branch applied that one, so nobody
+/// would answer. Dave's commit and message show the earlier commit: Alice
+/// asks again, naming it.
 #[test]
 fn a_forked_member_asks_again_with_an_earlier_parting_it_learns_of() {
     let mut w = World::new(7, 4, 4, WINDOW);
@@ -531,6 +536,7 @@ fn a_forked_member_asks_again_with_an_earlier_parting_it_learns_of() {
         w.env(at, node, 200, m)
     };
     let from_carol = message(&mut w, carol, 1, 1_400);
+    w.handle(alice, &c, 1_405);
     w.handle(alice, &from_carol, 1_410);
     let fork = w.group(alice).fork().expect("on a fork").clone();
     assert_eq!((fork.evidence_epoch, fork.evidence_key), (1, c.order_key()));
@@ -540,6 +546,7 @@ fn a_forked_member_asks_again_with_an_earlier_parting_it_learns_of() {
     assert_eq!(first.evidence_key, c.order_key());
 
     let from_dave = message(&mut w, dave, 3, 1_500);
+    w.handle(alice, &d, 1_505);
     w.handle(alice, &from_dave, 1_510);
     let fork = w.group(alice).fork().expect("still on a fork");
     assert_eq!((fork.evidence_epoch, fork.evidence_key), (1, d.order_key()));
@@ -556,13 +563,14 @@ fn a_forked_member_asks_again_with_an_earlier_parting_it_learns_of() {
 
 /// Alice, on a fork she does not know of yet (Bob's commit settled at her
 /// before Carol's earlier one arrived), adds Dave. Dave joins her branch.
-/// He has no commits of his own before his epoch, but his Welcome carries
-/// Alice's: Carol's next message shows him that the branch he joined lost.
+/// He holds no claim keys of the epochs before his own, so Carol's
+/// messages cannot show him that the branch he joined lost; his adder's
+/// rejoin request does, once Alice finds her fork.
 #[test]
 fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
     let mut w = World::new(5, 4, 3, WINDOW);
     let (alice, bob, carol, dave) = (0, 1, 2, 3);
-    let (b, _) = renames_racing_past_alice(&mut w, bob, carol);
+    let (b, c) = renames_racing_past_alice(&mut w, bob, carol);
     // Alice settles Bob's commit, then adds Dave on her branch.
     w.handle(alice, &b, 310);
     w.advance(alice, 300 + WINDOW);
@@ -593,9 +601,20 @@ fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
     );
     assert!(w.group(dave).fork().is_none(), "nothing tells him yet");
 
-    // Carol speaks on the canonical branch.
+    // Carol speaks on the canonical branch: Dave cannot check what her
+    // message claims about epoch 1.
     let m = canonical_message(&mut w, carol, 2600);
     w.handle(dave, &m, 2610);
+    assert!(w.group(dave).fork().is_none());
+    // Alice gets Carol's commit, too late, and her message: she is on a
+    // fork, and asks to be re-added. Her request tells Dave.
+    w.handle(alice, &c, 2620);
+    w.handle(alice, &m, 2630);
+    assert!(w.group(alice).fork().is_some(), "Alice finds her fork");
+    w.advance(alice, 2640);
+    let request = w.outbox(alice).remove(0).payload;
+    let request = w.env(2650, 2, 3, request);
+    w.handle(dave, &request, 2660);
     assert!(
         w.group(dave).fork().is_some(),
         "Dave learns that the branch he joined lost"

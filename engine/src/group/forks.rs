@@ -36,11 +36,10 @@
 
 use super::{
     aad::KithAad,
-    content::WelcomePayload,
     error::GroupError,
     events::{Events, GroupEvent},
     history::RewindHistory,
-    records::{DeferredWelcome, EarlierCommit, Fork, ForkState, LeafAdded, OrderKey},
+    records::{DeferredWelcome, EarlierCommit, Fork, ForkState, LateCommit, LeafAdded, OrderKey},
     roster::Roster,
     store::{ClientStore, KvStore},
 };
@@ -48,6 +47,10 @@ use crate::identity::{InboxId, InstallationId, InstallationKeys, verify_installa
 
 /// How many re-add Welcomes a group keeps for later.
 const MAX_DEFERRED_WELCOMES: usize = 4;
+
+/// How many verified claims awaiting their commit, and how many late
+/// commits awaiting a claim, the monitor keeps.
+const MAX_AWAITED: usize = 8;
 
 const MAGIC: &[u8] = b"KITH-REJOIN-1";
 
@@ -167,6 +170,8 @@ pub(crate) struct Membership<'a> {
     pub(crate) active: bool,
     /// This installation.
     pub(crate) own_installation: InstallationId,
+    /// The epoch this installation joined at (0 for the creator).
+    pub(crate) joined_at_epoch: u64,
 }
 
 /// A group's fork monitor. See the module docs.
@@ -212,9 +217,17 @@ impl ForkMonitor {
     /// A member's message whose authenticated data is `aad`, which this
     /// installation (its epoch digest `my_auth`) cannot decrypt or must
     /// hold: if the sender's branch parts from ours, the side whose commit
-    /// sorts first where they part is canonical. If it is the sender's and
-    /// the epoch is still in the ring, note it (the rollback should come);
-    /// if the epoch settled, return the evidence that we are on a fork.
+    /// sorts first where they part is canonical.
+    ///
+    /// Only claims whose MAC verifies under this installation's own claim
+    /// key of that epoch count: a member of the epoch made them (a
+    /// stranger cannot). Even then a claim alone is not evidence, since a
+    /// member may lie about a position. If the sender's commit sorts first
+    /// and the epoch is still in the ring, it is noted (the commit should
+    /// reach us, and the rollback checks it); if the epoch settled, this
+    /// installation is on a fork only if that very commit reached it, too
+    /// late to be checked ([`ForkMonitor::late_commit`]); until then the
+    /// claim waits for it.
     pub(crate) fn check_branch<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
@@ -232,37 +245,59 @@ impl ForkMonitor {
         }
         // Oldest first: the first epoch both were in (same authenticator)
         // whose commits differ is where the branches part.
-        for (epoch, their_auth, their_key) in theirs.history.iter().rev() {
-            let Some((my_key, my_auth)) = history.commit_record(kv, *epoch)? else {
+        for claim in theirs.history.iter().rev() {
+            let Some((my_key, my_auth)) = history.commit_record(kv, claim.epoch)? else {
                 continue;
             };
-            if my_auth != *their_auth || my_key == *their_key {
+            if my_auth != claim.auth_digest || my_key == claim.key {
                 continue;
             }
-            if *their_key >= my_key {
+            let Some(claim_key) = history.claim_key(kv, claim.epoch)? else {
+                continue;
+            };
+            if !claim.verifies(&self.group_id, &claim_key) {
+                // Not made by a member of that epoch: a stranger's.
+                continue;
+            }
+            if claim.key >= my_key {
                 // Ours sorts first: the sender rolls back, or is forked.
                 return Ok(None);
             }
-            if history.snapshot(kv, *epoch)?.is_some() {
-                // Their commit should reach us, and we roll back to it; if
-                // the epoch settles first, `settled` finds us on a fork.
-                self.note_earlier(EarlierCommit {
-                    epoch: *epoch,
-                    auth_digest: *their_auth,
-                    key: *their_key,
-                });
+            let seen = EarlierCommit {
+                epoch: claim.epoch,
+                auth_digest: claim.auth_digest,
+                key: claim.key,
+            };
+            if history.snapshot(kv, claim.epoch)?.is_some() {
+                // Their commit should reach us, and we roll back to it if it
+                // is valid; if the epoch settles first, the claim waits for
+                // the commit (`settled`).
+                self.note_earlier(seen);
                 return Ok(None);
             }
-            return Ok(Some(ForkEvidence {
-                reason: format!(
-                    "a member's branch took an earlier commit for epoch {epoch}, which has \
-                     settled here"
-                ),
-                evidence: (*epoch, *their_key),
-                since_ms: my_key.0,
-            }));
+            if self
+                .state
+                .late_commits
+                .iter()
+                .any(|late| late.epoch == claim.epoch && late.key == claim.key)
+            {
+                return Ok(Some(Self::evidence(claim.epoch, claim.key, my_key)));
+            }
+            self.await_commit(seen);
+            return Ok(None);
         }
         Ok(None)
+    }
+
+    fn evidence(epoch: u64, key: OrderKey, applied: OrderKey) -> ForkEvidence {
+        ForkEvidence {
+            reason: format!(
+                "a commit for epoch {epoch} that sorts before the one applied here arrived after \
+                 the epoch settled, and a member's branch took it"
+            ),
+            evidence: (epoch, key),
+            since_ms: applied.0,
+        }
     }
 
     /// Remember the earliest parting seen (the oldest epoch, and there the
@@ -275,6 +310,56 @@ impl ForkMonitor {
         if earlier {
             self.state.earlier_commit = Some(seen);
         }
+    }
+
+    /// Keep a verified claim about a settled epoch until the commit it
+    /// names arrives (bounded; the oldest claim goes first).
+    fn await_commit(&mut self, claim: EarlierCommit) {
+        let claims = &mut self.state.awaited_commits;
+        if claims.contains(&claim) {
+            return;
+        }
+        if claims.len() >= MAX_AWAITED {
+            claims.remove(0);
+        }
+        claims.push(claim);
+    }
+
+    /// A commit for the settled epoch `epoch` arrived at `key`, sorting
+    /// before the commit applied here (at `applied`): too late to check
+    /// it. If a member's verified claim names it as its branch's, this
+    /// installation is on a fork; otherwise it is remembered (bounded) in
+    /// case such a claim comes.
+    ///
+    /// Both halves are needed. The commit alone may be anyone's bytes,
+    /// placed early only by a node that broke its settle window; the claim
+    /// alone may be a member's lie. A commit a member's branch took, at a
+    /// position the node gave it, is what a fork is.
+    pub(crate) fn late_commit(
+        &mut self,
+        epoch: u64,
+        key: OrderKey,
+        applied: OrderKey,
+    ) -> Option<ForkEvidence> {
+        if self
+            .state
+            .awaited_commits
+            .iter()
+            .any(|claim| claim.epoch == epoch && claim.key == key)
+        {
+            self.state
+                .awaited_commits
+                .retain(|claim| (claim.epoch, claim.key) != (epoch, key));
+            return Some(Self::evidence(epoch, key, applied));
+        }
+        let late = LateCommit { epoch, key };
+        if !self.state.late_commits.contains(&late) {
+            if self.state.late_commits.len() >= MAX_AWAITED {
+                self.state.late_commits.remove(0);
+            }
+            self.state.late_commits.push(late);
+        }
+        None
     }
 
     /// A rollback to `epoch` for the commit at `key` did not merge it: a
@@ -294,28 +379,23 @@ impl ForkMonitor {
 
     /// The snapshot of `snapshot`'s epoch settled: if a member's branch
     /// took an earlier commit for it, the rollback to it never came, and
-    /// now it cannot. Returns the evidence then. A noted parting at an
-    /// older epoch is forgotten (it can no longer be acted on).
-    pub(crate) fn settled(
-        &mut self,
-        snapshot: &super::records::EpochSnapshot,
-    ) -> Option<ForkEvidence> {
-        let seen = self
+    /// now it cannot. The claim now waits for that commit, which proves the
+    /// fork if it arrives (late). A noted parting at an older epoch is
+    /// forgotten (it can no longer be acted on).
+    pub(crate) fn settled(&mut self, snapshot: &super::records::EpochSnapshot) {
+        let Some(seen) = self
             .state
             .earlier_commit
-            .take_if(|seen| seen.epoch <= snapshot.epoch)?;
-        (seen.epoch == snapshot.epoch
+            .take_if(|seen| seen.epoch <= snapshot.epoch)
+        else {
+            return;
+        };
+        if seen.epoch == snapshot.epoch
             && seen.auth_digest == snapshot.auth_digest
-            && seen.key < snapshot.commit_key)
-            .then(|| ForkEvidence {
-                reason: format!(
-                    "a member's branch took an earlier commit for epoch {}, which settled here \
-                     before that commit could be applied",
-                    seen.epoch
-                ),
-                evidence: (seen.epoch, seen.key),
-                since_ms: snapshot.commit_key.0,
-            })
+            && seen.key < snapshot.commit_key
+        {
+            self.await_commit(seen);
+        }
     }
 
     /// Record that this installation, in `epoch`, is on the fork `found`
@@ -387,6 +467,35 @@ impl ForkMonitor {
         )
     }
 
+    /// A rejoin request from the member whose Welcome this installation
+    /// joined from (`welcomed_by`, its adder), naming a parting before this
+    /// installation joined (at `joined_at_epoch`): the branch it was added
+    /// to had lost before it joined, so it is on that fork too. It holds
+    /// no claim keys of those epochs, so no other member's claim could tell
+    /// it. The adder is trusted for the branch it put this installation on
+    /// (it made the Welcome); no one else's request moves it.
+    pub(crate) fn adder_forked(
+        &self,
+        payload: &[u8],
+        welcomed_by: Option<InstallationId>,
+        joined_at_epoch: u64,
+    ) -> Option<ForkEvidence> {
+        let request = RejoinRequest::verify(payload).ok()?;
+        (request.group_id == self.group_id
+            && welcomed_by == Some(request.installation)
+            && request.evidence_epoch < joined_at_epoch)
+            .then(|| ForkEvidence {
+                reason: format!(
+                    "the member that added this installation found that its branch lost at \
+                     epoch {}, before this installation joined",
+                    request.evidence_epoch
+                ),
+                evidence: (request.evidence_epoch, request.evidence_key),
+                // Everything it sent went out on that branch.
+                since_ms: 0,
+            })
+    }
+
     /// A rejoin request arrived: `Ok(Ok(Some(_)))` if this member should
     /// re-add the installation it names, `Ok(Ok(None))` if it is not this
     /// member's to answer (or its own), and `Ok(Err(reason))` for a
@@ -418,6 +527,12 @@ impl ForkMonitor {
             return Ok(Err(
                 "a rejoin request whose inbox does not match the member".into(),
             ));
+        }
+        if group.joined_at_epoch > request.evidence_epoch {
+            // The requester takes a re-add only from a member it knew (see
+            // `Group::join`): one that joined after the branches parted is
+            // in no tree the requester trusts. Older members answer.
+            return Ok(Ok(None));
         }
         let applied = history.commit_key(kv, request.evidence_epoch)?;
         if applied != Some(request.evidence_key) {
@@ -475,24 +590,17 @@ impl ForkMonitor {
     // ----- kept Welcomes -------------------------------------------------------
 
     /// Keep a Welcome for this group, which this installation (in `epoch`)
-    /// is still a member of, if it starts at a later epoch: a re-add
-    /// committed there will remove the leaf in use, and then the Welcome
-    /// is the way back. One for this epoch or an earlier one can never be
-    /// needed.
+    /// is still a member of, if it starts at a later epoch (`starts`, as
+    /// the Welcome itself says, checked by the caller): a re-add committed
+    /// there will remove the leaf in use, and then the Welcome is the way
+    /// back. One for this epoch or an earlier one can never be needed.
     pub(crate) fn keep_welcome<S: KvStore + ?Sized>(
         &self,
         kv: &S,
         epoch: u64,
-        payload: &WelcomePayload,
+        starts: u64,
         bytes: &[u8],
     ) -> Result<(), GroupError> {
-        let Some(starts) = payload
-            .branch
-            .first()
-            .map(|(left, ..)| left.saturating_add(1))
-        else {
-            return Ok(());
-        };
         if starts <= epoch {
             return Ok(());
         }
@@ -598,7 +706,7 @@ mod tests {
     use super::*;
     use crate::{
         group::{
-            aad::KithAad,
+            aad::{BranchClaim, KithAad},
             config::RewindPolicy,
             records::{EpochSnapshot, HistoryState, RetainedEnvelope},
             store::MemoryKvStore,
@@ -622,11 +730,18 @@ mod tests {
     }
 
     /// This member applied, for each epoch 0..=last, the commit at time
-    /// `10 * (epoch + 1)`; epoch `e`'s authenticator digest is `[e; 8]`.
+    /// `10 * (epoch + 1)`; epoch `e`'s authenticator digest is `[e; 8]` and
+    /// its claim key `[e; 32]`.
     fn applied(kv: &MemoryKvStore, history: &RewindHistory, last: u64) {
         for epoch in 0..=last {
             history
-                .record_commit(kv, epoch, (10 * (epoch + 1), 1, epoch), [epoch as u8; 8])
+                .record_commit(
+                    kv,
+                    epoch,
+                    (10 * (epoch + 1), 1, epoch),
+                    [epoch as u8; 8],
+                    Some(&[epoch as u8; 32]),
+                )
                 .expect("record");
         }
     }
@@ -645,38 +760,102 @@ mod tests {
             .expect("snapshot");
     }
 
-    /// A member's message whose branch took, for `epoch`, a commit at `key`.
-    fn their_aad(epoch: u64, key: OrderKey) -> Vec<u8> {
+    /// A claim about `epoch` (commit at `key`) MACed with `claim_key`.
+    fn claim_with(epoch: u64, key: OrderKey, claim_key: [u8; 32]) -> Vec<u8> {
         KithAad {
             auth_digest: [0xbb; 8],
-            history: vec![(epoch, [epoch as u8; 8], key)],
+            history: vec![BranchClaim::new(
+                GROUP,
+                &claim_key,
+                epoch,
+                [epoch as u8; 8],
+                key,
+            )],
         }
         .encode()
     }
 
+    /// A member's message whose branch took, for `epoch`, a commit at `key`.
+    fn their_aad(epoch: u64, key: OrderKey) -> Vec<u8> {
+        claim_with(epoch, key, [epoch as u8; 32])
+    }
+
+    fn check(
+        kv: &MemoryKvStore,
+        history: &RewindHistory,
+        forks: &mut ForkMonitor,
+        aad: &[u8],
+    ) -> Option<ForkEvidence> {
+        forks.check_branch(kv, history, aad, [3; 8]).expect("check")
+    }
+
     #[test]
-    fn an_earlier_commit_at_a_settled_epoch_is_a_fork() {
+    fn a_claim_and_its_late_commit_at_a_settled_epoch_are_a_fork_in_either_order() {
+        for claim_first in [true, false] {
+            let (kv, history, mut forks) = setup();
+            applied(&kv, &history, 3);
+            let found = if claim_first {
+                assert!(check(&kv, &history, &mut forks, &their_aad(2, (5, 2, 1))).is_none());
+                forks.late_commit(2, (5, 2, 1), (30, 1, 2))
+            } else {
+                assert!(forks.late_commit(2, (5, 2, 1), (30, 1, 2)).is_none());
+                check(&kv, &history, &mut forks, &their_aad(2, (5, 2, 1)))
+            };
+            let found = found.expect("evidence");
+            assert_eq!(found.evidence, (2, (5, 2, 1)));
+            assert_eq!(found.since_ms, 30, "the fork began with our commit for 2");
+            let mut events = Events::new();
+            assert!(forks.flag(found, 4, 1_000, &mut events));
+            assert!(matches!(
+                events.pop_front(),
+                Some(GroupEvent::Forked { epoch: 4, .. })
+            ));
+            assert_eq!(forks.fork().map(|f| f.detected_at_ms), Some(1_000));
+        }
+    }
+
+    #[test]
+    fn a_claim_alone_a_late_commit_alone_or_another_commit_is_no_fork() {
         let (kv, history, mut forks) = setup();
         applied(&kv, &history, 3);
-        let found = forks
-            .check_branch(&kv, &history, &their_aad(2, (5, 2, 1)), [3; 8])
-            .expect("check")
-            .expect("evidence");
-        assert_eq!(found.evidence, (2, (5, 2, 1)));
-        assert_eq!(found.since_ms, 30, "the fork began with our commit for 2");
-        let mut events = Events::new();
-        assert!(forks.flag(found, 4, 1_000, &mut events));
-        assert!(matches!(
-            events.pop_front(),
-            Some(GroupEvent::Forked { epoch: 4, .. })
-        ));
-        assert_eq!(forks.fork().map(|f| f.detected_at_ms), Some(1_000));
+        // A member's claim whose commit never arrives (a lie, say).
+        assert!(check(&kv, &history, &mut forks, &their_aad(2, (5, 2, 1))).is_none());
+        // A late commit no member's branch took.
+        assert!(forks.late_commit(1, (4, 2, 1), (20, 1, 1)).is_none());
+        // A late commit at another position than the one claimed.
+        assert!(forks.late_commit(2, (6, 2, 1), (30, 1, 2)).is_none());
+        assert!(!forks.is_forked());
+        // Bounded: a flood of either is forgotten oldest first.
+        for n in 0..100 {
+            forks.late_commit(2, (7, 3, n), (30, 1, 2));
+            check(&kv, &history, &mut forks, &their_aad(2, (8, 3, n)));
+        }
+        assert_eq!(forks.state().late_commits.len(), MAX_AWAITED);
+        assert_eq!(forks.state().awaited_commits.len(), MAX_AWAITED);
+    }
+
+    #[test]
+    fn a_claim_a_stranger_made_is_ignored() {
+        let (kv, history, mut forks) = setup();
+        applied(&kv, &history, 3);
+        forks.late_commit(2, (5, 2, 1), (30, 1, 2));
+        // The epoch's digest and the positions are public; its claim key
+        // is not.
+        let forged = claim_with(2, (5, 2, 1), [0xee; 32]);
+        assert!(check(&kv, &history, &mut forks, &forged).is_none());
+        let mut tampered = their_aad(2, (5, 2, 1));
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(check(&kv, &history, &mut forks, &tampered).is_none());
+        assert!(!forks.is_forked());
+        assert!(forks.state().awaited_commits.is_empty());
     }
 
     #[test]
     fn a_later_commit_same_branch_or_junk_is_no_evidence() {
         let (kv, history, mut forks) = setup();
         applied(&kv, &history, 3);
+        forks.late_commit(2, (5, 2, 1), (30, 1, 2));
         let none = |forks: &mut ForkMonitor, aad: &[u8], mine: [u8; 8]| {
             forks
                 .check_branch(&kv, &history, aad, mine)
@@ -688,13 +867,13 @@ mod tests {
         // The same epoch as ours.
         let same = KithAad {
             auth_digest: [3; 8],
-            history: vec![(2, [2; 8], (5, 2, 1))],
+            history: vec![BranchClaim::new(GROUP, &[2; 32], 2, [2; 8], (5, 2, 1))],
         };
         assert!(none(&mut forks, &same.encode(), [3; 8]));
         // An epoch we were never in (another authenticator).
         let other = KithAad {
             auth_digest: [0xbb; 8],
-            history: vec![(2, [0xcc; 8], (5, 2, 1))],
+            history: vec![BranchClaim::new(GROUP, &[2; 32], 2, [0xcc; 8], (5, 2, 1))],
         };
         assert!(none(&mut forks, &other.encode(), [3; 8]));
         assert!(none(&mut forks, b"not kith authenticated data", [3; 8]));
@@ -702,22 +881,22 @@ mod tests {
     }
 
     #[test]
-    fn an_earlier_commit_in_the_ring_forks_only_if_it_settles_first() {
+    fn an_earlier_commit_in_the_ring_waits_for_its_commit_when_it_settles() {
         let (kv, history, mut forks) = setup();
         applied(&kv, &history, 3);
         snapshot_of(&kv, &history, 2);
         let aad = their_aad(2, (5, 2, 1));
         assert!(
-            forks
-                .check_branch(&kv, &history, &aad, [3; 8])
-                .expect("check")
-                .is_none(),
+            check(&kv, &history, &mut forks, &aad).is_none(),
             "the rollback should follow"
         );
         let snapshot: EpochSnapshot = history.snapshot(&kv, 2).expect("read").expect("kept");
-        let found = forks.settled(&snapshot).expect("the rollback never came");
+        forks.settled(&snapshot);
+        assert!(!forks.is_forked(), "settling alone proves nothing");
+        let found = forks
+            .late_commit(2, (5, 2, 1), (30, 1, 2))
+            .expect("the commit arrived after all, too late");
         assert_eq!(found.evidence, (2, (5, 2, 1)));
-        assert!(forks.settled(&snapshot).is_none(), "noted once");
     }
 
     #[test]
@@ -725,12 +904,11 @@ mod tests {
         let (kv, history, mut forks) = setup();
         applied(&kv, &history, 3);
         snapshot_of(&kv, &history, 2);
-        forks
-            .check_branch(&kv, &history, &their_aad(2, (5, 2, 1)), [3; 8])
-            .expect("check");
+        check(&kv, &history, &mut forks, &their_aad(2, (5, 2, 1)));
         forks.earlier_commit_refused(2, (5, 2, 1));
         let snapshot = history.snapshot(&kv, 2).expect("read").expect("kept");
-        assert!(forks.settled(&snapshot).is_none());
+        forks.settled(&snapshot);
+        assert!(forks.state().awaited_commits.is_empty());
     }
 
     #[test]
@@ -804,16 +982,16 @@ mod tests {
     fn kept_welcomes_are_bounded_tried_newest_first_and_forgotten_when_stale() {
         let (kv, _, forks) = setup();
         // One for the current epoch (5) is never needed.
-        let (now, bytes) = welcome_starting_at(5, 0);
-        forks.keep_welcome(&kv, 5, &now, &bytes).expect("keep");
+        let (_, bytes) = welcome_starting_at(5, 0);
+        forks.keep_welcome(&kv, 5, 5, &bytes).expect("keep");
         assert!(
             ForkMonitor::kept_welcomes(&kv, GROUP)
                 .expect("read")
                 .is_empty()
         );
         for (epoch, tag) in [(6, 1), (7, 2), (8, 3), (9, 4), (10, 5)] {
-            let (payload, bytes) = welcome_starting_at(epoch, tag);
-            forks.keep_welcome(&kv, 5, &payload, &bytes).expect("keep");
+            let (_, bytes) = welcome_starting_at(epoch, tag);
+            forks.keep_welcome(&kv, 5, epoch, &bytes).expect("keep");
         }
         let kept: Vec<u64> = ForkMonitor::kept_welcomes(&kv, GROUP)
             .expect("read")

@@ -53,7 +53,7 @@ use super::{
     input::Input,
     intent::{Intent, IntentKind, PublishedCommit},
     metadata::GroupMetadata,
-    mls::{Built, CreatorLeaf, Mls},
+    mls::{Built, CreatorLeaf, Mls, StagedJoin},
     outbox::{self, Outbox},
     parts::Parts,
     records::{
@@ -178,9 +178,13 @@ impl Group {
     /// against the identity logs at the sequence numbers the group records.
     /// Returns `Ok(None)` if this installation already has the group.
     ///
-    /// A group this installation has but is on a fork of (or was removed
-    /// from) is replaced: its MLS state and everything kept of its branch
-    /// are dropped first, its messages stay.
+    /// A Welcome for a group this installation is a live member of is kept
+    /// for later, unopened (a re-add's commit may remove the leaf in use).
+    /// One for a group it is on a fork of (or was removed from) is taken
+    /// only if it continues that group (see `check_continuity`); any other
+    /// is refused with [`GroupError::NotPermitted`], and the state held is
+    /// untouched. If taken, the old state is replaced: its MLS state and
+    /// everything kept of its branch are dropped first, its messages stay.
     pub fn join<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         provider: &P,
         kv: &S,
@@ -192,17 +196,30 @@ impl Group {
         let welcome = WelcomePayload::from_bytes(payload)
             .map_err(|e| GroupError::InvalidInput(e.to_string()))?;
         let group_id = welcome.group_id.as_slice();
+        let old = Self::load(provider, kv, group_id)?;
+        if let Some(old) = &old
+            && !old.needs_rejoin()
+        {
+            // Kept unopened: opening a Welcome spends the key package it is
+            // for, and it is only needed once a re-add removes the leaf in
+            // use. It is checked like any other when it is used.
+            let starts = welcome
+                .branch
+                .first()
+                .map_or(0, |(left, ..)| left.saturating_add(1));
+            old.parts
+                .forks
+                .keep_welcome(kv, old.epoch(), starts, payload)?;
+            return Ok(None);
+        }
+        let staged = Mls::stage_join(provider, &welcome.welcome, group_id, identities)?;
         let mut replaced = None;
-        if let Some(old) = Self::load(provider, kv, group_id)? {
-            if !old.needs_rejoin() {
-                old.parts
-                    .forks
-                    .keep_welcome(kv, old.epoch(), &welcome, payload)?;
-                return Ok(None);
-            }
+        if let Some(old) = old {
+            old.check_continuity(&staged)?;
             replaced = Some(old.replace(kv)?);
         }
-        let mut mls = Mls::join(provider, &welcome.welcome, group_id, identities)?;
+        let welcomed_by = staged.sender_installation();
+        let mut mls = Mls::finish_join(provider, staged)?;
         let epoch = mls.epoch();
         let store = ClientStore(kv);
         store.put_cursor(&topic(group_id), &welcome.cursor)?;
@@ -220,6 +237,7 @@ impl Group {
             },
         };
         parts.core.joined_at_epoch = epoch;
+        parts.core.welcomed_by = welcomed_by;
         parts.core.last_digest_ms = now_ms;
         parts.core.own_installation = Some(me.keys.id());
         parts.deniable = None;
@@ -235,10 +253,15 @@ impl Group {
                 .events
                 .push_back(GroupEvent::Rejoined { epoch, forked_at });
         }
-        // The branch it joins, for fork detection: without it a joiner of a
-        // committer that was itself on a fork would never learn it.
+        // The branch it joins, as its adder tells it (unauthenticated, and
+        // with no claim keys: it names commits this installation did not
+        // see). It lets a rejoin request name a commit the joiner's adder
+        // applied; it is no evidence of anything.
         for (left, auth, key) in welcome.branch.iter().filter(|(left, ..)| *left < epoch) {
-            joined.parts.history.record_commit(kv, *left, *key, *auth)?;
+            joined
+                .parts
+                .history
+                .record_commit(kv, *left, *key, *auth, None)?;
         }
         joined.register_conversation(kv, me, now_ms)?;
         joined.parts.keep_exporter(provider, kv)?;
@@ -288,6 +311,34 @@ impl Group {
             current.parts.core.joined_at_epoch,
             |payload| Self::join(provider, kv, me, identities, payload, now_ms),
         )
+    }
+
+    /// Whether the staged Welcome `join` continues this group, as held
+    /// here, so that it may replace (or later rejoin) it: the committer was
+    /// a member in the last tree this installation trusted (this state's),
+    /// and the immutable metadata (kind, creator, DM members and mode,
+    /// creation time, legacy id) is unchanged. Anyone can fetch this
+    /// installation's key packages and make a valid Welcome for a group of
+    /// the same id; only a member of this group can continue it.
+    ///
+    /// OpenMLS 0.9 joins a Welcome with an empty resumption-PSK store, so
+    /// a resumption PSK of an earlier epoch cannot be asked for here.
+    fn check_continuity(&self, join: &StagedJoin) -> Result<(), GroupError> {
+        if !self.parts.mls.has_leaf_key(join.sender_key()) {
+            return Err(GroupError::NotPermitted(
+                "a Welcome for a group this installation holds, from an installation that was \
+                 not a member of it: refused"
+                    .into(),
+            ));
+        }
+        if join.metadata().immutable != self.metadata().immutable {
+            return Err(GroupError::NotPermitted(
+                "a Welcome for a group this installation holds, with other immutable metadata \
+                 (creator, kind or DM members): refused"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn assemble(mls: Mls, record: RecordParts, outbox: Option<Outbox>) -> Self {
@@ -849,6 +900,42 @@ impl Group {
         cursor.advance(envelope);
         store.put_cursor(&topic, &cursor)?;
         self.parts.save(kv)
+    }
+
+    /// Give up on `envelope` for good: move the topic's cursor past it and
+    /// report [`GroupEvent::EnvelopeSkipped`] with `reason`. Drivers call it
+    /// when [`Group::handle_envelope`] keeps failing on one envelope for a
+    /// reason that will not go away (a commit whose membership the identity
+    /// logs never reach, say), so that one bad envelope cannot stop the
+    /// group from reading the ones after it. The group's state is not
+    /// touched otherwise.
+    ///
+    /// # Errors
+    /// A store error; an envelope of another topic.
+    pub fn skip_envelope<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        envelope: &Envelope,
+        reason: String,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let topic = topic(self.group_id());
+        if envelope.topic != topic {
+            return Err(GroupError::InvalidInput(format!(
+                "envelope of {} handed to group {}",
+                envelope.topic, topic
+            )));
+        }
+        let mut cursor = store.cursor(&topic)?;
+        if !cursor.is_before(envelope) {
+            return Ok(());
+        }
+        cursor.advance(envelope);
+        store.put_cursor(&topic, &cursor)?;
+        self.parts
+            .events
+            .push_back(GroupEvent::EnvelopeSkipped { reason });
+        Ok(())
     }
 
     /// Re-send the own messages flagged for it (their epoch lost, or they

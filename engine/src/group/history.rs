@@ -36,7 +36,7 @@ use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    aad::{AAD_HISTORY, KithAad},
+    aad::{AAD_HISTORY, BranchClaim, KithAad},
     config::RewindPolicy,
     error::GroupError,
     records::{
@@ -66,10 +66,10 @@ pub(crate) enum PastCommit {
     /// back the branch it was built on: it is retained.
     Kept,
     /// The epoch settled: it cannot be checked any more, and is dropped.
-    /// `earlier` says whether it sorts before the commit applied.
     Settled {
-        /// Whether it sorts before the commit applied for its epoch.
-        earlier: bool,
+        /// If it sorts before the commit applied for its epoch, that
+        /// commit's position.
+        earlier_than: Option<OrderKey>,
     },
 }
 
@@ -340,10 +340,10 @@ impl RewindHistory {
             }
             None => {
                 self.state.stats.dropped_settled += 1;
-                let earlier = self
+                let earlier_than = self
                     .commit_key(kv, entry.epoch)?
-                    .is_some_and(|applied| entry.key < applied);
-                Ok(PastCommit::Settled { earlier })
+                    .filter(|applied| entry.key < *applied);
+                Ok(PastCommit::Settled { earlier_than })
             }
         }
     }
@@ -490,17 +490,34 @@ impl RewindHistory {
     // ----- commit positions --------------------------------------------------
 
     /// Record the commit that left `epoch` (at `key`; `auth` is the
-    /// digest of `epoch`'s authenticator), forgetting the position
-    /// [`COMMIT_HISTORY`] epochs older.
+    /// digest of `epoch`'s authenticator; `claim_key` the epoch's claim
+    /// key, if this installation was a member of it), forgetting the
+    /// position [`COMMIT_HISTORY`] epochs older.
     pub(crate) fn record_commit<S: KvStore + ?Sized>(
         &self,
         kv: &S,
         epoch: u64,
         key: OrderKey,
         auth: [u8; 8],
+        claim_key: Option<&[u8; 32]>,
     ) -> Result<(), GroupError> {
-        self.store(kv)
-            .put_commit_key(&self.group_id, epoch, (key, auth), COMMIT_HISTORY)
+        self.store(kv).put_commit_key(
+            &self.group_id,
+            epoch,
+            (key, auth),
+            claim_key,
+            COMMIT_HISTORY,
+        )
+    }
+
+    /// The claim key of `epoch`, if this installation was a member of it
+    /// and still has it (see [`BranchClaim`]).
+    pub(crate) fn claim_key<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        epoch: u64,
+    ) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, GroupError> {
+        self.store(kv).claim_key(&self.group_id, epoch)
     }
 
     /// The position of the commit that left `epoch` and that epoch's
@@ -550,9 +567,23 @@ impl RewindHistory {
         epoch: u64,
         auth: [u8; 8],
     ) -> Result<KithAad, GroupError> {
+        let mut history = Vec::with_capacity(AAD_HISTORY);
+        for (left, left_auth, key) in self.branch_before(kv, epoch)? {
+            // Epochs before this installation joined: it cannot vouch for
+            // them (and readers could not check an unkeyed claim).
+            if let Some(claim_key) = self.claim_key(kv, left)? {
+                history.push(BranchClaim::new(
+                    &self.group_id,
+                    &claim_key,
+                    left,
+                    left_auth,
+                    key,
+                ));
+            }
+        }
         Ok(KithAad {
             auth_digest: auth,
-            history: self.branch_before(kv, epoch)?,
+            history,
         })
     }
 
@@ -772,7 +803,13 @@ mod tests {
             .keep_snapshot(kv, Some(b"state"), &commit, epoch, [epoch as u8; 8], time)
             .expect("snapshot");
         history
-            .record_commit(kv, epoch, commit.key, [epoch as u8; 8])
+            .record_commit(
+                kv,
+                epoch,
+                commit.key,
+                [epoch as u8; 8],
+                Some(&[epoch as u8; 32]),
+            )
             .expect("position");
         history.retain(kv, &commit).expect("retain");
         commit
@@ -876,7 +913,9 @@ mod tests {
             .expect("settle");
         assert_eq!(
             history.past_commit(&kv, &earlier, true).expect("past"),
-            PastCommit::Settled { earlier: true }
+            PastCommit::Settled {
+                earlier_than: Some((50, 1, 50))
+            }
         );
         assert_eq!(history.stats().dropped_settled, 1);
     }
@@ -935,20 +974,35 @@ mod tests {
         let (kv, history) = history();
         for epoch in 0..10u64 {
             history
-                .record_commit(&kv, epoch, (epoch * 10, 1, epoch), [epoch as u8; 8])
+                .record_commit(
+                    &kv,
+                    epoch,
+                    (epoch * 10, 1, epoch),
+                    [epoch as u8; 8],
+                    // A joiner at epoch 6: no claim keys before it.
+                    (epoch >= 6).then_some(&[epoch as u8; 32]),
+                )
                 .expect("record");
         }
         let branch = history.branch_before(&kv, 10).expect("branch");
         assert_eq!(branch.len(), AAD_HISTORY);
         assert_eq!(branch[0], (9, [9; 8], (90, 1, 9)));
         let aad = history.aad(&kv, 10, [10; 8]).expect("aad");
-        assert_eq!(KithAad::decode(&aad.encode()), Some(aad));
-        // Positions older than the history are forgotten.
+        assert_eq!(KithAad::decode(&aad.encode()), Some(aad.clone()));
+        // Only the epochs it was a member of, each MACed with its key.
+        let epochs: Vec<u64> = aad.history.iter().map(|c| c.epoch).collect();
+        assert_eq!(epochs, [9, 8, 7, 6]);
+        assert!(aad.history[0].verifies(GROUP, &[9; 32]));
+        assert!(!aad.history[0].verifies(GROUP, &[8; 32]));
+        assert!(!aad.history[0].verifies(b"another group", &[9; 32]));
+        // Positions older than the history are forgotten, keys with them.
         history
-            .record_commit(&kv, COMMIT_HISTORY + 1, (0, 1, 0), [0; 8])
+            .record_commit(&kv, COMMIT_HISTORY + 6, (0, 1, 0), [0; 8], None)
             .expect("record");
-        assert_eq!(history.commit_key(&kv, 1).expect("read"), None);
-        assert!(history.commit_key(&kv, 2).expect("read").is_some());
+        assert_eq!(history.commit_key(&kv, 6).expect("read"), None);
+        assert!(history.claim_key(&kv, 6).expect("read").is_none());
+        assert!(history.commit_key(&kv, 7).expect("read").is_some());
+        assert!(history.claim_key(&kv, 7).expect("read").is_some());
     }
 
     #[test]

@@ -207,10 +207,20 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
     /// driver, which fetches a key package for the installation and queues
     /// [`IntentKind::Readd`].
     fn rejoin_requested(&mut self, payload: &[u8]) -> Result<(), GroupError> {
+        if !self.parts.forks.is_forked()
+            && let Some(found) = self.parts.forks.adder_forked(
+                payload,
+                self.parts.core.welcomed_by,
+                self.parts.core.joined_at_epoch,
+            )
+        {
+            return self.parts.flag_fork(self.kv, found, self.now_ms);
+        }
         let membership = Membership {
             roster: self.parts.roster(),
             active: self.parts.mls.is_active(),
             own_installation: self.parts.own_installation(),
+            joined_at_epoch: self.parts.core.joined_at_epoch,
         };
         match self
             .parts
@@ -514,13 +524,18 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
     fn merged(&mut self, entry: &RetainedEnvelope, merge: Merge) -> Result<(), GroupError> {
         let Merge {
             left_auth,
+            left_claim_key,
             summary,
             self_removed,
             ..
         } = merge;
-        self.parts
-            .history
-            .record_commit(self.kv, entry.epoch, entry.key, left_auth)?;
+        self.parts.history.record_commit(
+            self.kv,
+            entry.epoch,
+            entry.key,
+            left_auth,
+            Some(&left_claim_key),
+        )?;
         for (_, installation) in &summary.added {
             let roster = self.parts.roster();
             if let Some(leaf) = roster.leaf_of(installation) {
@@ -658,16 +673,23 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             )),
             // Even if it sorts before the commit applied, it cannot be
             // checked any more (it may be invalid, or of a branch that lost
-            // earlier): members' messages tell whether this installation is
-            // on a fork.
-            PastCommit::Settled { earlier } => self.skip(format!(
-                "a commit for epoch {epoch}, which has settled, was dropped{}",
-                if earlier {
-                    " (it sorts before the one applied)"
-                } else {
-                    ""
+            // earlier). If a member's branch took it (a verified claim in
+            // its messages), this installation is on a fork.
+            PastCommit::Settled { earlier_than } => {
+                self.skip(format!(
+                    "a commit for epoch {epoch}, which has settled, was dropped{}",
+                    if earlier_than.is_some() {
+                        " (it sorts before the one applied)"
+                    } else {
+                        ""
+                    }
+                ));
+                if let Some(applied) = earlier_than
+                    && let Some(found) = self.parts.forks.late_commit(epoch, entry.key, applied)
+                {
+                    self.parts.flag_fork(self.kv, found, self.now_ms)?;
                 }
-            )),
+            }
         }
         Ok(())
     }

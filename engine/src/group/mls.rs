@@ -33,7 +33,7 @@ use openmls::prelude::{
 use openmls_traits::OpenMlsProvider;
 
 use super::{
-    aad::auth_digest,
+    aad::{CLAIM_EXPORTER_LABEL, auth_digest},
     commit_plan::{GroupView, Plan, changed_metadata, plan_commit, proposal_refs},
     error::GroupError,
     identities::IdentityCache,
@@ -171,11 +171,46 @@ pub(crate) struct ValidCommit {
     summary: CommitSummary,
 }
 
+/// A Welcome checked and staged, not joined yet (see [`Mls::stage_join`]):
+/// what it would join, to compare with a state of the same group that this
+/// installation already has before replacing it.
+pub(crate) struct StagedJoin {
+    staged: StagedWelcome,
+    metadata: GroupMetadata,
+    /// The signature key of the leaf that sent the Welcome (its committer).
+    sender_key: Vec<u8>,
+}
+
+impl StagedJoin {
+    /// The metadata of the epoch it joins.
+    pub(crate) fn metadata(&self) -> &GroupMetadata {
+        &self.metadata
+    }
+
+    /// The signature key of the member that sent it (its committer).
+    pub(crate) fn sender_key(&self) -> &[u8] {
+        &self.sender_key
+    }
+
+    /// The installation that sent it, if its leaf names one (not in a
+    /// deniable DM, whose leaves carry pseudonyms).
+    pub(crate) fn sender_installation(&self) -> Option<InstallationId> {
+        let key: [u8; 32] = self.sender_key.as_slice().try_into().ok()?;
+        self.staged
+            .members()
+            .find(|m| m.signature_key.as_slice() == self.sender_key)
+            .and_then(|m| crate::identity::credential_inbox(&m.credential).ok())
+            .map(|_| InstallationId(key))
+    }
+}
+
 /// What a merge changed.
 #[derive(Debug)]
 pub(crate) struct Merge {
     /// Digest of the authenticator of the epoch the commit left.
     pub(crate) left_auth: [u8; 8],
+    /// The claim key of the epoch the commit left (see [`Mls::claim_key`]).
+    pub(crate) left_claim_key: zeroize::Zeroizing<[u8; 32]>,
     /// The references of the proposals it carried.
     pub(crate) included: BTreeSet<Vec<u8>>,
     /// What it changed.
@@ -263,21 +298,25 @@ impl Mls {
         }))
     }
 
-    /// Join `group_id` from a Welcome (a TLS-serialized `MlsMessage`),
-    /// after checking that it is that group's and that its members are
-    /// who the identity logs say.
-    pub(crate) fn join<P: OpenMlsProvider>(
+    /// Check a Welcome and stage it, without joining yet: every leaf
+    /// against the identity logs, its metadata, and that it is for
+    /// `group_id`. Nothing is written; [`Mls::finish_join`] joins.
+    pub(crate) fn stage_join<P: OpenMlsProvider>(
         provider: &P,
         welcome: &[u8],
         group_id: &[u8],
         identities: &IdentityCache,
-    ) -> Result<Self, GroupError> {
+    ) -> Result<StagedJoin, GroupError> {
         let message = MlsMessageIn::tls_deserialize_exact(welcome)
             .map_err(|e| GroupError::InvalidInput(format!("welcome: {e}")))?;
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
             return Err(GroupError::InvalidInput("not a Welcome message".into()));
         };
-        let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+        // Staged beside any state of the same group id this installation
+        // holds: the caller compares the two before it lets one replace the
+        // other (and deletes the old state first).
+        let staged = StagedWelcome::build_from_welcome(provider, &join_config(), welcome)
+            .and_then(|builder| builder.replace_old_group().build())
             .map_err(|e| GroupError::InvalidInput(format!("welcome: {e:?}")))?;
         let metadata = GroupMetadata::from_extensions(staged.group_context().extensions())?;
         if staged.group_context().group_id().as_slice() != group_id {
@@ -286,12 +325,38 @@ impl Mls {
             ));
         }
         check_welcome(&metadata, staged.members().collect(), identities)?;
-        let group = staged.into_group(provider).map_err(GroupError::mls)?;
+        let sender_key = staged
+            .welcome_sender()
+            .map_err(GroupError::mls)?
+            .signature_key()
+            .as_slice()
+            .to_vec();
+        Ok(StagedJoin {
+            staged,
+            metadata,
+            sender_key,
+        })
+    }
+
+    /// Join the group a staged Welcome is for (writing its state into
+    /// OpenMLS's storage, over any state of the same group id).
+    pub(crate) fn finish_join<P: OpenMlsProvider>(
+        provider: &P,
+        join: StagedJoin,
+    ) -> Result<Self, GroupError> {
+        let group = join.staged.into_group(provider).map_err(GroupError::mls)?;
         Ok(Self {
             group,
             ephemeral: None,
-            metadata,
+            metadata: join.metadata,
         })
+    }
+
+    /// Whether a leaf of the current tree has the signature key `key`.
+    pub(crate) fn has_leaf_key(&self, key: &[u8]) -> bool {
+        self.group
+            .members()
+            .any(|member| member.signature_key.as_slice() == key)
     }
 
     /// Give a deniable DM its leaf key (kept in the store).
@@ -585,6 +650,7 @@ impl Mls {
         let ValidCommit { staged, summary } = commit;
         let merge = Merge {
             left_auth: self.auth_digest(),
+            left_claim_key: self.claim_key(provider)?,
             included: proposal_refs(staged.queued_proposals()),
             self_removed: staged.self_removed(),
             summary,
@@ -629,6 +695,7 @@ impl Mls {
     ) -> Result<Merge, GroupError> {
         let merge = Merge {
             left_auth: self.auth_digest(),
+            left_claim_key: self.claim_key(provider)?,
             included: self
                 .group
                 .pending_commit()
@@ -660,6 +727,29 @@ impl Mls {
             )
             .map(zeroize::Zeroizing::new)
             .map_err(GroupError::mls)
+    }
+
+    /// The current epoch's claim key: the exporter secret that MACs claims
+    /// about this epoch's commit in other members' authenticated data
+    /// ([`BranchClaim`](super::aad::BranchClaim)). Only members of the epoch
+    /// can derive it.
+    pub(crate) fn claim_key<P: OpenMlsProvider>(
+        &self,
+        provider: &P,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, GroupError> {
+        let secret = zeroize::Zeroizing::new(
+            self.group
+                .export_secret(provider.crypto(), CLAIM_EXPORTER_LABEL, &[], 32)
+                .map_err(GroupError::mls)?,
+        );
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        if secret.len() != 32 {
+            return Err(GroupError::Mls(
+                "the exporter gave a claim key of the wrong length".into(),
+            ));
+        }
+        key.copy_from_slice(&secret);
+        Ok(key)
     }
 
     /// Capture everything stored for the group (including a pending commit

@@ -185,9 +185,8 @@ impl Parts {
         now_ms: u64,
     ) -> Result<(), GroupError> {
         let settlement = self.history.settle_ring(kv, synced_ms, now_ms)?;
-        let mut forked = None;
         for snapshot in &settlement.settled {
-            forked = self.forks.settled(snapshot).or(forked);
+            self.forks.settled(snapshot);
         }
         let oldest = settlement.oldest_kept.as_ref();
         let horizon = oldest.map_or(self.epoch(), |s| s.epoch);
@@ -199,10 +198,7 @@ impl Parts {
             let stats = self.history.stats();
             self.events.push_back(GroupEvent::Settled { stats });
         }
-        match forked {
-            Some(found) => self.flag_fork(kv, found, now_ms),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Keep the current epoch's binding exporter secret (deniable DMs only),

@@ -191,6 +191,10 @@ pub struct GroupRecord {
     /// The epoch this installation joined at (from a Welcome).
     #[serde(default)]
     pub joined_at_epoch: u64,
+    /// The installation whose Welcome this one joined from (its adder),
+    /// when its leaf names one: the branch it joined is that member's.
+    #[serde(default)]
+    pub welcomed_by: Option<InstallationId>,
     /// This installation. Its leaf names it too, but not once it was
     /// removed (the leaf is blank, or someone else's), and a removed
     /// member must still know its own messages (to fail them if the
@@ -204,6 +208,14 @@ pub struct GroupRecord {
     /// The `written` number of the next own message tracked for re-sending.
     #[serde(default)]
     pub next_written: u64,
+    /// Members' verified claims of an earlier commit for a settled epoch,
+    /// waiting for that commit to arrive (fork evidence needs both).
+    #[serde(default)]
+    pub awaited_commits: Vec<EarlierCommit>,
+    /// Commits that arrived after their epoch settled, sorting before the
+    /// one applied, waiting for a member's claim.
+    #[serde(default)]
+    pub late_commits: Vec<LateCommit>,
     /// In a deniable DM: the bindings and this installation's leaf key.
     #[serde(default)]
     pub deniable: Option<DeniableState>,
@@ -219,6 +231,7 @@ impl GroupRecord {
                 digest_due: self.digest_due,
                 last_digest_ms: self.last_digest_ms,
                 joined_at_epoch: self.joined_at_epoch,
+                welcomed_by: self.welcomed_by,
                 own_installation: self.own_installation,
             },
             outbox: OutboxState {
@@ -233,6 +246,8 @@ impl GroupRecord {
             forks: ForkState {
                 forked: self.forked,
                 earlier_commit: self.earlier_commit,
+                awaited_commits: self.awaited_commits,
+                late_commits: self.late_commits,
             },
             deniable: self.deniable,
         }
@@ -273,9 +288,12 @@ impl RecordParts {
             digest_due: core.digest_due,
             last_digest_ms: core.last_digest_ms,
             joined_at_epoch: core.joined_at_epoch,
+            welcomed_by: core.welcomed_by,
             own_installation: core.own_installation,
             earlier_commit: forks.earlier_commit,
             next_written: history.next_written,
+            awaited_commits: forks.awaited_commits,
+            late_commits: forks.late_commits,
             deniable,
         }
     }
@@ -289,6 +307,7 @@ pub(crate) struct CoreState {
     pub(crate) digest_due: bool,
     pub(crate) last_digest_ms: u64,
     pub(crate) joined_at_epoch: u64,
+    pub(crate) welcomed_by: Option<InstallationId>,
     pub(crate) own_installation: Option<InstallationId>,
 }
 
@@ -320,6 +339,12 @@ pub(crate) struct ForkState {
     /// A member's branch parted from this one by an earlier commit, at an
     /// epoch not settled yet when it was seen.
     pub(crate) earlier_commit: Option<EarlierCommit>,
+    /// Members' verified claims of an earlier commit for a settled epoch,
+    /// waiting for that commit to arrive.
+    pub(crate) awaited_commits: Vec<EarlierCommit>,
+    /// Commits that arrived after their epoch settled, sorting before the
+    /// one applied, waiting for a member's claim.
+    pub(crate) late_commits: Vec<LateCommit>,
 }
 
 // ----- the rewind history's records --------------------------------------
@@ -481,6 +506,18 @@ pub struct EarlierCommit {
     /// The canonical position of the member's commit for it.
     pub key: OrderKey,
 }
+
+/// A commit that arrived after its epoch settled and sorts before the one
+/// applied: it could not be checked, and proves a fork only together with
+/// a member's claim that its branch took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateCommit {
+    /// The epoch it left.
+    pub epoch: u64,
+    /// Its canonical position.
+    pub key: OrderKey,
+}
+
 /// A Welcome that re-adds this installation to a group it is still a
 /// member of: several members may answer one rejoin request, at different
 /// epochs, and the canonical re-add may be one whose Welcome arrives while

@@ -572,27 +572,62 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         self.get(&Self::epoch_key(b'k', group_id, epoch))
     }
 
-    /// Record the commit that left `epoch`, forgetting those `keep` epochs
+    /// Record the commit that left `epoch`, and the claim key of `epoch`
+    /// when this installation was a member of it (for a joiner, the
+    /// epochs before its join have none), forgetting both `keep` epochs
     /// older.
     pub fn put_commit_key(
         &self,
         group_id: &[u8],
         epoch: u64,
         key: (OrderKey, [u8; 8]),
+        claim_key: Option<&[u8; 32]>,
         keep: u64,
     ) -> Result<(), GroupError> {
         self.put(&Self::epoch_key(b'k', group_id, epoch), &key)?;
+        let claim_at = Self::epoch_key(b'f', group_id, epoch);
+        match claim_key {
+            Some(secret) => self.0.kv_put(&claim_at, secret),
+            None => self.0.kv_delete(&claim_at),
+        }
+        .map_err(GroupError::store)?;
         if let Some(old) = epoch.checked_sub(keep) {
-            self.0
-                .kv_delete(&Self::epoch_key(b'k', group_id, old))
-                .map_err(GroupError::store)?;
+            for prefix in [b'k', b'f'] {
+                self.0
+                    .kv_delete(&Self::epoch_key(prefix, group_id, old))
+                    .map_err(GroupError::store)?;
+            }
         }
         Ok(())
     }
 
-    /// Forget every recorded commit position of a group.
+    /// The claim key of `epoch` (the exporter secret that MACs claims
+    /// about its commit), if this installation was a member of it and it
+    /// is still recorded.
+    pub fn claim_key(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+    ) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, GroupError> {
+        let Some(bytes) = self
+            .0
+            .kv_get(&Self::epoch_key(b'f', group_id, epoch))
+            .map_err(GroupError::store)?
+        else {
+            return Ok(None);
+        };
+        let bytes = zeroize::Zeroizing::new(bytes);
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| GroupError::Corrupt("a stored claim key of the wrong length".into()))?;
+        Ok(Some(zeroize::Zeroizing::new(key)))
+    }
+
+    /// Forget every recorded commit position (and claim key) of a group.
     pub fn remove_commit_keys(&self, group_id: &[u8]) -> Result<(), GroupError> {
-        self.remove_prefix(&with_len(b'k', group_id))
+        self.remove_prefix(&with_len(b'k', group_id))?;
+        self.remove_prefix(&with_len(b'f', group_id))
     }
 
     /// Keep a deniable leaf key, under its public key.
