@@ -268,6 +268,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A Welcome was refused because it would have changed a conversation
+    /// this installation holds: from someone who was not a member of it,
+    /// with other immutable metadata, a DM with other members or in
+    /// another mode. Nothing changed; it may be an attack.
+    WelcomeRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {

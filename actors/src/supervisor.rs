@@ -244,6 +244,11 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
             Ok(Err(e @ (GroupError::Store(_) | GroupError::Corrupt(_)))) => {
                 return Err(e.into());
             }
+            Ok(Err(GroupError::NotPermitted(reason))) => {
+                tracing::warn!(%reason, "refusing a Welcome");
+                shared.emit(Event::WelcomeRefused { reason });
+                return Ok(None);
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "skipping a Welcome that cannot be used");
                 return Ok(None);

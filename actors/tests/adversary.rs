@@ -164,3 +164,50 @@ async fn a_strangers_rewritten_fork_claim_forks_nobody() {
         b.epoch_state().await.expect("epoch")
     );
 }
+
+// ----- 3. DM hijack and deniability downgrade -------------------------------
+
+/// Finding 3: Alice and Bob have a deniable DM. A second installation of
+/// Bob's (or a modified client of his) makes a non-repudiable DM with
+/// Alice: same conversation id. Before the fix Alice joined it too, and
+/// her sends went to whichever group had the lowest id, signed with her
+/// installation key if that was the new one. Now the Welcome is refused
+/// with an event, and the DM stays deniable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_cannot_be_moved_to_another_mode() {
+    let net = Net::new();
+    let bob_wallet = wallet();
+    let alice = net.client("alice", &wallet()).await;
+    let bob = net.client("bob", &bob_wallet).await;
+    let dm = alice
+        .find_or_create_dm_with(bob.inbox_id(), kith::DmMode::Deniable)
+        .await
+        .expect("dm");
+    bob.sync().await.expect("sync");
+    let mut alice_events = alice.stream_events();
+
+    let bob_again = net.client("bob-2", &bob_wallet).await;
+    bob_again
+        .find_or_create_dm_with(alice.inbox_id(), kith::DmMode::NonRepudiable)
+        .await
+        .expect("a non-repudiable DM of the same two inboxes");
+    alice.sync().await.expect("sync");
+    let seen = events_within(&mut alice_events, Duration::from_millis(300)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Joined { conversation } if conversation == dm.id())),
+        "Alice does not join the other group: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| matches!(
+            e, Event::WelcomeRefused { reason } if reason.contains("mode")
+        )),
+        "and is told: {seen:?}"
+    );
+    let dm = alice.conversation(dm.id()).await.expect("the DM");
+    assert_eq!(
+        dm.dm_mode().await.expect("mode"),
+        Some(kith::DmMode::Deniable)
+    );
+}

@@ -31,23 +31,47 @@ use crate::identity::{DmMode, InboxId, InstallationId};
 pub(crate) fn register_group<S: KvStore + ?Sized>(
     kv: &S,
     id: &ConversationId,
-    dm_peer: Option<InboxId>,
+    dm: Option<(InboxId, DmMode)>,
     group_id: &[u8],
     now_ms: u64,
 ) -> Result<(), GroupError> {
+    check_dm_mode(kv, id, dm.map(|(_, mode)| mode))?;
     let store = ClientStore(kv);
     let mut record = store.conversation(id)?.unwrap_or(ConversationRecord {
         id: id.clone(),
-        dm_peer,
+        dm_peer: dm.map(|(peer, _)| peer),
         group_ids: Vec::new(),
         created_at_ms: now_ms,
         state: ConversationState::Active,
+        dm_mode: dm.map(|(_, mode)| mode),
     });
     if !record.group_ids.contains(&group_id.to_vec()) {
         record.group_ids.push(group_id.to_vec());
     }
     record.state = ConversationState::Active;
     store.put_conversation(&record)
+}
+
+/// Refuse a group of conversation `id` whose DM mode is `mode` if the
+/// conversation is stored with another: a DM's mode never changes once
+/// the conversation exists, so that neither the peer nor anyone else can
+/// move a deniable DM's sends into a non-repudiable group (which would
+/// sign every later message with the installation key).
+pub(crate) fn check_dm_mode<S: KvStore + ?Sized>(
+    kv: &S,
+    id: &ConversationId,
+    mode: Option<DmMode>,
+) -> Result<(), GroupError> {
+    match ClientStore(kv).conversation(id)? {
+        Some(record) if record.dm_mode.is_some() && record.dm_mode != mode => {
+            Err(GroupError::NotPermitted(format!(
+                "a group of DM {id} in another mode ({mode:?}) than the conversation's \
+                 ({:?}): a DM's mode never changes",
+                record.dm_mode
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// This installation left `group_id` (it was removed): drop the group from
@@ -381,6 +405,15 @@ mod tests {
         let kv = MemoryKvStore::default();
         let id = ConversationId(b"c".to_vec());
         register_group(&kv, &id, None, b"g1", 5).expect("register");
+        // A DM's mode is fixed by its first group.
+        let dm = ConversationId(b"dm".to_vec());
+        let peer = crate::identity::InboxId::from_bytes([7; 20]);
+        register_group(&kv, &dm, Some((peer, DmMode::Deniable)), b"d1", 5).expect("register");
+        assert!(matches!(
+            register_group(&kv, &dm, Some((peer, DmMode::NonRepudiable)), b"d0", 6),
+            Err(GroupError::NotPermitted(_))
+        ));
+        register_group(&kv, &dm, Some((peer, DmMode::Deniable)), b"d2", 7).expect("same mode");
         retire_group(&kv, &id, b"g1").expect("retire");
         let record = ClientStore(&kv)
             .conversation(&id)

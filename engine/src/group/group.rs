@@ -95,6 +95,39 @@ fn conversation_id(metadata: &GroupMetadata, group_id: &[u8]) -> ConversationId 
     }
 }
 
+/// A DM's Welcome must be for a DM of this installation's inbox, with
+/// exactly the two inboxes it names as members (every leaf is checked
+/// against the membership record by the staging), and in the mode of the
+/// conversation if it exists already. Otherwise a stranger could make
+/// "the DM of A and B" with itself as a third member, or the peer could
+/// move the conversation into a non-repudiable group.
+fn check_dm_join<S: KvStore + ?Sized>(
+    kv: &S,
+    join: &StagedJoin,
+    me: InboxId,
+    group_id: &[u8],
+) -> Result<(), GroupError> {
+    let metadata = join.metadata();
+    let Some((a, b)) = metadata.immutable.dm_members else {
+        return Ok(());
+    };
+    if a == b || (me != a && me != b) {
+        return Err(GroupError::NotPermitted(
+            "a DM Welcome for a DM this inbox is not one side of: refused".into(),
+        ));
+    }
+    if metadata.membership.keys().copied().collect::<BTreeSet<_>>() != BTreeSet::from([a, b]) {
+        return Err(GroupError::NotPermitted(
+            "a DM Welcome whose members are not exactly the DM's two inboxes: refused".into(),
+        ));
+    }
+    conversation::check_dm_mode(
+        kv,
+        &conversation_id(metadata, group_id),
+        metadata.immutable.dm_mode,
+    )
+}
+
 /// The topic of group `group_id`.
 fn topic(group_id: &[u8]) -> Topic {
     Topic::Group(group_id.to_vec())
@@ -117,9 +150,20 @@ impl Group {
         identities: &IdentityCache,
         new: NewGroup,
     ) -> Result<Self, GroupError> {
+        let group_id = provider.rand().random_vec(16).map_err(GroupError::mls)?;
+        Self::create_with_id(provider, kv, me, identities, new, group_id)
+    }
+
+    fn create_with_id<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        new: NewGroup,
+        group_id: Vec<u8>,
+    ) -> Result<Self, GroupError> {
         let metadata = new_metadata(&new, me.inbox, identities)?;
         let rand = provider.rand();
-        let group_id = rand.random_vec(16).map_err(GroupError::mls)?;
         let mut deniable = None;
         let leaf = if metadata.immutable.deniable() {
             let seed = zeroize::Zeroizing::new(rand.random_vec(32).map_err(GroupError::mls)?);
@@ -213,6 +257,7 @@ impl Group {
             return Ok(None);
         }
         let staged = Mls::stage_join(provider, &welcome.welcome, group_id, identities)?;
+        check_dm_join(kv, &staged, me.inbox, group_id)?;
         let mut replaced = None;
         if let Some(old) = old {
             old.check_continuity(&staged)?;
@@ -374,14 +419,10 @@ impl Group {
         me: Me<'_>,
         now_ms: u64,
     ) -> Result<(), GroupError> {
-        let dm_peer = self.dm_peer(me.inbox);
-        conversation::register_group(
-            kv,
-            &self.conversation_id(),
-            dm_peer,
-            self.group_id(),
-            now_ms,
-        )
+        let dm = self
+            .dm_peer(me.inbox)
+            .zip(self.metadata().immutable.dm_mode);
+        conversation::register_group(kv, &self.conversation_id(), dm, self.group_id(), now_ms)
     }
 
     // ----- getters -------------------------------------------------------
@@ -1069,6 +1110,22 @@ impl Group {
 
 #[cfg(any(test, feature = "test-suite"))]
 impl Group {
+    /// Test hook: create a group with the id `group_id`, as a client
+    /// altered to copy another group's id would.
+    ///
+    /// # Errors
+    /// As [`Group::create`].
+    pub fn create_with_id_for_tests<P: OpenMlsProvider, S: KvStore + ?Sized>(
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        new: NewGroup,
+        group_id: &[u8],
+    ) -> Result<Self, GroupError> {
+        Self::create_with_id(provider, kv, me, identities, new, group_id.to_vec())
+    }
+
     /// Test hook: this installation's binding exporter secret of the
     /// current epoch, as a member (and so a forger) holds it.
     ///

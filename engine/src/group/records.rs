@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     delivery::{Cursor, Envelope, NodeId, Topic},
-    identity::{InboxId, InstallationId},
+    identity::{DmMode, InboxId, InstallationId},
 };
 
 /// An envelope's place in canonical order: `(time, node, sequence)`.
@@ -78,6 +78,10 @@ pub struct ConversationRecord {
     pub created_at_ms: u64,
     /// Whether this installation is still a member.
     pub state: ConversationState,
+    /// For a DM, its mode, fixed when the conversation was first stored:
+    /// no later group of the conversation may have another.
+    #[serde(default)]
+    pub dm_mode: Option<DmMode>,
 }
 
 impl ConversationRecord {

@@ -51,6 +51,7 @@ pub fn client_store_suite<S: KvStore>(kv: &S) {
         group_ids: vec![vec![1, 2, 3]],
         created_at_ms: 5,
         state: ConversationState::Active,
+        dm_mode: None,
     };
     store.put_conversation(&record).expect("put");
     assert_eq!(store.conversation(&a).expect("get"), Some(record.clone()));

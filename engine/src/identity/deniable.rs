@@ -66,7 +66,9 @@ const BINDING_TAG_DOMAIN: &[u8] = b"kith deniable binding v1";
 const UPLOAD_KEY_INFO: &[u8] = b"kith deniable upload key v1";
 
 /// Whether a DM can be denied (DESIGN.md section 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum DmMode {
     /// Leaves carry pseudonyms and per-conversation keys; identity is bound
     /// by MACs either side could have made. The default for DMs.

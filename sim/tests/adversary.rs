@@ -1,0 +1,172 @@
+//! The adversary suite, engine side: a stranger or a malicious member
+//! attacks a group of honest engines on real sled stores, hand-driven (the
+//! attacker is an engine whose client was altered: it chooses its group id,
+//! or sends what an honest client would not). The public-API half is in
+//! `actors/tests/adversary.rs`; docs/security.md maps both to the threat
+//! model.
+
+use kith_engine::{
+    delivery::Envelope,
+    group::{ConversationKind, Group, GroupError, IntentKind, NewGroup, PolicyPreset},
+    identity::DmMode,
+};
+use kith_sim::{client::StepError, world::World};
+
+const WINDOW: u64 = 0;
+
+/// `attacker` (not a member) makes its own group under the id of the
+/// world's group and adds `victim` with a fresh key package of the
+/// victim's (anyone can fetch one from the node): the Welcome it would
+/// publish to the victim.
+fn strangers_welcome(w: &mut World, attacker: usize, victim: usize, at: u64) -> Vec<u8> {
+    let group_id = w.group_id.clone();
+    let now = w.base + at;
+    {
+        let c = &mut w.clients[attacker];
+        let storage = c.storage();
+        let me = c.me();
+        let group = storage
+            .step(|| {
+                Ok::<_, StepError>(Group::create_with_id_for_tests(
+                    &c.provider,
+                    storage,
+                    me,
+                    &w.identities,
+                    NewGroup {
+                        kind: ConversationKind::Group,
+                        dm_peer: None,
+                        dm_mode: DmMode::NonRepudiable,
+                        attributes: Default::default(),
+                        preset: PolicyPreset::Default,
+                        now_ms: now,
+                    },
+                    &group_id,
+                )?)
+            })
+            .expect("the attacker's group");
+        c.group = Some(group);
+        c.group_id = Some(group_id);
+    }
+    let key_package = fresh_key_package(w, victim);
+    let victim_inbox = w.clients[victim].inbox;
+    w.queue(
+        attacker,
+        IntentKind::AddMembers {
+            key_packages: vec![key_package],
+            sequences: vec![(victim_inbox, 1)],
+        },
+    );
+    w.advance(attacker, at);
+    let commit = w.outbox(attacker).remove(0);
+    let commit = w.env(at, 9, 1, commit.payload);
+    w.handle(attacker, &commit, at);
+    w.advance(attacker, at + 1);
+    w.outbox(attacker)
+        .into_iter()
+        .find(|o| o.topics[0].starts_with("welcome/"))
+        .expect("the attacker's Welcome")
+        .payload
+}
+
+fn fresh_key_package(w: &World, client: usize) -> Vec<u8> {
+    use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+    let c = &w.clients[client];
+    let kp = kith_engine::identity::generate_key_package(
+        &c.provider,
+        &c.keys,
+        c.inbox,
+        w.base / 1000,
+        kith_engine::identity::DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .expect("key package");
+    MlsMessageOut::from(kp)
+        .tls_serialize_detached()
+        .expect("serialize")
+}
+
+/// `remover` removes `removed`; every member applies it.
+fn remove(w: &mut World, remover: usize, removed: usize, at: u64) -> Envelope {
+    let inbox = w.clients[removed].inbox;
+    w.queue(
+        remover,
+        IntentKind::RemoveMembers {
+            inboxes: vec![inbox],
+        },
+    );
+    w.advance(remover, at);
+    let commit = w.outbox(remover).remove(0);
+    let commit = w.env(at, 1, at, commit.payload);
+    for member in 0..3 {
+        w.handle(member, &commit, at + 1);
+    }
+    commit
+}
+
+// ----- 2. any Welcome replaces a forked, removed or live group -------------
+
+/// Finding 2: a stranger makes an MLS group under the id of a group Carol
+/// was removed from, adds her with a key package it fetched, and sends her
+/// the Welcome. Before the fix she "rejoined" the attacker's group under
+/// the old conversation. Now it is refused and her state stays.
+#[test]
+fn a_strangers_welcome_for_a_group_id_held_is_refused() {
+    let mut w = World::new(1, 4, 3, WINDOW);
+    let (alice, carol, stranger) = (0, 2, 3);
+    remove(&mut w, alice, carol, 100);
+    assert!(!w.group(carol).is_active());
+    let conversation = w.group(carol).conversation_id();
+    let before = w.group(carol).epoch();
+
+    let welcome = strangers_welcome(&mut w, stranger, carol, 200);
+    let identities = &w.identities;
+    let refused = w.clients[carol].join(identities, &welcome, w.policy, w.base + 210);
+    assert!(
+        matches!(
+            refused,
+            Err(StepError::Group(GroupError::NotPermitted(ref reason)))
+                if reason.contains("not a member")
+        ),
+        "{refused:?}"
+    );
+    let held = w.group(carol);
+    assert_eq!(held.epoch(), before, "the state held is untouched");
+    assert!(!held.is_active());
+    assert_eq!(held.conversation_id(), conversation);
+
+    // A re-add by a member of the group is still taken.
+    w.clients[carol].key_package = Some(fresh_key_package(&w, carol));
+    w.add(alice, &[carol], 1_000);
+    assert!(w.group(carol).is_active());
+    assert_eq!(w.state(carol), w.state(alice));
+}
+
+/// The same Welcome reaching Carol while she is a live member is kept
+/// unopened (opening it would spend her key package), and refused when
+/// her removal makes the kept Welcomes worth trying.
+#[test]
+fn a_strangers_welcome_kept_while_a_member_is_refused_when_tried() {
+    let mut w = World::new(2, 4, 3, WINDOW);
+    let (alice, carol, stranger) = (0, 2, 3);
+    let welcome = strangers_welcome(&mut w, stranger, carol, 50);
+    let identities = &w.identities;
+    assert!(
+        !w.clients[carol]
+            .join(identities, &welcome, w.policy, w.base + 60)
+            .expect("kept"),
+        "kept, not used"
+    );
+    remove(&mut w, alice, carol, 100);
+    let identities = &w.identities;
+    assert!(
+        !w.clients[carol]
+            .rejoin_deferred(identities, w.policy, w.base + 200)
+            .expect("tried"),
+        "the stranger's Welcome does not bring her back"
+    );
+    assert!(!w.group(carol).is_active());
+    assert_eq!(
+        w.group(carol).metadata().immutable.creator,
+        w.clients[alice].inbox
+    );
+}
