@@ -26,7 +26,8 @@ use std::{
 use common::{Net, group_with, joined, texts, wallet};
 use futures::{Stream, StreamExt as _};
 use kith::{
-    Client, ClientConfig, Conversation, Error, Event, GroupOptions, InboxId, LocalWallet, Node,
+    Client, ClientConfig, Conversation, Error, Event, GroupOptions, InboxId, InstallationId,
+    LocalWallet, Node,
 };
 use kith_engine::{
     delivery::{Cursor, Envelope, Topic},
@@ -54,6 +55,8 @@ struct Tamper {
     double_key_packages: bool,
     /// Ordinary key-package fetches are answered with this instead.
     substitute_key_package: Option<FetchedKeyPackage>,
+    /// Deniable key packages are handed out as this installation's.
+    relabel_deniable: Option<InstallationId>,
     /// The answer for this inbox is left out of identity answers.
     withhold_entry: Option<InboxId>,
     /// Identity answers are filed under each other's inboxes.
@@ -247,8 +250,14 @@ impl DeliveryClient for Liar {
         fetch: DeniableKeyPackageFetch,
     ) -> Result<Vec<FetchedKeyPackage>, ClientError> {
         let mut answer = self.inner.fetch_deniable_key_packages(fetch).await?;
-        if lock(&self.tamper).double_key_packages {
+        let tamper = lock(&self.tamper);
+        if tamper.double_key_packages {
             answer.extend(answer.clone());
+        }
+        if let Some(installation) = tamper.relabel_deniable {
+            for fetched in &mut answer {
+                fetched.installation = installation;
+            }
         }
         Ok(answer)
     }
@@ -546,6 +555,35 @@ async fn a_key_package_of_an_installation_not_asked_for_is_refused_at_fetch() {
     let bob_group = joined(&bob, group.id()).await;
     group.send_text("hi").await.expect("send");
     assert_eq!(texts(&bob_group).await, ["hi"]);
+}
+
+/// A deniable key package cannot be tied to its installation, but the
+/// installation it is handed out for must be in the target's identity log:
+/// one for an installation that does not exist is left out, and a DM is not
+/// made with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deniable_key_package_for_an_unknown_installation_is_left_out() {
+    let net = Net::new();
+    let (aw, cw) = (wallet(), wallet());
+    let liar = Liar::new(&net);
+    let alice = client_via(&net, &liar, "alice", &aw).await;
+    let carol = net.client("carol", &cw).await;
+
+    liar.set(|t| t.relabel_deniable = Some(InstallationId([9; 32])));
+    let refused = alice.find_or_create_dm(cw.inbox_id()).await;
+    let Err(Error::InvalidInput(message)) = &refused else {
+        panic!(
+            "expected no usable deniable package, got {:?}",
+            refused.map(|c| c.id().clone())
+        );
+    };
+    assert!(message.contains("deniable key package"), "{message}");
+    assert!(alice.conversations().await.expect("list").is_empty());
+
+    liar.honest();
+    let dm = alice.find_or_create_dm(cw.inbox_id()).await.expect("DM");
+    let carols = joined(&carol, dm.id()).await;
+    assert_eq!(carols.id(), dm.id());
 }
 
 /// Identity answers must cover every inbox asked for, each under its own
