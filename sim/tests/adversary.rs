@@ -7,7 +7,10 @@
 
 use kith_engine::{
     delivery::Envelope,
-    group::{ConversationKind, Group, GroupError, IntentKind, NewGroup, PolicyPreset},
+    group::{
+        ConversationKind, Group, GroupError, IntentKind, MAX_HELD, MAX_HELD_AHEAD, NewGroup,
+        PolicyPreset,
+    },
     identity::DmMode,
 };
 use kith_sim::{client::StepError, world::World};
@@ -168,5 +171,64 @@ fn a_strangers_welcome_kept_while_a_member_is_refused_when_tried() {
     assert_eq!(
         w.group(carol).metadata().immutable.creator,
         w.clients[alice].inbox
+    );
+}
+
+// ----- 4. poison envelopes: held junk ---------------------------------------
+
+/// `payload` (an application message of the world's group) with the epoch
+/// in its plaintext header set to `epoch`: what a stranger can make of any
+/// message it sees on the topic.
+fn with_epoch(w: &World, payload: &[u8], epoch: u64) -> Vec<u8> {
+    let at = payload
+        .windows(w.group_id.len())
+        .position(|window| window == w.group_id.as_slice())
+        .expect("the group id in the header")
+        + w.group_id.len();
+    let mut out = payload.to_vec();
+    out[at..at + 8].copy_from_slice(&epoch.to_be_bytes());
+    out
+}
+
+/// Finding 4: more than [`MAX_HELD`] junk envelopes claiming future epochs
+/// filled the hold for good, after which a real message of the next epoch
+/// (its commit not there yet) was dropped. Now junk claiming far epochs
+/// gives way to it, and junk too far ahead is not held at all.
+#[test]
+fn junk_of_future_epochs_does_not_push_out_a_real_message() {
+    let mut w = World::new(3, 3, 3, 1_000);
+    let (alice, bob) = (0, 1);
+    w.queue(
+        bob,
+        IntentKind::UpdateAttributes {
+            changes: vec![("name".into(), Some("bob's".into()))],
+        },
+    );
+    w.advance(bob, 100);
+    let commit = w.outbox(bob).remove(0).payload;
+    // Through node 4, which lags behind node 2 at Alice's.
+    let commit = w.env(100, 4, 1, commit);
+    w.handle(bob, &commit, 110);
+    let id = w.send(bob, "after the rename", 120);
+    let message = w.outbox(bob).remove(0).payload;
+    assert_eq!(w.group(alice).epoch(), 1);
+
+    let mut sequence = 100;
+    for (epoch, copies) in [(1 + MAX_HELD_AHEAD, MAX_HELD + 10), (1_000, 10)] {
+        let junk = with_epoch(&w, &message, epoch);
+        for _ in 0..copies {
+            sequence += 1;
+            let e = w.env(130, 3, sequence, junk.clone());
+            w.handle(alice, &e, 130);
+        }
+    }
+    let real = w.env(140, 2, 2, message);
+    w.handle(alice, &real, 140);
+    w.handle(alice, &commit, 150);
+    assert_eq!(w.group(alice).epoch(), 2);
+    assert_eq!(
+        w.delivery(alice, &id),
+        Some(kith_engine::group::Delivery::Published),
+        "the real message of epoch 2 was held and delivered"
     );
 }

@@ -708,6 +708,7 @@ mod tests {
         group::{
             aad::{BranchClaim, KithAad},
             config::RewindPolicy,
+            content::WelcomePayload,
             records::{EpochSnapshot, HistoryState, RetainedEnvelope},
             store::MemoryKvStore,
         },

@@ -54,6 +54,15 @@ pub const COMMIT_HISTORY: u64 = 64;
 /// How many envelopes of future epochs a group holds.
 pub const MAX_HELD: usize = 1024;
 
+/// How many bytes of envelopes of future epochs a group holds.
+pub const MAX_HELD_BYTES: usize = 16 << 20;
+
+/// How far ahead of the group's epoch an envelope may be and still be
+/// held. An honest member is ahead only by the commits this installation
+/// has not received yet; the epoch in a message's header is plaintext,
+/// and anyone can claim any.
+pub const MAX_HELD_AHEAD: u64 = 32;
+
 /// What became of a commit for an epoch the group already left.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PastCommit {
@@ -167,25 +176,60 @@ impl RewindHistory {
         self.store(kv).put_retained(&self.group_id, entry)
     }
 
-    /// Hold an envelope of a future epoch until the group reaches it;
-    /// `false` if [`MAX_HELD`] are held already (it is dropped).
+    /// Hold an envelope of a future epoch (or a commit waiting for its
+    /// proposal) until the group, now in `current`, reaches it;
+    /// `Ok(Err(reason))` if it is dropped instead.
+    ///
+    /// Held envelopes are bounded in count ([`MAX_HELD`]), in bytes
+    /// ([`MAX_HELD_BYTES`]) and in distance ([`MAX_HELD_AHEAD`]), since
+    /// anyone can publish envelopes that claim a future epoch. When full,
+    /// the one furthest ahead goes first (the least likely to be real):
+    /// junk claiming a far epoch cannot push out a real message of the
+    /// next one, and junk claiming the next epoch is released, and
+    /// dropped, as soon as the group gets there.
     pub(crate) fn hold<S: KvStore + ?Sized>(
         &self,
         kv: &S,
         mut entry: RetainedEnvelope,
-    ) -> Result<bool, GroupError> {
+        current: u64,
+    ) -> Result<Result<(), String>, GroupError> {
+        if entry.epoch > current.saturating_add(MAX_HELD_AHEAD) {
+            return Ok(Err(format!(
+                "a message of epoch {}, more than {MAX_HELD_AHEAD} ahead of this group's {current}",
+                entry.epoch
+            )));
+        }
+        if entry.payload.len() > MAX_HELD_BYTES {
+            return Ok(Err("a message of a future epoch too large to hold".into()));
+        }
         let store = self.store(kv);
-        let held = store
+        let mut held: Vec<RetainedEnvelope> = store
             .retained(&self.group_id)?
-            .iter()
+            .into_iter()
             .filter(|e| e.held)
-            .count();
-        if held >= MAX_HELD {
-            return Ok(false);
+            .collect();
+        // Furthest ahead (then latest) last: the first to go.
+        held.sort_by_key(|e| (e.epoch, e.key));
+        let mut bytes: usize = held.iter().map(|e| e.payload.len()).sum();
+        while held.len() >= MAX_HELD || bytes + entry.payload.len() > MAX_HELD_BYTES {
+            let Some(last) = held.last() else {
+                break;
+            };
+            if (last.epoch, last.key) <= (entry.epoch, entry.key) {
+                return Ok(Err(format!(
+                    "a message of future epoch {} (already holding {} envelopes, {bytes} \
+                     bytes, of epochs no further ahead)",
+                    entry.epoch,
+                    held.len()
+                )));
+            }
+            store.remove_retained(&self.group_id, last.arrival)?;
+            bytes -= last.payload.len();
+            held.pop();
         }
         entry.held = true;
         store.put_retained(&self.group_id, &entry)?;
-        Ok(true)
+        Ok(Ok(()))
     }
 
     /// The held envelopes that the group, now in `epoch`, can apply, in
@@ -860,7 +904,7 @@ mod tests {
         let (kv, mut history) = history();
         for (time, epoch) in [(30, 2), (20, 1), (40, 3)] {
             let held = entry(&mut history, time, epoch, &[time as u8]);
-            assert!(history.hold(&kv, held).expect("hold"));
+            assert_eq!(history.hold(&kv, held, 0).expect("hold"), Ok(()));
         }
         let ready = history.ready(&kv, 2).expect("ready");
         let times: Vec<u64> = ready.iter().map(|e| e.key.0).collect();
@@ -873,14 +917,50 @@ mod tests {
     }
 
     #[test]
-    fn no_more_than_max_held_are_held() {
+    fn held_envelopes_are_bounded_and_the_furthest_ahead_go_first() {
         let (kv, mut history) = history();
+        let held = |_: &RewindHistory| {
+            ClientStore(&kv)
+                .retained(GROUP)
+                .expect("read")
+                .into_iter()
+                .filter(|e| e.held)
+                .map(|e| e.epoch)
+                .collect::<Vec<u64>>()
+        };
+        // Junk claiming epochs far ahead fills the count.
         for i in 0..MAX_HELD as u64 {
-            let held = entry(&mut history, i, 5, b"future");
-            assert!(history.hold(&kv, held).expect("hold"));
+            let junk = entry(&mut history, i, 1 + MAX_HELD_AHEAD, b"junk");
+            assert_eq!(history.hold(&kv, junk, 1).expect("hold"), Ok(()));
         }
-        let one_more = entry(&mut history, 9_999, 5, b"future");
-        assert!(!history.hold(&kv, one_more).expect("hold"));
+        // Further still: refused outright.
+        let far = entry(&mut history, 5_000, 2 + MAX_HELD_AHEAD, b"far");
+        assert!(history.hold(&kv, far, 1).expect("hold").is_err());
+        // A real message of the next epoch pushes out one of the junk.
+        let real = entry(&mut history, 6_000, 2, b"real");
+        assert_eq!(history.hold(&kv, real, 1).expect("hold"), Ok(()));
+        let epochs = held(&history);
+        assert_eq!(epochs.len(), MAX_HELD);
+        assert!(epochs.contains(&2));
+        // Once full of envelopes no further ahead than it, one is dropped.
+        let later = entry(&mut history, 7_000, 1 + MAX_HELD_AHEAD, b"later");
+        assert!(history.hold(&kv, later, 1).expect("hold").is_err());
+        // Bytes: one envelope of a third of the budget, three times.
+        let (kv, mut history) = self::history();
+        let big = vec![0u8; MAX_HELD_BYTES / 3 + 1];
+        for (i, epoch) in [(1, 5), (2, 4), (3, 3)] {
+            let e = entry(&mut history, i, epoch, &big);
+            assert_eq!(history.hold(&kv, e, 2).expect("hold"), Ok(()));
+        }
+        let stored: Vec<u64> = ClientStore(&kv)
+            .retained(GROUP)
+            .expect("read")
+            .iter()
+            .filter(|e| e.held)
+            .map(|e| e.epoch)
+            .collect();
+        assert_eq!(stored.len(), 2, "the third pushed out the furthest ahead");
+        assert!(!stored.contains(&5));
     }
 
     #[test]
@@ -929,7 +1009,7 @@ mod tests {
         let proposal_e0 = entry(&mut history, 30, 0, b"p0");
         history.keep(&kv, &proposal_e0).expect("keep");
         let future = entry(&mut history, 80, 3, b"m3");
-        assert!(history.hold(&kv, future).expect("hold"));
+        assert_eq!(history.hold(&kv, future, 0).expect("hold"), Ok(()));
         let first = entry(&mut history, 40, 0, b"earlier");
         history.keep(&kv, &first).expect("keep");
         let snapshot = history.snapshot(&kv, 0).expect("read").expect("kept");

@@ -42,7 +42,7 @@ use super::{
     error::GroupError,
     events::GroupEvent,
     forks::{Membership, RejoinRequest},
-    history::{MAX_HELD, PastCommit, ReplayPlan},
+    history::{PastCommit, ReplayPlan},
     identities::IdentityCache,
     intent::IntentKind,
     mls::{Merge, Received, ValidCommit},
@@ -269,11 +269,9 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
 
     /// Keep an envelope of a future epoch until the group reaches it.
     fn hold(&mut self, entry: RetainedEnvelope) -> Result<(), GroupError> {
-        let epoch = entry.epoch;
-        if !self.parts.history.hold(self.kv, entry)? {
-            self.skip(format!(
-                "a message of future epoch {epoch} (already holding {MAX_HELD})"
-            ));
+        let current = self.parts.epoch();
+        if let Err(reason) = self.parts.history.hold(self.kv, entry, current)? {
+            self.skip(reason);
         }
         Ok(())
     }

@@ -78,7 +78,7 @@ pub use error::GroupError;
 pub use events::GroupEvent;
 pub use forks::RejoinRequest;
 pub use group::{DIGEST_INTERVAL_MS, Group};
-pub use history::{COMMIT_HISTORY, MAX_HELD};
+pub use history::{COMMIT_HISTORY, MAX_HELD, MAX_HELD_AHEAD, MAX_HELD_BYTES};
 pub use identities::IdentityCache;
 pub use intent::{DeniableAdd, Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
@@ -95,3 +95,8 @@ pub use validate::{CommitSummary, MAX_DENIABLE_LEAVES};
 
 #[cfg(any(test, feature = "test-suite"))]
 pub mod test_suite;
+
+// The AAD decoder is crate-private; the fuzz targets reach it through
+// `crate::fuzzing` (feature `fuzzing`, never in normal builds).
+#[cfg(feature = "fuzzing")]
+pub(crate) use aad::KithAad;
