@@ -30,3 +30,9 @@
 pub mod delivery;
 pub mod group;
 pub mod identity;
+
+/// Entry points for the fuzz targets (`fuzz/`) and their corpus replay;
+/// only with the `fuzzing` feature, never in normal builds.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
