@@ -40,6 +40,12 @@ mod sled_open;
 mod snapshot;
 mod storage_provider;
 
+/// Entry points for the fuzz targets (`fuzz/`) and their corpus replay;
+/// only with the `fuzzing` feature, never in normal builds.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use codec::Codec;
 pub use error::StorageError;
 pub use keys::EntryKind;
