@@ -19,3 +19,9 @@ pub mod codec;
 pub mod convert;
 pub mod node;
 pub mod proto;
+
+/// Entry points for the fuzz targets (`fuzz/`) and their corpus replay;
+/// only with the `fuzzing` feature, never in normal builds.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
