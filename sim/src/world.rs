@@ -97,7 +97,15 @@ impl World {
     }
 
     fn with_policy(seed: u64, count: usize, members: usize, policy: GroupConfig) -> Self {
-        let base = wall_clock_ms();
+        Self::at(seed, wall_clock_ms(), count, members, policy)
+    }
+
+    /// As [`World::new`], with the rollback `policy`, but starting at the
+    /// fixed time `base` instead of the real clock: the same seed then
+    /// gives the same bytes on every run (the fuzz harness needs that).
+    /// The clients' key packages live for a century, so the real clock,
+    /// which OpenMLS checks them against, accepts them on any day.
+    pub fn at(seed: u64, base: u64, count: usize, members: usize, policy: GroupConfig) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let (identities, mut clients) = population(&mut rng, count, 1, base).expect("clients");
         let creator = &mut clients[0];
