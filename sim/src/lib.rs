@@ -34,6 +34,11 @@ mod checks;
 pub mod client;
 mod config;
 pub mod crypto;
+/// The fuzz harness of `Group::handle_envelope` and the seeds a real group
+/// gives; only with the `fuzzing` feature, never in normal builds.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod network;
 pub mod oracle;
