@@ -255,6 +255,16 @@ pub(crate) fn fail_sent_since<S: KvStore + ?Sized>(
     Ok(failed)
 }
 
+/// A DM's conversation id comes from its two inboxes, so that every DM
+/// group between them (both sides may create one at once) is shown as one
+/// conversation; a group's is its group id.
+pub(crate) fn conversation_id(metadata: &GroupMetadata, group_id: &[u8]) -> ConversationId {
+    match metadata.immutable.dm_members {
+        Some((a, b)) => super::records::dm_conversation_id(a, b),
+        None => ConversationId(group_id.to_vec()),
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone)]
 pub struct NewGroup {

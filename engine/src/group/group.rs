@@ -35,7 +35,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use openmls::prelude::Credential;
 use openmls_traits::{OpenMlsProvider, random::OpenMlsRand as _};
 use prost::Message as _;
-use sha2::{Digest, Sha256};
 
 use super::{
     bindings::{Bindings, DmVerification},
@@ -51,19 +50,16 @@ use super::{
     history::RewindHistory,
     identities::IdentityCache,
     input::Input,
-    intent::{Intent, IntentKind, PublishedCommit},
+    intent::{Intent, IntentKind},
     metadata::GroupMetadata,
-    mls::{Built, CreatorLeaf, Mls, StagedJoin},
-    outbox::{self, Outbox},
+    mls::{Built, CreatorLeaf, Mls},
+    outbox::Outbox,
     parts::Parts,
-    records::{
-        ConversationId, CoreState, DeniableState, Fork, Outbound, OwnCommit, RecordParts,
-        RewindStats, dm_conversation_id,
-    },
+    records::{ConversationId, CoreState, DeniableState, Fork, Outbound, RecordParts, RewindStats},
     roster::{ReconcilePlan, Roster},
     signer::Me,
     store::{ClientStore, GroupSnapshots, KvStore},
-    validate,
+    validate, welcome as continuity,
 };
 use crate::{
     delivery::{Envelope, Topic},
@@ -79,53 +75,6 @@ pub const DIGEST_INTERVAL_MS: u64 = 60 * 60 * 1000;
 pub struct Group {
     parts: Parts,
     config: GroupConfig,
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// A DM's conversation id comes from its two inboxes, so that every DM
-/// group between them (both sides may create one at once) is shown as one
-/// conversation; a group's is its group id.
-fn conversation_id(metadata: &GroupMetadata, group_id: &[u8]) -> ConversationId {
-    match metadata.immutable.dm_members {
-        Some((a, b)) => dm_conversation_id(a, b),
-        None => ConversationId(group_id.to_vec()),
-    }
-}
-
-/// A DM's Welcome must be for a DM of this installation's inbox, with
-/// exactly the two inboxes it names as members (every leaf is checked
-/// against the membership record by the staging), and in the mode of the
-/// conversation if it exists already. Otherwise a stranger could make
-/// "the DM of A and B" with itself as a third member, or the peer could
-/// move the conversation into a non-repudiable group.
-fn check_dm_join<S: KvStore + ?Sized>(
-    kv: &S,
-    join: &StagedJoin,
-    me: InboxId,
-    group_id: &[u8],
-) -> Result<(), GroupError> {
-    let metadata = join.metadata();
-    let Some((a, b)) = metadata.immutable.dm_members else {
-        return Ok(());
-    };
-    if a == b || (me != a && me != b) {
-        return Err(GroupError::NotPermitted(
-            "a DM Welcome for a DM this inbox is not one side of: refused".into(),
-        ));
-    }
-    if metadata.membership.keys().copied().collect::<BTreeSet<_>>() != BTreeSet::from([a, b]) {
-        return Err(GroupError::NotPermitted(
-            "a DM Welcome whose members are not exactly the DM's two inboxes: refused".into(),
-        ));
-    }
-    conversation::check_dm_mode(
-        kv,
-        &conversation_id(metadata, group_id),
-        metadata.immutable.dm_mode,
-    )
 }
 
 /// The topic of group `group_id`.
@@ -178,7 +127,7 @@ impl Group {
         } else {
             CreatorLeaf::Installation
         };
-        let conversation = conversation_id(&metadata, &group_id);
+        let conversation = conversation::conversation_id(&metadata, &group_id);
         let mls = Mls::create(provider, me, &group_id, metadata, leaf, new.now_ms)?;
         let parts = RecordParts {
             core: CoreState {
@@ -229,6 +178,11 @@ impl Group {
     /// is refused with [`GroupError::NotPermitted`], and the state held is
     /// untouched. If taken, the old state is replaced: its MLS state and
     /// everything kept of its branch are dropped first, its messages stay.
+    ///
+    /// OpenMLS spends the key package a Welcome is for when it opens it,
+    /// before anything in it can be checked: run the join in a storage
+    /// step and discard the step on an error, so that a refused Welcome
+    /// leaves the store as it was (the actors do).
     pub fn join<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         provider: &P,
         kv: &S,
@@ -236,6 +190,18 @@ impl Group {
         identities: &IdentityCache,
         payload: &[u8],
         now_ms: u64,
+    ) -> Result<Option<Self>, GroupError> {
+        Self::join_checked(provider, kv, me, identities, payload, now_ms, true)
+    }
+
+    fn join_checked<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        payload: &[u8],
+        now_ms: u64,
+        check_dm: bool,
     ) -> Result<Option<Self>, GroupError> {
         let welcome = WelcomePayload::from_bytes(payload)
             .map_err(|e| GroupError::InvalidInput(e.to_string()))?;
@@ -257,10 +223,12 @@ impl Group {
             return Ok(None);
         }
         let staged = Mls::stage_join(provider, &welcome.welcome, group_id, identities)?;
-        check_dm_join(kv, &staged, me.inbox, group_id)?;
+        if check_dm {
+            continuity::check_dm_join(kv, &staged, me.inbox, group_id)?;
+        }
         let mut replaced = None;
         if let Some(old) = old {
-            old.check_continuity(&staged)?;
+            continuity::check_continuity(&old.parts.mls, &staged)?;
             replaced = Some(old.replace(kv)?);
         }
         let welcomed_by = staged.sender_installation();
@@ -275,7 +243,7 @@ impl Group {
             }
             None => RecordParts {
                 core: CoreState {
-                    conversation_id: Some(conversation_id(mls.metadata(), group_id)),
+                    conversation_id: Some(conversation::conversation_id(mls.metadata(), group_id)),
                     ..CoreState::default()
                 },
                 ..RecordParts::default()
@@ -356,34 +324,6 @@ impl Group {
             current.parts.core.joined_at_epoch,
             |payload| Self::join(provider, kv, me, identities, payload, now_ms),
         )
-    }
-
-    /// Whether the staged Welcome `join` continues this group, as held
-    /// here, so that it may replace (or later rejoin) it: the committer was
-    /// a member in the last tree this installation trusted (this state's),
-    /// and the immutable metadata (kind, creator, DM members and mode,
-    /// creation time, legacy id) is unchanged. Anyone can fetch this
-    /// installation's key packages and make a valid Welcome for a group of
-    /// the same id; only a member of this group can continue it.
-    ///
-    /// OpenMLS 0.9 joins a Welcome with an empty resumption-PSK store, so
-    /// a resumption PSK of an earlier epoch cannot be asked for here.
-    fn check_continuity(&self, join: &StagedJoin) -> Result<(), GroupError> {
-        if !self.parts.mls.has_leaf_key(join.sender_key()) {
-            return Err(GroupError::NotPermitted(
-                "a Welcome for a group this installation holds, from an installation that was \
-                 not a member of it: refused"
-                    .into(),
-            ));
-        }
-        if join.metadata().immutable != self.metadata().immutable {
-            return Err(GroupError::NotPermitted(
-                "a Welcome for a group this installation holds, with other immutable metadata \
-                 (creator, kind or DM members): refused"
-                    .into(),
-            ));
-        }
-        Ok(())
     }
 
     fn assemble(mls: Mls, record: RecordParts, outbox: Option<Outbox>) -> Self {
@@ -803,7 +743,7 @@ impl Group {
                     .mls
                     .build(provider, me, identities, deniable, &intent.kind, now_ms)
             };
-            if self.built(kv, intent, built, None, now_ms)? {
+            if self.parts.built(kv, intent, built, None, now_ms)? {
                 return Ok(());
             }
         }
@@ -838,72 +778,10 @@ impl Group {
                 self.parts.outbox.regenerate(kv, intent)
             }
             built => self
+                .parts
                 .built(kv, intent, built, Some(reference), now_ms)
                 .map(|_| ()),
         }
-    }
-
-    /// Record what became of `intent` (whose commit, if it is one, carries
-    /// the intent's proposal `proposal_ref`). Returns whether a commit of
-    /// ours is now published: it must come back before the next intent.
-    fn built<S: KvStore + ?Sized>(
-        &mut self,
-        kv: &S,
-        intent: Intent,
-        built: Result<Built, GroupError>,
-        proposal_ref: Option<Vec<u8>>,
-        now_ms: u64,
-    ) -> Result<bool, GroupError> {
-        let topics = [topic(self.group_id())];
-        match built {
-            Ok(Built::Proposed { message, reference }) => {
-                self.parts.outbox.push(kv, &topics, message, None)?;
-                let epoch = self.epoch();
-                self.parts
-                    .outbox
-                    .proposed(kv, intent, epoch, reference, now_ms)?;
-            }
-            Ok(Built::Commit {
-                commit,
-                welcome,
-                welcome_to,
-            }) => {
-                let published = PublishedCommit {
-                    epoch: self.epoch(),
-                    commit_hash: sha256(&commit),
-                    proposal_ref,
-                };
-                let own = OwnCommit {
-                    hash: published.commit_hash,
-                    intent_id: intent.id,
-                    epoch: published.epoch,
-                    auth_digest: self.parts.mls.auth_digest(),
-                    welcome,
-                    welcome_to,
-                    joiner_cursor: ClientStore(kv).cursor(&topics[0])?,
-                };
-                self.parts.history.put_own_commit(kv, &own)?;
-                self.parts.outbox.published(kv, intent, published, commit)?;
-                return Ok(true);
-            }
-            Ok(Built::Leave(proposal)) => {
-                self.parts.outbox.push(kv, &topics, proposal, None)?;
-                self.parts
-                    .outbox
-                    .done(kv, intent.id, &mut self.parts.events)?;
-            }
-            Ok(Built::Done) => self
-                .parts
-                .outbox
-                .done(kv, intent.id, &mut self.parts.events)?,
-            Err(e) => {
-                let (reason, denied) = outbox::failure(e)?;
-                self.parts
-                    .outbox
-                    .fail(kv, intent.id, reason, denied, &mut self.parts.events)?;
-            }
-        }
-        Ok(false)
     }
 
     // ----- inputs --------------------------------------------------------
@@ -959,24 +837,7 @@ impl Group {
         envelope: &Envelope,
         reason: String,
     ) -> Result<(), GroupError> {
-        let store = ClientStore(kv);
-        let topic = topic(self.group_id());
-        if envelope.topic != topic {
-            return Err(GroupError::InvalidInput(format!(
-                "envelope of {} handed to group {}",
-                envelope.topic, topic
-            )));
-        }
-        let mut cursor = store.cursor(&topic)?;
-        if !cursor.is_before(envelope) {
-            return Ok(());
-        }
-        cursor.advance(envelope);
-        store.put_cursor(&topic, &cursor)?;
-        self.parts
-            .events
-            .push_back(GroupEvent::EnvelopeSkipped { reason });
-        Ok(())
+        self.parts.skip_envelope(kv, envelope, reason)
     }
 
     /// Re-send the own messages flagged for it (their epoch lost, or they
@@ -1110,6 +971,22 @@ impl Group {
 
 #[cfg(any(test, feature = "test-suite"))]
 impl Group {
+    /// Test hook: join from a Welcome without the DM checks, as a node or
+    /// stranger that got hold of a Welcome meant for someone else would.
+    ///
+    /// # Errors
+    /// As [`Group::join`].
+    pub fn join_unchecked_for_tests<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
+        provider: &P,
+        kv: &S,
+        me: Me<'_>,
+        identities: &IdentityCache,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Self>, GroupError> {
+        Self::join_checked(provider, kv, me, identities, payload, now_ms, false)
+    }
+
     /// Test hook: create a group with the id `group_id`, as a client
     /// altered to copy another group's id would.
     ///

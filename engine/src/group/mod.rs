@@ -65,6 +65,7 @@ mod roster;
 mod signer;
 pub mod store;
 mod validate;
+mod welcome;
 
 pub use bindings::{BindingView, DmVerification, binding_body, decode_binding};
 pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RewindPolicy};

@@ -23,16 +23,22 @@ use super::{
     events::{Events, GroupEvent},
     forks::{ForkEvidence, ForkMonitor},
     history::RewindHistory,
+    intent::{Intent, PublishedCommit},
     metadata::GroupMetadata,
+    mls::Built,
     mls::{MAX_PAST_EPOCHS, Mls},
-    outbox::Outbox,
-    records::{ConversationId, CoreState, DeniableState, RecordParts},
+    outbox::{self, Outbox},
+    records::{ConversationId, CoreState, DeniableState, OwnCommit, RecordParts},
     roster::{Roster, leaf_identity},
     store::{ClientStore, KvStore},
     validate,
 };
-use crate::identity::{InboxId, InstallationId};
+use crate::{
+    delivery::{Envelope, Topic},
+    identity::{InboxId, InstallationId},
+};
 use openmls_traits::OpenMlsProvider;
+use sha2::{Digest as _, Sha256};
 
 /// The parts of one group. See the module docs.
 #[derive(Debug)]
@@ -218,5 +224,86 @@ impl Parts {
         let keep = MAX_PAST_EPOCHS as u64 + 1;
         let (epoch, auth) = (self.epoch(), self.mls.auth_digest());
         bindings.keep_exporter(kv, epoch, auth, &secret, keep)
+    }
+
+    /// Record what became of `intent` (whose commit, if it is one, carries
+    /// the intent's proposal `proposal_ref`). Returns whether a commit of
+    /// ours is now published: it must come back before the next intent.
+    pub(crate) fn built<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        intent: Intent,
+        built: Result<Built, GroupError>,
+        proposal_ref: Option<Vec<u8>>,
+        now_ms: u64,
+    ) -> Result<bool, GroupError> {
+        let topics = [Topic::Group(self.group_id().to_vec())];
+        match built {
+            Ok(Built::Proposed { message, reference }) => {
+                self.outbox.push(kv, &topics, message, None)?;
+                let epoch = self.epoch();
+                self.outbox.proposed(kv, intent, epoch, reference, now_ms)?;
+            }
+            Ok(Built::Commit {
+                commit,
+                welcome,
+                welcome_to,
+            }) => {
+                let published = PublishedCommit {
+                    epoch: self.epoch(),
+                    commit_hash: Sha256::digest(&commit).into(),
+                    proposal_ref,
+                };
+                let own = OwnCommit {
+                    hash: published.commit_hash,
+                    intent_id: intent.id,
+                    epoch: published.epoch,
+                    auth_digest: self.mls.auth_digest(),
+                    welcome,
+                    welcome_to,
+                    joiner_cursor: ClientStore(kv).cursor(&topics[0])?,
+                };
+                self.history.put_own_commit(kv, &own)?;
+                self.outbox.published(kv, intent, published, commit)?;
+                return Ok(true);
+            }
+            Ok(Built::Leave(proposal)) => {
+                self.outbox.push(kv, &topics, proposal, None)?;
+                self.outbox.done(kv, intent.id, &mut self.events)?;
+            }
+            Ok(Built::Done) => self.outbox.done(kv, intent.id, &mut self.events)?,
+            Err(e) => {
+                let (reason, denied) = outbox::failure(e)?;
+                self.outbox
+                    .fail(kv, intent.id, reason, denied, &mut self.events)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// See [`Group::skip_envelope`](super::Group::skip_envelope).
+    pub(crate) fn skip_envelope<S: KvStore + ?Sized>(
+        &mut self,
+        kv: &S,
+        envelope: &Envelope,
+        reason: String,
+    ) -> Result<(), GroupError> {
+        let store = ClientStore(kv);
+        let topic = Topic::Group(self.group_id().to_vec());
+        if envelope.topic != topic {
+            return Err(GroupError::InvalidInput(format!(
+                "envelope of {} handed to group {}",
+                envelope.topic, topic
+            )));
+        }
+        let mut cursor = store.cursor(&topic)?;
+        if !cursor.is_before(envelope) {
+            return Ok(());
+        }
+        cursor.advance(envelope);
+        store.put_cursor(&topic, &cursor)?;
+        self.events
+            .push_back(GroupEvent::EnvelopeSkipped { reason });
+        Ok(())
     }
 }
