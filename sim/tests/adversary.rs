@@ -47,8 +47,24 @@ fn strangers_welcome(w: &mut World, attacker: usize, victim: usize, at: u64) -> 
                 )?)
             })
             .expect("the attacker's group");
+        let mut group = group;
+        group.set_config(w.policy);
         c.group = Some(group);
         c.group_id = Some(group_id);
+    }
+    // A few epochs of its own first: a Welcome into a later epoch than
+    // the victim's is one the victim keeps for a re-add.
+    for (n, sequence) in (2..5).enumerate() {
+        w.queue(
+            attacker,
+            IntentKind::UpdateAttributes {
+                changes: vec![("name".into(), Some(format!("copy {n}")))],
+            },
+        );
+        w.advance(attacker, at);
+        let commit = w.outbox(attacker).remove(0);
+        let commit = w.env(at, 9, sequence, commit.payload);
+        w.handle(attacker, &commit, at);
     }
     let key_package = fresh_key_package(w, victim);
     let victim_inbox = w.clients[victim].inbox;
@@ -61,7 +77,7 @@ fn strangers_welcome(w: &mut World, attacker: usize, victim: usize, at: u64) -> 
     );
     w.advance(attacker, at);
     let commit = w.outbox(attacker).remove(0);
-    let commit = w.env(at, 9, 1, commit.payload);
+    let commit = w.env(at, 9, 5, commit.payload);
     w.handle(attacker, &commit, at);
     w.advance(attacker, at + 1);
     w.outbox(attacker)
