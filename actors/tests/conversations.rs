@@ -338,6 +338,16 @@ async fn a_removed_member_and_a_non_member_get_clear_errors() {
     bob_group.sync().await.expect("sync");
     let after = bob_group.send_text("am I still here?").await;
     assert!(matches!(after, Err(Error::NotMember)), "{after:?}");
+    // The removal settled at that sync, so Bob's copy of the group's
+    // secrets is gone; the conversation stays, read-only, and still
+    // answers (a sync, its state, its last members, its messages).
+    bob_group.sync().await.expect("a sync of a left group");
+    assert!(!bob_group.is_active().await.expect("state"));
+    let members = bob_group.members().await.expect("its last members");
+    assert!(members.iter().any(|m| m.inbox == aw.inbox_id()));
+    assert!(bob_group.messages().await.is_ok());
+    let again = bob_group.send_text("still not").await;
+    assert!(matches!(again, Err(Error::NotMember)), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,19 @@ fn nothing_stuck(sim: &mut Sim, forked: &BTreeSet<usize>) {
                 "client {index}: outbox not empty after the network settled"
             ));
         }
+        // Removed for good: the group's secrets must be gone (RFC 9420
+        // section 8), not kept beside the messages.
+        if !group.is_active() && !forked.contains(&index) {
+            let id = openmls::prelude::GroupId::from_slice(group.group_id());
+            match client.storage().raw_group_entries(&id) {
+                Ok(entries) if entries.is_empty() => {}
+                Ok(entries) => found.push(format!(
+                    "client {index}: removed, yet {} MLS entries of the group are kept",
+                    entries.len()
+                )),
+                Err(e) => found.push(format!("client {index}: {e}")),
+            }
+        }
     }
     sim.failures.extend(found);
 }

@@ -1430,3 +1430,55 @@ fn a_non_member_cannot_inject_into_a_deniable_dm() {
             .any(|m| m.message_id == after && m.is_verified())
     );
 }
+
+/// An installation that leaves a deniable DM deletes its per-conversation
+/// leaf key along with the group's MLS state, once its removal settled
+/// (issue 18, item 7): the key signed its leaf, and a copy kept after it
+/// left would let whoever takes the device sign as that leaf. The others
+/// go on in the DM.
+#[test]
+fn a_device_that_leaves_a_deniable_dm_deletes_its_leaf_key() {
+    use kith_engine::group::KvStore as _;
+
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let mut identities = IdentityCache::new();
+    let (mut alice_person, mut bob_person) = (Person::new(&mut rng), Person::new(&mut rng));
+    let mut a1 = alice_person.device(&mut rng, &mut identities);
+    let mut a2 = alice_person.device(&mut rng, &mut identities);
+    let mut b1 = bob_person.device(&mut rng, &mut identities);
+    let mut node = Node::default();
+    let packages = vec![b1.deniable_package(&mut rng), a2.deniable_package(&mut rng)];
+    let welcomes = create_dm(&mut node, &mut a1, b1.inbox, packages, &identities);
+    for (device, welcome) in [&mut b1, &mut a2].into_iter().zip(&welcomes) {
+        join(device, welcome, &identities);
+    }
+    node.settle(&mut [&mut a1, &mut a2, &mut b1], &identities);
+    assert_eq!(a2.verification(), Some(DmVerification::Verified));
+    let group_id =
+        openmls::prelude::GroupId::from_slice(a2.group.as_ref().expect("in the DM").group_id());
+    let leaf_keys = |d: &Device| d.kv().kv_scan(b"e").expect("scan").len();
+    assert!(leaf_keys(&a2) > 0, "a2 keeps its leaf key while a member");
+
+    let mut group = a2.group.take().expect("in the DM");
+    group
+        .queue_intent(a2.kv(), IntentKind::Leave)
+        .expect("leave");
+    a2.group = Some(group);
+    node.settle(&mut [&mut a2, &mut a1, &mut b1], &identities);
+
+    let left = a2.group.as_ref().expect("kept, read-only");
+    assert!(!left.is_active(), "{:?}", a2.events);
+    assert_eq!(leaf_keys(&a2), 0, "the leaf key is deleted");
+    assert!(
+        a2.kv()
+            .raw_group_entries(&group_id)
+            .expect("read")
+            .is_empty(),
+        "and the MLS state"
+    );
+    let members = a1.group.as_ref().expect("in the DM").members();
+    assert_eq!(members.get(&a1.inbox).map(|s| s.len()), Some(1));
+    let id = b1.send("still here");
+    node.settle(&mut [&mut a1, &mut b1], &identities);
+    assert!(a1.messages().iter().any(|m| m.message_id == id));
+}

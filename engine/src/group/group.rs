@@ -56,7 +56,7 @@ use super::{
     outbox::Outbox,
     parts::Parts,
     records::{ConversationId, CoreState, DeniableState, Fork, Outbound, RecordParts, RewindStats},
-    roster::{ReconcilePlan, Roster},
+    roster::ReconcilePlan,
     signer::Me,
     store::{ClientStore, GroupSnapshots, KvStore},
     validate, welcome as continuity,
@@ -153,10 +153,14 @@ impl Group {
         kv: &S,
         group_id: &[u8],
     ) -> Result<Option<Self>, GroupError> {
-        let Some(mut mls) = Mls::load(provider, group_id)? else {
-            return Ok(None);
-        };
         let store = ClientStore(kv);
+        let mut mls = match Mls::load(provider, group_id)? {
+            Some(mls) => mls,
+            None => match store.retired_group(group_id)? {
+                Some(retired) => Mls::retired(retired)?,
+                None => return Ok(None),
+            },
+        };
         let parts = store.group_record(group_id)?.into_parts();
         if let Some(state) = &parts.deniable {
             mls.set_leaf_key(store.ephemeral_key(&state.own_leaf_key)?.ok_or_else(|| {
@@ -350,6 +354,7 @@ impl Group {
         RewindHistory::forget(kv, group_id)?;
         Bindings::forget(kv, group_id)?;
         kv.delete_group(group_id).map_err(GroupError::store)?;
+        ClientStore(kv).remove_retired_group(group_id)?;
         Ok((parts, forked_at, leaf_key))
     }
 
@@ -403,15 +408,14 @@ impl Group {
 
     /// The members' installations, by inbox.
     pub fn members(&self) -> BTreeMap<InboxId, BTreeSet<InstallationId>> {
-        self.parts.roster().members()
+        self.parts.members()
     }
 
     /// Each leaf's credential and signature key, as the tree holds them:
     /// all that the tree (and a leaked copy of it) says of who is in the
     /// group. In a deniable DM, pseudonyms and per-conversation keys.
     pub fn leaves(&self) -> Vec<(Credential, Vec<u8>)> {
-        let members = self.parts.mls.group().members();
-        members.map(|m| (m.credential, m.signature_key)).collect()
+        self.parts.mls.leaves()
     }
 
     /// For a DM, the inbox that is not `me`.
@@ -421,12 +425,7 @@ impl Group {
 
     /// The epoch authenticator, equal on every member in the same epoch.
     pub fn epoch_authenticator(&self) -> Vec<u8> {
-        self.parts
-            .mls
-            .group()
-            .epoch_authenticator()
-            .as_slice()
-            .to_vec()
+        self.parts.mls.epoch_authenticator()
     }
 
     /// A short digest of the epoch authenticator: what tells two branches'
@@ -438,7 +437,7 @@ impl Group {
 
     /// This installation's leaf index in the group's tree.
     pub fn own_leaf_index(&self) -> u32 {
-        self.parts.mls.group().own_leaf_index().u32()
+        self.parts.mls.own_leaf_index()
     }
 
     /// When installations were last reconciled, ms since the Unix epoch.
@@ -453,9 +452,10 @@ impl Group {
     /// Empty for a deniable DM: its leaves are added from deniable key
     /// packages ([`IntentKind::AddDeniable`]), not from the logs.
     pub fn reconcile_plan(&self, identities: &IdentityCache) -> ReconcilePlan {
-        self.parts
-            .roster()
-            .reconcile_plan(self.metadata(), identities)
+        self.parts.roster().map_or_else(
+            |_| ReconcilePlan::default(),
+            |roster| roster.reconcile_plan(self.metadata(), identities),
+        )
     }
 
     /// The configuration in force.
@@ -507,7 +507,7 @@ impl Group {
             self.parts
                 .bindings
                 .as_ref()?
-                .verification(self.parts.mls.group().members()),
+                .verification(self.parts.mls.group().ok()?.members()),
         )
     }
 
@@ -680,8 +680,10 @@ impl Group {
     /// Call it after reading the group topic up to the node's head: an
     /// epoch transition settles once `now_ms` is past its commit's time
     /// plus the settle window, on the ground that every envelope sorting
-    /// before it has then been read.
-    pub fn advance<P: OpenMlsProvider, S: KvStore + ?Sized>(
+    /// before it has then been read. Once this installation's removal has
+    /// settled and nothing of its own is left to go out, the group's
+    /// secrets are deleted (the group stays, read-only, with its messages).
+    pub fn advance<P: OpenMlsProvider, S: GroupSnapshots + ?Sized>(
         &mut self,
         provider: &P,
         kv: &S,
@@ -689,6 +691,9 @@ impl Group {
         identities: &IdentityCache,
         now_ms: u64,
     ) -> Result<(), GroupError> {
+        if self.parts.mls.is_retired() {
+            return Ok(());
+        }
         // Bindings first: held messages go out only after them.
         self.verify_bindings(kv, me, identities)?;
         self.send_binding(provider, kv, me, identities, now_ms)?;
@@ -708,6 +713,7 @@ impl Group {
             self.publish_digest(provider, kv, me, now_ms)?;
             self.build_intents(provider, kv, me, identities, now_ms)?;
         }
+        self.parts.retire_if_done(kv, now_ms)?;
         self.parts.save(kv)
     }
 
@@ -736,7 +742,7 @@ impl Group {
             }
             let deniable = self.parts.bindings.as_ref().map(Bindings::state);
             let built = if self.config.proposals.propose_first && intent.kind.is_proposable() {
-                let members = Roster::new(self.parts.mls.group(), deniable).members();
+                let members = self.parts.members();
                 self.parts.mls.propose(provider, me, &intent.kind, &members)
             } else {
                 self.parts
@@ -814,8 +820,11 @@ impl Group {
         if !cursor.is_before(envelope) {
             return Ok(());
         }
-        let entry = self.parts.history.arrive(envelope);
-        Input::new(&mut self.parts, provider, kv, identities, now_ms).run(entry)?;
+        // Without its secrets, a retired group can read nothing.
+        if !self.parts.mls.is_retired() {
+            let entry = self.parts.history.arrive(envelope);
+            Input::new(&mut self.parts, provider, kv, identities, now_ms).run(entry)?;
+        }
         cursor.advance(envelope);
         store.put_cursor(&topic, &cursor)?;
         self.parts.save(kv)

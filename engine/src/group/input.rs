@@ -217,7 +217,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             return self.parts.flag_fork(self.kv, found, self.now_ms);
         }
         let membership = Membership {
-            roster: self.parts.roster(),
+            roster: self.parts.roster()?,
             active: self.parts.mls.is_active(),
             own_installation: self.parts.own_installation(),
             joined_at_epoch: self.parts.core.joined_at_epoch,
@@ -432,7 +432,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
                 // A deniable DM's leaf is someone only once its binding
                 // verified; it is the sender's only if its pseudonym is the
                 // one OpenMLS saw.
-                let leaf_key = match self.parts.roster().deniable_leaf_key(leaf, credential) {
+                let leaf_key = match self.parts.roster()?.deniable_leaf_key(leaf, credential) {
                     Ok(key) => key,
                     Err(reason) => {
                         self.skip(reason.into());
@@ -447,9 +447,9 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
                     .parts
                     .dm_peer(state.own_inbox)
                     .unwrap_or(state.own_inbox);
-                self.parts.roster().deniable_sender(leaf, leaf_key, peer)
+                self.parts.roster()?.deniable_sender(leaf, leaf_key, peer)
             }
-            None => match self.parts.roster().sender(leaf, credential) {
+            None => match self.parts.roster()?.sender(leaf, credential) {
                 Some(sender) => sender,
                 None => {
                     self.skip("an application message with a foreign credential".into());
@@ -535,7 +535,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             Some(&left_claim_key),
         )?;
         for (_, installation) in &summary.added {
-            let roster = self.parts.roster();
+            let roster = self.parts.roster()?;
             if let Some(leaf) = roster.leaf_of(installation) {
                 let key = roster.leaf_encryption_key(leaf);
                 self.parts

@@ -23,12 +23,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openmls::prelude::{
-    Credential, CredentialWithKey, GroupId, LeafNodeIndex, LeafNodeParameters, MlsGroup,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessMessageError, ProcessedMessageContent,
-    ProposalOrRefType, ProtocolMessage, Sender, SenderRatchetConfiguration, StageCommitError,
-    StagedCommit, StagedWelcome,
-    tls_codec::{Deserialize as _, Serialize as _},
+    Credential, CredentialWithKey, Extensions, GroupContext, GroupId, LeafNodeIndex,
+    LeafNodeParameters, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessMessageError,
+    ProcessedMessageContent, ProposalOrRefType, ProtocolMessage, Sender,
+    SenderRatchetConfiguration, StageCommitError, StagedCommit, StagedWelcome,
+    tls_codec::{self, Deserialize as _, Serialize as _},
 };
 use openmls_traits::OpenMlsProvider;
 
@@ -39,7 +39,7 @@ use super::{
     identities::IdentityCache,
     intent::IntentKind,
     metadata::GroupMetadata,
-    records::DeniableState,
+    records::{DeniableState, RetiredGroup, RetiredLeaf},
     roster::Roster,
     signer::{Me, signer},
     store::GroupSnapshots,
@@ -222,10 +222,44 @@ pub(crate) struct Merge {
 /// A group's MLS state. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Mls {
-    group: MlsGroup,
+    state: State,
     /// In a deniable DM, the key this installation's leaf signs with.
     ephemeral: Option<EphemeralKey>,
     metadata: GroupMetadata,
+}
+
+/// The MLS state proper, or what is left of it once this installation is
+/// out of the group for good.
+#[derive(Debug)]
+enum State {
+    /// The group's OpenMLS state.
+    Live(Box<MlsGroup>),
+    /// The group was left for good and its OpenMLS state deleted
+    /// ([`Mls::retire`]): only public facts of its last epoch remain.
+    Retired(Box<Retired>),
+}
+
+/// A retired group's last epoch, as kept.
+#[derive(Debug)]
+struct Retired {
+    record: RetiredGroup,
+    leaves: Vec<(Credential, Vec<u8>)>,
+}
+
+impl State {
+    fn live(&self) -> Result<&MlsGroup, GroupError> {
+        match self {
+            Self::Live(group) => Ok(group),
+            Self::Retired(_) => Err(GroupError::NotMember),
+        }
+    }
+
+    fn live_mut(&mut self) -> Result<&mut MlsGroup, GroupError> {
+        match self {
+            Self::Live(group) => Ok(group),
+            Self::Retired(_) => Err(GroupError::NotMember),
+        }
+    }
 }
 
 impl Mls {
@@ -273,7 +307,7 @@ impl Mls {
             .build(provider, &signer(&ephemeral, me), credential)
             .map_err(GroupError::mls)?;
         Ok(Self {
-            group,
+            state: State::Live(Box::new(group)),
             ephemeral,
             metadata,
         })
@@ -292,7 +326,7 @@ impl Mls {
         };
         let metadata = GroupMetadata::from_extensions(group.extensions())?;
         Ok(Some(Self {
-            group,
+            state: State::Live(Box::new(group)),
             ephemeral: None,
             metadata,
         }))
@@ -346,17 +380,89 @@ impl Mls {
     ) -> Result<Self, GroupError> {
         let group = join.staged.into_group(provider).map_err(GroupError::mls)?;
         Ok(Self {
-            group,
+            state: State::Live(Box::new(group)),
             ephemeral: None,
             metadata: join.metadata,
         })
     }
 
+    /// A group this installation retired (see [`Self::retire`]), as kept.
+    pub(crate) fn retired(record: RetiredGroup) -> Result<Self, GroupError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            GroupError::Corrupt(format!("a retired group's {what}: {e}"))
+        };
+        let extensions = Extensions::<GroupContext>::tls_deserialize_exact(&record.extensions)
+            .map_err(|e| corrupt("extensions", &e))?;
+        let metadata = GroupMetadata::from_extensions(&extensions)?;
+        let leaves = record
+            .leaves
+            .iter()
+            .map(|leaf| {
+                Credential::tls_deserialize_exact(&leaf.credential)
+                    .map(|credential| (credential, leaf.signature_key.clone()))
+                    .map_err(|e| corrupt("leaf credential", &e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            state: State::Retired(Box::new(Retired { record, leaves })),
+            ephemeral: None,
+            metadata,
+        })
+    }
+
+    /// Leave the MLS state for good: the returned record keeps the public
+    /// facts of the last epoch (its tree's leaves, `members`, metadata and
+    /// authenticator) and this state answers from it from now on. The
+    /// caller deletes the OpenMLS state from the store.
+    pub(crate) fn retire(
+        &mut self,
+        members: &BTreeMap<InboxId, BTreeSet<InstallationId>>,
+        now_ms: u64,
+    ) -> Result<RetiredGroup, GroupError> {
+        let group = self.state.live()?;
+        let encode = |e: tls_codec::Error| GroupError::Corrupt(format!("encoding: {e}"));
+        let leaves = group
+            .members()
+            .map(|m| {
+                Ok(RetiredLeaf {
+                    credential: m.credential.tls_serialize_detached().map_err(encode)?,
+                    signature_key: m.signature_key,
+                })
+            })
+            .collect::<Result<_, GroupError>>()?;
+        let record = RetiredGroup {
+            group_id: group.group_id().as_slice().to_vec(),
+            epoch: group.epoch().as_u64(),
+            epoch_authenticator: group.epoch_authenticator().as_slice().to_vec(),
+            extensions: group
+                .extensions()
+                .tls_serialize_detached()
+                .map_err(encode)?,
+            leaves,
+            members: members
+                .iter()
+                .map(|(inbox, set)| (*inbox, set.iter().copied().collect()))
+                .collect(),
+            own_leaf_index: group.own_leaf_index().u32(),
+            retired_at_ms: now_ms,
+        };
+        *self = Self::retired(record.clone())?;
+        Ok(record)
+    }
+
+    /// Whether the MLS state was deleted (see [`Self::retire`]).
+    pub(crate) fn is_retired(&self) -> bool {
+        matches!(self.state, State::Retired(_))
+    }
+
     /// Whether a leaf of the current tree has the signature key `key`.
     pub(crate) fn has_leaf_key(&self, key: &[u8]) -> bool {
-        self.group
-            .members()
-            .any(|member| member.signature_key.as_slice() == key)
+        match &self.state {
+            State::Live(group) => group
+                .members()
+                .any(|member| member.signature_key.as_slice() == key),
+            State::Retired(r) => r.leaves.iter().any(|(_, k)| k.as_slice() == key),
+        }
     }
 
     /// Give a deniable DM its leaf key (kept in the store).
@@ -366,9 +472,52 @@ impl Mls {
 
     // ----- getters -------------------------------------------------------------
 
-    /// The group, to read.
-    pub(crate) fn group(&self) -> &MlsGroup {
-        &self.group
+    /// The group, to read; [`GroupError::NotMember`] once retired.
+    pub(crate) fn group(&self) -> Result<&MlsGroup, GroupError> {
+        self.state.live()
+    }
+
+    /// Each leaf's credential and signature key.
+    pub(crate) fn leaves(&self) -> Vec<(Credential, Vec<u8>)> {
+        match &self.state {
+            State::Live(group) => group
+                .members()
+                .map(|m| (m.credential, m.signature_key))
+                .collect(),
+            State::Retired(r) => r.leaves.clone(),
+        }
+    }
+
+    /// The members' installations, by inbox.
+    pub(crate) fn members(
+        &self,
+        deniable: Option<&DeniableState>,
+    ) -> BTreeMap<InboxId, BTreeSet<InstallationId>> {
+        match &self.state {
+            State::Live(group) => Roster::new(group, deniable).members(),
+            State::Retired(r) => r
+                .record
+                .members
+                .iter()
+                .map(|(inbox, set)| (*inbox, set.iter().copied().collect()))
+                .collect(),
+        }
+    }
+
+    /// This installation's leaf index (its last one, once removed).
+    pub(crate) fn own_leaf_index(&self) -> u32 {
+        match &self.state {
+            State::Live(group) => group.own_leaf_index().u32(),
+            State::Retired(r) => r.record.own_leaf_index,
+        }
+    }
+
+    /// The current epoch's authenticator.
+    pub(crate) fn epoch_authenticator(&self) -> Vec<u8> {
+        match &self.state {
+            State::Live(group) => group.epoch_authenticator().as_slice().to_vec(),
+            State::Retired(r) => r.record.epoch_authenticator.clone(),
+        }
     }
 
     /// The metadata of the current epoch.
@@ -378,44 +527,56 @@ impl Mls {
 
     /// The group id.
     pub(crate) fn group_id(&self) -> &[u8] {
-        self.group.group_id().as_slice()
+        match &self.state {
+            State::Live(group) => group.group_id().as_slice(),
+            State::Retired(r) => &r.record.group_id,
+        }
     }
 
     /// The current epoch.
     pub(crate) fn epoch(&self) -> u64 {
-        self.group.epoch().as_u64()
+        match &self.state {
+            State::Live(group) => group.epoch().as_u64(),
+            State::Retired(r) => r.record.epoch,
+        }
     }
 
     /// The digest of the current epoch's authenticator.
     pub(crate) fn auth_digest(&self) -> [u8; 8] {
-        auth_digest(self.group.epoch_authenticator().as_slice())
+        auth_digest(&self.epoch_authenticator())
     }
 
     /// Whether this installation is a member.
     pub(crate) fn is_active(&self) -> bool {
-        self.group.is_active()
+        self.state.live().is_ok_and(MlsGroup::is_active)
     }
 
     /// Whether proposals wait for a commit (MLS sends no application
     /// message meanwhile).
     pub(crate) fn has_pending_proposals(&self) -> bool {
-        self.group.pending_proposals().next().is_some()
+        self.state
+            .live()
+            .is_ok_and(|g| g.pending_proposals().next().is_some())
     }
 
     /// Whether a commit of ours is staged.
     pub(crate) fn has_pending_commit(&self) -> bool {
-        self.group.pending_commit().is_some()
+        self.state
+            .live()
+            .is_ok_and(|g| g.pending_commit().is_some())
     }
 
     /// The signature key of this installation's leaf.
     pub(crate) fn own_leaf_key(&self) -> Option<[u8; 32]> {
-        self.group
+        self.state
+            .live()
+            .ok()?
             .own_leaf_node()
             .and_then(|leaf| leaf.signature_key().as_slice().try_into().ok())
     }
 
-    fn roster<'a>(&'a self, deniable: Option<&'a DeniableState>) -> Roster<'a> {
-        Roster::new(&self.group, deniable)
+    fn roster<'a>(&'a self, deniable: Option<&'a DeniableState>) -> Result<Roster<'a>, GroupError> {
+        Ok(Roster::new(self.state.live()?, deniable))
     }
 
     // ----- sending -------------------------------------------------------------
@@ -428,9 +589,9 @@ impl Mls {
         aad: Vec<u8>,
         content: &[u8],
     ) -> Result<Vec<u8>, GroupError> {
-        self.group.set_aad(aad);
-        let out = self
-            .group
+        let group = self.state.live_mut()?;
+        group.set_aad(aad);
+        let out = group
             .create_message(provider, &signer(&self.ephemeral, me), content)
             .map_err(GroupError::mls)?;
         serialize(&out)
@@ -448,7 +609,8 @@ impl Mls {
     ) -> Result<Built, GroupError> {
         let signer = signer(&self.ephemeral, me);
         let (message, reference) = if *kind == IntentKind::UpdateKeys {
-            self.group
+            self.state
+                .live_mut()?
                 .propose_self_update(provider, &signer, LeafNodeParameters::default())
                 .map_err(GroupError::mls)?
         } else {
@@ -459,7 +621,8 @@ impl Mls {
             }
             metadata.check_limits()?;
             check_own_metadata_change(&self.metadata, &metadata, me.inbox)?;
-            self.group
+            self.state
+                .live_mut()?
                 .propose_group_context_extensions(provider, metadata.to_extensions(), &signer)
                 .map_err(GroupError::mls)?
         };
@@ -483,15 +646,16 @@ impl Mls {
         now_ms: u64,
     ) -> Result<Built, GroupError> {
         let view = GroupView {
-            mls: &self.group,
-            roster: self.roster(deniable),
+            mls: self.state.live()?,
+            roster: self.roster(deniable)?,
             metadata: &self.metadata,
         };
         let plan = match plan_commit(provider.crypto(), view, me.inbox, identities, kind, now_ms)? {
             Plan::Done => return Ok(Built::Done),
             Plan::Leave => {
                 let proposal = self
-                    .group
+                    .state
+                    .live_mut()?
                     .leave_group(provider, &signer(&self.ephemeral, me))
                     .map_err(GroupError::mls)?;
                 return Ok(Built::Leave(serialize(&proposal)?));
@@ -501,7 +665,8 @@ impl Mls {
         let welcome_to = plan.welcome_to.clone();
         let riders = plan.riders;
         let mut builder = self
-            .group
+            .state
+            .live_mut()?
             .commit_builder()
             .consume_proposal_store(true)
             .force_self_update(plan.force_update)
@@ -527,9 +692,9 @@ impl Mls {
             .map_err(|e| GroupError::InvalidInput(format!("cannot build the commit: {e:?}")))?
             .stage_commit(provider)
             .map_err(GroupError::mls)?;
-        let own_leaf = self.group.own_leaf_index();
-        let verdict = match self.group.pending_commit() {
-            Some(staged) => self.validate(staged, own_leaf, identities, deniable),
+        let group = self.state.live()?;
+        let verdict = match group.pending_commit() {
+            Some(staged) => self.validate(staged, group.own_leaf_index(), identities, deniable),
             None => Err(Verdict::Reject("the staged commit vanished".into())),
         };
         if let Err(verdict) = verdict {
@@ -551,7 +716,8 @@ impl Mls {
         &mut self,
         provider: &P,
     ) -> Result<(), GroupError> {
-        self.group
+        self.state
+            .live_mut()?
             .clear_pending_commit(provider.storage())
             .map_err(GroupError::mls)
     }
@@ -568,7 +734,7 @@ impl Mls {
         identities: &IdentityCache,
         deniable: Option<&DeniableState>,
     ) -> Result<Received, GroupError> {
-        let processed = match self.group.process_message(provider, message) {
+        let processed = match self.state.live_mut()?.process_message(provider, message) {
             Ok(p) => p,
             Err(ProcessMessageError::InvalidCommit(StageCommitError::MissingProposal)) => {
                 return Ok(Received::MissingProposal);
@@ -591,9 +757,10 @@ impl Mls {
                 _ => refused(false, "an application message from a non-member"),
             },
             ProcessedMessageContent::ProposalMessage(proposal) => {
-                match check_proposal(&self.group, &self.metadata, &proposal) {
+                match check_proposal(self.state.live()?, &self.metadata, &proposal) {
                     Ok(leaving) => {
-                        self.group
+                        self.state
+                            .live_mut()?
                             .store_pending_proposal(provider.storage(), *proposal)
                             .map_err(GroupError::mls)?;
                         Received::Proposal { leaving }
@@ -631,8 +798,12 @@ impl Mls {
         identities: &IdentityCache,
         deniable: Option<&DeniableState>,
     ) -> Result<CommitSummary, Verdict> {
+        let group = self
+            .state
+            .live()
+            .map_err(|e| Verdict::Reject(e.to_string()))?;
         validate_staged(
-            &self.group,
+            group,
             &self.metadata,
             deniable,
             staged,
@@ -655,7 +826,8 @@ impl Mls {
             self_removed: staged.self_removed(),
             summary,
         };
-        self.group
+        self.state
+            .live_mut()?
             .merge_staged_commit(provider, staged)
             .map_err(GroupError::mls)?;
         self.metadata = merge.summary.metadata.clone();
@@ -672,9 +844,9 @@ impl Mls {
         identities: &IdentityCache,
         deniable: Option<&DeniableState>,
     ) -> Result<Result<CommitSummary, String>, GroupError> {
-        let own_leaf = self.group.own_leaf_index();
-        let verdict = match self.group.pending_commit() {
-            Some(staged) => self.validate(staged, own_leaf, identities, deniable),
+        let group = self.state.live()?;
+        let verdict = match group.pending_commit() {
+            Some(staged) => self.validate(staged, group.own_leaf_index(), identities, deniable),
             None => Err(Verdict::Reject("no pending commit".into())),
         };
         match verdict {
@@ -697,14 +869,16 @@ impl Mls {
             left_auth: self.auth_digest(),
             left_claim_key: self.claim_key(provider)?,
             included: self
-                .group
+                .state
+                .live()?
                 .pending_commit()
                 .map(|staged| proposal_refs(staged.queued_proposals()))
                 .unwrap_or_default(),
             self_removed: false,
             summary,
         };
-        self.group
+        self.state
+            .live_mut()?
             .merge_pending_commit(provider)
             .map_err(GroupError::mls)?;
         self.metadata = merge.summary.metadata.clone();
@@ -718,7 +892,8 @@ impl Mls {
         &self,
         provider: &P,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, GroupError> {
-        self.group
+        self.state
+            .live()?
             .export_secret(
                 provider.crypto(),
                 BINDING_EXPORTER_LABEL,
@@ -738,7 +913,8 @@ impl Mls {
         provider: &P,
     ) -> Result<zeroize::Zeroizing<[u8; 32]>, GroupError> {
         let secret = zeroize::Zeroizing::new(
-            self.group
+            self.state
+                .live()?
                 .export_secret(provider.crypto(), CLAIM_EXPORTER_LABEL, &[], 32)
                 .map_err(GroupError::mls)?,
         );
@@ -780,13 +956,14 @@ impl Mls {
             .ok_or_else(|| GroupError::Corrupt("the restored group does not load".into()))?;
         // Commits that change neither metadata nor membership (key updates)
         // leave the extensions as they were: decoding them again is wasted.
-        let metadata = if restored.extensions() == self.group.extensions() {
+        let current = self.state.live_mut()?;
+        let metadata = if restored.extensions() == current.extensions() {
             self.metadata.clone()
         } else {
             GroupMetadata::from_extensions(restored.extensions())?
         };
         Ok((
-            std::mem::replace(&mut self.group, restored),
+            std::mem::replace(current, restored),
             std::mem::replace(&mut self.metadata, metadata),
         ))
     }
@@ -794,7 +971,7 @@ impl Mls {
     /// Reinstate a state [`Self::restore`] replaced (the store holds it
     /// again).
     pub(crate) fn put_back(&mut self, (group, metadata): (MlsGroup, GroupMetadata)) {
-        self.group = group;
+        self.state = State::Live(Box::new(group));
         self.metadata = metadata;
     }
 }

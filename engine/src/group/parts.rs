@@ -16,6 +16,8 @@
 //! it), keeping a deniable DM's exporter, and storing the group's record.
 //! Nothing here decides how to route an envelope or build an intent.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::{
     bindings::Bindings,
     conversation,
@@ -30,7 +32,7 @@ use super::{
     outbox::{self, Outbox},
     records::{ConversationId, CoreState, DeniableState, OwnCommit, RecordParts},
     roster::{Roster, leaf_identity},
-    store::{ClientStore, KvStore},
+    store::{ClientStore, GroupSnapshots, KvStore},
     validate,
 };
 use crate::{
@@ -121,16 +123,26 @@ impl Parts {
         self.bindings.as_ref().map(Bindings::state)
     }
 
-    /// Who the leaves are.
-    pub(crate) fn roster(&self) -> Roster<'_> {
-        Roster::new(self.mls.group(), self.deniable())
+    /// Who the leaves are; [`GroupError::NotMember`] once the state is
+    /// retired.
+    pub(crate) fn roster(&self) -> Result<Roster<'_>, GroupError> {
+        Ok(Roster::new(self.mls.group()?, self.deniable()))
+    }
+
+    /// The members' installations, by inbox (the last epoch's, once
+    /// retired).
+    pub(crate) fn members(&self) -> BTreeMap<InboxId, BTreeSet<InstallationId>> {
+        self.mls.members(self.deniable())
     }
 
     /// This installation. Groups stored before the record named it: the
     /// leaf does, while this installation is a member.
     pub(crate) fn own_installation(&self) -> InstallationId {
         self.core.own_installation.unwrap_or_else(|| {
-            leaf_identity(self.mls.group(), self.mls.group().own_leaf_index())
+            self.mls
+                .group()
+                .ok()
+                .and_then(|group| leaf_identity(group, group.own_leaf_index()))
                 .map_or(InstallationId::UNKNOWN, |(_, installation)| installation)
         })
     }
@@ -143,8 +155,12 @@ impl Parts {
     }
 
     fn awaiting_bindings(&self) -> bool {
-        let members = self.mls.group().members();
-        self.bindings.as_ref().is_some_and(|b| b.awaiting(members))
+        let Ok(group) = self.mls.group() else {
+            return false;
+        };
+        self.bindings
+            .as_ref()
+            .is_some_and(|b| b.awaiting(group.members()))
     }
 
     // ----- procedures across parts -------------------------------------------
@@ -205,6 +221,55 @@ impl Parts {
             self.events.push_back(GroupEvent::Settled { stats });
         }
         Ok(())
+    }
+
+    /// Delete the group's secrets for good once this installation is out
+    /// of it and nothing can need them again (RFC 9420 section 8 asks a
+    /// removed member to delete its group secrets, for forward secrecy):
+    /// its removal settled (no snapshot is left, so no rollback can undo
+    /// it), nothing of its own waits to go out or to be re-sent (own
+    /// commits of settled epochs are stale: they are dropped), and it is not
+    /// on a fork (healing one needs the state). Deleted in this step: the
+    /// MLS state, snapshots, retained envelopes, own commits and sends,
+    /// claim keys, binding exporters, kept Welcomes and the deniable leaf
+    /// key. What stays is public
+    /// ([`RetiredGroup`](super::records::RetiredGroup)): enough to show the
+    /// conversation and to check that a later Welcome continues it. The
+    /// messages stay. Returns whether it retired the group.
+    pub(crate) fn retire_if_done<S: GroupSnapshots + ?Sized>(
+        &mut self,
+        kv: &S,
+        now_ms: u64,
+    ) -> Result<bool, GroupError> {
+        if self.mls.is_active() || self.mls.is_retired() || self.forks.is_forked() {
+            return Ok(false);
+        }
+        let group_id = self.group_id().to_vec();
+        let store = ClientStore(kv);
+        let busy = self.history.ring_len(kv)? > 0
+            || self.outbox.pending().next().is_some()
+            || store
+                .intents(&group_id)?
+                .iter()
+                .any(|i| !i.state.is_final())
+            || !store.own_sends(&group_id)?.is_empty();
+        if busy {
+            return Ok(false);
+        }
+        let members = self.members();
+        let retired = self.mls.retire(&members, now_ms)?;
+        let leaf_key = self.bindings.take().map(|b| b.state().own_leaf_key);
+        RewindHistory::forget(kv, &group_id)?;
+        Bindings::forget(kv, &group_id)?;
+        ForkMonitor::forget(kv, &group_id, u64::MAX)?;
+        kv.delete_group(&group_id).map_err(GroupError::store)?;
+        store.put_retired_group(&retired)?;
+        // Saved first: the key is kept while any group record names it.
+        self.save(kv)?;
+        if let Some(key) = leaf_key {
+            store.retire_ephemeral_key(&key)?;
+        }
+        Ok(true)
     }
 
     /// Keep the current epoch's binding exporter secret (deniable DMs only),

@@ -225,6 +225,48 @@ pub struct GroupRecord {
     pub deniable: Option<DeniableState>,
 }
 
+/// What is kept of a group this installation is no longer a member of,
+/// once its removal settled (no rollback can undo it any more): enough to
+/// show the conversation as it was and to check that a later Welcome
+/// continues it, and no secret. The group's MLS state, snapshots,
+/// retained envelopes, claim and exporter secrets and deniable leaf key
+/// are deleted when this is written (RFC 9420 section 8 asks removed
+/// members to delete their group secrets, for forward secrecy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredGroup {
+    /// The MLS group id.
+    #[serde(with = "serde_bytes")]
+    pub group_id: Vec<u8>,
+    /// The last epoch this installation was in.
+    pub epoch: u64,
+    /// That epoch's authenticator (public: members compare it out of band).
+    #[serde(with = "serde_bytes")]
+    pub epoch_authenticator: Vec<u8>,
+    /// That epoch's GroupContext extensions (TLS), which carry the metadata.
+    #[serde(with = "serde_bytes")]
+    pub extensions: Vec<u8>,
+    /// Each leaf of that epoch's tree: its credential (TLS) and signature
+    /// key. A Welcome that continues the group comes from one of them.
+    pub leaves: Vec<RetiredLeaf>,
+    /// The members of that epoch, by inbox.
+    pub members: Vec<(InboxId, Vec<InstallationId>)>,
+    /// This installation's leaf index in that tree.
+    pub own_leaf_index: u32,
+    /// When the state was deleted, ms since the Unix epoch.
+    pub retired_at_ms: u64,
+}
+
+/// One leaf of a [`RetiredGroup`]'s last tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredLeaf {
+    /// The leaf's credential, TLS-encoded.
+    #[serde(with = "serde_bytes")]
+    pub credential: Vec<u8>,
+    /// The leaf's signature key.
+    #[serde(with = "serde_bytes")]
+    pub signature_key: Vec<u8>,
+}
+
 impl GroupRecord {
     /// Split the record by the part of the engine that owns each field.
     pub(crate) fn into_parts(self) -> RecordParts {

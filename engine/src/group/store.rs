@@ -23,10 +23,12 @@
 //!  'p' group id | commit hash       -> OwnCommit           (own commits of unsettled epochs)
 //!  'u' group id | message id        -> OwnSend             (own messages of unsettled epochs)
 //!  'k' group id | epoch             -> (order key of the commit that left it, its digest)
+//!  'f' group id | epoch             -> branch claim key    (secret; MACs claims of that epoch)
 //!  'a' group id | installation      -> LeafAdded           (when its leaf was last added)
 //!  'w' group id | payload hash      -> DeferredWelcome     (a re-add Welcome not needed yet)
 //!  'e' leaf key                      -> ephemeral key seed  (secret; deniable DMs' leaf keys)
 //!  'b' group id | epoch             -> binding exporter secret (secret; deniable DMs)
+//!  'R' group id                     -> RetiredGroup        (a group left for good; no secret)
 //! ```
 //! Variable-length ids are length-prefixed so that one id is never a prefix
 //! of another's keys.
@@ -40,7 +42,7 @@ use super::{
     intent::Intent,
     records::{
         ConversationId, ConversationRecord, DeferredWelcome, EpochSnapshot, GroupRecord, LeafAdded,
-        OrderKey, Outbound, OwnCommit, OwnSend, RetainedEnvelope, StoredMessage,
+        OrderKey, Outbound, OwnCommit, OwnSend, RetainedEnvelope, RetiredGroup, StoredMessage,
     },
 };
 use crate::{
@@ -307,6 +309,30 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
             return Ok(());
         }
         self.0.kv_put(&key, &bytes).map_err(GroupError::store)
+    }
+
+    /// Delete a group's bookkeeping (its state was deleted).
+    pub fn remove_group_record(&self, group_id: &[u8]) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&with_len(b'g', group_id))
+            .map_err(GroupError::store)
+    }
+
+    /// What is kept of a group this installation is no longer in.
+    pub fn retired_group(&self, group_id: &[u8]) -> Result<Option<RetiredGroup>, GroupError> {
+        self.get(&with_len(b'R', group_id))
+    }
+
+    /// Store what is kept of a group this installation is no longer in.
+    pub fn put_retired_group(&self, retired: &RetiredGroup) -> Result<(), GroupError> {
+        self.put(&with_len(b'R', &retired.group_id), retired)
+    }
+
+    /// Forget a retired group (this installation joined it again).
+    pub fn remove_retired_group(&self, group_id: &[u8]) -> Result<(), GroupError> {
+        self.0
+            .kv_delete(&with_len(b'R', group_id))
+            .map_err(GroupError::store)
     }
 
     fn intent_key(group_id: &[u8], id: u64) -> Vec<u8> {
