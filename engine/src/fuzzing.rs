@@ -352,6 +352,14 @@ pub fn client_record(data: &[u8]) -> bool {
             |s| s.cursor(&topic).map(Some),
         );
     }
+    if let Ok(Some(retired)) = store.retired_group(group) {
+        decoded = true;
+        stored_again(
+            &retired,
+            |s| s.put_retired_group(&retired),
+            |s| s.retired_group(&retired.group_id),
+        );
+    }
     if let Ok(record) = store.group_record(group) {
         decoded = true;
         stored_again(

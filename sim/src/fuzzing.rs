@@ -323,6 +323,12 @@ fn run_scenarios() -> Published {
         },
     );
     let removal = publish(&mut world, 0, 35_000).remove(0);
+    // The member under test applies its removal; once it settled, its
+    // store keeps the retired group's public record instead of the state.
+    let removal_envelope = world.env(35_000, 1, 12, removal.clone());
+    world.handle(RECEIVER, &removal_envelope, 35_000);
+    world.advance(RECEIVER, 35_000 + WINDOW_MS);
+    out.records.extend(records(&world, RECEIVER));
     let mut world = self::world();
     if let Some(group) = world.clients[2].group.as_mut() {
         let mut config = policy();
