@@ -6,7 +6,8 @@
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        ClientStore, ConversationKind, Group, IdentityCache, IntentKind, Me, NewGroup, PolicyPreset,
+        ClientStore, ConversationKind, Group, GroupSnapshots, IdentityCache, IntentKind, Me,
+        NewGroup, PolicyPreset,
     },
     identity::{
         DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
@@ -253,6 +254,34 @@ impl kith_engine::group::KvStore for CountingKv<'_> {
 
     fn kv_scan(&self, prefix: &[u8]) -> Result<kith_engine::group::KvEntries, Self::Error> {
         self.inner.kv_scan(prefix)
+    }
+}
+
+/// Whole-group operations write too: counted like the rest.
+impl GroupSnapshots for CountingKv<'_> {
+    type Savepoint = kith_storage::GroupSavepoint;
+
+    fn snapshot_group(&self, group_id: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Self::Error> {
+        GroupSnapshots::snapshot_group(self.inner, group_id)
+    }
+
+    fn restore_group(&self, group_id: &[u8], snapshot: &[u8]) -> Result<(), Self::Error> {
+        self.writes.set(self.writes.get() + 1);
+        GroupSnapshots::restore_group(self.inner, group_id, snapshot)
+    }
+
+    fn delete_group(&self, group_id: &[u8]) -> Result<(), Self::Error> {
+        self.writes.set(self.writes.get() + 1);
+        GroupSnapshots::delete_group(self.inner, group_id)
+    }
+
+    fn savepoint_group(&self, group_id: &[u8]) -> Result<Option<Self::Savepoint>, Self::Error> {
+        GroupSnapshots::savepoint_group(self.inner, group_id)
+    }
+
+    fn rollback_group_to(&self, savepoint: Self::Savepoint) -> Result<(), Self::Error> {
+        self.writes.set(self.writes.get() + 1);
+        GroupSnapshots::rollback_group_to(self.inner, savepoint)
     }
 }
 
