@@ -103,6 +103,7 @@ fn bench_config() -> NodeConfig {
             fetch_per_target: open,
             ..NodeLimits::default()
         },
+        ..NodeConfig::new(1)
     }
 }
 

@@ -345,6 +345,7 @@ pub fn unlimited_local_node(dir: &std::path::Path) -> kith::LocalNode<kith_stora
             fetch_per_target: unlimited,
             ..NodeLimits::default()
         },
+        ..NodeConfig::new(1)
     };
     let store = kith_storage::SledNodeStore::open(dir.join("node")).expect("node store");
     kith::LocalNode::new(std::sync::Arc::new(NodeLogic::new(config, store)))

@@ -3,15 +3,23 @@
 //! One tree, keys by kind:
 //!
 //! ```text
+//! 'v'                                                     -> schema version u32 (2)
 //! 'h' | originator u32                                   -> last sequence u64 | last time u64
-//! 'e' | u16 len | topic key | originator u32 | seq u64   -> time u64 | payload
+//! 'e' | u16 len | topic key | originator u32 | seq u64   -> time u64 | seal len u16 | seal | payload
+//! 'o' | originator u32 | seq u64                          -> topic key (the by-originator index)
 //! 'i' | inbox (20) | sequence u64                         -> identity update bytes
 //! 'k' | installation (32) | counter u64                   -> one-time key package
 //! 'c' | installation (32)                                 -> next counter u64
 //! 'l' | installation (32)                                 -> last-resort key package
 //! 'K', 'C', 'L'                                           -> the same, deniable pool
 //! 's'                                                     -> the node's X25519 secret
+//! 'n'                                                     -> the seed of the node's Ed25519 key
 //! ```
+//!
+//! Version 1 (no `'v'` key) kept `time | payload` and had no `'o'` index;
+//! [`SledNodeStore::open`] rewrites such a store to version 2 in one
+//! batch, with empty seals, which the node fills when it serves its own
+//! envelopes.
 //!
 //! Writers take one lock (sequence ids and pool counters are
 //! read-modify-write), apply one sled batch, and flush before returning:
@@ -25,8 +33,8 @@ use std::{
 
 use kith_engine::{
     delivery::{
-        Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, SequencedUpdates, StoredKeyPackage,
-        Topic,
+        Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, Replicated, SealedEnvelope, Sealer,
+        SequencedUpdates, StoredKeyPackage, Topic,
     },
     identity::{InboxId, InstallationId},
 };
@@ -48,11 +56,44 @@ impl SledNodeStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let db = crate::sled_open::open_db(&sled::Config::new().path(path.as_ref()))?;
         let tree = db.open_tree(NODE_TREE)?;
-        Ok(Self {
+        let store = Self {
             db,
             tree,
             write_lock: Mutex::new(()),
-        })
+        };
+        store.upgrade()?;
+        Ok(store)
+    }
+
+    /// Bring a store of an earlier schema to [`SCHEMA_VERSION`], in one
+    /// batch: a crash during it leaves the old store as it was.
+    fn upgrade(&self) -> Result<(), StorageError> {
+        let _guard = self.lock();
+        match self.tree.get(SCHEMA_KEY)? {
+            Some(version) if version.as_ref() == SCHEMA_VERSION.to_be_bytes() => return Ok(()),
+            Some(version) => {
+                return Err(StorageError::corrupt(format!(
+                    "the node store has schema version {version:?}; this kith-node reads \
+                     version {SCHEMA_VERSION}: run the kith-node that wrote it"
+                )));
+            }
+            None => {}
+        }
+        let mut batch = sled::Batch::default();
+        for entry in self.tree.scan_prefix(b"e") {
+            let (key, value) = entry?;
+            let (topic_key, originator, sequence) = split_envelope_key(&key)?;
+            if value.len() < 8 {
+                return Err(StorageError::corrupt("envelope value"));
+            }
+            batch.insert(
+                key.clone(),
+                envelope_value(be_u64(&value[..8])?, &[], &value[8..])?,
+            );
+            batch.insert(originated_key(originator, sequence), topic_key);
+        }
+        batch.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes());
+        self.commit(batch)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -61,6 +102,54 @@ impl SledNodeStore {
         self.write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last sequence id and time stored for `originator` ((0, 0) for
+    /// none).
+    fn head(&self, originator: NodeId) -> Result<(u64, u64), StorageError> {
+        match self.tree.get(keyed(b'h', &originator.to_be_bytes()))? {
+            None => Ok((0, 0)),
+            Some(head) if head.len() == 16 => Ok((be_u64(&head[..8])?, be_u64(&head[8..])?)),
+            Some(_) => Err(StorageError::corrupt("originator head")),
+        }
+    }
+
+    /// The 32 bytes stored under `key`, or `fresh`, stored, when there are
+    /// none yet.
+    fn set_once(
+        &self,
+        key: &[u8],
+        fresh: [u8; 32],
+        corrupt: &'static str,
+    ) -> Result<[u8; 32], StorageError> {
+        let _guard = self.lock();
+        if let Some(stored) = self.tree.get(key)? {
+            return stored
+                .as_ref()
+                .try_into()
+                .map_err(|_| StorageError::corrupt(corrupt));
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(key, &fresh);
+        self.commit(batch)?;
+        Ok(fresh)
+    }
+
+    /// Add an envelope and its by-originator index entry to `writes`.
+    fn write_envelope(
+        &self,
+        writes: &mut sled::Batch,
+        sealed: &SealedEnvelope,
+    ) -> Result<(), StorageError> {
+        let envelope = &sealed.envelope;
+        let prefix = topic_prefix(&envelope.topic)?;
+        let (originator, sequence) = (envelope.originator_node_id, envelope.originator_sequence_id);
+        writes.insert(
+            envelope_key(&prefix, originator, sequence),
+            envelope_value(envelope.originator_time_ms, &sealed.seal, &envelope.payload)?,
+        );
+        writes.insert(originated_key(originator, sequence), &prefix[3..]);
+        Ok(())
     }
 
     fn commit(&self, batch: sled::Batch) -> Result<(), StorageError> {
@@ -78,6 +167,75 @@ fn topic_prefix(topic: &Topic) -> Result<Vec<u8>, StorageError> {
     prefix.extend_from_slice(&len.to_be_bytes());
     prefix.extend_from_slice(&key);
     Ok(prefix)
+}
+
+const SCHEMA_KEY: &[u8] = b"v";
+const SCHEMA_VERSION: u32 = 2;
+
+/// `'o' | originator | sequence`: the by-originator index of an envelope.
+fn originated_key(originator: NodeId, sequence: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(13);
+    key.push(b'o');
+    key.extend_from_slice(&originator.to_be_bytes());
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// The parts of an `'e'` key: the topic key, the originator, the sequence.
+fn split_envelope_key(key: &[u8]) -> Result<(&[u8], NodeId, u64), StorageError> {
+    let corrupt = || StorageError::corrupt("envelope key");
+    let len = key.get(1..3).ok_or_else(corrupt)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let topic_key = key.get(3..3 + len).ok_or_else(corrupt)?;
+    let rest = key.get(3 + len..).ok_or_else(corrupt)?;
+    if rest.len() != 12 {
+        return Err(corrupt());
+    }
+    let originator = NodeId::from_be_bytes(rest[..4].try_into().map_err(|_| corrupt())?);
+    Ok((topic_key, originator, be_u64(&rest[4..])?))
+}
+
+/// `time | seal len | seal | payload`.
+fn envelope_value(time: u64, seal: &[u8], payload: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let seal_len =
+        u16::try_from(seal.len()).map_err(|_| StorageError::corrupt("a seal over 64 KiB"))?;
+    let mut value = Vec::with_capacity(10 + seal.len() + payload.len());
+    value.extend_from_slice(&time.to_be_bytes());
+    value.extend_from_slice(&seal_len.to_be_bytes());
+    value.extend_from_slice(seal);
+    value.extend_from_slice(payload);
+    Ok(value)
+}
+
+/// Read an envelope back from its key parts and stored value.
+fn read_envelope(
+    topic: Topic,
+    originator: NodeId,
+    sequence: u64,
+    value: &[u8],
+) -> Result<SealedEnvelope, StorageError> {
+    let corrupt = || StorageError::corrupt("envelope value");
+    let time = be_u64(value.get(..8).ok_or_else(corrupt)?)?;
+    let seal_len = value.get(8..10).ok_or_else(corrupt)?;
+    let seal_end = 10 + usize::from(u16::from_be_bytes([seal_len[0], seal_len[1]]));
+    let seal = value.get(10..seal_end).ok_or_else(corrupt)?;
+    Ok(SealedEnvelope {
+        envelope: Envelope {
+            topic,
+            payload: value[seal_end..].to_vec(),
+            originator_node_id: originator,
+            originator_sequence_id: sequence,
+            originator_time_ms: time,
+        },
+        seal: seal.to_vec(),
+    })
+}
+
+fn head_value(sequence: u64, time: u64) -> Vec<u8> {
+    let mut head = Vec::with_capacity(16);
+    head.extend_from_slice(&sequence.to_be_bytes());
+    head.extend_from_slice(&time.to_be_bytes());
+    head
 }
 
 fn envelope_key(prefix: &[u8], originator: NodeId, sequence: u64) -> Vec<u8> {
@@ -111,6 +269,7 @@ fn pool_kinds(pool: KeyPackagePool) -> (u8, u8, u8) {
 }
 
 const NODE_SECRET_KEY: &[u8] = b"s";
+const NODE_SIGNING_SEED_KEY: &[u8] = b"n";
 
 impl NodeStore for SledNodeStore {
     type Error = StorageError;
@@ -120,41 +279,36 @@ impl NodeStore for SledNodeStore {
         originator: NodeId,
         batch: Vec<(Topic, Vec<u8>)>,
         now_ms: u64,
-    ) -> Result<Vec<Envelope>, StorageError> {
+        seal: Sealer<'_>,
+    ) -> Result<Vec<SealedEnvelope>, StorageError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let _guard = self.lock();
-        let head_key = keyed(b'h', &originator.to_be_bytes());
-        let (mut sequence, last_time) = match self.tree.get(&head_key)? {
-            None => (0, 0),
-            Some(head) if head.len() == 16 => (be_u64(&head[..8])?, be_u64(&head[8..])?),
-            Some(_) => return Err(StorageError::corrupt("originator head")),
-        };
+        let (mut sequence, last_time) = self.head(originator)?;
         let time = now_ms.max(last_time);
         let mut writes = sled::Batch::default();
         let mut stored = Vec::with_capacity(batch.len());
         for (topic, payload) in batch {
             sequence += 1;
-            let mut value = Vec::with_capacity(8 + payload.len());
-            value.extend_from_slice(&time.to_be_bytes());
-            value.extend_from_slice(&payload);
-            writes.insert(
-                envelope_key(&topic_prefix(&topic)?, originator, sequence),
-                value,
-            );
-            stored.push(Envelope {
+            let envelope = Envelope {
                 topic,
                 payload,
                 originator_node_id: originator,
                 originator_sequence_id: sequence,
                 originator_time_ms: time,
-            });
+            };
+            let sealed = SealedEnvelope {
+                seal: seal(&envelope),
+                envelope,
+            };
+            self.write_envelope(&mut writes, &sealed)?;
+            stored.push(sealed);
         }
-        let mut head = Vec::with_capacity(16);
-        head.extend_from_slice(&sequence.to_be_bytes());
-        head.extend_from_slice(&time.to_be_bytes());
-        writes.insert(head_key, head);
+        writes.insert(
+            keyed(b'h', &originator.to_be_bytes()),
+            head_value(sequence, time),
+        );
         self.commit(writes)?;
         Ok(stored)
     }
@@ -164,7 +318,7 @@ impl NodeStore for SledNodeStore {
         topic: &Topic,
         cursor: &Cursor,
         limit: usize,
-    ) -> Result<Vec<Envelope>, StorageError> {
+    ) -> Result<Vec<SealedEnvelope>, StorageError> {
         let prefix = topic_prefix(topic)?;
         let mut found = Vec::new();
         // Visit each originator of the topic: seek to its first key, scan
@@ -179,10 +333,7 @@ impl NodeStore for SledNodeStore {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let originator_bytes: [u8; 4] = key[prefix.len()..prefix.len() + 4]
-                .try_into()
-                .map_err(|_| StorageError::corrupt("envelope key"))?;
-            let originator = NodeId::from_be_bytes(originator_bytes);
+            let (_, originator, _) = split_envelope_key(&key)?;
             let start = envelope_key(
                 &prefix,
                 originator,
@@ -191,22 +342,96 @@ impl NodeStore for SledNodeStore {
             let end = envelope_key(&prefix, originator, u64::MAX);
             for entry in self.tree.range(start..=end).take(limit) {
                 let (key, value) = entry?;
-                if value.len() < 8 {
-                    return Err(StorageError::corrupt("envelope value"));
-                }
-                found.push(Envelope {
-                    topic: topic.clone(),
-                    payload: value[8..].to_vec(),
-                    originator_node_id: originator,
-                    originator_sequence_id: be_u64(&key[key.len() - 8..])?,
-                    originator_time_ms: be_u64(&value[..8])?,
-                });
+                let (_, _, sequence) = split_envelope_key(&key)?;
+                found.push(read_envelope(topic.clone(), originator, sequence, &value)?);
             }
             next_originator = originator.checked_add(1);
         }
-        found.sort_by(Envelope::canonical_cmp);
+        found.sort_by(|a, b| a.envelope.canonical_cmp(&b.envelope));
         found.truncate(limit);
         Ok(found)
+    }
+
+    fn originated_envelopes(
+        &self,
+        originator: NodeId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SealedEnvelope>, StorageError> {
+        let start = originated_key(originator, after.saturating_add(1));
+        let end = originated_key(originator, u64::MAX);
+        let mut found = Vec::new();
+        for entry in self.tree.range(start..=end).take(limit) {
+            let (key, topic_key) = entry?;
+            let sequence = be_u64(&key[5..])?;
+            let topic = Topic::from_key(&topic_key)
+                .ok_or_else(|| StorageError::corrupt("topic of an indexed envelope"))?;
+            let value = self
+                .tree
+                .get(envelope_key(&topic_prefix(&topic)?, originator, sequence))?
+                .ok_or_else(|| StorageError::corrupt("an indexed envelope is missing"))?;
+            found.push(read_envelope(topic, originator, sequence, &value)?);
+        }
+        Ok(found)
+    }
+
+    fn store_replicated(
+        &self,
+        batch: Vec<SealedEnvelope>,
+    ) -> Result<Vec<SealedEnvelope>, StorageError> {
+        let _guard = self.lock();
+        let mut heads = std::collections::BTreeMap::new();
+        let mut writes = sled::Batch::default();
+        let mut stored = Vec::new();
+        for sealed in batch {
+            let envelope = &sealed.envelope;
+            let originator = envelope.originator_node_id;
+            let head = match heads.get(&originator) {
+                Some(head) => *head,
+                None => self.head(originator)?,
+            };
+            match Replicated::classify(head.0, envelope.originator_sequence_id) {
+                Replicated::Copy => {}
+                Replicated::Next => {
+                    self.write_envelope(&mut writes, &sealed)?;
+                    heads.insert(
+                        originator,
+                        (envelope.originator_sequence_id, envelope.originator_time_ms),
+                    );
+                    stored.push(sealed);
+                }
+                Replicated::Gap => break,
+            }
+        }
+        if stored.is_empty() {
+            return Ok(stored);
+        }
+        for (originator, (sequence, time)) in heads {
+            writes.insert(
+                keyed(b'h', &originator.to_be_bytes()),
+                head_value(sequence, time),
+            );
+        }
+        self.commit(writes)?;
+        Ok(stored)
+    }
+
+    fn heads(&self) -> Result<Cursor, StorageError> {
+        self.tree
+            .scan_prefix(b"h")
+            .map(|entry| {
+                let (key, value) = entry?;
+                let originator: [u8; 4] = key[1..]
+                    .try_into()
+                    .map_err(|_| StorageError::corrupt("originator head key"))?;
+                let sequence = be_u64(
+                    value
+                        .get(..8)
+                        .ok_or_else(|| StorageError::corrupt("originator head"))?,
+                )?;
+                Ok((NodeId::from_be_bytes(originator), sequence))
+            })
+            .collect()
     }
 
     fn identity_updates(
@@ -347,16 +572,14 @@ impl NodeStore for SledNodeStore {
     }
 
     fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], StorageError> {
-        let _guard = self.lock();
-        if let Some(stored) = self.tree.get(NODE_SECRET_KEY)? {
-            return stored
-                .as_ref()
-                .try_into()
-                .map_err(|_| StorageError::corrupt("the node secret is not 32 bytes"));
-        }
-        let mut batch = sled::Batch::default();
-        batch.insert(NODE_SECRET_KEY, &fresh);
-        self.commit(batch)?;
-        Ok(fresh)
+        self.set_once(NODE_SECRET_KEY, fresh, "the node secret is not 32 bytes")
+    }
+
+    fn node_signing_seed(&self, fresh: [u8; 32]) -> Result<[u8; 32], StorageError> {
+        self.set_once(
+            NODE_SIGNING_SEED_KEY,
+            fresh,
+            "the node key seed is not 32 bytes",
+        )
     }
 }

@@ -4,7 +4,7 @@
 //! was wrong.
 
 use kith_engine::{
-    delivery::{Cursor, Envelope},
+    delivery::{Cursor, Envelope, SealedEnvelope},
     identity::{IdentityUpdate, InboxId, InstallationId},
 };
 use prost::Message as _;
@@ -30,7 +30,7 @@ impl ConvertError {
     }
 }
 
-/// The wire form of an envelope.
+/// The wire form of an envelope, without a seal.
 pub fn envelope_to_proto(envelope: &Envelope) -> proto::Envelope {
     proto::Envelope {
         topic: envelope.topic.to_string(),
@@ -38,7 +38,26 @@ pub fn envelope_to_proto(envelope: &Envelope) -> proto::Envelope {
         originator_node_id: envelope.originator_node_id,
         originator_sequence_id: envelope.originator_sequence_id,
         originator_time_ms: envelope.originator_time_ms,
+        originator_signature: Vec::new(),
     }
+}
+
+/// The wire form of a sealed envelope, as a node serves it.
+pub fn sealed_to_proto(sealed: &SealedEnvelope) -> proto::Envelope {
+    proto::Envelope {
+        originator_signature: sealed.seal.clone(),
+        ..envelope_to_proto(&sealed.envelope)
+    }
+}
+
+/// A sealed envelope from the wire (the seal is checked by whoever knows
+/// the originator's key).
+pub fn sealed_from_proto(mut envelope: proto::Envelope) -> Result<SealedEnvelope, ConvertError> {
+    let seal = std::mem::take(&mut envelope.originator_signature);
+    Ok(SealedEnvelope {
+        envelope: envelope_from_proto(envelope)?,
+        seal,
+    })
 }
 
 /// Envelopes a client receives from a node.

@@ -3,6 +3,8 @@
 
 use std::{cmp::Ordering, collections::BTreeMap};
 
+use sha2::{Digest as _, Sha256};
+
 use super::topic::Topic;
 
 /// The id of an originator node.
@@ -39,6 +41,42 @@ impl Envelope {
     pub fn canonical_cmp(&self, other: &Self) -> Ordering {
         self.order_key().cmp(&other.order_key())
     }
+
+    /// The bytes its originator node signs: a domain label, the originator
+    /// fields, the topic and a SHA-256 of the payload. Hashing the payload
+    /// keeps the signed input small; naming the topic stops a peer from
+    /// moving a sealed payload to another topic.
+    pub fn seal_input(&self) -> Vec<u8> {
+        let topic = self.topic.to_string();
+        let mut input = Vec::with_capacity(SEAL_DOMAIN.len() + 4 + 8 + 8 + 4 + topic.len() + 32);
+        input.extend_from_slice(SEAL_DOMAIN);
+        input.extend_from_slice(&self.originator_node_id.to_be_bytes());
+        input.extend_from_slice(&self.originator_sequence_id.to_be_bytes());
+        input.extend_from_slice(&self.originator_time_ms.to_be_bytes());
+        // A topic string is at most a few hundred bytes (Topic bounds it).
+        input.extend_from_slice(&u32::try_from(topic.len()).unwrap_or(u32::MAX).to_be_bytes());
+        input.extend_from_slice(topic.as_bytes());
+        input.extend_from_slice(&Sha256::digest(&self.payload));
+        input
+    }
+}
+
+/// The domain label of [`Envelope::seal_input`].
+const SEAL_DOMAIN: &[u8] = b"kith envelope seal v1";
+
+/// An envelope as nodes store, serve and replicate it: with its
+/// originator's *seal*, an Ed25519 signature by the originator's node key
+/// over [`Envelope::seal_input`]. A node accepts a replicated envelope only
+/// under a seal by a configured peer, so no peer can speak in another
+/// originator's name; a client can check the same seal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedEnvelope {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The originator's signature (64 bytes). Empty for an envelope stored
+    /// by a node before seals existed; its originator seals it when it
+    /// serves it.
+    pub seal: Vec<u8>,
 }
 
 /// A vector cursor: per originator node, the last sequence id seen. An

@@ -11,9 +11,10 @@ mod envelope;
 mod node_store;
 mod topic;
 
-pub use envelope::{Cursor, Envelope, NodeId};
+pub use envelope::{Cursor, Envelope, NodeId, SealedEnvelope};
 pub use node_store::{
-    KeyPackagePool, MemoryNodeStore, NodeStore, SequencedUpdates, StoredKeyPackage,
+    KeyPackagePool, MemoryNodeStore, NodeStore, Replicated, Sealer, SequencedUpdates,
+    StoredKeyPackage,
 };
 pub use topic::{MAX_GROUP_ID_LEN, Topic, TopicError};
 

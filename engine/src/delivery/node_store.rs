@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{
-    envelope::{Cursor, Envelope, NodeId},
+    envelope::{Cursor, Envelope, NodeId, SealedEnvelope},
     topic::Topic,
 };
 use crate::identity::{InboxId, InstallationId};
@@ -54,14 +54,16 @@ pub trait NodeStore: Send + Sync {
     /// Store `batch` as new envelopes originated by `originator`, all or
     /// nothing. Sequence ids continue after the last one this originator
     /// stored; the originator time is `now_ms`, raised if needed so that it
-    /// never goes below the previous envelope's. Returns the stored
+    /// never goes below the previous envelope's. `seal` is called on each
+    /// stamped envelope and its answer stored with it. Returns the stored
     /// envelopes, in batch order.
     fn append_envelopes(
         &self,
         originator: NodeId,
         batch: Vec<(Topic, Vec<u8>)>,
         now_ms: u64,
-    ) -> Result<Vec<Envelope>, Self::Error>;
+        seal: Sealer<'_>,
+    ) -> Result<Vec<SealedEnvelope>, Self::Error>;
 
     /// Up to `limit` envelopes of `topic` after `cursor`, in canonical
     /// order.
@@ -70,7 +72,33 @@ pub trait NodeStore: Send + Sync {
         topic: &Topic,
         cursor: &Cursor,
         limit: usize,
-    ) -> Result<Vec<Envelope>, Self::Error>;
+    ) -> Result<Vec<SealedEnvelope>, Self::Error>;
+
+    /// Up to `limit` envelopes stamped by `originator` with a sequence id
+    /// above `after`, over all topics, in sequence order: what a peer pulls
+    /// to replicate them.
+    fn originated_envelopes(
+        &self,
+        originator: NodeId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SealedEnvelope>, Self::Error>;
+
+    /// Store envelopes that other originators stamped and sealed
+    /// (replication), keeping their originator fields, all or nothing.
+    /// Per originator, an envelope at or below the last sequence id stored
+    /// is a copy and is skipped; the next one is stored; one beyond it (a
+    /// gap) ends the batch, and neither it nor anything after it is
+    /// stored. The caller has checked the seals. Returns what was newly
+    /// stored, in batch order.
+    fn store_replicated(
+        &self,
+        batch: Vec<SealedEnvelope>,
+    ) -> Result<Vec<SealedEnvelope>, Self::Error>;
+
+    /// The node's vector clock: per originator, the last sequence id
+    /// stored.
+    fn heads(&self) -> Result<Cursor, Self::Error>;
 
     /// For each `(inbox, after)`, the stored updates of that inbox with a
     /// sequence number above `after`, in order, at most `limit` per inbox.
@@ -124,6 +152,42 @@ pub trait NodeStore: Send + Sync {
     /// one store uses the same key, and it survives restarts, because
     /// clients learn it once from `GetNodeInfo`.
     fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error>;
+
+    /// The seed of the node's Ed25519 key, which seals the envelopes it
+    /// originates. Like [`NodeStore::node_secret`]: the stored seed, or
+    /// `fresh`, stored, when there is none yet. Peers are configured with
+    /// the public key, so it must survive restarts.
+    fn node_signing_seed(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error>;
+}
+
+/// Computes the seal of an envelope a store has just stamped
+/// ([`NodeStore::append_envelopes`]).
+pub type Sealer<'a> = &'a (dyn Fn(&Envelope) -> Vec<u8> + Sync);
+
+/// Where a replicated envelope goes, given the last sequence id stored for
+/// its originator: shared by the stores so that they agree on copies and
+/// gaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    /// Already stored: skip it.
+    Copy,
+    /// The next one: store it.
+    Next,
+    /// Beyond the next one: stop the batch here.
+    Gap,
+}
+
+impl Replicated {
+    /// Classify an envelope with sequence id `sequence` after `head`.
+    pub fn classify(head: u64, sequence: u64) -> Self {
+        if sequence <= head {
+            Self::Copy
+        } else if sequence == head + 1 {
+            Self::Next
+        } else {
+            Self::Gap
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -131,11 +195,33 @@ struct MemoryInner {
     /// Per originator: the last sequence id and time.
     heads: BTreeMap<NodeId, (u64, u64)>,
     /// Per topic, per originator, by sequence id.
-    envelopes: BTreeMap<Topic, BTreeMap<NodeId, BTreeMap<u64, Envelope>>>,
+    envelopes: BTreeMap<Topic, BTreeMap<NodeId, BTreeMap<u64, SealedEnvelope>>>,
+    /// Per originator, by sequence id: the topic.
+    originated: BTreeMap<NodeId, BTreeMap<u64, Topic>>,
     identity: BTreeMap<InboxId, Vec<Vec<u8>>>,
     one_time: BTreeMap<(KeyPackagePool, InstallationId), VecDeque<Vec<u8>>>,
     last_resort: BTreeMap<(KeyPackagePool, InstallationId), Vec<u8>>,
     secret: Option<[u8; 32]>,
+    signing_seed: Option<[u8; 32]>,
+}
+
+impl MemoryInner {
+    fn insert(&mut self, sealed: SealedEnvelope) {
+        let envelope = &sealed.envelope;
+        let (node, sequence) = (envelope.originator_node_id, envelope.originator_sequence_id);
+        self.heads
+            .insert(node, (sequence, envelope.originator_time_ms));
+        self.originated
+            .entry(node)
+            .or_default()
+            .insert(sequence, envelope.topic.clone());
+        self.envelopes
+            .entry(envelope.topic.clone())
+            .or_default()
+            .entry(node)
+            .or_default()
+            .insert(sequence, sealed);
+    }
 }
 
 /// A [`NodeStore`] in memory, for tests and an ephemeral `LocalNode`.
@@ -162,7 +248,8 @@ impl NodeStore for MemoryNodeStore {
         originator: NodeId,
         batch: Vec<(Topic, Vec<u8>)>,
         now_ms: u64,
-    ) -> Result<Vec<Envelope>, Self::Error> {
+        seal: Sealer<'_>,
+    ) -> Result<Vec<SealedEnvelope>, Self::Error> {
         let mut inner = self.lock();
         let (mut sequence, last_time) = inner.heads.get(&originator).copied().unwrap_or((0, 0));
         let time = now_ms.max(last_time);
@@ -170,22 +257,19 @@ impl NodeStore for MemoryNodeStore {
         for (topic, payload) in batch {
             sequence += 1;
             let envelope = Envelope {
-                topic: topic.clone(),
+                topic,
                 payload,
                 originator_node_id: originator,
                 originator_sequence_id: sequence,
                 originator_time_ms: time,
             };
-            inner
-                .envelopes
-                .entry(topic)
-                .or_default()
-                .entry(originator)
-                .or_default()
-                .insert(sequence, envelope.clone());
-            stored.push(envelope);
+            let sealed = SealedEnvelope {
+                seal: seal(&envelope),
+                envelope,
+            };
+            inner.insert(sealed.clone());
+            stored.push(sealed);
         }
-        inner.heads.insert(originator, (sequence, time));
         Ok(stored)
     }
 
@@ -194,12 +278,12 @@ impl NodeStore for MemoryNodeStore {
         topic: &Topic,
         cursor: &Cursor,
         limit: usize,
-    ) -> Result<Vec<Envelope>, Self::Error> {
+    ) -> Result<Vec<SealedEnvelope>, Self::Error> {
         let inner = self.lock();
         let Some(by_node) = inner.envelopes.get(topic) else {
             return Ok(Vec::new());
         };
-        let mut found: Vec<Envelope> = by_node
+        let mut found: Vec<SealedEnvelope> = by_node
             .iter()
             .flat_map(|(node, envelopes)| {
                 envelopes
@@ -208,9 +292,66 @@ impl NodeStore for MemoryNodeStore {
                     .map(|(_, e)| e.clone())
             })
             .collect();
-        found.sort_by(Envelope::canonical_cmp);
+        found.sort_by(|a, b| a.envelope.canonical_cmp(&b.envelope));
         found.truncate(limit);
         Ok(found)
+    }
+
+    fn originated_envelopes(
+        &self,
+        originator: NodeId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SealedEnvelope>, Self::Error> {
+        let inner = self.lock();
+        let Some(topics) = inner.originated.get(&originator) else {
+            return Ok(Vec::new());
+        };
+        Ok(topics
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .filter_map(|(sequence, topic)| {
+                inner
+                    .envelopes
+                    .get(topic)
+                    .and_then(|by_node| by_node.get(&originator))
+                    .and_then(|envelopes| envelopes.get(sequence))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    fn store_replicated(
+        &self,
+        batch: Vec<SealedEnvelope>,
+    ) -> Result<Vec<SealedEnvelope>, Self::Error> {
+        let mut inner = self.lock();
+        let mut stored = Vec::new();
+        for sealed in batch {
+            let envelope = &sealed.envelope;
+            let head = inner
+                .heads
+                .get(&envelope.originator_node_id)
+                .map_or(0, |(sequence, _)| *sequence);
+            match Replicated::classify(head, envelope.originator_sequence_id) {
+                Replicated::Copy => {}
+                Replicated::Next => {
+                    inner.insert(sealed.clone());
+                    stored.push(sealed);
+                }
+                Replicated::Gap => break,
+            }
+        }
+        Ok(stored)
+    }
+
+    fn heads(&self) -> Result<Cursor, Self::Error> {
+        Ok(self
+            .lock()
+            .heads
+            .iter()
+            .map(|(node, (sequence, _))| (*node, *sequence))
+            .collect())
     }
 
     fn identity_updates(
@@ -306,5 +447,9 @@ impl NodeStore for MemoryNodeStore {
 
     fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error> {
         Ok(*self.lock().secret.get_or_insert(fresh))
+    }
+
+    fn node_signing_seed(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error> {
+        Ok(*self.lock().signing_seed.get_or_insert(fresh))
     }
 }

@@ -4,11 +4,35 @@
 
 use std::collections::BTreeSet;
 
-use super::{Cursor, KeyPackagePool, NodeStore, Topic};
+use super::{Cursor, Envelope, KeyPackagePool, NodeStore, SealedEnvelope, Topic};
 use crate::identity::{InboxId, InstallationId};
 
 fn group(n: u8) -> Topic {
     Topic::Group(vec![n; 4])
+}
+
+/// A stand-in seal that names what it sealed, so the suite can check that
+/// each envelope is stored and served with its own.
+fn test_seal(envelope: &Envelope) -> Vec<u8> {
+    let mut seal = b"seal".to_vec();
+    seal.extend_from_slice(&envelope.originator_node_id.to_be_bytes());
+    seal.extend_from_slice(&envelope.originator_sequence_id.to_be_bytes());
+    seal
+}
+
+/// An envelope stamped by another originator, as replication brings it.
+fn foreign(node: u32, sequence: u64, time: u64, topic: Topic, payload: &[u8]) -> SealedEnvelope {
+    let envelope = Envelope {
+        topic,
+        payload: payload.to_vec(),
+        originator_node_id: node,
+        originator_sequence_id: sequence,
+        originator_time_ms: time,
+    };
+    SealedEnvelope {
+        seal: test_seal(&envelope),
+        envelope,
+    }
 }
 
 /// Run every check below against `store`, which must be empty.
@@ -21,6 +45,7 @@ pub fn node_store_suite<S: NodeStore>(store: &S) {
     key_packages_are_handed_out_once_then_last_resort(store);
     key_package_pools_are_apart(store);
     node_secret_is_set_once(store);
+    replicated_envelopes_keep_their_fields_once_and_in_sequence(store);
 }
 
 fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
@@ -29,29 +54,37 @@ fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
             1,
             vec![(group(1), b"a".to_vec()), (group(2), b"b".to_vec())],
             1_000,
+            &test_seal,
         )
         .expect("append");
     assert_eq!(
         first
             .iter()
-            .map(|e| e.originator_sequence_id)
+            .map(|e| e.envelope.originator_sequence_id)
             .collect::<Vec<_>>(),
         vec![1, 2]
     );
     // The clock went backwards: the node's time must not.
     let second = store
-        .append_envelopes(1, vec![(group(1), b"c".to_vec())], 900)
+        .append_envelopes(1, vec![(group(1), b"c".to_vec())], 900, &test_seal)
         .expect("append");
-    assert_eq!(second[0].originator_sequence_id, 3);
-    assert_eq!(second[0].originator_time_ms, 1_000);
+    assert_eq!(second[0].envelope.originator_sequence_id, 3);
+    assert_eq!(second[0].envelope.originator_time_ms, 1_000);
+    assert!(
+        first
+            .iter()
+            .chain(&second)
+            .all(|e| e.seal == test_seal(&e.envelope)),
+        "each envelope is stored with its seal"
+    );
     // Another originator (replication) interleaves in canonical order.
     store
-        .append_envelopes(2, vec![(group(1), b"x".to_vec())], 950)
-        .expect("append");
+        .store_replicated(vec![foreign(2, 1, 950, group(1), b"x")])
+        .expect("replicate");
     // An empty batch stores nothing and does not move the sequence.
     assert!(
         store
-            .append_envelopes(1, vec![], 2_000)
+            .append_envelopes(1, vec![], 2_000, &test_seal)
             .expect("append")
             .is_empty()
     );
@@ -59,6 +92,11 @@ fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
     let all = store
         .query_envelopes(&group(1), &Cursor::new(), 100)
         .expect("query");
+    assert!(
+        all.iter().all(|e| e.seal == test_seal(&e.envelope)),
+        "queries serve each envelope with its seal"
+    );
+    let all: Vec<Envelope> = all.into_iter().map(|e| e.envelope).collect();
     let payloads: Vec<&[u8]> = all.iter().map(|e| e.payload.as_slice()).collect();
     assert_eq!(
         payloads,
@@ -75,9 +113,9 @@ fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
         if page.is_empty() {
             break;
         }
-        for envelope in page {
-            cursor.advance(&envelope);
-            seen.push(envelope);
+        for sealed in page {
+            cursor.advance(&sealed.envelope);
+            seen.push(sealed.envelope);
         }
     }
     assert_eq!(seen, all);
@@ -97,10 +135,10 @@ fn envelopes_are_sequenced_ordered_and_paged<S: NodeStore>(store: &S) {
             .is_empty()
     );
     let next = store
-        .append_envelopes(1, vec![(group(2), b"d".to_vec())], 3_000)
+        .append_envelopes(1, vec![(group(2), b"d".to_vec())], 3_000, &test_seal)
         .expect("append");
     assert_eq!(
-        next[0].originator_sequence_id, 4,
+        next[0].envelope.originator_sequence_id, 4,
         "empty batches took no ids"
     );
 }
@@ -290,6 +328,91 @@ fn node_secret_is_set_once<S: NodeStore>(store: &S) {
         first,
         "a stored secret is never replaced"
     );
+}
+
+fn replicated_envelopes_keep_their_fields_once_and_in_sequence<S: NodeStore>(store: &S) {
+    let topic = group(40);
+    let own = store
+        .append_envelopes(
+            7,
+            vec![
+                (topic.clone(), b"own-1".to_vec()),
+                (group(41), b"own-2".to_vec()),
+            ],
+            5_000,
+            &test_seal,
+        )
+        .expect("append");
+    let last_own = own[1].envelope.originator_sequence_id;
+
+    // Node 8's envelopes arrive with their own fields, including an
+    // earlier time than ours: they sort first.
+    let first = foreign(8, 1, 4_000, topic.clone(), b"r1");
+    let second = foreign(8, 2, 4_500, group(41), b"r2");
+    let third = foreign(8, 3, 6_000, topic.clone(), b"r3");
+    let stored = store
+        .store_replicated(vec![first.clone(), second.clone()])
+        .expect("replicate");
+    assert_eq!(stored, vec![first.clone(), second.clone()]);
+
+    // A copy changes nothing; a gap ends the batch before anything after it.
+    let beyond = foreign(8, 5, 7_000, topic.clone(), b"r5");
+    let stored = store
+        .store_replicated(vec![
+            second.clone(),
+            third.clone(),
+            beyond,
+            foreign(8, 4, 6_500, topic.clone(), b"r4"),
+        ])
+        .expect("replicate");
+    assert_eq!(
+        stored,
+        vec![third.clone()],
+        "the copy is skipped; the gap ends the batch"
+    );
+
+    let heads = store.heads().expect("heads");
+    assert_eq!(heads.get(7), last_own);
+    assert_eq!(heads.get(8), 3);
+
+    let page = store
+        .query_envelopes(&topic, &Cursor::new(), 100)
+        .expect("query");
+    let payloads: Vec<&[u8]> = page.iter().map(|e| e.envelope.payload.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        vec![b"r1".as_slice(), b"own-1", b"r3"],
+        "canonical order across originators"
+    );
+    assert_eq!(
+        page[0], first,
+        "replicated fields and seal are kept as they came"
+    );
+
+    // By originator, over all topics, in sequence order, after a sequence.
+    let originated = store.originated_envelopes(8, 0, 100).expect("originated");
+    assert_eq!(originated, vec![first, second.clone(), third.clone()]);
+    assert_eq!(
+        store.originated_envelopes(8, 1, 1).expect("originated"),
+        vec![second]
+    );
+    assert_eq!(
+        store
+            .originated_envelopes(7, last_own - 2, 100)
+            .expect("originated"),
+        own
+    );
+    assert!(
+        store
+            .originated_envelopes(99, 0, 100)
+            .expect("originated")
+            .is_empty()
+    );
+
+    // The signing seed is set once, like the X25519 secret.
+    let seed = store.node_signing_seed([5; 32]).expect("seed");
+    assert_eq!(seed, [5; 32]);
+    assert_eq!(store.node_signing_seed([6; 32]).expect("seed"), [5; 32]);
 }
 
 #[cfg(test)]

@@ -3,7 +3,17 @@
 //! ```text
 //! kith-node --data-dir ./node-data                      # listens on 127.0.0.1:5556
 //! kith-node --data-dir ./node-data --listen 127.0.0.1:0 # any free port
+//! kith-node --data-dir ./node-data --print-key          # print this node's public key, exit
+//! kith-node --data-dir ./a --node-id 1 \
+//!     --peer 2=<key of node 2>@http://127.0.0.1:5557     # replicate with node 2
 //! ```
+//!
+//! With peers (`--peer`, repeatable, or `--peers-file` with one
+//! `ID=KEY@URL` per line) the node replicates: it pulls each peer's own
+//! envelopes and reports an eventual order with its `--settle-window-ms`.
+//! Each node's key is made on first start and kept in its store;
+//! `--print-key` prints it (run it before the node starts: the store is
+//! locked while the node runs).
 //!
 //! On start it prints one line, `kith-node listening on <address>`, to
 //! standard output (useful with port 0). It stops gracefully on SIGINT or
@@ -14,7 +24,10 @@ use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use clap::Parser;
 use kith_storage::SledNodeStore;
-use kith_transport::node::{BucketLimit, NodeConfig, NodeLimits, NodeLogic, serve};
+use kith_transport::node::{
+    BucketLimit, DEFAULT_SETTLE_WINDOW, NodeConfig, NodeLimits, NodeLogic, Peer, ReplicationDelay,
+    serve, spawn_replicators,
+};
 use tracing_subscriber::EnvFilter;
 
 /// The Kith delivery-service node.
@@ -64,6 +77,90 @@ struct Args {
     /// in seconds.
     #[arg(long, default_value_t = 300)]
     timestamp_window_secs: u64,
+    /// A node to replicate with, as `ID=KEY@URL`: its originator id, its
+    /// Ed25519 public key in hex (its `--print-key`), and its gRPC URL.
+    /// Repeatable.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<Peer>,
+    /// A file of peers, one `ID=KEY@URL` per line (`#` starts a comment).
+    #[arg(long)]
+    peers_file: Option<PathBuf>,
+    /// With peers: how long after an envelope's originator time its place
+    /// in the order is final, in milliseconds. It must exceed the
+    /// replication lag between healthy peers.
+    #[arg(long, default_value_t = DEFAULT_SETTLE_WINDOW.as_millis() as u64)]
+    settle_window_ms: u64,
+    /// Print this node's public key (hex) and exit.
+    #[arg(long)]
+    print_key: bool,
+    /// Testing only: delay every replicated batch by this many ms.
+    #[arg(long, default_value_t = 0, hide = true)]
+    replication_delay_ms: u64,
+    /// Testing only: and by up to this many ms more, at random.
+    #[arg(long, default_value_t = 0, hide = true)]
+    replication_jitter_ms: u64,
+}
+
+/// Parse `ID=KEY@URL`.
+fn parse_peer(text: &str) -> Result<Peer, String> {
+    let form = "expected ID=KEY@URL, e.g. 2=<64 hex digits>@http://127.0.0.1:5557";
+    let (id, rest) = text.split_once('=').ok_or(form)?;
+    let (key, url) = rest.split_once('@').ok_or(form)?;
+    let node_id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("peer id {id:?}: {e}; {form}"))?;
+    let key: [u8; 32] = hex::decode(key.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| {
+            format!("peer {node_id}: the key must be 64 hex digits (its --print-key)")
+        })?;
+    let public_key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|e| format!("peer {node_id}: not an Ed25519 public key: {e}"))?;
+    let url = url.trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "peer {node_id}: the URL {url:?} must start with http:// or https://"
+        ));
+    }
+    Ok(Peer {
+        node_id,
+        public_key,
+        url: url.to_owned(),
+    })
+}
+
+/// The peers of `--peer` and `--peers-file`, checked: unique ids, none
+/// this node's own.
+fn peers(args: &Args) -> Result<Vec<Peer>, String> {
+    let mut peers = args.peers.clone();
+    if let Some(path) = &args.peers_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the peers file {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                peers.push(
+                    parse_peer(line)
+                        .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?,
+                );
+            }
+        }
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for peer in &peers {
+        if peer.node_id == args.node_id {
+            return Err(format!(
+                "peer {} has this node's own --node-id; give each node its own id",
+                peer.node_id
+            ));
+        }
+        if !ids.insert(peer.node_id) {
+            return Err(format!("peer {} is named twice", peer.node_id));
+        }
+    }
+    Ok(peers)
 }
 
 #[tokio::main]
@@ -75,6 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let peers = peers(&args)?;
     let config = NodeConfig {
         node_id: args.node_id,
         limits: NodeLimits {
@@ -94,6 +192,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             timestamp_window: Duration::from_secs(args.timestamp_window_secs),
         },
+        peers,
+        settle_window: Duration::from_millis(args.settle_window_ms),
     };
     let store = SledNodeStore::open(&args.data_dir).map_err(|e| {
         format!(
@@ -102,15 +202,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     let logic = Arc::new(NodeLogic::new(config, store));
+    let key = hex::encode(logic.public_key().await?);
+    if args.print_key {
+        println!("{key}");
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, node_id = args.node_id, data_dir = %args.data_dir.display(), "kith-node started");
+    tracing::info!(%address, node_id = args.node_id, %key, peers = logic.config().peers.len(), data_dir = %args.data_dir.display(), "kith-node started");
     println!("kith-node listening on {address}");
     std::io::stdout().flush()?;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let replicators = spawn_replicators(
+        &logic,
+        ReplicationDelay {
+            fixed: Duration::from_millis(args.replication_delay_ms),
+            jitter: Duration::from_millis(args.replication_jitter_ms),
+        },
+    );
     let mut server = tokio::spawn(serve(listener, logic, async {
         let _ = stopped.await;
     }));
@@ -128,6 +240,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(result) => result??,
         Err(_) => tracing::warn!("clients did not close within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+    for replicator in replicators {
+        // They end when the server closes the node's subscriptions.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, replicator).await;
     }
     tracing::info!("kith-node stopped");
     Ok(())

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kith_engine::{
-    delivery::{Cursor, Envelope, NodeStore, Topic},
+    delivery::{Cursor, Envelope, NodeStore, SealedEnvelope, Topic},
     identity::{IdentityUpdate, InboxId},
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,11 +36,17 @@ impl<S: NodeStore + 'static> LocalNode<S> {
     }
 }
 
+fn unseal(sealed: Vec<SealedEnvelope>) -> Vec<Envelope> {
+    sealed.into_iter().map(|s| s.envelope).collect()
+}
+
 #[async_trait::async_trait]
 impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
     async fn publish(&self, batch: Vec<(Topic, Vec<u8>)>) -> Result<Vec<Envelope>, ClientError> {
         let batch = batch.into_iter().map(|(t, p)| (t.to_string(), p)).collect();
-        Ok(self.logic.publish(batch).await?)
+        // In-process, the seals vouch for nothing the caller does not
+        // already trust.
+        Ok(unseal(self.logic.publish(batch).await?))
     }
 
     async fn query(
@@ -55,7 +61,7 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
             .query(&topic.to_string(), cursor.clone(), limit)
             .await?;
         Ok(QueryPage {
-            envelopes,
+            envelopes: unseal(envelopes),
             next_cursor,
             more,
         })
@@ -78,7 +84,7 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
                 };
                 match batch {
                     Some(Ok(envelopes)) => {
-                        for envelope in envelopes {
+                        for envelope in unseal(envelopes) {
                             if tx.send(Ok(envelope)).await.is_err() {
                                 return;
                             }
@@ -132,10 +138,9 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
     }
 
     async fn node_info(&self) -> Result<NodeInfo, ClientError> {
-        // One node over one store: a strong order.
         Ok(NodeInfo {
             node_id: self.logic.config().node_id,
-            settle_window_ms: 0,
+            settle_window_ms: self.logic.config().settle_window_ms(),
             static_key: self.logic.static_key().await?,
         })
     }

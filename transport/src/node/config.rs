@@ -54,21 +54,62 @@ impl Default for NodeLimits {
     }
 }
 
+/// Another originator node this node replicates with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its originator id.
+    pub node_id: NodeId,
+    /// Its Ed25519 public key, which must seal every envelope it originates.
+    pub public_key: ed25519_dalek::VerifyingKey,
+    /// Where to reach its gRPC service, e.g. `http://127.0.0.1:5557`.
+    pub url: String,
+}
+
+/// The settle window a node with peers reports by default: how long after
+/// an envelope's originator time its position in the canonical order is
+/// final. It must cover replication lag between healthy peers (a few
+/// milliseconds on a LAN, tens across regions) with a wide margin; a
+/// longer window costs clients more retained snapshots and delays each
+/// Welcome by that much, because Welcomes wait for their commit to settle.
+pub const DEFAULT_SETTLE_WINDOW: Duration = Duration::from_millis(1_000);
+
 /// A node's configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
     /// This node's originator id.
     pub node_id: NodeId,
     /// The limits it enforces.
     pub limits: NodeLimits,
+    /// The nodes it replicates with. None: one node, a strong order.
+    pub peers: Vec<Peer>,
+    /// The settle window reported when there are peers (default
+    /// [`DEFAULT_SETTLE_WINDOW`]).
+    pub settle_window: Duration,
 }
 
 impl NodeConfig {
-    /// A node with id `node_id` and the default limits.
+    /// A node with id `node_id`, the default limits, and no peers.
     pub fn new(node_id: NodeId) -> Self {
         Self {
             node_id,
             limits: NodeLimits::default(),
+            peers: Vec::new(),
+            settle_window: DEFAULT_SETTLE_WINDOW,
         }
+    }
+
+    /// The settle window clients must use: 0 for a node on its own (its
+    /// order is strong), the configured window for a node with peers.
+    pub fn settle_window_ms(&self) -> u64 {
+        if self.peers.is_empty() {
+            0
+        } else {
+            u64::try_from(self.settle_window.as_millis()).unwrap_or(u64::MAX)
+        }
+    }
+
+    /// The configured peer with originator id `node_id`.
+    pub fn peer(&self, node_id: NodeId) -> Option<&Peer> {
+        self.peers.iter().find(|peer| peer.node_id == node_id)
     }
 }

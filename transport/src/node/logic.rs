@@ -9,8 +9,12 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use kith_engine::{
-    delivery::{Cursor, Envelope, KeyPackagePool, NodeStore, StoredKeyPackage, Topic},
+    delivery::{
+        Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, SealedEnvelope, StoredKeyPackage,
+        Topic,
+    },
     identity::{
         IdentityConfig, IdentityError, IdentityState, IdentityUpdate, InboxId, InstallationId,
         KeyPackageError, credential_inbox, upload_key, validate_deniable_key_package,
@@ -20,6 +24,10 @@ use kith_engine::{
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
 use tokio::sync::{broadcast, mpsc};
 use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
+
+mod replication;
+
+pub use replication::ReplicationError;
 
 use super::{
     auth,
@@ -135,7 +143,7 @@ pub struct NodeLogic<S> {
     config: NodeConfig,
     store: Arc<S>,
     clock: Arc<dyn Clock>,
-    live: broadcast::Sender<Arc<Envelope>>,
+    live: broadcast::Sender<Arc<SealedEnvelope>>,
     /// Held from storing a batch until it is announced, so that live
     /// envelopes are announced in sequence order: a subscriber skips what
     /// its cursor already covers, and an out-of-order announcement would be
@@ -148,6 +156,11 @@ pub struct NodeLogic<S> {
     /// The node's static X25519 secret, read from the store (or made and
     /// stored) on first use.
     secret: tokio::sync::OnceCell<StaticSecret>,
+    /// The node's Ed25519 key, which seals what it originates; read from
+    /// the store (or made and stored) on first use.
+    signing_key: tokio::sync::OnceCell<SigningKey>,
+    /// The peers' keys, parsed once.
+    peer_keys: Vec<(NodeId, VerifyingKey)>,
 }
 
 impl<S> std::fmt::Debug for NodeLogic<S> {
@@ -171,6 +184,11 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// A node over `store`, on `clock`.
     pub fn with_clock(config: NodeConfig, store: S, clock: Arc<dyn Clock>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let peer_keys = config
+            .peers
+            .iter()
+            .map(|peer| (peer.node_id, peer.public_key))
+            .collect();
         Self {
             limiter: Mutex::new(Limiter {
                 requesters: Buckets::new(config.limits.fetch_per_requester),
@@ -183,6 +201,8 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             publish_order: tokio::sync::Mutex::new(()),
             closing: tokio::sync::watch::Sender::new(false),
             secret: tokio::sync::OnceCell::new(),
+            signing_key: tokio::sync::OnceCell::new(),
+            peer_keys,
         }
     }
 
@@ -199,6 +219,48 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .cloned()
     }
 
+    async fn signing_key(&self) -> Result<SigningKey, NodeError> {
+        self.signing_key
+            .get_or_try_init(|| async {
+                let fresh = SigningKey::generate(&mut rand_core::OsRng).to_bytes();
+                let stored = self
+                    .blocking(move |store| store.node_signing_seed(fresh).map_err(internal))
+                    .await?;
+                Ok(SigningKey::from_bytes(&stored))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The node's Ed25519 public key: its peers are configured with it, and
+    /// it seals every envelope this node originates.
+    pub async fn public_key(&self) -> Result<[u8; 32], NodeError> {
+        Ok(self.signing_key().await?.verifying_key().to_bytes())
+    }
+
+    /// Every originator whose seals this node can vouch for: itself and its
+    /// peers, with their public keys (for `GetNodeInfo`).
+    pub async fn originator_keys(&self) -> Result<Vec<(NodeId, [u8; 32])>, NodeError> {
+        let mut keys = vec![(self.config.node_id, self.public_key().await?)];
+        keys.extend(self.peer_keys.iter().map(|(id, key)| (*id, key.to_bytes())));
+        Ok(keys)
+    }
+
+    /// Seal, with this node's key, the envelopes of this node stored before
+    /// seals existed (their seal is empty).
+    async fn fill_seals(&self, page: &mut [SealedEnvelope]) -> Result<(), NodeError> {
+        if !page.iter().any(|e| e.seal.is_empty()) {
+            return Ok(());
+        }
+        let key = self.signing_key().await?;
+        for sealed in page.iter_mut().filter(|e| e.seal.is_empty()) {
+            if sealed.envelope.originator_node_id == self.config.node_id {
+                sealed.seal = key.sign(&sealed.envelope.seal_input()).to_bytes().to_vec();
+            }
+        }
+        Ok(())
+    }
+
     /// The node's static X25519 public key, published in `GetNodeInfo`:
     /// clients key the MACs of their deniable key-package requests with it.
     pub async fn static_key(&self) -> Result<[u8; 32], NodeError> {
@@ -209,6 +271,12 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// the node shuts down.
     pub fn close_subscriptions(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Resolves to `true` once the node closes (see
+    /// [`NodeLogic::close_subscriptions`]): background tasks stop on it.
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// The node's configuration.
@@ -232,7 +300,10 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// Identity topics are refused: they carry the node's own mirror of
     /// the identity updates it verified ([`NodeLogic::publish_identity_update`]),
     /// and clients that follow them must read only that.
-    pub async fn publish(&self, batch: Vec<(String, Vec<u8>)>) -> Result<Vec<Envelope>, NodeError> {
+    pub async fn publish(
+        &self,
+        batch: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<SealedEnvelope>, NodeError> {
         self.append(batch, false).await
     }
 
@@ -242,7 +313,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         &self,
         batch: Vec<(String, Vec<u8>)>,
         own: bool,
-    ) -> Result<Vec<Envelope>, NodeError> {
+    ) -> Result<Vec<SealedEnvelope>, NodeError> {
         let limits = self.config.limits;
         if batch.is_empty() {
             return Err(NodeError::InvalidArgument(
@@ -280,20 +351,29 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             parsed.push((topic, payload));
         }
         let node_id = self.config.node_id;
+        let key = self.signing_key().await?;
         let _order = self.publish_order.lock().await;
         let now = self.clock.now_ms();
         let stored = self
             .blocking(move |store| {
+                let seal =
+                    |envelope: &Envelope| key.sign(&envelope.seal_input()).to_bytes().to_vec();
                 store
-                    .append_envelopes(node_id, parsed, now)
+                    .append_envelopes(node_id, parsed, now, &seal)
                     .map_err(internal)
             })
             .await?;
-        for envelope in &stored {
-            // No subscriber is not an error.
-            let _ = self.live.send(Arc::new(envelope.clone()));
-        }
+        self.announce(&stored);
         Ok(stored)
+    }
+
+    /// Tell subscriptions of newly stored envelopes. Called with
+    /// `publish_order` held.
+    fn announce(&self, stored: &[SealedEnvelope]) {
+        for sealed in stored {
+            // No subscriber is not an error.
+            let _ = self.live.send(Arc::new(sealed.clone()));
+        }
     }
 
     /// One page of `topic` after `cursor`; returns the page, the advanced
@@ -303,7 +383,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         topic: &str,
         cursor: Cursor,
         limit: usize,
-    ) -> Result<(Vec<Envelope>, Cursor, bool), NodeError> {
+    ) -> Result<(Vec<SealedEnvelope>, Cursor, bool), NodeError> {
         let topic: Topic = topic
             .parse()
             .map_err(|e: kith_engine::delivery::TopicError| {
@@ -312,16 +392,17 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         let max = self.config.limits.max_page_envelopes;
         let limit = if limit == 0 { max } else { limit.min(max) };
         let after = cursor.clone();
-        let page = self
+        let mut page = self
             .blocking(move |store| {
                 store
                     .query_envelopes(&topic, &after, limit)
                     .map_err(internal)
             })
             .await?;
+        self.fill_seals(&mut page).await?;
         let mut next = cursor;
-        for envelope in &page {
-            next.advance(envelope);
+        for sealed in &page {
+            next.advance(&sealed.envelope);
         }
         let more = page.len() == limit;
         Ok((page, next, more))
@@ -333,7 +414,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     pub fn subscribe(
         self: &Arc<Self>,
         topics: Vec<(String, Cursor)>,
-    ) -> Result<mpsc::Receiver<Result<Vec<Envelope>, NodeError>>, NodeError> {
+    ) -> Result<mpsc::Receiver<Result<Vec<SealedEnvelope>, NodeError>>, NodeError> {
         if topics.is_empty() {
             return Err(NodeError::InvalidArgument(
                 "subscribe to at least one topic".into(),
@@ -372,15 +453,16 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                     next = live.recv() => next,
                 };
                 match next {
-                    Ok(envelope) => {
+                    Ok(sealed) => {
+                        let envelope = &sealed.envelope;
                         let Some(cursor) = cursors.get_mut(&envelope.topic) else {
                             continue;
                         };
-                        if !cursor.is_before(&envelope) {
+                        if !cursor.is_before(envelope) {
                             continue; // already sent during catch-up
                         }
-                        cursor.advance(&envelope);
-                        if tx.send(Ok(vec![(*envelope).clone()])).await.is_err() {
+                        cursor.advance(envelope);
+                        if tx.send(Ok(vec![(*sealed).clone()])).await.is_err() {
                             return; // the subscriber left
                         }
                     }
@@ -403,7 +485,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     async fn catch_up(
         &self,
         cursors: &mut std::collections::HashMap<Topic, Cursor>,
-        tx: &mpsc::Sender<Result<Vec<Envelope>, NodeError>>,
+        tx: &mpsc::Sender<Result<Vec<SealedEnvelope>, NodeError>>,
     ) -> Result<(), ()> {
         let topics: Vec<Topic> = cursors.keys().cloned().collect();
         for topic in topics {
@@ -411,12 +493,16 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 let cursor = cursors.get(&topic).cloned().unwrap_or_default();
                 let limit = self.config.limits.max_page_envelopes;
                 let t = topic.clone();
-                let page = match self
-                    .blocking(move |store| {
-                        store.query_envelopes(&t, &cursor, limit).map_err(internal)
-                    })
-                    .await
-                {
+                let read = async {
+                    let mut page = self
+                        .blocking(move |store| {
+                            store.query_envelopes(&t, &cursor, limit).map_err(internal)
+                        })
+                        .await?;
+                    self.fill_seals(&mut page).await?;
+                    Ok::<_, NodeError>(page)
+                };
+                let page = match read.await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -428,8 +514,8 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 }
                 let full = page.len() == limit;
                 if let Some(cursor) = cursors.get_mut(&topic) {
-                    for envelope in &page {
-                        cursor.advance(envelope);
+                    for sealed in &page {
+                        cursor.advance(&sealed.envelope);
                     }
                 }
                 tx.send(Ok(page)).await.map_err(|_| ())?;

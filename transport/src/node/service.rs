@@ -31,6 +31,8 @@ impl<S> NodeService<S> {
 
 type EnvelopeStream =
     Pin<Box<dyn Stream<Item = Result<proto::SubscribeEnvelopesResponse, Status>> + Send>>;
+type OriginatedStream =
+    Pin<Box<dyn Stream<Item = Result<proto::SubscribeOriginatedResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
@@ -47,7 +49,7 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
             .collect();
         let stored = self.logic.publish(batch).await?;
         Ok(Response::new(proto::PublishEnvelopesResponse {
-            envelopes: stored.iter().map(convert::envelope_to_proto).collect(),
+            envelopes: stored.iter().map(convert::sealed_to_proto).collect(),
         }))
     }
 
@@ -61,7 +63,7 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
         let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
         let (page, next, more) = self.logic.query(&request.topic, cursor, limit).await?;
         Ok(Response::new(proto::QueryEnvelopesResponse {
-            envelopes: page.iter().map(convert::envelope_to_proto).collect(),
+            envelopes: page.iter().map(convert::sealed_to_proto).collect(),
             next_cursor: Some(convert::cursor_to_proto(&next)),
             more,
         }))
@@ -84,7 +86,7 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
         let stream = ReceiverStream::new(receiver).map(|batch| {
             batch
                 .map(|envelopes| proto::SubscribeEnvelopesResponse {
-                    envelopes: envelopes.iter().map(convert::envelope_to_proto).collect(),
+                    envelopes: envelopes.iter().map(convert::sealed_to_proto).collect(),
                 })
                 .map_err(Status::from)
         });
@@ -236,12 +238,18 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
     ) -> Result<Response<proto::GetNodeInfoResponse>, Status> {
         let config = self.logic.config();
         let static_key = self.logic.static_key().await?;
+        let originators = self.logic.originator_keys().await?;
         let l = config.limits;
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let consistency_mode = if config.peers.is_empty() {
+            proto::ConsistencyMode::Strong
+        } else {
+            proto::ConsistencyMode::Eventual
+        };
         Ok(Response::new(proto::GetNodeInfoResponse {
             node_id: config.node_id,
-            consistency_mode: proto::ConsistencyMode::Strong as i32,
-            settle_window_ms: 0,
+            consistency_mode: consistency_mode as i32,
+            settle_window_ms: config.settle_window_ms(),
             limits: Some(proto::NodeLimits {
                 max_envelope_bytes: l.max_envelope_bytes as u64,
                 max_batch_envelopes: n(l.max_batch_envelopes),
@@ -255,7 +263,39 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
                 fetch_per_minute_per_target: l.fetch_per_target.per_minute,
             }),
             static_key: static_key.to_vec(),
+            node_key: self.logic.public_key().await?.to_vec(),
+            originator_keys: originators
+                .into_iter()
+                .map(|(node_id, key)| proto::OriginatorKey {
+                    node_id,
+                    public_key: key.to_vec(),
+                })
+                .collect(),
         }))
+    }
+
+    type SubscribeOriginatedStream = OriginatedStream;
+
+    #[tracing::instrument(skip_all, fields(
+        originator = request.get_ref().originator_node_id,
+        after = request.get_ref().after_sequence_id,
+    ))]
+    async fn subscribe_originated(
+        &self,
+        request: Request<proto::SubscribeOriginatedRequest>,
+    ) -> Result<Response<Self::SubscribeOriginatedStream>, Status> {
+        let request = request.into_inner();
+        let receiver = self
+            .logic
+            .subscribe_originated(request.originator_node_id, request.after_sequence_id);
+        let stream = ReceiverStream::new(receiver).map(|batch| {
+            batch
+                .map(|envelopes| proto::SubscribeOriginatedResponse {
+                    envelopes: envelopes.iter().map(convert::sealed_to_proto).collect(),
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
