@@ -7,10 +7,11 @@
 //! consumer sees neither a gap nor a duplicate. Publishes are not retried:
 //! after a broken call their outcome is unknown, and the caller decides.
 
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use kith_engine::{
-    delivery::{Cursor, Envelope, Topic},
+    delivery::{Cursor, Envelope, NodeId, Topic},
     identity::{IdentityUpdate, InboxId},
 };
 use tokio::sync::mpsc;
@@ -37,6 +38,9 @@ const READ_ATTEMPTS: u32 = 6;
 #[derive(Debug, Clone)]
 pub struct GrpcClient {
     client: NodeClient<Channel>,
+    /// When set, every envelope received must carry a seal by one of these
+    /// originators ([`GrpcClient::with_originator_keys`]).
+    originators: Option<Arc<HashMap<NodeId, VerifyingKey>>>,
 }
 
 impl GrpcClient {
@@ -48,7 +52,56 @@ impl GrpcClient {
             .connect_lazy();
         Ok(Self {
             client: NodeClient::new(channel),
+            originators: None,
         })
+    }
+
+    /// Accept only envelopes sealed by one of `keys` (originator id and
+    /// Ed25519 public key, as `kith-node --print-key` prints it): an
+    /// envelope from another originator, or whose seal does not verify,
+    /// is refused with [`ClientError::Malformed`]. Without this the client
+    /// trusts its node for originator fields, as it must for order anyway.
+    ///
+    /// # Errors
+    /// [`ClientError::Malformed`] when a key is not an Ed25519 public key.
+    pub fn with_originator_keys(
+        mut self,
+        keys: impl IntoIterator<Item = (NodeId, [u8; 32])>,
+    ) -> Result<Self, ClientError> {
+        let keys = keys
+            .into_iter()
+            .map(|(node, key)| {
+                VerifyingKey::from_bytes(&key)
+                    .map(|key| (node, key))
+                    .map_err(|e| malformed(format!("the key of originator {node}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        self.originators = Some(Arc::new(keys));
+        Ok(self)
+    }
+
+    /// The originators the node vouches for (itself and its replication
+    /// peers) with their keys, from `GetNodeInfo`: what
+    /// [`GrpcClient::with_originator_keys`] takes, when the node is trusted
+    /// on first use.
+    pub async fn originator_keys(&self) -> Result<Vec<(NodeId, [u8; 32])>, ClientError> {
+        let info = self
+            .read(|mut c| async move { c.get_node_info(proto::GetNodeInfoRequest {}).await })
+            .await?
+            .into_inner();
+        info.originator_keys
+            .into_iter()
+            .map(|k| {
+                let key = k.public_key.as_slice().try_into().map_err(|_| {
+                    malformed(format!(
+                        "the key of originator {} is {} bytes, not 32",
+                        k.node_id,
+                        k.public_key.len()
+                    ))
+                })?;
+                Ok((k.node_id, key))
+            })
+            .collect()
     }
 
     async fn read<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
@@ -103,6 +156,32 @@ fn malformed(e: impl std::fmt::Display) -> ClientError {
     ClientError::Malformed(e.to_string())
 }
 
+/// An envelope from the wire, its seal checked when `originators` is set.
+fn envelope_in(
+    originators: Option<&HashMap<NodeId, VerifyingKey>>,
+    envelope: proto::Envelope,
+) -> Result<Envelope, ClientError> {
+    let sealed = convert::sealed_from_proto(envelope).map_err(malformed)?;
+    if let Some(originators) = originators {
+        let envelope = &sealed.envelope;
+        let (node, sequence) = (envelope.originator_node_id, envelope.originator_sequence_id);
+        let key = originators.get(&node).ok_or_else(|| {
+            malformed(format!(
+                "envelope {sequence} names originator {node}, which is not one this client trusts"
+            ))
+        })?;
+        let verified = Signature::from_slice(&sealed.seal)
+            .ok()
+            .is_some_and(|seal| key.verify(&envelope.seal_input(), &seal).is_ok());
+        if !verified {
+            return Err(malformed(format!(
+                "envelope {sequence} of originator {node}: its seal does not verify"
+            )));
+        }
+    }
+    Ok(sealed.envelope)
+}
+
 fn subscribe_request(cursors: &HashMap<Topic, Cursor>) -> proto::SubscribeEnvelopesRequest {
     proto::SubscribeEnvelopesRequest {
         topics: cursors
@@ -135,7 +214,7 @@ impl DeliveryClient for GrpcClient {
             .into_inner()
             .envelopes
             .into_iter()
-            .map(|e| convert::envelope_from_proto(e).map_err(malformed))
+            .map(|e| envelope_in(self.originators.as_deref(), e))
             .collect()
     }
 
@@ -161,7 +240,7 @@ impl DeliveryClient for GrpcClient {
             envelopes: page
                 .envelopes
                 .into_iter()
-                .map(|e| convert::envelope_from_proto(e).map_err(malformed))
+                .map(|e| envelope_in(self.originators.as_deref(), e))
                 .collect::<Result<_, _>>()?,
             next_cursor: convert::cursor_from_proto(page.next_cursor),
             more: page.more,
@@ -178,6 +257,7 @@ impl DeliveryClient for GrpcClient {
             .map_err(status_error)?
             .into_inner();
         let (tx, rx) = mpsc::channel(256);
+        let originators = self.originators.clone();
         tokio::spawn(async move {
             let mut backoff = FIRST_BACKOFF;
             loop {
@@ -191,10 +271,10 @@ impl DeliveryClient for GrpcClient {
                         Some(Ok(batch)) => {
                             backoff = FIRST_BACKOFF;
                             for envelope in batch.envelopes {
-                                let envelope = match convert::envelope_from_proto(envelope) {
+                                let envelope = match envelope_in(originators.as_deref(), envelope) {
                                     Ok(envelope) => envelope,
                                     Err(e) => {
-                                        if tx.send(Err(malformed(e))).await.is_err() {
+                                        if tx.send(Err(e)).await.is_err() {
                                             return;
                                         }
                                         continue;

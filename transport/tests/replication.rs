@@ -1,0 +1,547 @@
+//! Replicating originator nodes, as real `kith-node` processes on loopback:
+//! every envelope reaches every node with its originator fields and seal, a
+//! node that was killed catches up from its peers, and a node takes nothing
+//! from a peer whose key it was not given. The in-process tests check what
+//! a node does with a forged, foreign or gapped batch.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use kith_engine::delivery::{Cursor, Envelope, MemoryNodeStore, SealedEnvelope, Topic};
+use kith_transport::{
+    client::{ClientError, DeliveryClient as _, GrpcClient},
+    node::{NodeConfig, NodeError, NodeLogic, Peer},
+    proto::{self, node_client::NodeClient},
+};
+
+/// How long a test waits for replication to converge before it fails.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// One node of a test cluster: its store, id, port and key, and its
+/// process while it runs.
+struct Node {
+    id: u32,
+    dir: PathBuf,
+    port: u16,
+    key: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A free loopback port (the kernel's pick, released for the node to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+fn node_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kith-node"));
+    command.arg("--data-dir").arg(dir);
+    command
+}
+
+/// The node key kept in `dir` (made there if new), from `--print-key`.
+fn print_key(dir: &Path) -> String {
+    let output = node_command(dir)
+        .arg("--print-key")
+        .output()
+        .expect("run kith-node --print-key");
+    assert!(output.status.success(), "--print-key failed: {output:?}");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// `n` nodes, ids 1 to n, each in its own directory under `root`.
+fn cluster(root: &Path, n: u32) -> Vec<Node> {
+    (1..=n)
+        .map(|id| {
+            let dir = root.join(format!("node-{id}"));
+            Node {
+                id,
+                key: print_key(&dir),
+                port: free_port(),
+                dir,
+                child: None,
+            }
+        })
+        .collect()
+}
+
+/// Start `nodes[i]` with every other node as its peer, and `extra` flags.
+fn start(nodes: &mut [Node], i: usize, extra: &[&str]) {
+    let peers: Vec<String> = nodes
+        .iter()
+        .filter(|peer| peer.id != nodes[i].id)
+        .map(|peer| format!("{}={}@{}", peer.id, peer.key, peer.url()))
+        .collect();
+    let node = &nodes[i];
+    let mut command = node_command(&node.dir);
+    command
+        .args(["--node-id", &node.id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{}", node.port)])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for peer in &peers {
+        command.args(["--peer", peer]);
+    }
+    let mut child = command.spawn().expect("start kith-node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    assert!(
+        line.starts_with("kith-node listening on "),
+        "node {} did not start: {line:?}",
+        node.id
+    );
+    nodes[i].child = Some(child);
+}
+
+fn kill(node: &mut Node) {
+    if let Some(mut child) = node.child.take() {
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        kill(self);
+    }
+}
+
+async fn connect(node: &Node) -> NodeClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match NodeClient::connect(node.url()).await {
+            Ok(client) => return client,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to node {}: {e}", node.id),
+        }
+    }
+}
+
+async fn publish(node: &Node, topic: &str, payloads: Vec<Vec<u8>>) -> Vec<proto::Envelope> {
+    connect(node)
+        .await
+        .publish_envelopes(proto::PublishEnvelopesRequest {
+            envelopes: payloads
+                .into_iter()
+                .map(|payload| proto::PublishedEnvelope {
+                    topic: topic.into(),
+                    payload,
+                })
+                .collect(),
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .envelopes
+}
+
+/// Everything `node` serves on `topic`, paging with its vector cursor.
+async fn read_topic(node: &Node, topic: &str) -> Vec<proto::Envelope> {
+    let mut client = connect(node).await;
+    let mut cursor = None;
+    let mut all = Vec::new();
+    loop {
+        let page = client
+            .query_envelopes(proto::QueryEnvelopesRequest {
+                topic: topic.into(),
+                cursor: cursor.clone(),
+                limit: 0,
+            })
+            .await
+            .expect("query")
+            .into_inner();
+        all.extend(page.envelopes);
+        cursor = page.next_cursor;
+        if !page.more {
+            return all;
+        }
+    }
+}
+
+type Stamp = (u32, u64);
+
+fn by_stamp(envelopes: &[proto::Envelope]) -> BTreeMap<Stamp, proto::Envelope> {
+    envelopes
+        .iter()
+        .map(|e| ((e.originator_node_id, e.originator_sequence_id), e.clone()))
+        .collect()
+}
+
+/// Wait until every running node serves exactly `expected` on `topic`, in
+/// canonical order; panics with what each node has after [`CONVERGE`].
+async fn converge(nodes: &[Node], topic: &str, expected: &BTreeMap<Stamp, proto::Envelope>) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let mut all_there = true;
+        let mut counts = Vec::new();
+        for node in nodes.iter().filter(|n| n.child.is_some()) {
+            let served = read_topic(node, topic).await;
+            counts.push((node.id, served.len()));
+            let order: Vec<(u64, u32, u64)> = served
+                .iter()
+                .map(|e| {
+                    (
+                        e.originator_time_ms,
+                        e.originator_node_id,
+                        e.originator_sequence_id,
+                    )
+                })
+                .collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "node {} serves {topic} out of canonical order",
+                node.id
+            );
+            let served = by_stamp(&served);
+            for (stamp, envelope) in &served {
+                // Whatever arrived is exactly what the originator stamped.
+                assert_eq!(
+                    expected.get(stamp),
+                    Some(envelope),
+                    "node {} serves {stamp:?} unlike its originator acknowledged it",
+                    node.id
+                );
+            }
+            all_there &= served.len() == expected.len();
+        }
+        if all_there {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replication did not converge on {topic} within {CONVERGE:?}: {} expected, nodes have {counts:?}",
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_every_envelope_with_its_originator_fields_and_seal() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(root.path(), 3);
+    for i in 0..nodes.len() {
+        start(
+            &mut nodes,
+            i,
+            &[
+                "--replication-delay-ms",
+                "20",
+                "--replication-jitter-ms",
+                "40",
+            ],
+        );
+    }
+    // The node says it is eventually consistent, with its window, and
+    // vouches for its peers' keys.
+    let info = connect(&nodes[0])
+        .await
+        .get_node_info(proto::GetNodeInfoRequest {})
+        .await
+        .expect("node info")
+        .into_inner();
+    assert_eq!(
+        info.consistency_mode,
+        proto::ConsistencyMode::Eventual as i32
+    );
+    assert_eq!(info.settle_window_ms, 1_000, "the documented default");
+    assert_eq!(hex::encode(&info.node_key), nodes[0].key);
+    let vouched: BTreeMap<u32, String> = info
+        .originator_keys
+        .iter()
+        .map(|k| (k.node_id, hex::encode(&k.public_key)))
+        .collect();
+    let configured: BTreeMap<u32, String> = nodes.iter().map(|n| (n.id, n.key.clone())).collect();
+    assert_eq!(vouched, configured);
+
+    // Every node takes publishes on the same topics at once.
+    let topics = ["group/0a", "group/0b"];
+    let mut acknowledged = BTreeMap::new();
+    let mut publishers = Vec::new();
+    for node in &nodes {
+        for topic in topics {
+            let url = node.url();
+            let id = node.id;
+            publishers.push(tokio::spawn(async move {
+                let mut client = NodeClient::connect(url).await.expect("connect");
+                let mut acked = Vec::new();
+                for round in 0..10u32 {
+                    let envelopes = (0..5u32)
+                        .map(|i| proto::PublishedEnvelope {
+                            topic: topic.into(),
+                            payload: format!("{id}-{topic}-{round}-{i}").into_bytes(),
+                        })
+                        .collect();
+                    acked.extend(
+                        client
+                            .publish_envelopes(proto::PublishEnvelopesRequest { envelopes })
+                            .await
+                            .expect("publish")
+                            .into_inner()
+                            .envelopes,
+                    );
+                }
+                (topic, acked)
+            }));
+        }
+    }
+    for publisher in publishers {
+        let (topic, acked) = publisher.await.expect("publisher");
+        acknowledged
+            .entry(topic)
+            .or_insert_with(BTreeMap::new)
+            .extend(by_stamp(&acked));
+    }
+    for topic in topics {
+        let expected = &acknowledged[topic];
+        assert_eq!(expected.len(), 3 * 10 * 5, "every publish was acknowledged");
+        converge(&nodes, topic, expected).await;
+    }
+
+    // A client that pins the three keys accepts what any node serves.
+    let keys: Vec<(u32, [u8; 32])> = nodes
+        .iter()
+        .map(|n| {
+            let key: [u8; 32] = hex::decode(&n.key)
+                .expect("hex")
+                .try_into()
+                .expect("32 bytes");
+            (n.id, key)
+        })
+        .collect();
+    let topic: Topic = topics[0].parse().expect("topic");
+    for node in &nodes {
+        let client = GrpcClient::connect_lazy(&node.url())
+            .expect("client")
+            .with_originator_keys(keys.clone())
+            .expect("keys");
+        let page = client
+            .query(&topic, &Cursor::new(), 0)
+            .await
+            .expect("sealed");
+        assert_eq!(page.envelopes.len(), 150);
+        // Without node 2's key, node 2's envelopes are refused.
+        let partial = GrpcClient::connect_lazy(&node.url())
+            .expect("client")
+            .with_originator_keys(keys.iter().copied().filter(|(id, _)| *id != 2))
+            .expect("keys");
+        match partial.query(&topic, &Cursor::new(), 0).await {
+            Err(ClientError::Malformed(reason)) => {
+                assert!(reason.contains("originator 2"), "{reason}");
+            }
+            other => panic!("an unpinned originator was accepted: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_run_catches_up_from_its_peers_and_they_from_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(root.path(), 3);
+    for i in 0..nodes.len() {
+        start(&mut nodes, i, &[]);
+    }
+    let topic = "group/0c";
+    let mut expected = BTreeMap::new();
+    for node in &nodes {
+        expected.extend(by_stamp(
+            &publish(
+                node,
+                topic,
+                vec![format!("before {}", node.id).into_bytes()],
+            )
+            .await,
+        ));
+    }
+    converge(&nodes, topic, &expected).await;
+
+    // Node 3 dies. Its peers go on; it published once more just before.
+    expected.extend(by_stamp(
+        &publish(&nodes[2], topic, vec![b"3 just before dying".to_vec()]).await,
+    ));
+    kill(&mut nodes[2]);
+    for round in 0..20u32 {
+        for node in &nodes[..2] {
+            expected.extend(by_stamp(
+                &publish(
+                    node,
+                    topic,
+                    vec![format!("{} while 3 is down: {round}", node.id).into_bytes()],
+                )
+                .await,
+            ));
+        }
+    }
+    // Back up: it pulls what it missed, and its peers get what it had.
+    start(&mut nodes, 2, &[]);
+    converge(&nodes, topic, &expected).await;
+    assert_eq!(expected.len(), 3 + 1 + 40);
+    assert_eq!(
+        read_topic(&nodes[0], topic).await,
+        read_topic(&nodes[2], topic).await,
+        "the same envelopes, in the same order, on both"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_nothing_from_a_peer_under_the_wrong_key() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(root.path(), 2);
+    // Node 1 is told a key for node 2 that is not node 2's.
+    let real = nodes[1].key.clone();
+    nodes[1].key = hex::encode(SigningKey::from_bytes(&[9; 32]).verifying_key().to_bytes());
+    start(&mut nodes, 0, &[]);
+    nodes[1].key = real;
+    start(&mut nodes, 1, &[]);
+    let topic = "group/0d";
+    let from_one = by_stamp(&publish(&nodes[0], topic, vec![b"from 1".to_vec()]).await);
+    let from_two = by_stamp(&publish(&nodes[1], topic, vec![b"from 2".to_vec()]).await);
+    // Node 2 knows node 1's real key and takes its envelope.
+    let mut both = from_one.clone();
+    both.extend(from_two);
+    let deadline = Instant::now() + CONVERGE;
+    while by_stamp(&read_topic(&nodes[1], topic).await) != both {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never got node 1's envelope"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for several pulls: node 1 still has only its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(by_stamp(&read_topic(&nodes[0], topic).await), from_one);
+}
+
+/// A node over memory with node 2 as its peer under `key`.
+fn node_with_peer(key: &SigningKey) -> NodeLogic<MemoryNodeStore> {
+    let mut config = NodeConfig::new(1);
+    config.peers.push(Peer {
+        node_id: 2,
+        public_key: key.verifying_key(),
+        url: "http://127.0.0.1:1".into(),
+    });
+    NodeLogic::new(config, MemoryNodeStore::default())
+}
+
+fn sealed(key: &SigningKey, node: u32, sequence: u64, payload: &[u8]) -> SealedEnvelope {
+    let envelope = Envelope {
+        topic: Topic::Group(b"g".to_vec()),
+        payload: payload.to_vec(),
+        originator_node_id: node,
+        originator_sequence_id: sequence,
+        originator_time_ms: 1_000 + sequence,
+    };
+    SealedEnvelope {
+        seal: key.sign(&envelope.seal_input()).to_bytes().to_vec(),
+        envelope,
+    }
+}
+
+#[tokio::test]
+async fn a_forged_foreign_or_gapped_batch_is_refused_whole_and_a_copy_changes_nothing() {
+    let peer = SigningKey::from_bytes(&[2; 32]);
+    let stranger = SigningKey::from_bytes(&[3; 32]);
+    let node = node_with_peer(&peer);
+    let good = sealed(&peer, 2, 1, b"one");
+
+    let refused = |result: Result<usize, NodeError>, what: &str| match result {
+        Err(NodeError::InvalidArgument(reason)) => assert!(reason.contains(what), "{reason}"),
+        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+    };
+    // Sealed by someone else in node 2's name.
+    refused(
+        node.accept_replicated(vec![good.clone(), sealed(&stranger, 2, 2, b"forged")])
+            .await,
+        "seal does not verify",
+    );
+    // The peer's seal, with a changed payload, topic or field.
+    let mut changed = sealed(&peer, 2, 2, b"two");
+    changed.envelope.payload = b"changed".to_vec();
+    refused(
+        node.accept_replicated(vec![changed]).await,
+        "seal does not verify",
+    );
+    let mut moved = sealed(&peer, 2, 1, b"one");
+    moved.envelope.topic = Topic::Group(b"elsewhere".to_vec());
+    refused(
+        node.accept_replicated(vec![moved]).await,
+        "seal does not verify",
+    );
+    let mut retimed = sealed(&peer, 2, 1, b"one");
+    retimed.envelope.originator_time_ms = 1;
+    refused(
+        node.accept_replicated(vec![retimed]).await,
+        "seal does not verify",
+    );
+    // An originator that is no peer, even self-consistently sealed.
+    refused(
+        node.accept_replicated(vec![sealed(&stranger, 3, 1, b"x")])
+            .await,
+        "not a configured peer",
+    );
+    // A gap.
+    refused(
+        node.accept_replicated(vec![good.clone(), sealed(&peer, 2, 3, b"three")])
+            .await,
+        "must not skip",
+    );
+    assert_eq!(
+        node.heads().await.expect("heads"),
+        Cursor::new(),
+        "nothing stored"
+    );
+
+    // The good batch is stored, and again is a copy.
+    assert_eq!(
+        node.accept_replicated(vec![good.clone()])
+            .await
+            .expect("stored"),
+        1
+    );
+    assert_eq!(
+        node.accept_replicated(vec![good.clone()])
+            .await
+            .expect("copy"),
+        0
+    );
+    let (page, _, _) = node
+        .query("group/67", Cursor::new(), 0)
+        .await
+        .expect("query");
+    assert_eq!(page, vec![good]);
+
+    // The node serves its own, sealed by its key, to pullers.
+    let own = node
+        .publish(vec![("group/67".into(), b"mine".to_vec())])
+        .await
+        .expect("publish");
+    let pulled = node.originated(1, 0, 10).await.expect("pull");
+    assert_eq!(pulled, own);
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&node.public_key().await.expect("key"))
+        .expect("valid key");
+    let seal = ed25519_dalek::Signature::from_slice(&pulled[0].seal).expect("64 bytes");
+    key.verify_strict(&pulled[0].envelope.seal_input(), &seal)
+        .expect("the node's seal verifies under its published key");
+}
