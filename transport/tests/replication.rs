@@ -434,6 +434,91 @@ async fn a_node_takes_nothing_from_a_peer_under_the_wrong_key() {
     assert_eq!(by_stamp(&read_topic(&nodes[0], topic).await), from_one);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_registered_on_one_node_is_served_by_its_peers() {
+    use kith_engine::identity::{InstallationKeys, LocalWallet, UnsignedIdentityUpdate};
+    use rand_core::SeedableRng as _;
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(root.path(), 3);
+    for i in 0..nodes.len() {
+        start(&mut nodes, i, &["--replication-jitter-ms", "30"]);
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+    let wallet = LocalWallet::generate(&mut rng);
+    let inbox = wallet.inbox_id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let update = |keys: &InstallationKeys, sequence: u64| {
+        let unsigned =
+            UnsignedIdentityUpdate::add_installation(inbox, keys, sequence, now + sequence);
+        let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+        unsigned.sign(signature, Some(keys))
+    };
+    let clients: Vec<GrpcClient> = nodes
+        .iter()
+        .map(|n| GrpcClient::connect_lazy(&n.url()).expect("client"))
+        .collect();
+    let wait_for = |sequence: u64| {
+        let clients = clients.clone();
+        async move {
+            let deadline = Instant::now() + CONVERGE;
+            for (i, client) in clients.iter().enumerate() {
+                loop {
+                    let log = client
+                        .identity_updates(vec![(inbox, 0)])
+                        .await
+                        .expect("identity updates");
+                    if log[0].len() as u64 == sequence {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} serves {} updates of the inbox, not {sequence}",
+                        i + 1,
+                        log[0].len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+
+    // Registered through node 1: nodes 2 and 3 serve it.
+    let phone = InstallationKeys::generate(&mut rng);
+    clients[0]
+        .publish_identity_update(update(&phone, 1))
+        .await
+        .expect("register on node 1");
+    wait_for(1).await;
+    // A second device through node 2, which now holds the log: 1 and 3
+    // follow.
+    let laptop = InstallationKeys::generate(&mut rng);
+    clients[1]
+        .publish_identity_update(update(&laptop, 2))
+        .await
+        .expect("second device on node 2");
+    wait_for(2).await;
+    let logs: Vec<_> = {
+        let mut logs = Vec::new();
+        for client in &clients {
+            logs.push(
+                client
+                    .identity_updates(vec![(inbox, 0)])
+                    .await
+                    .expect("log"),
+            );
+        }
+        logs
+    };
+    assert!(
+        logs.windows(2).all(|w| w[0] == w[1]),
+        "the same log on every node"
+    );
+}
+
 /// A node over memory with node 2 as its peer under `key`.
 fn node_with_peer(key: &SigningKey) -> NodeLogic<MemoryNodeStore> {
     let mut config = NodeConfig::new(1);

@@ -14,10 +14,15 @@
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Verifier as _};
-use kith_engine::delivery::{Cursor, NodeId, NodeStore, SealedEnvelope};
+use std::collections::BTreeSet;
+
+use kith_engine::{
+    delivery::{Cursor, NodeId, NodeStore, SealedEnvelope, Topic},
+    identity::{IdentityUpdate, InboxId},
+};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{NodeLogic, internal};
+use super::{NodeLogic, internal, load_identity};
 use crate::node::{error::NodeError, replicator::REPLICATION_BATCH_BYTES};
 
 /// Why a replicated batch was refused. The batch changes nothing.
@@ -237,14 +242,95 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         })
         .await
         .map_err(internal)??;
-        let _order = self.publish_order.lock().await;
+        let order = self.publish_order.lock().await;
         let heads = self.heads().await?;
         check_contiguous(&heads, &batch)?;
         let stored = self
             .blocking(move |store| store.store_replicated(batch).map_err(internal))
             .await?;
         self.announce(&stored);
+        drop(order);
+        self.apply_replicated_identities(&stored).await;
         Ok(stored.len())
+    }
+
+    /// A peer's envelopes on `identity/<inbox>` are its mirror of the
+    /// identity updates it verified: bring this node's log of each such
+    /// inbox up to date with them, so that a client may ask any node.
+    async fn apply_replicated_identities(&self, stored: &[SealedEnvelope]) {
+        let inboxes: BTreeSet<InboxId> = stored
+            .iter()
+            .filter_map(|sealed| match &sealed.envelope.topic {
+                Topic::Identity(inbox) => Some(*inbox),
+                _ => None,
+            })
+            .collect();
+        for inbox in inboxes {
+            match self
+                .blocking(move |store| sync_identity_log(store, inbox))
+                .await
+            {
+                Ok(0) => {}
+                Ok(applied) => tracing::debug!(%inbox, applied, "identity updates from peers"),
+                // The envelopes are stored either way; the log catches up
+                // on the next mirror of this inbox.
+                Err(e) => {
+                    tracing::warn!(%inbox, error = %e, "cannot apply a peer's identity updates")
+                }
+            }
+        }
+    }
+}
+
+/// Append to `inbox`'s identity log every update on its identity topic
+/// that continues it and verifies, in canonical order, until none does:
+/// the mirrors of different originators may arrive out of sequence.
+/// Returns how many were appended.
+///
+/// Two nodes may each accept a different update with the same sequence
+/// number (two devices registering at once); the log keeps the one it had
+/// first, and the other is ignored here. Deciding between them the same way
+/// on every node is not done yet (docs/replication.md).
+fn sync_identity_log<S: NodeStore>(store: &S, inbox: InboxId) -> Result<usize, NodeError> {
+    let topic = Topic::Identity(inbox);
+    let mut mirrors = Vec::new();
+    let mut cursor = Cursor::new();
+    loop {
+        let page = store
+            .query_envelopes(&topic, &cursor, REPLICATION_PAGE)
+            .map_err(internal)?;
+        let full = page.len() == REPLICATION_PAGE;
+        for sealed in &page {
+            cursor.advance(&sealed.envelope);
+        }
+        mirrors.extend(
+            page.into_iter()
+                .filter_map(|sealed| IdentityUpdate::from_bytes(&sealed.envelope.payload).ok()),
+        );
+        if !full {
+            break;
+        }
+    }
+    let mut state = load_identity(store, inbox)?;
+    let mut applied = 0;
+    loop {
+        let next = state.sequence() + 1;
+        let Some(update) = mirrors
+            .iter()
+            .filter(|update| update.unsigned.sequence == next)
+            .find(|update| state.clone().apply(update).is_ok())
+        else {
+            return Ok(applied);
+        };
+        if !store
+            .append_identity_update(&inbox, next, update.to_bytes())
+            .map_err(internal)?
+        {
+            // A client's publish on this node was first.
+            return Ok(applied);
+        }
+        state.apply(update).map_err(internal)?;
+        applied += 1;
     }
 }
 
