@@ -212,6 +212,12 @@ impl ForkMonitor {
         self.state.forked.is_some()
     }
 
+    /// On a fork: the epoch whose canonical commit this installation
+    /// missed, where its branch parted from the canonical one.
+    pub(crate) fn parted_at(&self) -> Option<u64> {
+        self.state.forked.as_ref().map(|fork| fork.evidence_epoch)
+    }
+
     // ----- evidence ------------------------------------------------------------
 
     /// A member's message whose authenticated data is `aad`, which this

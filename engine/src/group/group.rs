@@ -232,7 +232,12 @@ impl Group {
         }
         let mut replaced = None;
         if let Some(old) = old {
-            continuity::check_continuity(&old.parts.mls, &staged)?;
+            continuity::check_continuity(
+                &old.parts.mls,
+                old.parts.forks.parted_at(),
+                &old.parts.core.removed_installations,
+                &staged,
+            )?;
             replaced = Some(old.replace(kv)?);
         }
         let welcomed_by = staged.sender_installation();

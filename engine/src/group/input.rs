@@ -566,6 +566,20 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
         summary: super::validate::CommitSummary,
         self_removed: bool,
     ) -> Result<(), GroupError> {
+        if !summary.removed.is_empty() {
+            let left = self.parts.mls.epoch().saturating_sub(1);
+            let removed = &mut self.parts.core.removed_installations;
+            removed.extend(
+                summary
+                    .removed
+                    .iter()
+                    .map(|(_, installation)| (left, *installation)),
+            );
+            let excess = removed
+                .len()
+                .saturating_sub(super::records::MAX_REMOVED_KEPT);
+            removed.drain(..excess);
+        }
         if !summary.added.is_empty() || !summary.removed.is_empty() {
             self.parts.events.push_back(GroupEvent::MembersChanged {
                 by: summary.committer,

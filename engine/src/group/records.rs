@@ -205,6 +205,12 @@ pub struct GroupRecord {
     /// removal was a fork's).
     #[serde(default)]
     pub own_installation: Option<InstallationId>,
+    /// The installations this installation saw removed, with the epoch
+    /// each removal left (the latest [`MAX_REMOVED_KEPT`]). A member on a
+    /// fork may be re-added by one its own branch removed: that member was
+    /// in the last tree both branches shared (see `check_continuity`).
+    #[serde(default)]
+    pub removed_installations: Vec<(u64, InstallationId)>,
     /// A member's branch parted from this one by an earlier commit, at an
     /// epoch not settled yet when it was seen.
     #[serde(default)]
@@ -279,6 +285,7 @@ impl GroupRecord {
                 joined_at_epoch: self.joined_at_epoch,
                 welcomed_by: self.welcomed_by,
                 own_installation: self.own_installation,
+                removed_installations: self.removed_installations,
             },
             outbox: OutboxState {
                 next_intent_id: self.next_intent_id,
@@ -336,6 +343,7 @@ impl RecordParts {
             joined_at_epoch: core.joined_at_epoch,
             welcomed_by: core.welcomed_by,
             own_installation: core.own_installation,
+            removed_installations: core.removed_installations,
             earlier_commit: forks.earlier_commit,
             next_written: history.next_written,
             awaited_commits: forks.awaited_commits,
@@ -355,7 +363,11 @@ pub(crate) struct CoreState {
     pub(crate) joined_at_epoch: u64,
     pub(crate) welcomed_by: Option<InstallationId>,
     pub(crate) own_installation: Option<InstallationId>,
+    pub(crate) removed_installations: Vec<(u64, InstallationId)>,
 }
+
+/// How many removals a group record remembers for `check_continuity`.
+pub(crate) const MAX_REMOVED_KEPT: usize = 64;
 
 /// The outbox's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -14,20 +14,37 @@ use super::{
     mls::{Mls, StagedJoin},
     store::KvStore,
 };
-use crate::identity::InboxId;
+use crate::identity::{InboxId, InstallationId};
 
 /// Whether the staged Welcome `join` continues this group, as held
 /// here, so that it may replace (or later rejoin) it: the committer was
-/// a member in the last tree this installation trusted (this state's),
-/// and the immutable metadata (kind, creator, DM members and mode,
-/// creation time, legacy id) is unchanged. Anyone can fetch this
-/// installation's key packages and make a valid Welcome for a group of
-/// the same id; only a member of this group can continue it.
+/// a member in the last tree this installation trusted, and the immutable
+/// metadata (kind, creator, DM members and mode, creation time, legacy
+/// id) is unchanged. Anyone can fetch this installation's key packages and
+/// make a valid Welcome for a group of the same id; only a member of this
+/// group can continue it.
+///
+/// The last tree trusted is this state's, or, for a member on a fork,
+/// the tree where its branch parted from the canonical one (`parted_at`,
+/// the epoch whose canonical commit it missed): its own branch may since
+/// have removed the member that re-adds it. That tree is not kept, so a
+/// committer counts if it is in this state's tree or this branch removed
+/// it at or after the parting (`removed`).
 ///
 /// OpenMLS 0.9 joins a Welcome with an empty resumption-PSK store, so
 /// a resumption PSK of an earlier epoch cannot be asked for here.
-pub(crate) fn check_continuity(held: &Mls, join: &StagedJoin) -> Result<(), GroupError> {
-    if !held.has_leaf_key(join.sender_key()) {
+pub(crate) fn check_continuity(
+    held: &Mls,
+    parted_at: Option<u64>,
+    removed: &[(u64, InstallationId)],
+    join: &StagedJoin,
+) -> Result<(), GroupError> {
+    let removed_since_parting = parted_at.is_some_and(|parted| {
+        removed.iter().any(|(left, installation)| {
+            *left >= parted && installation.as_bytes().as_slice() == join.sender_key()
+        })
+    });
+    if !held.has_leaf_key(join.sender_key()) && !removed_since_parting {
         return Err(GroupError::NotPermitted(
             "a Welcome for a group this installation holds, from an installation that was \
              not a member of it: refused"
