@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 use kith_engine::{
     delivery::{
         Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, SealedEnvelope, StoredKeyPackage,
@@ -159,8 +159,6 @@ pub struct NodeLogic<S> {
     /// The node's Ed25519 key, which seals what it originates; read from
     /// the store (or made and stored) on first use.
     signing_key: tokio::sync::OnceCell<SigningKey>,
-    /// The peers' keys, parsed once.
-    peer_keys: Vec<(NodeId, VerifyingKey)>,
 }
 
 impl<S> std::fmt::Debug for NodeLogic<S> {
@@ -184,11 +182,6 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// A node over `store`, on `clock`.
     pub fn with_clock(config: NodeConfig, store: S, clock: Arc<dyn Clock>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let peer_keys = config
-            .peers
-            .iter()
-            .map(|peer| (peer.node_id, peer.public_key))
-            .collect();
         Self {
             limiter: Mutex::new(Limiter {
                 requesters: Buckets::new(config.limits.fetch_per_requester),
@@ -202,7 +195,6 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             closing: tokio::sync::watch::Sender::new(false),
             secret: tokio::sync::OnceCell::new(),
             signing_key: tokio::sync::OnceCell::new(),
-            peer_keys,
         }
     }
 
@@ -242,7 +234,12 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// peers, with their public keys (for `GetNodeInfo`).
     pub async fn originator_keys(&self) -> Result<Vec<(NodeId, [u8; 32])>, NodeError> {
         let mut keys = vec![(self.config.node_id, self.public_key().await?)];
-        keys.extend(self.peer_keys.iter().map(|(id, key)| (*id, key.to_bytes())));
+        keys.extend(
+            self.config
+                .peers
+                .iter()
+                .map(|peer| (peer.node_id, peer.public_key.to_bytes())),
+        );
         Ok(keys)
     }
 

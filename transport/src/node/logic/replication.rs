@@ -13,11 +13,11 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::{Signature, Verifier as _};
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use std::collections::BTreeSet;
 
 use kith_engine::{
-    delivery::{Cursor, NodeId, NodeStore, SealedEnvelope, Topic},
+    delivery::{Cursor, NodeId, NodeStore, Replicated, SealedEnvelope, Topic},
     identity::{IdentityUpdate, InboxId},
 };
 use tokio::sync::{broadcast, mpsc};
@@ -232,7 +232,12 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             return Ok(0);
         }
         let limit = self.config.limits.max_envelope_bytes;
-        let keys = self.peer_keys.clone();
+        let keys: Vec<(NodeId, VerifyingKey)> = self
+            .config
+            .peers
+            .iter()
+            .map(|peer| (peer.node_id, peer.public_key))
+            .collect();
         // Seal checks are CPU work: off the async threads.
         let batch = tokio::task::spawn_blocking(move || {
             for sealed in &batch {
@@ -315,10 +320,14 @@ fn sync_identity_log<S: NodeStore>(store: &S, inbox: InboxId) -> Result<usize, N
     let mut applied = 0;
     loop {
         let next = state.sequence() + 1;
-        let Some(update) = mirrors
+        // The first that verifies on this log, and the log it makes.
+        let Some((update, extended)) = mirrors
             .iter()
             .filter(|update| update.unsigned.sequence == next)
-            .find(|update| state.clone().apply(update).is_ok())
+            .find_map(|update| {
+                let mut extended = state.clone();
+                extended.apply(update).ok().map(|()| (update, extended))
+            })
         else {
             return Ok(applied);
         };
@@ -329,7 +338,7 @@ fn sync_identity_log<S: NodeStore>(store: &S, inbox: InboxId) -> Result<usize, N
             // A client's publish on this node was first.
             return Ok(applied);
         }
-        state.apply(update).map_err(internal)?;
+        state = extended;
         applied += 1;
     }
 }
@@ -396,7 +405,7 @@ fn by_bytes(page: Vec<SealedEnvelope>) -> Vec<Vec<SealedEnvelope>> {
 /// One replicated envelope: a configured peer's, sealed by it, within
 /// this node's limits. (Its topic was parsed by the wire conversion.)
 fn check_replicated(
-    keys: &[(NodeId, ed25519_dalek::VerifyingKey)],
+    keys: &[(NodeId, VerifyingKey)],
     limit: usize,
     sealed: &SealedEnvelope,
 ) -> Result<(), ReplicationError> {
@@ -437,14 +446,17 @@ fn check_contiguous(heads: &Cursor, batch: &[SealedEnvelope]) -> Result<(), Repl
             .entry(originator)
             .or_insert_with(|| heads.get(originator));
         let sequence = envelope.originator_sequence_id;
-        if sequence > *head + 1 {
-            return Err(ReplicationError::Gap {
-                originator,
-                head: *head,
-                sequence,
-            });
+        match Replicated::classify(*head, sequence) {
+            Replicated::Copy => {}
+            Replicated::Next => *head = sequence,
+            Replicated::Gap => {
+                return Err(ReplicationError::Gap {
+                    originator,
+                    head: *head,
+                    sequence,
+                });
+            }
         }
-        *head = (*head).max(sequence);
     }
     Ok(())
 }
