@@ -480,6 +480,13 @@ impl ForkMonitor {
     /// no claim keys of those epochs, so no other member's claim could tell
     /// it. The adder is trusted for the branch it put this installation on
     /// (it made the Welcome); no one else's request moves it.
+    ///
+    /// Only a request the adder made after the Welcome counts: one flagged
+    /// at an epoch from before this installation joined is about a fork
+    /// the adder had healed before it added this installation (a forked
+    /// member commits nothing, and a Welcome goes out only once its commit
+    /// settled), re-sent or replicated late. Taking that one would fork
+    /// every member the adder has added since.
     pub(crate) fn adder_forked(
         &self,
         payload: &[u8],
@@ -489,7 +496,8 @@ impl ForkMonitor {
         let request = RejoinRequest::verify(payload).ok()?;
         (request.group_id == self.group_id
             && welcomed_by == Some(request.installation)
-            && request.evidence_epoch < joined_at_epoch)
+            && request.evidence_epoch < joined_at_epoch
+            && request.epoch >= joined_at_epoch)
             .then(|| ForkEvidence {
                 reason: format!(
                     "the member that added this installation found that its branch lost at \
