@@ -246,6 +246,8 @@ impl ClientBuilder {
                 proposal_wait_ms: u64::try_from(self.config.proposal_wait.as_millis())
                     .unwrap_or(u64::MAX),
             },
+            retire_grace_ms: u64::try_from(self.config.retire_grace.as_millis())
+                .unwrap_or(u64::MAX),
             ..kith_engine::group::GroupConfig::default()
         };
         let shared = Arc::new(Shared {

@@ -69,6 +69,14 @@ pub struct ClientConfig {
     /// its proposal before committing it itself (default 0: at once). On a
     /// busy group over several nodes, a settle window or so saves commits.
     pub proposal_wait: Duration,
+    /// How long a removed installation keeps a group's state after its
+    /// removal, so that it can still find out that the removal was a
+    /// losing branch's and ask to be re-added, before deleting the
+    /// group's secrets (default a day; no wait with a settle window of 0,
+    /// where no branch can lose). See [`GroupConfig::retire_grace_ms`].
+    ///
+    /// [`GroupConfig::retire_grace_ms`]: kith_engine::group::GroupConfig::retire_grace_ms
+    pub retire_grace: Duration,
 }
 
 impl Default for ClientConfig {
@@ -87,6 +95,7 @@ impl Default for ClientConfig {
             max_rewind: 5,
             propose_first: true,
             proposal_wait: Duration::ZERO,
+            retire_grace: Duration::from_millis(kith_engine::group::RETIRE_GRACE_MS),
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct Config {
     pub propose_first: bool,
     /// How long a proposer waits for someone else to commit its proposal.
     pub proposal_wait_ms: u64,
+    /// How long a removed member keeps the group's state after its
+    /// removal, to find a fork its removal may turn out to be on. Longer
+    /// than any partition a profile makes, with room for the heal.
+    pub retire_grace_ms: u64,
     /// Chance per tick that a client loses power, per mille: besides what
     /// a crash loses, every step since its store was last flushed is gone.
     pub power_loss_per_mille: u64,
@@ -74,6 +78,7 @@ impl Default for Config {
             max_ticks: 20_000,
             propose_first: true,
             proposal_wait_ms: 40,
+            retire_grace_ms: 2_000,
             power_loss_per_mille: 1,
             reuse_ratchet: false,
         }

@@ -76,6 +76,9 @@ fn policy() -> GroupConfig {
             propose_first: false,
             ..ProposalPolicy::default()
         },
+        // The member under test retires as soon as its removal settles,
+        // so that the seeds hold a retired group's record.
+        retire_grace_ms: 0,
         ..GroupConfig::default()
     }
 }

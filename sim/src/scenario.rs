@@ -184,6 +184,7 @@ impl Sim {
                 proposal_wait_ms: config.proposal_wait_ms,
             },
             rejoin_retry_ms: 5 * config.settle_window_ms,
+            retire_grace_ms: config.retire_grace_ms,
         };
         let mut sim = Self {
             config,
@@ -305,6 +306,7 @@ impl Sim {
             if self.active()
                 || busy
                 || forked
+                || self.retirements_pending()
                 || !self.net.is_quiet()
                 || self.net.partitioned(self.now)
             {
@@ -326,6 +328,16 @@ impl Sim {
             self.config.max_ticks
         ));
         checks::end(self);
+    }
+
+    /// Whether a removed client (not on a fork) still holds the group's
+    /// state: the end checks want it deleted, once its grace is over.
+    fn retirements_pending(&self) -> bool {
+        self.clients.iter().any(|c| {
+            c.group
+                .as_ref()
+                .is_some_and(|g| !g.is_active() && !g.is_retired() && g.fork().is_none())
+        })
     }
 
     /// Whether a client on a fork is still in the canonical tree (as a

@@ -378,3 +378,40 @@ fn after_the_state_is_deleted_only_a_members_welcome_brings_her_back() {
         "she reads the group again"
     );
 }
+
+/// On an eventually consistent network a removal that settled can still
+/// turn out to be a losing branch's (a commit sorting before it arrives
+/// once a partition heals, and the members on that branch still count
+/// the removed member in): only with its state can the member see that
+/// fork and ask to be re-added. So it keeps the state for the group's
+/// `retire_grace_ms` after its removal (a day by default), and then
+/// deletes it as above. With a strong order there is no wait (the tests
+/// above).
+#[test]
+fn on_an_eventual_network_the_state_is_deleted_once_the_grace_is_over() {
+    use kith_engine::group::RETIRE_GRACE_MS;
+
+    let window = 100;
+    let mut w = World::new(6, 3, 3, window);
+    let (alice, carol) = (0, 2);
+    assert_eq!(w.policy.retire_grace_ms, RETIRE_GRACE_MS);
+    remove(&mut w, alice, carol, 100);
+    let group_id = openmls::prelude::GroupId::from_slice(&w.group_id);
+    let entries = |w: &World| {
+        w.clients[carol]
+            .storage()
+            .raw_group_entries(&group_id)
+            .expect("read")
+            .len()
+    };
+    // Settled (several windows later), but within the grace.
+    w.advance(carol, 100 + 10 * window);
+    assert!(!w.group(carol).is_active());
+    assert!(!w.group(carol).is_retired(), "kept for the grace");
+    assert!(entries(&w) > 0, "the state is kept while a fork may show");
+    w.advance(carol, 100 + RETIRE_GRACE_MS);
+    assert!(!w.group(carol).is_retired(), "one ms short of the grace");
+    w.advance(carol, 101 + RETIRE_GRACE_MS);
+    assert!(w.group(carol).is_retired());
+    assert_eq!(entries(&w), 0, "deleted once the grace is over");
+}

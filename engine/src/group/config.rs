@@ -3,11 +3,15 @@
 //!
 //! Each part of the engine reads its own piece: the rewind history the
 //! [`RewindPolicy`], the outbox the [`ProposalPolicy`], the fork monitor
-//! the rejoin retry.
+//! the rejoin retry and the retirement grace.
 
 /// How long a member on a fork waits for its re-add before asking again,
 /// by default.
 pub const REJOIN_RETRY_MS: u64 = 30_000;
+
+/// How long a removed member keeps the group's state after its removal
+/// settled, by default: a day.
+pub const RETIRE_GRACE_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// How one group behaves: rollback, proposals, and fork healing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +24,21 @@ pub struct GroupConfig {
     /// How long a member on a fork waits for its re-add before asking
     /// again, in ms (default [`REJOIN_RETRY_MS`]).
     pub rejoin_retry_ms: u64,
+    /// How long a removed member keeps the group's state after it applied
+    /// its removal, in ms (default [`RETIRE_GRACE_MS`]), before deleting
+    /// its secrets for good.
+    ///
+    /// A removal that settled can still turn out to be a losing branch's:
+    /// a commit that sorts before it may arrive after the settle window,
+    /// once a partition heals, and the members on that branch still count
+    /// this installation in. Only with its state can it see that fork and
+    /// ask to be re-added; a retired group sees nothing. So the state is
+    /// kept for as long as the deployment's longest partition, and the
+    /// cost is forward secrecy for that long (RFC 9420 section 8 asks for
+    /// the secrets to go; this delays it, bounded). 0 retires as soon as
+    /// the removal settled; so does a strong order (a settle window of 0),
+    /// where no branch can lose.
+    pub retire_grace_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -28,6 +47,7 @@ impl Default for GroupConfig {
             rewind: RewindPolicy::default(),
             proposals: ProposalPolicy::default(),
             rejoin_retry_ms: REJOIN_RETRY_MS,
+            retire_grace_ms: RETIRE_GRACE_MS,
         }
     }
 }

@@ -406,6 +406,14 @@ impl Group {
         self.parts.mls.is_active()
     }
 
+    /// Whether this installation was removed and the group's secrets are
+    /// deleted (its removal settled and its grace,
+    /// [`GroupConfig::retire_grace_ms`], passed): what is left is the
+    /// conversation's public record, read-only.
+    pub fn is_retired(&self) -> bool {
+        self.parts.mls.is_retired()
+    }
+
     /// Whether a commit of ours is staged and waiting.
     pub fn has_pending_commit(&self) -> bool {
         self.parts.mls.has_pending_commit()
@@ -718,7 +726,14 @@ impl Group {
             self.publish_digest(provider, kv, me, now_ms)?;
             self.build_intents(provider, kv, me, identities, now_ms)?;
         }
-        self.parts.retire_if_done(kv, now_ms)?;
+        // With a strong order no removal can turn out to be a losing
+        // branch's: nothing to wait for.
+        let grace_ms = if self.config.rewind.retains() {
+            self.config.retire_grace_ms
+        } else {
+            0
+        };
+        self.parts.retire_if_done(kv, now_ms, grace_ms)?;
         self.parts.save(kv)
     }
 

@@ -594,6 +594,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             });
         }
         if self_removed || !self.parts.mls.is_active() {
+            self.parts.core.removed_at_ms = Some(self.now_ms);
             conversation::retire_group(
                 self.kv,
                 &self.parts.conversation_id(),

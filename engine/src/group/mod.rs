@@ -68,7 +68,7 @@ mod validate;
 mod welcome;
 
 pub use bindings::{BindingView, DmVerification, binding_body, decode_binding};
-pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RewindPolicy};
+pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RETIRE_GRACE_MS, RewindPolicy};
 pub use content::{
     BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT,
     CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload,

@@ -227,9 +227,11 @@ impl Parts {
     /// of it and nothing can need them again (RFC 9420 section 8 asks a
     /// removed member to delete its group secrets, for forward secrecy):
     /// its removal settled (no snapshot is left, so no rollback can undo
-    /// it), nothing of its own waits to go out or to be re-sent (own
-    /// commits of settled epochs are stale: they are dropped), and it is not
-    /// on a fork (healing one needs the state). Deleted in this step: the
+    /// it) and is `grace_ms` old (a fork found later needs the state: see
+    /// [`GroupConfig::retire_grace_ms`](super::GroupConfig::retire_grace_ms)),
+    /// nothing of its own waits to go out or to be re-sent (own commits of
+    /// settled epochs are stale: they are dropped), and it is not on a fork
+    /// (healing one needs the state). Deleted in this step: the
     /// MLS state, snapshots, retained envelopes, own commits and sends,
     /// claim keys, binding exporters, kept Welcomes and the deniable leaf
     /// key. What stays is public
@@ -240,8 +242,13 @@ impl Parts {
         &mut self,
         kv: &S,
         now_ms: u64,
+        grace_ms: u64,
     ) -> Result<bool, GroupError> {
         if self.mls.is_active() || self.mls.is_retired() || self.forks.is_forked() {
+            return Ok(false);
+        }
+        let removed_at = self.core.removed_at_ms.unwrap_or(0);
+        if grace_ms > 0 && now_ms < removed_at.saturating_add(grace_ms) {
             return Ok(false);
         }
         let group_id = self.group_id().to_vec();

@@ -211,6 +211,14 @@ pub struct GroupRecord {
     /// in the last tree both branches shared (see `check_continuity`).
     #[serde(default)]
     pub removed_installations: Vec<(u64, InstallationId)>,
+    /// When this installation applied the commit that removed it (ms since
+    /// the Unix epoch); the state is deleted [`GroupConfig::retire_grace_ms`]
+    /// later. `None` while a member, and in records from before it was kept
+    /// (those retire once the removal settled).
+    ///
+    /// [`GroupConfig::retire_grace_ms`]: super::GroupConfig::retire_grace_ms
+    #[serde(default)]
+    pub removed_at_ms: Option<u64>,
     /// A member's branch parted from this one by an earlier commit, at an
     /// epoch not settled yet when it was seen.
     #[serde(default)]
@@ -286,6 +294,7 @@ impl GroupRecord {
                 welcomed_by: self.welcomed_by,
                 own_installation: self.own_installation,
                 removed_installations: self.removed_installations,
+                removed_at_ms: self.removed_at_ms,
             },
             outbox: OutboxState {
                 next_intent_id: self.next_intent_id,
@@ -344,6 +353,7 @@ impl RecordParts {
             welcomed_by: core.welcomed_by,
             own_installation: core.own_installation,
             removed_installations: core.removed_installations,
+            removed_at_ms: core.removed_at_ms,
             earlier_commit: forks.earlier_commit,
             next_written: history.next_written,
             awaited_commits: forks.awaited_commits,
@@ -364,6 +374,7 @@ pub(crate) struct CoreState {
     pub(crate) welcomed_by: Option<InstallationId>,
     pub(crate) own_installation: Option<InstallationId>,
     pub(crate) removed_installations: Vec<(u64, InstallationId)>,
+    pub(crate) removed_at_ms: Option<u64>,
 }
 
 /// How many removals a group record remembers for `check_continuity`.
