@@ -170,8 +170,10 @@ pub(crate) struct Membership<'a> {
     pub(crate) active: bool,
     /// This installation.
     pub(crate) own_installation: InstallationId,
-    /// The epoch this installation joined at (0 for the creator).
-    pub(crate) joined_at_epoch: u64,
+    /// The epoch this installation has been in the canonical tree since:
+    /// when it joined (0 for the creator), or first joined, if it healed
+    /// from a fork since.
+    pub(crate) member_since: u64,
 }
 
 /// A group's fork monitor. See the module docs.
@@ -542,10 +544,12 @@ impl ForkMonitor {
                 "a rejoin request whose inbox does not match the member".into(),
             ));
         }
-        if group.joined_at_epoch > request.evidence_epoch {
+        if group.member_since > request.evidence_epoch {
             // The requester takes a re-add only from a member it knew (see
             // `Group::join`): one that joined after the branches parted is
-            // in no tree the requester trusts. Older members answer.
+            // in no tree the requester trusts. Older members answer, and
+            // so does one that healed from a fork since (it was re-added
+            // in place, so it was in every tree).
             return Ok(Ok(None));
         }
         let applied = history.commit_key(kv, request.evidence_epoch)?;

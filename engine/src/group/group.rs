@@ -231,7 +231,9 @@ impl Group {
             continuity::check_dm_join(kv, &staged, me.inbox, group_id)?;
         }
         let mut replaced = None;
+        let mut healed = false;
         if let Some(old) = old {
+            healed = old.parts.forks.is_forked();
             continuity::check_continuity(
                 &old.parts.mls,
                 old.parts.forks.parted_at(),
@@ -257,6 +259,13 @@ impl Group {
                 },
                 ..RecordParts::default()
             },
+        };
+        // Healed from a fork, this installation was in the others' tree
+        // all along (its re-add replaced its own leaf): it stays a member
+        // since it first joined, for the rejoin requests it may answer.
+        parts.core.member_since_epoch = match healed {
+            true => Some(parts.core.member_since()),
+            false => None,
         };
         parts.core.joined_at_epoch = epoch;
         parts.core.welcomed_by = welcomed_by;

@@ -220,7 +220,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             roster: self.parts.roster()?,
             active: self.parts.mls.is_active(),
             own_installation: self.parts.own_installation(),
-            joined_at_epoch: self.parts.core.joined_at_epoch,
+            member_since: self.parts.core.member_since(),
         };
         match self
             .parts

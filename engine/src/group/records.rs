@@ -219,6 +219,12 @@ pub struct GroupRecord {
     /// [`GroupConfig::retire_grace_ms`]: super::GroupConfig::retire_grace_ms
     #[serde(default)]
     pub removed_at_ms: Option<u64>,
+    /// The epoch this installation has been in the canonical tree since,
+    /// when it is older than `joined_at_epoch`: a member that healed from
+    /// a fork was re-added in place, and was a member all along. `None`:
+    /// since `joined_at_epoch`.
+    #[serde(default)]
+    pub member_since_epoch: Option<u64>,
     /// A member's branch parted from this one by an earlier commit, at an
     /// epoch not settled yet when it was seen.
     #[serde(default)]
@@ -295,6 +301,7 @@ impl GroupRecord {
                 own_installation: self.own_installation,
                 removed_installations: self.removed_installations,
                 removed_at_ms: self.removed_at_ms,
+                member_since_epoch: self.member_since_epoch,
             },
             outbox: OutboxState {
                 next_intent_id: self.next_intent_id,
@@ -354,6 +361,7 @@ impl RecordParts {
             own_installation: core.own_installation,
             removed_installations: core.removed_installations,
             removed_at_ms: core.removed_at_ms,
+            member_since_epoch: core.member_since_epoch,
             earlier_commit: forks.earlier_commit,
             next_written: history.next_written,
             awaited_commits: forks.awaited_commits,
@@ -375,6 +383,18 @@ pub(crate) struct CoreState {
     pub(crate) own_installation: Option<InstallationId>,
     pub(crate) removed_installations: Vec<(u64, InstallationId)>,
     pub(crate) removed_at_ms: Option<u64>,
+    pub(crate) member_since_epoch: Option<u64>,
+}
+
+impl CoreState {
+    /// The epoch this installation has been in the canonical tree since
+    /// (see [`GroupRecord::member_since_epoch`]).
+    pub(crate) fn member_since(&self) -> u64 {
+        self.member_since_epoch
+            .map_or(self.joined_at_epoch, |since| {
+                since.min(self.joined_at_epoch)
+            })
+    }
 }
 
 /// How many removals a group record remembers for `check_continuity`.
