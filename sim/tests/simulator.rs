@@ -239,7 +239,13 @@ fn seeds_that_once_failed() {
 /// others still counted it in (a removed member now keeps the state for
 /// `retire_grace_ms`); in 1757 a rejoin request its adder had made before
 /// a re-add, arriving late, forked every member the adder added since
-/// (only a request made after the Welcome counts now).
+/// (only a request made after the Welcome counts now); in 1797 a commit
+/// that sorted first waited for its proposal while the member's own commit
+/// merged, and settled unapplied without the member seeing its fork (an
+/// unapplied earlier commit now counts as a late one when its epoch
+/// settles); in 2868 the only members who could answer a rejoin request
+/// had healed from forks of their own since, and took themselves for
+/// newcomers (a healed member keeps the epoch it first joined).
 #[test]
 fn heavy_lag_seeds_that_once_failed() {
     run_seeds_with(
@@ -247,7 +253,7 @@ fn heavy_lag_seeds_that_once_failed() {
             name: "heavy_lag_seeds_that_once_failed",
             ignored: false,
         },
-        seeds([237, 1757]),
+        seeds([237, 1757, 1797, 2868]),
         |_| "heavy lag",
         |_| Config::heavy_lag(),
     );

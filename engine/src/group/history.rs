@@ -392,6 +392,32 @@ impl RewindHistory {
         }
     }
 
+    /// The commits for `snapshot`'s epoch that sort before the one applied
+    /// and were kept, never applied: each arrived while the epoch could
+    /// still roll back, but could not be taken then (its proposal had not
+    /// arrived, or it came out of a held queue during a merge) and nothing
+    /// took it since. Asked when the snapshot settles: if a member's branch
+    /// took one of them, this installation is on a fork (see
+    /// [`ForkMonitor::late_commit`](super::forks::ForkMonitor::late_commit)).
+    pub(crate) fn unapplied_earlier_commits<S: KvStore + ?Sized>(
+        &self,
+        kv: &S,
+        snapshot: &EpochSnapshot,
+    ) -> Result<Vec<OrderKey>, GroupError> {
+        Ok(self
+            .store(kv)
+            .retained(&self.group_id)?
+            .into_iter()
+            .filter(|e| {
+                e.epoch == snapshot.epoch
+                    && e.key < snapshot.commit_key
+                    && Sha256::digest(&e.payload).as_slice() != snapshot.commit_hash
+                    && is_commit(&e.payload)
+            })
+            .map(|e| e.key)
+            .collect())
+    }
+
     /// A proposal of `proposal.epoch`, which has passed, arrived: the
     /// earliest retained commit of that epoch sorting between it and the
     /// commit applied, which may have been tried without it, and the

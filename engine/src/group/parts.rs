@@ -209,6 +209,15 @@ impl Parts {
         let settlement = self.history.settle_ring(kv, synced_ms, now_ms)?;
         for snapshot in &settlement.settled {
             self.forks.settled(snapshot);
+            // An earlier commit that was kept but never applied is now as
+            // good as one that arrived late: if a member's branch took it,
+            // this one lost.
+            for key in self.history.unapplied_earlier_commits(kv, snapshot)? {
+                let (epoch, applied) = (snapshot.epoch, snapshot.commit_key);
+                if let Some(found) = self.forks.late_commit(epoch, key, applied) {
+                    self.flag_fork(kv, found, now_ms)?;
+                }
+            }
         }
         let oldest = settlement.oldest_kept.as_ref();
         let horizon = oldest.map_or(self.epoch(), |s| s.epoch);
