@@ -20,6 +20,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use actix::prelude::*;
@@ -109,6 +110,25 @@ pub(crate) struct GroupCore {
     rejoins: Mutex<Vec<(InstallationId, Vec<u8>)>>,
     /// The envelope syncs keep failing on, and how often.
     tries: Mutex<Tries>,
+    /// When to try the node again after it could not be reached.
+    retry: Mutex<Retry>,
+}
+
+/// The first wait before trying an unreachable node again; it doubles up
+/// to [`RETRY_MAX`] and resets once the node answers.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between tries of an unreachable node.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The backoff of a group that could not reach the node. What it had to
+/// publish stays in the outbox (stored, shown unpublished) and goes out on
+/// the first sync that reaches a node.
+#[derive(Debug, Default)]
+struct Retry {
+    /// The current wait; `None` while the node answers.
+    wait: Option<Duration>,
+    /// A failure since the last retry was scheduled.
+    due: bool,
 }
 
 impl std::fmt::Debug for GroupCore {
@@ -130,7 +150,33 @@ impl GroupCore {
             restarts: AtomicU64::new(0),
             rejoins: Mutex::new(Vec::new()),
             tries: Mutex::new(Tries::default()),
+            retry: Mutex::new(Retry::default()),
         }
+    }
+
+    /// Whether the last exchange with the node went through: a failure
+    /// makes a retry due (see [`Retry`]), a success resets the backoff.
+    fn reached_node(&self, reached: bool) {
+        let mut retry = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
+        if reached {
+            *retry = Retry::default();
+        } else {
+            let wait = retry
+                .wait
+                .map_or(RETRY_FIRST, |w| w.saturating_mul(2).min(RETRY_MAX));
+            *retry = Retry {
+                wait: Some(wait),
+                due: true,
+            };
+        }
+    }
+
+    /// How long to wait before the next try, once per failure.
+    fn retry_due(&self) -> Option<Duration> {
+        let mut retry = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut retry.due)
+            .then_some(retry.wait)
+            .flatten()
     }
 
     fn topic(&self) -> Topic {
@@ -531,12 +577,25 @@ impl GroupCore {
 
     /// Queue `kind` and drive it to its outcome.
     async fn change(&self, kind: IntentKind) -> Result<(), Error> {
-        self.sync().await?;
+        let synced = offline(self.sync().await)?;
         let id = self
             .apply(|group, shared| group.queue_intent(shared.storage(), kind.clone()))
             .await?;
+        if let Err(reason) = synced {
+            self.reached_node(false);
+            return Err(Error::Pending(format!(
+                "no node could be reached ({reason}); the change is stored and goes out \
+                 when one answers"
+            )));
+        }
         for _ in 0..MAX_ROUNDS {
-            self.flush().await?;
+            if let Err(reason) = offline(self.flush().await)? {
+                self.reached_node(false);
+                return Err(Error::Pending(format!(
+                    "no node could be reached ({reason}); the change is stored and goes \
+                     out when one answers"
+                )));
+            }
             let outcome = self
                 .outcomes
                 .lock()
@@ -627,7 +686,10 @@ impl GroupCore {
                 tracing::warn!(error = %e, "installation check before send failed");
             }
         }
-        self.sync().await?;
+        // Written while no node answers, the message is stored all the
+        // same (shown unpublished) and goes out with the next sync that
+        // reaches one: the outbox publishes it once.
+        let mut reached = offline(self.sync().await)?.is_ok();
         let id = self
             .apply(|group, shared| {
                 group.send_message(
@@ -640,7 +702,10 @@ impl GroupCore {
                 )
             })
             .await?;
-        self.flush().await?;
+        if reached {
+            reached = offline(self.flush().await)?.is_ok();
+        }
+        self.reached_node(reached);
         Ok(id)
     }
 
@@ -698,6 +763,17 @@ impl actix::Supervised for GroupActor {
     }
 }
 
+/// Split a result of talking to the node: `Ok(Err(reason))` when no node
+/// could be reached (or it refused), for the caller to carry on offline;
+/// any other error stays one.
+fn offline(result: Result<(), Error>) -> Result<Result<(), String>, Error> {
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(Error::Network(reason)) => Ok(Err(reason)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Run `fut` atomically on the actor; a panic inside it stops the actor
 /// (to be restarted from storage) and is reported as [`Error::Restarted`].
 fn guarded<T: 'static>(
@@ -708,19 +784,26 @@ fn guarded<T: 'static>(
         actix::fut::wrap_future::<_, GroupActor>(
             AssertUnwindSafe(fut.instrument(span)).catch_unwind(),
         )
-        .map(|result, _, ctx: &mut Context<GroupActor>| match result {
-            Ok(value) => value,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
-                tracing::error!(%what, "group actor panicked");
-                ctx.stop();
-                Err(Error::Restarted(what))
-            }
-        }),
+        .map(
+            |result, act: &mut GroupActor, ctx: &mut Context<GroupActor>| match result {
+                Ok(value) => {
+                    if let Some(wait) = act.core.retry_due() {
+                        ctx.notify_later(Wake, wait);
+                    }
+                    value
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    tracing::error!(%what, "group actor panicked");
+                    ctx.stop();
+                    Err(Error::Restarted(what))
+                }
+            },
+        ),
     ))
 }
 
@@ -771,7 +854,9 @@ impl Handler<Sync> for GroupActor {
         let span = tracing::debug_span!("group_sync", group = %hex::encode(&core.group_id));
         guarded(span, async move {
             core.wake_pending.store(false, Ordering::SeqCst);
-            core.drive().await
+            let driven = core.drive().await;
+            core.reached_node(!matches!(driven, Err(Error::Network(_))));
+            driven
         })
     }
 }
