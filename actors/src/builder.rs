@@ -9,7 +9,9 @@ use kith_engine::{
     identity::{InboxId, LocalWallet, load_or_create_installation},
 };
 use kith_storage::{KithProvider, StorageConfig};
-use kith_transport::client::{CheckedClient, DeliveryClient, GrpcClient, LocalNode};
+use kith_transport::client::{
+    CheckedClient, DeliveryClient, FailoverClient, GrpcClient, LocalNode,
+};
 
 use crate::{Client, ClientConfig, Error, client::Inner, shared::Shared};
 
@@ -78,6 +80,12 @@ pub enum Node {
     Client(Arc<dyn DeliveryClient>),
     /// The URL of a `kith-node`, e.g. `http://127.0.0.1:5556`.
     Url(String),
+    /// The URLs of several replicating `kith-node`s, in order of
+    /// preference: the client uses the first that answers and moves to
+    /// the next when it cannot be reached ([`FailoverClient`]).
+    ///
+    /// [`FailoverClient`]: kith_transport::client::FailoverClient
+    Urls(Vec<String>),
 }
 
 impl std::fmt::Debug for Node {
@@ -85,6 +93,7 @@ impl std::fmt::Debug for Node {
         match self {
             Node::Client(_) => f.write_str("Node::Client(..)"),
             Node::Url(url) => write!(f, "Node::Url({url:?})"),
+            Node::Urls(urls) => write!(f, "Node::Urls({urls:?})"),
         }
     }
 }
@@ -110,6 +119,12 @@ impl From<&str> for Node {
 impl From<String> for Node {
     fn from(url: String) -> Self {
         Node::Url(url)
+    }
+}
+
+impl From<Vec<String>> for Node {
+    fn from(urls: Vec<String>) -> Self {
+        Node::Urls(urls)
     }
 }
 
@@ -166,7 +181,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The node (required): a [`LocalNode`], a [`GrpcClient`] or a URL.
+    /// The node (required): a [`LocalNode`], a [`GrpcClient`], a URL, or
+    /// several URLs of replicating nodes ([`Node::Urls`]).
     pub fn node(mut self, node: impl Into<Node>) -> Self {
         self.node = Some(node.into());
         self
@@ -198,10 +214,17 @@ impl ClientBuilder {
             .ok_or_else(|| Error::Config("a node is required: call .node(..)".into()))?
         {
             Node::Client(client) => client,
-            Node::Url(url) => Arc::new(
-                GrpcClient::connect_lazy(&url)
-                    .map_err(|e| Error::Config(format!("node URL {url:?}: {e}")))?,
-            ),
+            Node::Url(url) => Arc::new(connect(&url)?),
+            Node::Urls(urls) => {
+                let nodes = urls
+                    .iter()
+                    .map(|url| connect(url).map(|c| Arc::new(c) as Arc<dyn DeliveryClient>))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Arc::new(
+                    FailoverClient::new(nodes)
+                        .map_err(|e| Error::Config(format!("node URLs: {e}")))?,
+                )
+            }
         };
         // Every answer of the node passes the checks, whoever implemented
         // the client.
@@ -263,4 +286,8 @@ impl ClientBuilder {
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))
     }
+}
+
+fn connect(url: &str) -> Result<GrpcClient, Error> {
+    GrpcClient::connect_lazy(url).map_err(|e| Error::Config(format!("node URL {url:?}: {e}")))
 }

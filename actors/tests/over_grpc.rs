@@ -299,3 +299,39 @@ async fn messages_written_while_the_node_is_down_go_out_once_it_is_back() {
         "all on the node now: {published:?}"
     );
 }
+
+/// A client given several node URLs uses the first that answers: here the
+/// first is down, and the conversation goes on through the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_several_urls_uses_one_that_answers() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let node = start_node(&dir.path().join("node"));
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let (aw, bw) = (wallet(), wallet());
+    let alice = Client::builder()
+        .wallet(aw.clone())
+        .data_dir(dir.path().join("alice"))
+        .node(vec![down, node.url.clone()])
+        .config(ClientConfig {
+            sync_interval: Duration::from_secs(3600),
+            ..ClientConfig::default()
+        })
+        .build()
+        .await
+        .expect("client");
+    alice
+        .register()
+        .await
+        .expect("register through the second URL");
+    let bob = client(dir.path(), "bob", &bw, &node.url).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    group
+        .send_text("through the node that answered")
+        .await
+        .expect("send");
+    assert_eq!(texts(&bob_group).await, ["through the node that answered"]);
+}

@@ -13,7 +13,7 @@ use kith_engine::{
 };
 use kith_storage::SledNodeStore;
 use kith_transport::{
-    client::{CheckedClient, ClientError, DeliveryClient, GrpcClient, LocalNode},
+    client::{CheckedClient, ClientError, DeliveryClient, FailoverClient, GrpcClient, LocalNode},
     node::{
         KeyPackageFetch, KeyPackageUpload, NodeConfig, NodeError, NodeLogic, fetch_signed_bytes,
         serve, upload_signed_bytes,
@@ -362,4 +362,67 @@ async fn a_grpc_subscription_resumes_after_the_node_restarts() {
     drop(stream);
     drop(client);
     server.stop().await;
+}
+
+/// A loopback URL nobody listens on.
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+fn dead_node() -> Arc<dyn DeliveryClient> {
+    Arc::new(GrpcClient::connect_lazy(&dead_url()).expect("client"))
+}
+
+/// Over a node that cannot be reached and one that answers, the failover
+/// client is a whole client: it moves to the second at the first call
+/// and passes the same suite.
+#[tokio::test]
+async fn a_failover_client_moves_past_an_unreachable_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledNodeStore::open(dir.path().join("node")).expect("open");
+    let live = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), store)));
+    let client = FailoverClient::new(vec![dead_node(), Arc::new(live)]).expect("client");
+    assert_eq!(client.current(), 0);
+    client.node_info().await.expect("the second node answers");
+    assert_eq!(client.current(), 1, "it stays on the node that answered");
+    normal_path_suite(&client).await;
+    assert_eq!(client.current(), 1);
+}
+
+/// A refusal is the node's answer, not a reason to ask another; with no
+/// node reachable the error says so.
+#[tokio::test]
+async fn a_failover_client_returns_refusals_and_reports_no_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |name: &str| {
+        let store = SledNodeStore::open(dir.path().join(name)).expect("open");
+        Arc::new(LocalNode::new(Arc::new(NodeLogic::new(
+            NodeConfig::new(1),
+            store,
+        )))) as Arc<dyn DeliveryClient>
+    };
+    let client = FailoverClient::new(vec![open("a"), open("b")]).expect("client");
+    // Clients may not write the identity topics the node keeps itself.
+    let inbox = kith_engine::identity::InboxId::from_bytes([7; 20]);
+    let refused = client
+        .publish(vec![(Topic::Identity(inbox), vec![1, 2, 3])])
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Refused(_))),
+        "{refused:?}"
+    );
+    assert_eq!(client.current(), 0, "a refusal does not move the client");
+
+    let nowhere = FailoverClient::new(vec![dead_node(), dead_node()]).expect("client");
+    match nowhere.node_info().await {
+        Err(ClientError::Unavailable(reason)) => {
+            assert!(reason.contains("none of the 2 nodes"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(FailoverClient::new(Vec::new()).is_err(), "no node at all");
 }

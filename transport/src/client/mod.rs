@@ -7,12 +7,16 @@
 //!                                    └─► LocalNode ─────────────────────────► NodeLogic
 //! ```
 //!
+//! [`FailoverClient`] spreads one client over several replicating nodes,
+//! moving on when the one in use cannot be reached.
+//!
 //! A client does not take a node's word for anything: [`CheckedClient`]
 //! wraps whichever `DeliveryClient` it uses and refuses answers that cannot
 //! be true (see its module for what is checked, and what a node can still
 //! do).
 
 mod checked;
+mod failover;
 mod grpc;
 mod local;
 
@@ -25,6 +29,7 @@ use kith_engine::{
 use tokio_stream::Stream;
 
 pub use checked::{CheckedClient, DEFAULT_PAGE_LIMIT, MAX_FUTURE_SKEW_MS, MAX_SEQUENCE_ID};
+pub use failover::FailoverClient;
 pub use grpc::GrpcClient;
 pub use local::LocalNode;
 
