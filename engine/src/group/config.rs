@@ -41,6 +41,19 @@ pub struct GroupConfig {
     pub retire_grace_ms: u64,
 }
 
+impl GroupConfig {
+    /// How long a removed member keeps the state in fact: with a strong
+    /// order no removal can turn out to be a losing branch's, so there is
+    /// nothing to wait for.
+    pub(crate) fn retire_after_ms(&self) -> u64 {
+        if self.rewind.retains() {
+            self.retire_grace_ms
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for GroupConfig {
     fn default() -> Self {
         Self {

@@ -260,13 +260,9 @@ impl Group {
                 ..RecordParts::default()
             },
         };
-        // Healed from a fork, this installation was in the others' tree
-        // all along (its re-add replaced its own leaf): it stays a member
-        // since it first joined, for the rejoin requests it may answer.
-        parts.core.member_since_epoch = match healed {
-            true => Some(parts.core.member_since()),
-            false => None,
-        };
+        // Healed from a fork, it was in the others' tree all along (its
+        // re-add replaced its own leaf), for the rejoin requests it answers.
+        parts.core.member_since_epoch = healed.then(|| parts.core.member_since());
         parts.core.joined_at_epoch = epoch;
         parts.core.welcomed_by = welcomed_by;
         parts.core.last_digest_ms = now_ms;
@@ -735,13 +731,7 @@ impl Group {
             self.publish_digest(provider, kv, me, now_ms)?;
             self.build_intents(provider, kv, me, identities, now_ms)?;
         }
-        // With a strong order no removal can turn out to be a losing
-        // branch's: nothing to wait for.
-        let grace_ms = if self.config.rewind.retains() {
-            self.config.retire_grace_ms
-        } else {
-            0
-        };
+        let grace_ms = self.config.retire_after_ms();
         self.parts.retire_if_done(kv, now_ms, grace_ms)?;
         self.parts.save(kv)
     }
