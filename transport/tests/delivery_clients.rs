@@ -3,13 +3,15 @@
 //! sled. Plus: a gRPC subscription resumes, without gap or duplicate, after
 //! the node restarts.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
+
+use common::{Identity, now_ms};
 
 use kith_engine::{
     delivery::{Cursor, Topic},
-    identity::{
-        IdentityUpdate, InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package,
-    },
+    identity::IdentityUpdate,
 };
 use kith_storage::SledNodeStore;
 use kith_transport::{
@@ -19,64 +21,8 @@ use kith_transport::{
         serve, upload_signed_bytes,
     },
 };
-use openmls::prelude::MlsMessageOut;
-use openmls_rust_crypto::OpenMlsRustCrypto;
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt as _;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as u64
-}
-
-struct Identity {
-    wallet: LocalWallet,
-    keys: InstallationKeys,
-}
-
-impl Identity {
-    fn new(seed: u64) -> Self {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        Self {
-            wallet: LocalWallet::generate(&mut rng),
-            keys: InstallationKeys::generate(&mut rng),
-        }
-    }
-
-    async fn register(&self, client: &dyn DeliveryClient) {
-        let request = UnsignedIdentityUpdate::add_installation(
-            self.wallet.inbox_id(),
-            &self.keys,
-            1,
-            now_ms(),
-        );
-        let signature = self
-            .wallet
-            .sign_personal(request.signature_text().as_bytes());
-        let sequence = client
-            .publish_identity_update(request.sign(signature, Some(&self.keys)))
-            .await
-            .expect("register");
-        assert_eq!(sequence, 1);
-    }
-
-    fn key_package(&self, last_resort: bool) -> Vec<u8> {
-        let kp = generate_key_package(
-            &OpenMlsRustCrypto::default(),
-            &self.keys,
-            self.wallet.inbox_id(),
-            now_ms() / 1000,
-            30 * 24 * 3600,
-            last_resort,
-        )
-        .expect("key package");
-        MlsMessageOut::from(kp).to_bytes().expect("serialise")
-    }
-}
 
 /// What every client must do.
 async fn normal_path_suite(client: &dyn DeliveryClient) {

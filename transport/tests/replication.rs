@@ -2,7 +2,10 @@
 //! every envelope reaches every node with its originator fields and seal, a
 //! node that was killed catches up from its peers, and a node takes nothing
 //! from a peer whose key it was not given. The in-process tests check what
-//! a node does with a forged, foreign or gapped batch.
+//! a node does with a forged, foreign or gapped batch. Key packages are
+//! handed out by the node they were uploaded to, whichever node is asked.
+
+mod common;
 
 use std::{
     collections::BTreeMap,
@@ -12,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::Identity;
 use ed25519_dalek::{Signer as _, SigningKey};
 use kith_engine::delivery::{Cursor, Envelope, MemoryNodeStore, SealedEnvelope, Topic};
 use kith_transport::{
@@ -629,4 +633,64 @@ async fn a_forged_foreign_or_gapped_batch_is_refused_whole_and_a_copy_changes_no
     let seal = ed25519_dalek::Signature::from_slice(&pulled[0].seal).expect("64 bytes");
     key.verify_strict(&pulled[0].envelope.seal_input(), &seal)
         .expect("the node's seal verifies under its published key");
+}
+
+/// An installation's key packages live on the node it uploaded them to;
+/// a fetch through another node is forwarded there. Two fetches at once,
+/// through each node, get the one-time package once between them (the
+/// other gets the last-resort one), and a fetch after that through the
+/// other node gets the last-resort one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_are_handed_out_once_through_any_node() {
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut nodes = cluster(root.path(), 2);
+    start(&mut nodes, 0, &[]);
+    start(&mut nodes, 1, &[]);
+    let one = GrpcClient::connect_lazy(&nodes[0].url()).expect("client");
+    let two = GrpcClient::connect_lazy(&nodes[1].url()).expect("client");
+    let (alice, bob) = (Identity::new(11), Identity::new(12));
+    // Bob's home is node one; Alice registers through node two, and node
+    // one must know her before it takes her request.
+    bob.register(&one).await;
+    alice.register(&two).await;
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let logs = one
+            .identity_updates(vec![(alice.wallet.inbox_id(), 0)])
+            .await
+            .expect("identity logs");
+        if logs.first().is_some_and(|log| !log.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alice's log never reached node one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let one_time = bob.key_package(false);
+    let last_resort = bob.key_package(true);
+    bob.upload(&one, vec![one_time.clone()], last_resort.clone())
+        .await;
+
+    let (a, b) = tokio::join!(alice.fetch(&one, &bob), alice.fetch(&two, &bob));
+    let mut got: Vec<(Vec<u8>, bool)> = [a, b]
+        .into_iter()
+        .map(|f| {
+            let package = f.key_package.expect("a package through either node");
+            (package.bytes, package.last_resort)
+        })
+        .collect();
+    got.sort_by_key(|(_, last_resort)| *last_resort);
+    assert_eq!(
+        got,
+        [(one_time, false), (last_resort.clone(), true)],
+        "the one-time package went out once"
+    );
+    let again = alice
+        .fetch(&two, &bob)
+        .await
+        .key_package
+        .expect("a package");
+    assert_eq!((again.bytes, again.last_resort), (last_resort, true));
 }

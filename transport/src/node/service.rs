@@ -1,7 +1,16 @@
 //! The gRPC face of [`NodeLogic`]: decode, delegate, encode. Every handler
 //! runs in a tracing span; errors map to statuses in `error.rs`.
+//!
+//! One thing here is more than a translation: a key-package fetch that
+//! finds no package for some installation is forwarded to the node's peers.
+//! An installation's packages live on the node it uploaded them to (its
+//! home), and only that node hands them out, so a one-time package is never
+//! given twice however many nodes are asked, and the per-target rate limits
+//! of the home node hold for every requester wherever it asks. A forwarded
+//! request is the requester's own signed request, marked so that the peer
+//! does not forward it again.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use kith_engine::delivery::NodeStore;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
@@ -20,12 +29,83 @@ use crate::{convert, proto};
 #[derive(Debug)]
 pub struct NodeService<S> {
     logic: Arc<NodeLogic<S>>,
+    /// gRPC clients of the configured peers, made on first use (a lazy
+    /// channel needs the runtime).
+    peers: tokio::sync::OnceCell<Vec<(u32, PeerClient)>>,
 }
+
+type PeerClient = proto::node_client::NodeClient<tonic::transport::Channel>;
+
+/// The metadata key that marks a key-package fetch forwarded by a peer.
+pub(crate) const FORWARDED_METADATA: &str = "kith-forwarded-by";
+
+/// How long a forwarded fetch may take at one peer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl<S> NodeService<S> {
     /// A service over `logic`.
     pub fn new(logic: Arc<NodeLogic<S>>) -> Self {
-        Self { logic }
+        Self {
+            logic,
+            peers: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl<S: NodeStore + 'static> NodeService<S> {
+    async fn peers(&self) -> &[(u32, PeerClient)] {
+        self.peers
+            .get_or_init(|| async {
+                self.logic
+                    .config()
+                    .peers
+                    .iter()
+                    .filter_map(|peer| {
+                        let channel = tonic::transport::Channel::from_shared(peer.url.clone())
+                            .map_err(|e| tracing::warn!(peer = peer.node_id, %e, "bad peer URL"))
+                            .ok()?
+                            .timeout(FORWARD_TIMEOUT)
+                            .connect_lazy();
+                        Some((peer.node_id, PeerClient::new(channel)))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Ask the peers for the packages `answer` lacks, with the requester's
+    /// own signed `request`, and fill in what a peer hands out. A peer that
+    /// fails is skipped (the fetch answers with what it has, as before).
+    async fn forward_fetch(
+        &self,
+        request: &proto::FetchKeyPackagesRequest,
+        answer: &mut proto::FetchKeyPackagesResponse,
+    ) {
+        let own_id = self.logic.config().node_id;
+        for (peer_id, client) in self.peers().await {
+            if answer.key_packages.iter().all(|f| f.key_package.is_some()) {
+                return;
+            }
+            let mut forwarded = Request::new(request.clone());
+            if let Ok(value) = own_id.to_string().parse() {
+                forwarded.metadata_mut().insert(FORWARDED_METADATA, value);
+            }
+            let fetched = match client.clone().fetch_key_packages(forwarded).await {
+                Ok(response) => response.into_inner().key_packages,
+                Err(status) => {
+                    tracing::debug!(peer = peer_id, %status, "forwarded key-package fetch failed");
+                    continue;
+                }
+            };
+            for (mine, theirs) in answer.key_packages.iter_mut().zip(fetched) {
+                if mine.key_package.is_none()
+                    && theirs.key_package.is_some()
+                    && theirs.installation_id == mine.installation_id
+                {
+                    *mine = theirs;
+                }
+            }
+        }
     }
 }
 
@@ -118,6 +198,7 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
         &self,
         request: Request<proto::FetchKeyPackagesRequest>,
     ) -> Result<Response<proto::FetchKeyPackagesResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         let request = request.into_inner();
         let targets = request
             .installation_ids
@@ -135,10 +216,14 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
             )
             .map_err(NodeError::from)?,
             timestamp_ms: request.timestamp_ms,
-            signature: request.signature,
+            signature: request.signature.clone(),
         };
         let fetched = self.logic.fetch_key_packages(fetch).await?;
-        Ok(Response::new(fetched_to_proto(fetched)))
+        let mut answer = fetched_to_proto(fetched);
+        if !forwarded {
+            self.forward_fetch(&request, &mut answer).await;
+        }
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, fields(one_time = request.get_ref().one_time.len()))]
