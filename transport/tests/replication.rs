@@ -7,14 +7,15 @@
 
 mod common;
 
+#[path = "common/cluster.rs"]
+mod cluster;
+
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use cluster::{Node, cluster, kill, start};
 use common::Identity;
 use ed25519_dalek::{Signer as _, SigningKey};
 use kith_engine::delivery::{Cursor, Envelope, MemoryNodeStore, SealedEnvelope, Topic};
@@ -26,109 +27,6 @@ use kith_transport::{
 
 /// How long a test waits for replication to converge before it fails.
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// One node of a test cluster: its store, id, port and key, and its
-/// process while it runs.
-struct Node {
-    id: u32,
-    dir: PathBuf,
-    port: u16,
-    key: String,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-/// A free loopback port (the kernel's pick, released for the node to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-fn node_command(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kith-node"));
-    command.arg("--data-dir").arg(dir);
-    command
-}
-
-/// The node key kept in `dir` (made there if new), from `--print-key`.
-fn print_key(dir: &Path) -> String {
-    let output = node_command(dir)
-        .arg("--print-key")
-        .output()
-        .expect("run kith-node --print-key");
-    assert!(output.status.success(), "--print-key failed: {output:?}");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-/// `n` nodes, ids 1 to n, each in its own directory under `root`.
-fn cluster(root: &Path, n: u32) -> Vec<Node> {
-    (1..=n)
-        .map(|id| {
-            let dir = root.join(format!("node-{id}"));
-            Node {
-                id,
-                key: print_key(&dir),
-                port: free_port(),
-                dir,
-                child: None,
-            }
-        })
-        .collect()
-}
-
-/// Start `nodes[i]` with every other node as its peer, and `extra` flags.
-fn start(nodes: &mut [Node], i: usize, extra: &[&str]) {
-    let peers: Vec<String> = nodes
-        .iter()
-        .filter(|peer| peer.id != nodes[i].id)
-        .map(|peer| format!("{}={}@{}", peer.id, peer.key, peer.url()))
-        .collect();
-    let node = &nodes[i];
-    let mut command = node_command(&node.dir);
-    command
-        .args(["--node-id", &node.id.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{}", node.port)])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for peer in &peers {
-        command.args(["--peer", peer]);
-    }
-    let mut child = command.spawn().expect("start kith-node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    assert!(
-        line.starts_with("kith-node listening on "),
-        "node {} did not start: {line:?}",
-        node.id
-    );
-    nodes[i].child = Some(child);
-}
-
-fn kill(node: &mut Node) {
-    if let Some(mut child) = node.child.take() {
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        kill(self);
-    }
-}
 
 async fn connect(node: &Node) -> NodeClient<tonic::transport::Channel> {
     let deadline = Instant::now() + Duration::from_secs(10);

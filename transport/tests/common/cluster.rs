@@ -1,0 +1,132 @@
+//! Real `kith-node` processes replicating on loopback, for the tests of
+//! several crates (each takes this file with `#[path]`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+/// The `kith-node` binary of this workspace's target directory, built if
+/// it is not there yet (when only another crate's tests run).
+pub fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let binary = dir.join("kith-node");
+    if !binary.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "kith-transport", "--bin", "kith-node"])
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building kith-node failed");
+    }
+    binary
+}
+
+/// One node of a test cluster: its store, id, port and key, and its
+/// process while it runs.
+pub struct Node {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub key: String,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A free loopback port (the kernel's pick, released for the node to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+pub fn node_command(dir: &Path) -> Command {
+    let mut command = Command::new(node_binary());
+    command.arg("--data-dir").arg(dir);
+    command
+}
+
+/// The node key kept in `dir` (made there if new), from `--print-key`.
+pub fn print_key(dir: &Path) -> String {
+    let output = node_command(dir)
+        .arg("--print-key")
+        .output()
+        .expect("run kith-node --print-key");
+    assert!(output.status.success(), "--print-key failed: {output:?}");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// `n` nodes, ids 1 to n, each in its own directory under `root`.
+pub fn cluster(root: &Path, n: u32) -> Vec<Node> {
+    (1..=n)
+        .map(|id| {
+            let dir = root.join(format!("node-{id}"));
+            Node {
+                id,
+                key: print_key(&dir),
+                port: free_port(),
+                dir,
+                child: None,
+            }
+        })
+        .collect()
+}
+
+/// Start `nodes[i]` with every other node as its peer, and `extra` flags.
+pub fn start(nodes: &mut [Node], i: usize, extra: &[&str]) {
+    let peers: Vec<String> = nodes
+        .iter()
+        .filter(|peer| peer.id != nodes[i].id)
+        .map(|peer| format!("{}={}@{}", peer.id, peer.key, peer.url()))
+        .collect();
+    let node = &nodes[i];
+    let mut command = node_command(&node.dir);
+    command
+        .args(["--node-id", &node.id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{}", node.port)])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for peer in &peers {
+        command.args(["--peer", peer]);
+    }
+    let mut child = command.spawn().expect("start kith-node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    assert!(
+        line.starts_with("kith-node listening on "),
+        "node {} did not start: {line:?}",
+        node.id
+    );
+    nodes[i].child = Some(child);
+}
+
+pub fn kill(node: &mut Node) {
+    if let Some(mut child) = node.child.take() {
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        kill(self);
+    }
+}
