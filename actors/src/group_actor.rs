@@ -588,7 +588,17 @@ impl GroupCore {
                  when one answers"
             )));
         }
-        for _ in 0..MAX_ROUNDS {
+        // With a settle window, a change is done only once its commit
+        // settled (its Welcomes go out then): wait that long, not just a
+        // few rounds, before calling it pending.
+        let window = Duration::from_millis(self.shared.group_config.rewind.settle_window_ms);
+        let settled_by = std::time::Instant::now() + window.saturating_mul(3);
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > MAX_ROUNDS && std::time::Instant::now() >= settled_by {
+                break;
+            }
             if let Err(reason) = offline(self.flush().await)? {
                 self.reached_node(false);
                 return Err(Error::Pending(format!(
@@ -605,6 +615,10 @@ impl GroupCore {
                 Some(Ok(())) => return Ok(()),
                 Some(Err((reason, true))) => return Err(Error::NotPermitted(reason)),
                 Some(Err((reason, false))) => return Err(Error::InvalidInput(reason)),
+                None if rounds >= MAX_ROUNDS && !window.is_zero() => {
+                    tokio::time::sleep(window / 4).await;
+                    self.sync().await?;
+                }
                 None => self.sync().await?,
             }
         }
