@@ -1,37 +1,20 @@
 //! The same conversation, with every client talking gRPC to the real
 //! `kith-node` binary on a loopback port.
 
+#[path = "../../transport/tests/common/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::{joined, texts, wallet};
-use kith::{Client, ClientConfig, DmVerification, GroupOptions, GrpcClient, LocalWallet};
+use cluster::{free_port, node_binary};
+use common::{joined, remote_client, texts, wallet};
+use kith::{Client, DmVerification, GroupOptions, GrpcClient, LocalWallet};
 use kith_transport::client::DeliveryClient as _;
-
-/// The `kith-node` binary of this workspace's target directory, built if
-/// it is not there yet (e.g. when only this crate's tests run).
-fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let binary = dir.join("kith-node");
-    if !binary.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "kith-transport", "--bin", "kith-node"])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building kith-node failed");
-    }
-    binary
-}
 
 struct Node {
     child: Child,
@@ -47,15 +30,6 @@ impl Drop for Node {
 
 fn start_node(data_dir: &std::path::Path) -> Node {
     start_node_on(data_dir, "127.0.0.1:0")
-}
-
-/// A loopback port nobody listens on now, for a node that must come back
-/// on the same address.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn start_node_on(data_dir: &std::path::Path, listen: &str) -> Node {
@@ -83,19 +57,7 @@ fn start_node_on(data_dir: &std::path::Path, listen: &str) -> Node {
 }
 
 async fn client(dir: &std::path::Path, name: &str, wallet: &LocalWallet, url: &str) -> Client {
-    let client = Client::builder()
-        .wallet(wallet.clone())
-        .data_dir(dir.join(name))
-        .node(url)
-        .config(ClientConfig {
-            sync_interval: Duration::from_secs(3600),
-            ..ClientConfig::default()
-        })
-        .build()
-        .await
-        .expect("client");
-    client.register().await.expect("register");
-    client
+    remote_client(dir, name, wallet, url).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,21 +270,8 @@ async fn a_client_given_several_urls_uses_one_that_answers() {
     let node = start_node(&dir.path().join("node"));
     let down = format!("http://127.0.0.1:{}", free_port());
     let (aw, bw) = (wallet(), wallet());
-    let alice = Client::builder()
-        .wallet(aw.clone())
-        .data_dir(dir.path().join("alice"))
-        .node(vec![down, node.url.clone()])
-        .config(ClientConfig {
-            sync_interval: Duration::from_secs(3600),
-            ..ClientConfig::default()
-        })
-        .build()
-        .await
-        .expect("client");
-    alice
-        .register()
-        .await
-        .expect("register through the second URL");
+    // Registering goes through the second URL.
+    let alice = remote_client(dir.path(), "alice", &aw, vec![down, node.url.clone()]).await;
     let bob = client(dir.path(), "bob", &bw, &node.url).await;
     let group = alice
         .create_group(&[bw.inbox_id()], GroupOptions::default())

@@ -15,37 +15,15 @@ use std::{
 };
 
 use cluster::{Node, cluster, start};
-use common::wallet;
+use common::{remote_client, wallet};
 use futures::StreamExt as _;
-use kith::{Client, ClientConfig, Conversation, Event, GroupOptions, LocalWallet};
+use kith::{Client, Conversation, Event, GroupOptions, LocalWallet};
 
 /// The settle window the nodes announce; the injected replication delay
 /// (40 ms plus up to 60 ms of jitter) stays inside it.
 const SETTLE_WINDOW_MS: &str = "500";
 /// How long the test waits for the members to agree.
 const CONVERGE: Duration = Duration::from_secs(60);
-
-/// A client whose preferred node is `home`, with the others to move to.
-async fn client_on(
-    dir: &std::path::Path,
-    name: &str,
-    wallet: &LocalWallet,
-    urls: Vec<String>,
-) -> Client {
-    let client = Client::builder()
-        .wallet(wallet.clone())
-        .data_dir(dir.join(name))
-        .node(urls)
-        .config(ClientConfig {
-            sync_interval: Duration::from_secs(3600),
-            ..ClientConfig::default()
-        })
-        .build()
-        .await
-        .expect("client");
-    client.register().await.expect("register");
-    client
-}
 
 /// Every event a client emits, kept for the asserts.
 fn record(client: &Client) -> Arc<Mutex<Vec<Event>>> {
@@ -125,7 +103,7 @@ async fn six_clients_on_three_replicating_nodes_race_and_agree() {
     let wallets: Vec<LocalWallet> = (0..6).map(|_| wallet()).collect();
     let mut clients = Vec::new();
     for (i, w) in wallets.iter().enumerate() {
-        clients.push(client_on(root.path(), &format!("c{i}"), w, urls(i % 3)).await);
+        clients.push(remote_client(root.path(), &format!("c{i}"), w, urls(i % 3)).await);
     }
     let events: Vec<_> = clients.iter().map(record).collect();
 

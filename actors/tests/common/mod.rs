@@ -117,3 +117,26 @@ pub async fn group_with(
     }
     (group, views)
 }
+
+/// A registered client whose store is `dir/name`, talking to `node` (a URL,
+/// or several), with the background sync timer out of the way.
+pub async fn remote_client(
+    dir: &std::path::Path,
+    name: &str,
+    wallet: &LocalWallet,
+    node: impl Into<kith::Node>,
+) -> Client {
+    let client = Client::builder()
+        .wallet(wallet.clone())
+        .data_dir(dir.join(name))
+        .node(node)
+        .config(ClientConfig {
+            sync_interval: Duration::from_secs(3600),
+            ..ClientConfig::default()
+        })
+        .build()
+        .await
+        .expect("client");
+    client.register().await.expect("register");
+    client
+}
