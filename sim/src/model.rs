@@ -236,12 +236,22 @@ impl Model {
                 _ => None,
             })
             .collect();
+        // A sender still on a fork holds what it sent there unpublished,
+        // to send again once it is re-added: nobody else need have it yet.
+        let waiting: BTreeSet<[u8; 32]> = holders
+            .iter()
+            .filter(|h| h.stranded)
+            .flat_map(|h| h.messages.iter())
+            .filter(|m| m.delivery == Delivery::Unpublished)
+            .map(|m| m.message_id)
+            .collect();
+        let excused: BTreeSet<[u8; 32]> = failed.union(&waiting).copied().collect();
         let mut out = Vec::new();
         for holder in holders {
             let empty = ClientLog::default();
             let log = self.clients.get(&holder.index).unwrap_or(&empty);
             check_list(holder, &mut out);
-            self.check_against_model(holder, log, &failed, &mut out);
+            self.check_against_model(holder, log, &failed, &excused, &mut out);
         }
         out
     }
@@ -251,6 +261,7 @@ impl Model {
         holder: &Holder<'_>,
         log: &ClientLog,
         failed: &BTreeSet<[u8; 32]>,
+        excused: &BTreeSet<[u8; 32]>,
         out: &mut Vec<String>,
     ) {
         let index = holder.index;
@@ -264,7 +275,7 @@ impl Model {
                 check_own(holder, id, model, held, failed, out);
                 continue;
             }
-            let required = !failed.contains(id) && required(holder, log, model);
+            let required = !excused.contains(id) && required(holder, log, model);
             let Some(held) = held else {
                 if required {
                     out.push(format!(
@@ -287,14 +298,17 @@ impl Model {
                     held.time_ms
                 ));
             }
-            if let (Some(join), Some(canonical)) = (first_join, model.copies.last())
-                && canonical.state.0 < join
+            // Any copy will do: a member re-added after a fork re-sends what
+            // it sent there in an epoch of the branch that won, which may be
+            // earlier than the fork's epoch a joiner of the fork read it in.
+            if let (Some(join), Some(latest)) =
+                (first_join, model.copies.iter().map(|c| c.state.0).max())
+                && latest < join
             {
                 out.push(format!(
-                    "client {index} holds message {} of epoch {}, from before it first joined \
-                     (epoch {join})",
+                    "client {index} holds message {} of epoch {latest}, from before it first \
+                     joined (epoch {join})",
                     hex8(id),
-                    canonical.state.0
                 ));
             }
             match held.delivery {
@@ -455,12 +469,14 @@ fn check_own(
         .copies
         .last()
         .map_or(model.written_ms, |c| c.queued_ms);
-    // A message that failed may have been encrypted once more, and that
-    // copy withdrawn, in the step that found the fork: it is stored when
-    // that copy was made, which the model never saw queued.
-    let in_place = match expected {
-        Delivery::Failed => held.time_ms >= time,
-        _ => held.time_ms == time,
+    // A message that failed, or waits on a fork, may have been encrypted
+    // once more, and that copy withdrawn, in the step that found the fork:
+    // it is stored when that copy was made, which the model never saw
+    // queued.
+    let in_place = if expected == Delivery::Failed || waiting {
+        held.time_ms >= time
+    } else {
+        held.time_ms == time
     };
     if !in_place {
         out.push(format!(

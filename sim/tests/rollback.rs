@@ -246,8 +246,8 @@ fn the_ring_is_bounded() {
 /// Replication lagged past the settle window: Alice settled Bob's commit
 /// before Carol's earlier one reached her. The commit is dropped with a
 /// reason; Carol's next message shows Alice that the group went on without
-/// her; Alice fails what she sent on the fork, asks to be re-added, Bob
-/// re-adds her, and all three agree again.
+/// her; Alice takes back what she sent on the fork, asks to be re-added, Bob
+/// re-adds her, all three agree again, and what she wrote goes out again.
 #[test]
 fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
     let mut w = World::new(4, 3, 3, WINDOW);
@@ -294,10 +294,14 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
             .iter()
             .any(|e| matches!(e, GroupEvent::Forked { epoch: 2, .. }))
     );
-    assert_eq!(w.delivery(alice, &on_fork), Some(Delivery::Failed));
-    assert!(w.events(alice).iter().any(
-        |e| matches!(e, GroupEvent::MessageFailed { message_id, .. } if *message_id == on_fork)
-    ));
+    // What she sent on the fork nobody else read: it is taken back, to go
+    // out again once she is re-added, not failed.
+    assert_eq!(w.delivery(alice, &on_fork), Some(Delivery::Unpublished));
+    assert!(
+        !w.events(alice)
+            .iter()
+            .any(|e| matches!(e, GroupEvent::MessageFailed { .. }))
+    );
 
     // What she writes now waits for the re-add: on the fork nobody reads it.
     let waiting = w.send(alice, "written while forked", 1415);
@@ -399,15 +403,17 @@ fn lag_beyond_the_settle_window_forks_a_member_who_is_then_healed() {
         GroupEvent::EnvelopeSkipped { reason } if reason.contains("already answered")
     )));
 
-    // Back in the group, her waiting message goes out with its id.
+    // Back in the group, what she sent on the fork and what she wrote
+    // while forked go out with their ids, in the order she wrote them.
     w.advance(alice, at + 10);
     let out = w.outbox(alice);
-    let sent = out
-        .iter()
-        .find(|o| o.message_id == Some(waiting))
-        .expect("the waiting message is sent after the re-add");
-    let e = w.env(at + 20, 2, sequence, sent.payload.clone());
-    w.handle(carol, &e, at + 30);
+    let order: Vec<[u8; 32]> = out.iter().filter_map(|o| o.message_id).collect();
+    assert_eq!(order, [on_fork, waiting], "both are sent after the re-add");
+    for (k, sent) in out.iter().filter(|o| o.message_id.is_some()).enumerate() {
+        let e = w.env(at + 20, 2, sequence + k as u64, sent.payload.clone());
+        w.handle(carol, &e, at + 30);
+    }
+    assert_eq!(w.delivery(carol, &on_fork), Some(Delivery::Published));
     assert_eq!(w.delivery(carol, &waiting), Some(Delivery::Published));
     // And her rename goes out again, built on the epoch she joined in.
     let epoch = w.group(alice).epoch();
@@ -663,8 +669,8 @@ fn a_member_whose_removal_is_rolled_back_catches_up() {
 /// Alice and Dave see Bob's rename settle before Carol's earlier one: a
 /// fork. On it Dave writes, and then Alice removes him. Removed, Dave still
 /// reads the members' messages: Carol's shows that his branch lost, so
-/// he fails what he sent on it (though his leaf no longer names him) and
-/// asks to be re-added.
+/// he takes back what he sent on it, to send again once he is back (though
+/// his leaf no longer names him), and asks to be re-added.
 #[test]
 fn a_member_removed_on_a_fork_learns_it_was_a_fork() {
     let mut w = World::new(7, 4, 4, WINDOW);
@@ -702,7 +708,7 @@ fn a_member_removed_on_a_fork_learns_it_was_a_fork() {
         w.group(dave).fork().is_some(),
         "Dave learns that his removal was the fork's"
     );
-    assert_eq!(w.delivery(dave, &on_fork), Some(Delivery::Failed));
+    assert_eq!(w.delivery(dave, &on_fork), Some(Delivery::Unpublished));
     w.advance(dave, 2620);
     let out = w.outbox(dave);
     assert!(

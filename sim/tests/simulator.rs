@@ -245,7 +245,10 @@ fn seeds_that_once_failed() {
 /// unapplied earlier commit now counts as a late one when its epoch
 /// settles); in 2868 the only members who could answer a rejoin request
 /// had healed from forks of their own since, and took themselves for
-/// newcomers (a healed member keeps the epoch it first joined).
+/// newcomers (a healed member keeps the epoch it first joined). In 1475 and
+/// 2919 a member re-added after a fork re-sent what it had sent there, in
+/// an epoch of the winning branch earlier than the fork's epoch in which a
+/// joiner of the fork had read it (the model now accepts any copy's epoch).
 #[test]
 fn heavy_lag_seeds_that_once_failed() {
     run_seeds_with(
@@ -253,7 +256,7 @@ fn heavy_lag_seeds_that_once_failed() {
             name: "heavy_lag_seeds_that_once_failed",
             ignored: false,
         },
-        seeds([237, 1757, 1797, 2868]),
+        seeds([237, 1475, 1757, 1797, 2868, 2919]),
         |_| "heavy lag",
         |_| Config::heavy_lag(),
     );

@@ -165,8 +165,7 @@ pub(crate) fn store_received<S: KvStore + ?Sized>(
 }
 
 /// Move an own message from `Unpublished` to `Published` (its payload
-/// reached the node). A message failed meanwhile (sent on a fork) stays
-/// failed.
+/// reached the node). A message failed meanwhile stays failed.
 pub(crate) fn mark_published<S: KvStore + ?Sized>(
     kv: &S,
     conversation: &ConversationId,
@@ -223,36 +222,49 @@ pub(crate) fn supersede<'a, S: KvStore + ?Sized>(
     Ok(())
 }
 
-/// Fail the messages `me` sent through `group_id` at or after `since_ms`
-/// (on a fork that began then, which the other members never saw), and
-/// return their ids.
-pub(crate) fn fail_sent_since<S: KvStore + ?Sized>(
+/// An own message taken back from a fork: its id and encoded content.
+pub(crate) type TakenBack = ([u8; 32], Vec<u8>);
+
+/// Take back the messages `me` sent through `group_id` at or after
+/// `since_ms` (on a fork that began then, which the other members never
+/// saw): each goes back to [`Delivery::Unpublished`], and its content is
+/// returned, oldest first, for re-sending with its id once this
+/// installation is in the group again. Receivers that read it on the fork
+/// keep the copy they have; a re-sent copy with the same id is a no-op.
+pub(crate) fn take_back_sent_since<S: KvStore + ?Sized>(
     kv: &S,
     conversation: &ConversationId,
     group_id: &[u8],
     me: InstallationId,
     since_ms: u64,
-    events: &mut Events,
-) -> Result<Vec<[u8; 32]>, GroupError> {
+) -> Result<Vec<TakenBack>, GroupError> {
+    use prost::Message as _;
+
     let store = ClientStore(kv);
-    let mut failed = Vec::new();
-    for mut message in store.messages(conversation)? {
-        if message.group_id != group_id
-            || message.sender_installation != me
-            || message.time_ms < since_ms
-            || message.delivery == Delivery::Failed
-        {
-            continue;
-        }
-        message.delivery = Delivery::Failed;
+    let mut mine: Vec<StoredMessage> = store
+        .messages(conversation)?
+        .into_iter()
+        .filter(|m| {
+            m.group_id == group_id
+                && m.sender_installation == me
+                && m.time_ms >= since_ms
+                && m.delivery != Delivery::Failed
+        })
+        .collect();
+    mine.sort_by_key(|m| (m.time_ms, m.sent_at_ms));
+    let mut taken = Vec::with_capacity(mine.len());
+    for mut message in mine {
+        let content = Content {
+            content_type: message.content_type.clone(),
+            message_id: message.message_id.to_vec(),
+            body: message.body.clone(),
+            sent_at_ms: message.sent_at_ms,
+        };
+        message.delivery = Delivery::Unpublished;
         store.update_message(&message)?;
-        failed.push(message.message_id);
-        events.push_back(GroupEvent::MessageFailed {
-            message_id: message.message_id,
-            reason: "sent on a fork of the group, which the other members never saw".into(),
-        });
+        taken.push((message.message_id, content.encode_to_vec()));
     }
-    Ok(failed)
+    Ok(taken)
 }
 
 /// A DM's conversation id comes from its two inboxes, so that every DM
@@ -384,29 +396,36 @@ mod tests {
     }
 
     #[test]
-    fn only_own_messages_of_the_fork_fail() {
+    fn only_own_messages_of_the_fork_are_taken_back() {
         let kv = MemoryKvStore::default();
         let conversation = ConversationId(b"c".to_vec());
         let store = ClientStore(&kv);
         let me = InstallationId([2; 32]);
         let mut before = message(&conversation, 1, 10);
         before.delivery = Delivery::Published;
-        let after = message(&conversation, 2, 20);
+        let mut after = message(&conversation, 2, 20);
+        after.delivery = Delivery::Published;
         let mut theirs = message(&conversation, 3, 30);
         theirs.sender_installation = InstallationId([9; 32]);
         for m in [&before, &after, &theirs] {
             store.insert_message(m).expect("insert");
         }
-        let mut events = Events::new();
-        let failed =
-            fail_sent_since(&kv, &conversation, b"group", me, 15, &mut events).expect("fail");
-        assert_eq!(failed, vec![[2; 32]]);
-        assert_eq!(events.len(), 1);
+        let taken = take_back_sent_since(&kv, &conversation, b"group", me, 15).expect("take");
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, [2; 32]);
+        let (content, id) = Content::decode_checked(&taken[0].1).expect("content");
+        assert_eq!(id, [2; 32]);
+        assert_eq!(content.body, after.body);
+        assert_eq!(content.sent_at_ms, after.sent_at_ms);
         let stored = store.messages(&conversation).expect("read");
         let states: Vec<Delivery> = stored.iter().map(|m| m.delivery).collect();
         assert_eq!(
             states,
-            [Delivery::Published, Delivery::Failed, Delivery::Published]
+            [
+                Delivery::Published,
+                Delivery::Unpublished,
+                Delivery::Published
+            ]
         );
     }
 

@@ -31,7 +31,7 @@
 //! The monitor owns the fork state (in the group's record), the re-add
 //! Welcomes kept for later (`'w'`) and when each installation's leaf was
 //! last added (`'a'`). It never changes the MLS state and never sends:
-//! the group acts on what it finds (fails what was sent on the fork,
+//! the group acts on what it finds (takes back what was sent on the fork,
 //! publishes the request, queues a re-add).
 
 use super::{

@@ -778,8 +778,8 @@ impl RewindHistory {
     /// Drop everything kept of the branch of `group_id` this installation
     /// leaves for good (it joins the group again): the ring, retained
     /// envelopes, own commits, commit positions, and own messages, but
-    /// those written while forked and never sent, which go out in the group
-    /// joined again (anything sent on the fork was failed).
+    /// those waiting to go out in the group joined again: written while
+    /// forked, or sent on the fork and taken back when it was found.
     pub(crate) fn forget<S: KvStore + ?Sized>(kv: &S, group_id: &[u8]) -> Result<(), GroupError> {
         let store = ClientStore(kv);
         for snapshot in store.snapshots(group_id)? {

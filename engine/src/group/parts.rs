@@ -165,8 +165,9 @@ impl Parts {
 
     // ----- procedures across parts -------------------------------------------
 
-    /// This installation is on a fork: fail what it sent there (the first
-    /// time), and record it; `advance` then asks to be re-added.
+    /// This installation is on a fork: take back what it sent there (the
+    /// first time), to go out again with the same ids in the group joined
+    /// again, and record the fork; `advance` then asks to be re-added.
     pub(crate) fn flag_fork<S: KvStore + ?Sized>(
         &mut self,
         kv: &S,
@@ -176,17 +177,21 @@ impl Parts {
         if !self.forks.is_forked() {
             let (conversation, me) = (self.conversation_id(), self.own_installation());
             let group_id = self.group_id().to_vec();
-            let since = found.since_ms;
-            let failed = conversation::fail_sent_since(
+            let taken = conversation::take_back_sent_since(
                 kv,
                 &conversation,
                 &group_id,
                 me,
-                since,
-                &mut self.events,
+                found.since_ms,
             )?;
-            // What is not published yet stays unpublished.
-            self.outbox.withdraw(kv, &failed)?;
+            let ids: Vec<[u8; 32]> = taken.iter().map(|(id, _)| *id).collect();
+            // Not published yet: it must not go out on the fork either.
+            self.outbox.withdraw(kv, &ids)?;
+            let (epoch, auth) = (self.epoch(), self.mls.auth_digest());
+            for (id, content) in taken {
+                self.history
+                    .track_send(kv, id, content, epoch, auth, true)?;
+            }
         }
         let epoch = self.epoch();
         self.forks.flag(found, epoch, now_ms, &mut self.events);
