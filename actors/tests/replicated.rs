@@ -1,8 +1,17 @@
 //! Kith on replicating nodes, as real processes: three `kith-node`s that
-//! replicate over loopback with injected delay and jitter, and six clients
-//! of the actor API spread over them. They race commits and send messages
-//! at once; the commits reach members in different orders, members roll
-//! back and replay, and everyone ends on one state with every message once.
+//! replicate over loopback (through links a test can cut) with injected
+//! delay and jitter, and six clients of the actor API spread over them.
+//!
+//! - Racing commits reach members in different orders: members roll back
+//!   and replay, and everyone ends on one state with every message once.
+//! - A node killed with SIGKILL mid-run: its clients move to another node,
+//!   and the node catches up when it is back.
+//! - A node cut off for longer than the settle window: its clients fork,
+//!   find it once the partition heals, ask to be re-added, and what they
+//!   wrote on the fork goes out again.
+//!
+//! The scenarios run one at a time: each runs three nodes and six clients,
+//! and the machine has two cores.
 
 #[path = "../../transport/tests/common/cluster.rs"]
 mod cluster;
@@ -14,19 +23,35 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster::{Node, cluster, start};
+use cluster::{Link, Node, cluster, kill, start_via};
 use common::{remote_client, wallet};
 use futures::StreamExt as _;
-use kith::{Client, Conversation, Event, GroupOptions, LocalWallet};
+use kith::{Client, Conversation, ConversationId, Event, GroupOptions, LocalWallet};
 
-/// The settle window the nodes announce; the injected replication delay
-/// (40 ms plus up to 60 ms of jitter) stays inside it.
-const SETTLE_WINDOW_MS: &str = "500";
+/// Replication between the nodes: a fixed delay, up to so much jitter,
+/// and the settle window the nodes announce (well above both).
+#[derive(Clone, Copy)]
+struct Lag {
+    delay_ms: u64,
+    jitter_ms: u64,
+    settle_ms: u64,
+}
+
+/// A network that is slow but keeps its promise.
+const LAG: Lag = Lag {
+    delay_ms: 40,
+    jitter_ms: 60,
+    settle_ms: 500,
+};
 /// How long the test waits for the members to agree.
-const CONVERGE: Duration = Duration::from_secs(60);
+const CONVERGE: Duration = Duration::from_secs(90);
+/// Three nodes and six clients at a time are enough for two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every event a client emits, kept for the asserts.
-fn record(client: &Client) -> Arc<Mutex<Vec<Event>>> {
+type Recorded = Arc<Mutex<Vec<Event>>>;
+
+fn record(client: &Client) -> Recorded {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&events);
     let mut stream = client.stream_events();
@@ -57,139 +82,452 @@ async fn eventually<T, E: std::fmt::Debug, F: std::future::Future<Output = Resul
     }
 }
 
-/// Sync everyone until all members show one epoch, authenticator and name.
-async fn converge(groups: &[Conversation]) -> (u64, Vec<u8>) {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let mut states = BTreeMap::new();
-        for (i, group) in groups.iter().enumerate() {
-            let _ = group.sync().await;
-            let state = group.epoch_state().await.expect("epoch");
-            let name = group.metadata().await.expect("metadata").name;
-            states.insert(i, (state, name));
+/// Three replicating nodes, each reaching each peer through its own
+/// [`Link`], and six clients in one group: client `i` is at home on node
+/// `i % 3` and knows the other two as fallbacks.
+struct Scenario {
+    root: tempfile::TempDir,
+    nodes: Vec<Node>,
+    /// `(puller, peer)` node ids to the link the puller reaches the peer by.
+    links: BTreeMap<(u32, u32), Link>,
+    clients: Vec<Client>,
+    events: Vec<Recorded>,
+    group: ConversationId,
+    lag: Lag,
+}
+
+impl Scenario {
+    async fn start(lag: Lag) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+            )
+            .with_writer(std::io::stderr)
+            .try_init();
+        let root = tempfile::tempdir().expect("temporary directory");
+        let nodes: Vec<Node> = cluster(&root.path().join("nodes"), 3);
+        let mut links = BTreeMap::new();
+        for puller in &nodes {
+            for peer in nodes.iter().filter(|p| p.id != puller.id) {
+                links.insert((puller.id, peer.id), Link::open(peer.port).await);
+            }
         }
-        let first = states[&0].clone();
-        if states.values().all(|s| *s == first) {
-            return first.0;
+        let mut scenario = Self {
+            root,
+            nodes,
+            links,
+            clients: Vec::new(),
+            events: Vec::new(),
+            group: ConversationId(Vec::new()),
+            lag,
+        };
+        for i in 0..scenario.nodes.len() {
+            scenario.start_node(i);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the members did not agree within {CONVERGE:?}: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let wallets: Vec<LocalWallet> = (0..6).map(|_| wallet()).collect();
+        for (i, w) in wallets.iter().enumerate() {
+            let urls = scenario.urls(i % 3);
+            let client = remote_client(scenario.root.path(), &format!("c{i}"), w, urls).await;
+            scenario.events.push(record(&client));
+            scenario.clients.push(client);
+        }
+        let others: Vec<_> = wallets[1..].iter().map(LocalWallet::inbox_id).collect();
+        let creator = &scenario.clients[0];
+        let group = eventually("create the group", || {
+            creator.create_group(&others, GroupOptions::default().name("start"))
+        })
+        .await;
+        scenario.group = group.id().clone();
+        for client in &scenario.clients[1..] {
+            let id = &scenario.group;
+            eventually("join", || async {
+                client.sync().await?;
+                client.conversation(id).await
+            })
+            .await;
+        }
+        scenario.converge().await;
+        scenario
     }
+
+    /// Start (or restart) node `i`, its peers reached through its links.
+    fn start_node(&mut self, i: usize) {
+        let me = self.nodes[i].id;
+        let peer_urls: BTreeMap<u32, String> = self
+            .links
+            .iter()
+            .filter(|((puller, _), _)| *puller == me)
+            .map(|((_, peer), link)| (*peer, link.url()))
+            .collect();
+        let (settle, delay, jitter) = (
+            self.lag.settle_ms.to_string(),
+            self.lag.delay_ms.to_string(),
+            self.lag.jitter_ms.to_string(),
+        );
+        let flags = [
+            "--settle-window-ms",
+            &settle,
+            "--replication-delay-ms",
+            &delay,
+            "--replication-jitter-ms",
+            &jitter,
+        ];
+        start_via(&mut self.nodes, i, &flags, |peer| {
+            peer_urls[&peer.id].clone()
+        });
+    }
+
+    /// Node `home` first, then the others.
+    fn urls(&self, home: usize) -> Vec<String> {
+        (0..self.nodes.len())
+            .map(|k| self.nodes[(home + k) % self.nodes.len()].url())
+            .collect()
+    }
+
+    /// Cut node `i` off from its peers (its clients still reach it), or
+    /// join it to them again.
+    fn partition(&self, i: usize, cut: bool) {
+        let id = self.nodes[i].id;
+        for ((puller, peer), link) in &self.links {
+            if *puller == id || *peer == id {
+                if cut { link.cut() } else { link.heal() }
+            }
+        }
+    }
+
+    async fn conversation(&self, client: usize) -> Conversation {
+        self.clients[client]
+            .conversation(&self.group)
+            .await
+            .expect("a member")
+    }
+
+    /// Sync everyone (the welcome topic too: a forked member joins again
+    /// from a Welcome) until all show one epoch, authenticator and name.
+    async fn converge(&self) -> (u64, Vec<u8>) {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let mut states = BTreeMap::new();
+            for (i, client) in self.clients.iter().enumerate() {
+                let _ = client.sync().await;
+                let group = self.conversation(i).await;
+                let _ = group.sync().await;
+                let state = group.epoch_state().await.expect("epoch");
+                let name = group.metadata().await.expect("metadata").name;
+                states.insert(i, (state, name));
+            }
+            let first = states[&0].clone();
+            if states.values().all(|s| *s == first) {
+                return first.0;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members did not agree within {CONVERGE:?}: {states:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Events matching `f`, per client.
+    fn count(&self, f: impl Fn(&Event) -> bool) -> Vec<usize> {
+        self.events
+            .iter()
+            .map(|e| e.lock().expect("events").iter().filter(|e| f(e)).count())
+            .collect()
+    }
+
+    /// Everyone holds exactly the texts `sent`, each once and published,
+    /// syncing until they do (a re-sent message may still be on its way).
+    async fn assert_every_message_once(&self, sent: &[String]) {
+        self.assert_holds_once(0..self.clients.len(), sent).await;
+    }
+
+    /// Clients `who` hold exactly the texts `sent`, each once and
+    /// published, syncing until they do.
+    async fn assert_holds_once(&self, who: impl IntoIterator<Item = usize>, sent: &[String]) {
+        let mut sent = sent.to_vec();
+        sent.sort();
+        let deadline = Instant::now() + CONVERGE;
+        for i in who {
+            loop {
+                let group = self.conversation(i).await;
+                let _ = group.sync().await;
+                let messages = group.messages().await.expect("messages");
+                let mut texts: Vec<String> = messages
+                    .iter()
+                    .filter_map(|m| m.text().map(str::to_owned))
+                    .collect();
+                texts.sort();
+                let unpublished: Vec<_> = messages.iter().filter(|m| !m.published).collect();
+                if texts == sent && unpublished.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "client {i} holds {texts:?} (unpublished: {unpublished:?}), not each of \
+                     {sent:?} once"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+fn is_rolled_back(e: &Event) -> bool {
+    matches!(e, Event::RolledBack { .. })
+}
+
+/// One round: clients 0 to 2 rename at once (on three nodes) while 3 to 5
+/// send; returns the texts sent. Each sender sends once it applied a
+/// rename: its node-mate's, most often, which two times in three is a
+/// commit that loses, so the message is read on a branch that loses.
+async fn race(s: &Scenario, round: usize) -> Vec<String> {
+    let groups = futures::future::join_all((0..6).map(|i| s.conversation(i))).await;
+    let before = groups[0].epoch_state().await.expect("epoch").0;
+    let renames = groups[..3].iter().enumerate().map(|(i, group)| async move {
+        // Pending is fine: the change is queued and goes out later.
+        let _ = group.update_name(&format!("round {round} by {i}")).await;
+    });
+    let texts: Vec<String> = (3..6).map(|i| format!("round {round} from {i}")).collect();
+    let sends = texts
+        .iter()
+        .zip(&groups[3..])
+        .map(|(text, group)| async move {
+            let give_up = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < give_up
+                && group.epoch_state().await.map_or(0, |(epoch, _)| epoch) <= before
+            {
+                let _ = group.sync().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            group.send_text(text).await.expect("send")
+        });
+    let (_, ids) = tokio::join!(
+        futures::future::join_all(renames),
+        futures::future::join_all(sends)
+    );
+    assert_eq!(ids.len(), texts.len());
+    texts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn six_clients_on_three_replicating_nodes_race_and_agree() {
-    let root = tempfile::tempdir().expect("temporary directory");
-    let mut nodes: Vec<Node> = cluster(&root.path().join("nodes"), 3);
-    let flags = [
-        "--settle-window-ms",
-        SETTLE_WINDOW_MS,
-        "--replication-delay-ms",
-        "40",
-        "--replication-jitter-ms",
-        "60",
-    ];
-    for i in 0..nodes.len() {
-        start(&mut nodes, i, &flags);
-    }
-    let urls = |home: usize| -> Vec<String> {
-        (0..nodes.len())
-            .map(|k| nodes[(home + k) % nodes.len()].url())
-            .collect()
-    };
-    let wallets: Vec<LocalWallet> = (0..6).map(|_| wallet()).collect();
-    let mut clients = Vec::new();
-    for (i, w) in wallets.iter().enumerate() {
-        clients.push(remote_client(root.path(), &format!("c{i}"), w, urls(i % 3)).await);
-    }
-    let events: Vec<_> = clients.iter().map(record).collect();
-
-    let others: Vec<_> = wallets[1..].iter().map(LocalWallet::inbox_id).collect();
-    let group = eventually("create the group", || {
-        clients[0].create_group(&others, GroupOptions::default().name("start"))
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Slow enough that a sender reads its node-mate's rename and writes
+    // before a rival rename that sorts first comes in.
+    let s = Scenario::start(Lag {
+        delay_ms: 200,
+        jitter_ms: 100,
+        settle_ms: 1_000,
     })
     .await;
-    let id = group.id().clone();
-    let mut groups = vec![group];
-    for client in &clients[1..] {
-        let joined = eventually("join", || async {
-            client.sync().await?;
-            client.conversation(&id).await
-        })
-        .await;
-        groups.push(joined);
-    }
-    converge(&groups).await;
-
-    // Rounds of racing renames on three nodes while the others send, until
-    // some member had to roll back (each round almost always does).
+    // Rounds of racing renames while others send, until members rolled
+    // back and a message read on a losing branch was confirmed by its
+    // re-sent copy (most rounds roll back; a confirmation takes a message
+    // read on the branch that lost).
     let mut sent = Vec::new();
-    let rolled_back = |events: &[Arc<Mutex<Vec<Event>>>]| {
-        events.iter().any(|e| {
-            e.lock()
-                .expect("events")
-                .iter()
-                .any(|e| matches!(e, Event::RolledBack { .. }))
-        })
+    let seen = |s: &Scenario| {
+        let rolled_back = s.count(is_rolled_back).iter().sum::<usize>();
+        let superseded = s
+            .count(|e| matches!(e, Event::MessageSuperseded { .. }))
+            .iter()
+            .sum::<usize>();
+        let confirmed = s
+            .count(|e| matches!(e, Event::MessageConfirmed { .. }))
+            .iter()
+            .sum::<usize>();
+        (rolled_back, superseded, confirmed)
     };
-    for round in 0..6 {
-        let renames = (0..3).map(|i| {
-            let group = &groups[i];
-            async move {
-                // Pending is fine: the change is queued and goes out later.
-                let _ = group.update_name(&format!("round {round} by {i}")).await;
-            }
-        });
-        let texts: Vec<String> = (3..6).map(|i| format!("round {round} from {i}")).collect();
-        let sends = texts.iter().enumerate().map(|(k, text)| {
-            let group = &groups[3 + k];
-            async move { group.send_text(text).await.expect("send") }
-        });
-        let (_, ids) = tokio::join!(
-            futures::future::join_all(renames),
-            futures::future::join_all(sends)
-        );
-        assert_eq!(ids.len(), texts.len());
-        sent.extend(texts);
-        if round >= 1 && rolled_back(&events) {
+    for round in 0..12 {
+        sent.extend(race(&s, round).await);
+        let (rolled_back, superseded, confirmed) = seen(&s);
+        if round >= 1 && rolled_back > 0 && superseded > 0 && confirmed > 0 {
             break;
         }
     }
-    let (epoch, _) = converge(&groups).await;
-    let rollbacks: usize = events
-        .iter()
-        .map(|e| {
-            e.lock()
-                .expect("events")
-                .iter()
-                .filter(|e| matches!(e, Event::RolledBack { .. }))
-                .count()
-        })
-        .sum();
+    let (epoch, _) = s.converge().await;
+    s.assert_every_message_once(&sent).await;
+    let (rolled_back, superseded, confirmed) = seen(&s);
     eprintln!(
-        "replicated: {} messages, epoch {epoch}, {rollbacks} rollbacks across the six clients",
+        "replicated race: {} messages, epoch {epoch}, {rolled_back} rollbacks, {superseded} \
+         messages superseded and {confirmed} confirmed across the six clients",
         sent.len()
     );
     assert!(epoch > 1, "the renames moved the group on");
     assert!(
-        rolled_back(&events),
+        rolled_back > 0,
         "no member rolled back: the commits never raced"
     );
+    assert!(
+        superseded > 0,
+        "no member read a message on a branch that lost"
+    );
+    assert!(
+        confirmed > 0,
+        "no superseded message was confirmed by its re-sent copy"
+    );
+}
 
-    // Every member has every message once.
-    sent.sort();
-    for (i, group) in groups.iter().enumerate() {
-        let mut texts: Vec<String> = group
-            .messages()
-            .await
-            .expect("messages")
-            .iter()
-            .filter_map(|m| m.text().map(str::to_owned))
-            .collect();
-        texts.sort();
-        assert_eq!(texts, sent, "client {i} has every message once");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_run_loses_nothing_and_catches_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut s = Scenario::start(LAG).await;
+    let mut sent = Vec::new();
+    sent.extend(race(&s, 0).await);
+    // SIGKILL node 2 while the next round is under way: clients 1 and 4
+    // are at home there and move to another node.
+    let pid = s.nodes[1].child.as_ref().expect("node 2 runs").id();
+    let kill_soon = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGKILL node 2");
+    };
+    let (texts, ()) = tokio::join!(race(&s, 1), kill_soon);
+    sent.extend(texts);
+    kill(&mut s.nodes[1]);
+    for round in 2..4 {
+        sent.extend(race(&s, round).await);
     }
+    s.start_node(1);
+    for round in 4..6 {
+        sent.extend(race(&s, round).await);
+    }
+    let (epoch, _) = s.converge().await;
+    s.assert_every_message_once(&sent).await;
+
+    // The restarted node caught up: a client that knows only node 2 sees
+    // the group as everyone does.
+    let late = wallet();
+    let only_node_2 = remote_client(s.root.path(), "late", &late, s.nodes[1].url()).await;
+    let group = s.conversation(0).await;
+    let late_inbox = [late.inbox_id()];
+    eventually("add a client of node 2", || group.add_members(&late_inbox)).await;
+    let (epoch_after, _) = s.converge().await;
+    let joined = eventually("the late client joins through node 2", || async {
+        only_node_2.sync().await?;
+        only_node_2.conversation(&s.group).await
+    })
+    .await;
+    let want = s.converge().await;
+    let deadline = Instant::now() + CONVERGE;
+    while joined.epoch_state().await.expect("epoch") != want {
+        assert!(Instant::now() < deadline, "node 2 did not catch up");
+        let _ = joined.sync().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let texts: Vec<String> = joined
+        .messages()
+        .await
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m.text().map(str::to_owned))
+        .collect();
+    assert!(
+        texts.is_empty(),
+        "a joiner reads nothing from before it joined"
+    );
+    eprintln!(
+        "replicated kill: {} messages, epoch {epoch} then {epoch_after}, {} rollbacks",
+        sent.len(),
+        s.count(is_rolled_back).iter().sum::<usize>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_past_the_settle_window_forks_its_clients_who_heal() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::start(LAG).await;
+    let groups = futures::future::join_all((0..6).map(|i| s.conversation(i))).await;
+    // Node 3 (clients 2 and 5) is cut off. Both sides rename; the
+    // majority's commit is first in canonical order (earlier time).
+    s.partition(2, true);
+    groups[0]
+        .update_name("majority")
+        .await
+        .expect("the majority's rename");
+    groups[2]
+        .update_name("island")
+        .await
+        .expect("the island's rename");
+    let mut sent = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let text = format!("during the partition from {i}");
+        group.send_text(&text).await.expect("send");
+        sent.push(text);
+    }
+    // Long past the settle window: each side settles its own commit.
+    let island_settled = Instant::now() + Duration::from_millis(4 * s.lag.settle_ms);
+    while Instant::now() < island_settled {
+        for group in &groups {
+            let _ = group.sync().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        groups[5]
+            .metadata()
+            .await
+            .expect("metadata")
+            .name
+            .as_deref(),
+        Some("island"),
+        "the island went on by itself"
+    );
+
+    s.partition(2, false);
+    let (epoch, _) = s.converge().await;
+    assert_eq!(
+        groups[1]
+            .metadata()
+            .await
+            .expect("metadata")
+            .name
+            .as_deref(),
+        Some("majority"),
+        "the commit first in canonical order won"
+    );
+    // Each side's members read each other's messages; the island's, sent
+    // on the fork, go out again once its members are back. What the
+    // majority wrote meanwhile, the island's members cannot read: they
+    // hold no keys of those epochs (`Event::Rejoined` says so).
+    s.assert_holds_once([0, 1, 3, 4], &sent).await;
+    let island_wrote: Vec<String> = sent
+        .iter()
+        .filter(|t| t.ends_with('2') || t.ends_with('5'))
+        .cloned()
+        .collect();
+    s.assert_holds_once([2, 5], &island_wrote).await;
+    // And after the heal everyone reads everyone.
+    let mut after = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let text = format!("after the heal from {i}");
+        group.send_text(&text).await.expect("send");
+        after.push(text);
+    }
+    let mut majority_holds = sent.clone();
+    majority_holds.extend(after.iter().cloned());
+    s.assert_holds_once([0, 1, 3, 4], &majority_holds).await;
+    let mut island_holds = island_wrote.clone();
+    island_holds.extend(after.iter().cloned());
+    s.assert_holds_once([2, 5], &island_holds).await;
+    let forked = s.count(|e| matches!(e, Event::Forked { .. }));
+    let rejoined = s.count(|e| matches!(e, Event::Rejoined { .. }));
+    let failed = s.count(|e| matches!(e, Event::MessageFailed { .. }));
+    eprintln!(
+        "replicated partition: epoch {epoch}; forked {forked:?}, rejoined {rejoined:?}, \
+         rollbacks {:?}",
+        s.count(is_rolled_back)
+    );
+    for island in [2, 5] {
+        assert!(forked[island] > 0, "client {island} found it was on a fork");
+        assert!(rejoined[island] > 0, "client {island} was re-added");
+    }
+    for majority in [0, 1, 3, 4] {
+        assert_eq!(forked[majority], 0, "client {majority} was never on a fork");
+    }
+    assert_eq!(failed, [0; 6], "nothing anyone wrote failed");
 }

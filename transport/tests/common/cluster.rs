@@ -89,10 +89,16 @@ pub fn cluster(root: &Path, n: u32) -> Vec<Node> {
 
 /// Start `nodes[i]` with every other node as its peer, and `extra` flags.
 pub fn start(nodes: &mut [Node], i: usize, extra: &[&str]) {
+    start_via(nodes, i, extra, |peer| peer.url());
+}
+
+/// Start `nodes[i]` with every other node as its peer, reached at
+/// `url(peer)` (a [`Link`] in front of it, say), and `extra` flags.
+pub fn start_via(nodes: &mut [Node], i: usize, extra: &[&str], url: impl Fn(&Node) -> String) {
     let peers: Vec<String> = nodes
         .iter()
         .filter(|peer| peer.id != nodes[i].id)
-        .map(|peer| format!("{}={}@{}", peer.id, peer.key, peer.url()))
+        .map(|peer| format!("{}={}@{}", peer.id, peer.key, url(peer)))
         .collect();
     let node = &nodes[i];
     let mut command = node_command(&node.dir);
@@ -128,5 +134,67 @@ pub fn kill(node: &mut Node) {
 impl Drop for Node {
     fn drop(&mut self) {
         kill(self);
+    }
+}
+
+/// A TCP link on loopback in front of one node, which a test can cut (a
+/// partition: open connections drop, new ones are closed at once) and
+/// heal. Nodes reach their peers through links to be cut off from them
+/// while their own clients still reach them.
+pub struct Link {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// A link to `target` (a loopback port), open.
+    pub async fn open(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    /// The URL to give a node as its peer's.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Drop every connection through the link, and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Let connections through again.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
