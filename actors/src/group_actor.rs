@@ -112,6 +112,9 @@ pub(crate) struct GroupCore {
     tries: Mutex<Tries>,
     /// When to try the node again after it could not be reached.
     retry: Mutex<Retry>,
+    /// Notified when an envelope for the group arrives: a change waiting
+    /// for its commit wakes on it (the actor reads no `Wake` meanwhile).
+    pub(crate) arrived: Arc<tokio::sync::Notify>,
 }
 
 /// The first wait before trying an unreachable node again; it doubles up
@@ -151,6 +154,7 @@ impl GroupCore {
             rejoins: Mutex::new(Vec::new()),
             tries: Mutex::new(Tries::default()),
             retry: Mutex::new(Retry::default()),
+            arrived: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -616,7 +620,9 @@ impl GroupCore {
                 Some(Err((reason, true))) => return Err(Error::NotPermitted(reason)),
                 Some(Err((reason, false))) => return Err(Error::InvalidInput(reason)),
                 None if rounds >= MAX_ROUNDS && !window.is_zero() => {
-                    tokio::time::sleep(window / 4).await;
+                    // Until something arrives (a rival commit, our own
+                    // coming back), or a while has passed all the same.
+                    let _ = tokio::time::timeout(window / 4, self.arrived.notified()).await;
                     self.sync().await?;
                 }
                 None => self.sync().await?,

@@ -26,6 +26,7 @@ use std::{
 use actix::prelude::*;
 use futures::StreamExt as _;
 use kith_engine::delivery::{Cursor, NodeId, Topic};
+use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::{
@@ -38,7 +39,10 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// Watches arriving together are folded into one subscription.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-type Routes = Arc<Mutex<BTreeMap<Topic, Recipient<Wake>>>>;
+/// Per topic: the actor to wake, and what a command of that actor waiting
+/// for the network waits on (an actor busy with one command reads no
+/// `Wake` until it is done).
+type Routes = Arc<Mutex<BTreeMap<Topic, (Recipient<Wake>, Option<Arc<Notify>>)>>>;
 
 /// See the module docs.
 pub(crate) struct NetworkPoller {
@@ -179,7 +183,10 @@ fn route(
     };
     if wanted {
         let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(recipient) = routes.get(&envelope.topic) {
+        if let Some((recipient, arrived)) = routes.get(&envelope.topic) {
+            if let Some(arrived) = arrived {
+                arrived.notify_one();
+            }
             recipient.do_send(Wake);
         }
     }
@@ -189,12 +196,14 @@ impl Actor for NetworkPoller {
     type Context = Context<Self>;
 }
 
-/// Follow `topic`, waking `recipient` on every envelope.
+/// Follow `topic`, waking `recipient` on every envelope (and notifying
+/// `arrived`, if given).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Watch {
     pub(crate) topic: Topic,
     pub(crate) recipient: Recipient<Wake>,
+    pub(crate) arrived: Option<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -211,7 +220,7 @@ impl Handler<Watch> for NetworkPoller {
             .routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(msg.topic.clone(), msg.recipient)
+            .insert(msg.topic.clone(), (msg.recipient, msg.arrived))
             .is_none();
         if new {
             self.pending.push(msg.topic);
