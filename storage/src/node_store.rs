@@ -483,6 +483,37 @@ impl NodeStore for SledNodeStore {
         Ok(true)
     }
 
+    fn revise_identity_log(
+        &self,
+        inbox: &InboxId,
+        last: u64,
+        from: u64,
+        updates: Vec<Vec<u8>>,
+    ) -> Result<bool, StorageError> {
+        let _guard = self.lock();
+        let prefix = keyed(b'i', inbox.as_bytes());
+        let current = match self.tree.scan_prefix(&prefix).next_back() {
+            None => 0,
+            Some(entry) => be_u64(&entry?.0[prefix.len()..])?,
+        };
+        if current != last || from == 0 || from > last + 1 {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        for sequence in from..=last {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&sequence.to_be_bytes());
+            batch.remove(key);
+        }
+        for (sequence, update) in (from..).zip(updates) {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&sequence.to_be_bytes());
+            batch.insert(key, update);
+        }
+        self.commit(batch)?;
+        Ok(true)
+    }
+
     fn add_key_packages(
         &self,
         pool: KeyPackagePool,

@@ -592,3 +592,117 @@ async fn key_packages_are_handed_out_once_through_any_node() {
         .expect("a package");
     assert_eq!((again.bytes, again.last_resort), (last_resort, true));
 }
+
+/// Two devices register at once through different nodes with the same
+/// sequence number: each node accepts its own, and once the mirrors have
+/// replicated every node serves one log, whose update at that sequence is
+/// the first mirror of it in canonical order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_registrations_on_two_nodes_end_on_one_log_everywhere() {
+    use kith_engine::identity::{InstallationKeys, LocalWallet, UnsignedIdentityUpdate};
+    use rand_core::SeedableRng as _;
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes = cluster(root.path(), 3);
+    for i in 0..nodes.len() {
+        // Slow enough that each node accepts its own update before it
+        // sees the other's.
+        start(&mut nodes, i, &["--replication-delay-ms", "300"]);
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let wallet = LocalWallet::generate(&mut rng);
+    let inbox = wallet.inbox_id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let update = |keys: &InstallationKeys, sequence: u64| {
+        let unsigned = UnsignedIdentityUpdate::add_installation(inbox, keys, sequence, now);
+        let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+        unsigned.sign(signature, Some(keys))
+    };
+    let clients: Vec<GrpcClient> = nodes
+        .iter()
+        .map(|n| GrpcClient::connect_lazy(&n.url()).expect("client"))
+        .collect();
+    let log_on = |i: usize| {
+        let client = clients[i].clone();
+        async move {
+            client
+                .identity_updates(vec![(inbox, 0)])
+                .await
+                .expect("identity updates")
+                .remove(0)
+        }
+    };
+
+    let phone = InstallationKeys::generate(&mut rng);
+    let first = update(&phone, 1);
+    clients[0]
+        .publish_identity_update(first.clone())
+        .await
+        .expect("register the phone on node 1");
+    let deadline = Instant::now() + CONVERGE;
+    for i in 0..3 {
+        while log_on(i).await.len() != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never got the phone",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (laptop, tablet) = (
+        InstallationKeys::generate(&mut rng),
+        InstallationKeys::generate(&mut rng),
+    );
+    let (on_1, on_2) = (update(&laptop, 2), update(&tablet, 2));
+    let (a, b) = tokio::join!(
+        clients[0].publish_identity_update(on_1.clone()),
+        clients[1].publish_identity_update(on_2.clone())
+    );
+    a.expect("node 1 accepts the laptop");
+    b.expect("node 2 accepts the tablet");
+
+    // The winner: the first mirror of sequence 2 on the identity topic.
+    let winner = loop {
+        let mirrors = clients[2]
+            .query(&Topic::Identity(inbox), &Cursor::new(), 100)
+            .await
+            .expect("identity topic");
+        let seconds: Vec<_> = mirrors
+            .envelopes
+            .iter()
+            .filter_map(|e| kith_engine::identity::IdentityUpdate::from_bytes(&e.payload).ok())
+            .filter(|u| u.unsigned.sequence == 2)
+            .collect();
+        if seconds.len() == 2 {
+            break seconds[0].clone();
+        }
+        assert!(Instant::now() < deadline, "node 3 never got both mirrors");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let loser = if winner == on_1 { &on_2 } else { &on_1 };
+    for i in 0..3 {
+        loop {
+            let log = log_on(i).await;
+            if log.len() == 2 && log[1] == winner {
+                assert_eq!(log[0], first);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} serves {} updates{}, not the winner at 2",
+                i + 1,
+                log.len(),
+                if log.get(1) == Some(loser) {
+                    " with the loser at 2"
+                } else {
+                    ""
+                }
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

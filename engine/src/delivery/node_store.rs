@@ -119,6 +119,21 @@ pub trait NodeStore: Send + Sync {
         update: Vec<u8>,
     ) -> Result<bool, Self::Error>;
 
+    /// Replace `inbox`'s log from sequence `from` on with `updates`
+    /// (sequences `from`, `from + 1`, ...), all or nothing, if the log
+    /// currently ends at `last`. Returns `false`, changing nothing, if it
+    /// does not (a writer got in between) or if `from` is not within
+    /// `1..=last + 1`. For replicating nodes that find that another node's
+    /// update with the same sequence comes first; the caller has verified
+    /// the revised log.
+    fn revise_identity_log(
+        &self,
+        inbox: &InboxId,
+        last: u64,
+        from: u64,
+        updates: Vec<Vec<u8>>,
+    ) -> Result<bool, Self::Error>;
+
     /// Add one-time key packages to `installation`'s `pool`, and replace
     /// that pool's last-resort package if one is given. All or nothing.
     fn add_key_packages(
@@ -387,6 +402,23 @@ impl NodeStore for MemoryNodeStore {
             return Ok(false);
         }
         log.push(update);
+        Ok(true)
+    }
+
+    fn revise_identity_log(
+        &self,
+        inbox: &InboxId,
+        last: u64,
+        from: u64,
+        updates: Vec<Vec<u8>>,
+    ) -> Result<bool, Self::Error> {
+        let mut inner = self.lock();
+        let log = inner.identity.entry(*inbox).or_default();
+        if log.len() as u64 != last || from == 0 || from > last + 1 {
+            return Ok(false);
+        }
+        log.truncate(usize::try_from(from - 1).unwrap_or(usize::MAX));
+        log.extend(updates);
         Ok(true)
     }
 

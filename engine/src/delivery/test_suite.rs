@@ -42,6 +42,7 @@ fn foreign(node: u32, sequence: u64, time: u64, topic: Topic, payload: &[u8]) ->
 pub fn node_store_suite<S: NodeStore>(store: &S) {
     envelopes_are_sequenced_ordered_and_paged(store);
     identity_logs_append_only_in_sequence(store);
+    identity_logs_are_revised_only_from_the_end_expected(store);
     key_packages_are_handed_out_once_then_last_resort(store);
     key_package_pools_are_apart(store);
     node_secret_is_set_once(store);
@@ -180,6 +181,63 @@ fn identity_logs_append_only_in_sequence<S: NodeStore>(store: &S) {
     assert_eq!(
         store.identity_updates(&[(inbox, 0)], 1).expect("get"),
         vec![vec![(1, b"u1".to_vec())]]
+    );
+}
+
+fn identity_logs_are_revised_only_from_the_end_expected<S: NodeStore>(store: &S) {
+    let inbox = InboxId::from_bytes([9; 20]);
+    let log = |store: &S| -> Vec<Vec<u8>> {
+        store.identity_updates(&[(inbox, 0)], 100).expect("get")[0]
+            .iter()
+            .map(|(_, u)| u.clone())
+            .collect()
+    };
+    for (sequence, update) in [(1, b"a1"), (2, b"a2"), (3, b"a3")] {
+        assert!(
+            store
+                .append_identity_update(&inbox, sequence, update.to_vec())
+                .expect("append")
+        );
+    }
+    // The log ends at 3, not 2: someone appended in between.
+    assert!(
+        !store
+            .revise_identity_log(&inbox, 2, 2, vec![b"b2".to_vec()])
+            .expect("revise")
+    );
+    // No sequence 0, and no gap after the end.
+    assert!(
+        !store
+            .revise_identity_log(&inbox, 3, 0, vec![])
+            .expect("revise")
+    );
+    assert!(
+        !store
+            .revise_identity_log(&inbox, 3, 5, vec![b"b5".to_vec()])
+            .expect("revise")
+    );
+    assert_eq!(log(store), [b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()]);
+    // From 2 on: shorter, then longer.
+    assert!(
+        store
+            .revise_identity_log(&inbox, 3, 2, vec![b"b2".to_vec()])
+            .expect("revise")
+    );
+    assert_eq!(log(store), [b"a1".to_vec(), b"b2".to_vec()]);
+    assert!(
+        store
+            .revise_identity_log(&inbox, 2, 2, vec![b"c2".to_vec(), b"c3".to_vec()])
+            .expect("revise")
+    );
+    assert_eq!(log(store), [b"a1".to_vec(), b"c2".to_vec(), b"c3".to_vec()]);
+    assert!(
+        store
+            .append_identity_update(&inbox, 4, b"c4".to_vec())
+            .expect("append after a revision")
+    );
+    assert_eq!(
+        store.identity_updates(&[(inbox, 2)], 100).expect("get")[0],
+        vec![(3, b"c3".to_vec()), (4, b"c4".to_vec())]
     );
 }
 

@@ -18,11 +18,11 @@ use std::collections::BTreeSet;
 
 use kith_engine::{
     delivery::{Cursor, NodeId, NodeStore, Replicated, SealedEnvelope, Topic},
-    identity::{IdentityUpdate, InboxId},
+    identity::{IdentityConfig, IdentityState, IdentityUpdate, InboxId},
 };
 use tokio::sync::{broadcast, mpsc};
 
-use super::{NodeLogic, internal, load_identity};
+use super::{NodeLogic, internal};
 use crate::node::{error::NodeError, replicator::REPLICATION_BATCH_BYTES};
 
 /// Why a replicated batch was refused. The batch changes nothing.
@@ -287,16 +287,43 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     }
 }
 
-/// Append to `inbox`'s identity log every update on its identity topic
-/// that continues it and verifies, in canonical order, until none does:
-/// the mirrors of different originators may arrive out of sequence.
-/// Returns how many were appended.
+/// Bring `inbox`'s identity log to the canonical log of the updates that
+/// nodes mirrored on its identity topic, and return how many updates of
+/// the stored log changed (appended or replaced).
 ///
 /// Two nodes may each accept a different update with the same sequence
-/// number (two devices registering at once); the log keeps the one it had
-/// first, and the other is ignored here. Deciding between them the same way
-/// on every node is not done yet (docs/replication.md).
+/// number (two devices registering at once, each through its own node).
+/// Every node decides between them the same way: the canonical log takes,
+/// for each sequence number in turn, the first mirrored update in
+/// canonical order `(time, node, sequence)` that verifies on the log
+/// before it. An update this node stored but has not mirrored yet (its
+/// announcement follows the store) comes after every mirror of its
+/// sequence, since its mirror will be later than all of them. Once every
+/// node has every mirror, every node holds the same log; a node whose log
+/// took the losing update replaces it, with whatever it built on it. The
+/// client whose registration lost registers again (`Client::register`).
 fn sync_identity_log<S: NodeStore>(store: &S, inbox: InboxId) -> Result<usize, NodeError> {
+    // Another peer's batch (or a client's publish) may change the log
+    // between reading and writing it: read again, a few times.
+    for _ in 0..SYNC_ATTEMPTS {
+        if let Some(changed) = sync_identity_log_once(store, inbox)? {
+            return Ok(changed);
+        }
+    }
+    tracing::warn!(%inbox, "identity log kept changing while being synced; the next mirror syncs it");
+    Ok(0)
+}
+
+/// Attempts of [`sync_identity_log`] before it leaves the log to the next
+/// mirror.
+const SYNC_ATTEMPTS: usize = 8;
+
+/// One attempt of [`sync_identity_log`]: `None` if the log changed under
+/// it.
+fn sync_identity_log_once<S: NodeStore>(
+    store: &S,
+    inbox: InboxId,
+) -> Result<Option<usize>, NodeError> {
     let topic = Topic::Identity(inbox);
     let mut mirrors = Vec::new();
     let mut cursor = Cursor::new();
@@ -316,30 +343,82 @@ fn sync_identity_log<S: NodeStore>(store: &S, inbox: InboxId) -> Result<usize, N
             break;
         }
     }
-    let mut state = load_identity(store, inbox)?;
-    let mut applied = 0;
+    let stored: Vec<Vec<u8>> = store
+        .identity_updates(&[(inbox, 0)], usize::MAX)
+        .map_err(internal)?
+        .pop()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .collect();
+    let canonical = canonical_log(inbox, &mirrors, &stored)?;
+    let same = stored
+        .iter()
+        .zip(&canonical)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let last = stored.len() as u64;
+    if same == stored.len() {
+        let mut appended = 0;
+        for (sequence, update) in (last + 1..).zip(&canonical[same..]) {
+            if !store
+                .append_identity_update(&inbox, sequence, update.clone())
+                .map_err(internal)?
+            {
+                return Ok(None);
+            }
+            appended += 1;
+        }
+        return Ok(Some(appended));
+    }
+    let from = same as u64 + 1;
+    let revised = canonical[same..].to_vec();
+    let changed = revised.len().max(stored.len() - same);
+    if !store
+        .revise_identity_log(&inbox, last, from, revised)
+        .map_err(internal)?
+    {
+        return Ok(None);
+    }
+    tracing::info!(
+        %inbox,
+        from,
+        dropped = stored.len() - same,
+        kept = canonical.len() - same,
+        "identity log revised: another node's update with the same sequence comes first"
+    );
+    Ok(Some(changed))
+}
+
+/// The canonical log of `inbox` (see [`sync_identity_log`]): per sequence,
+/// the first of `mirrors` (in canonical order) that verifies on the log so
+/// far, else the update `stored` at that sequence if it verifies.
+fn canonical_log(
+    inbox: InboxId,
+    mirrors: &[IdentityUpdate],
+    stored: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, NodeError> {
+    let mut state = IdentityState::from_log(inbox, IdentityConfig::default(), &[])
+        .map_err(|e| internal(format!("empty identity log of {inbox}: {e}")))?;
+    let mut log: Vec<Vec<u8>> = Vec::new();
     loop {
-        let next = state.sequence() + 1;
-        // The first that verifies on this log, and the log it makes.
-        let Some((update, extended)) = mirrors
+        let next = log.len() as u64 + 1;
+        let own = usize::try_from(next - 1)
+            .ok()
+            .and_then(|i| stored.get(i))
+            .and_then(|bytes| IdentityUpdate::from_bytes(bytes).ok());
+        let mut candidates = mirrors
             .iter()
             .filter(|update| update.unsigned.sequence == next)
-            .find_map(|update| {
-                let mut extended = state.clone();
-                extended.apply(update).ok().map(|()| (update, extended))
-            })
-        else {
-            return Ok(applied);
+            .chain(own.iter());
+        let Some((update, extended)) = candidates.find_map(|update| {
+            let mut extended = state.clone();
+            extended.apply(update).ok().map(|()| (update, extended))
+        }) else {
+            return Ok(log);
         };
-        if !store
-            .append_identity_update(&inbox, next, update.to_bytes())
-            .map_err(internal)?
-        {
-            // A client's publish on this node was first.
-            return Ok(applied);
-        }
+        log.push(update.to_bytes());
         state = extended;
-        applied += 1;
     }
 }
 
