@@ -23,7 +23,9 @@ use super::{config::Peer, logic::NodeLogic};
 use crate::{convert, proto};
 
 /// Delay injected before each replicated batch is stored, to test clients
-/// against a slow network on real processes. Zero in production.
+/// against a slow network on real processes. Zero in production. Each
+/// batch is stored its delay after it arrived (the stream is read on
+/// meanwhile), so the lag is the delay, not a sum over a burst.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplicationDelay {
     /// Added to every batch.
@@ -133,21 +135,64 @@ async fn pull<S: NodeStore + 'static>(
         })
         .await?
         .into_inner();
-    let mut stored = 0;
-    while let Some(batch) = stream.message().await? {
-        let sealed = batch
-            .envelopes
-            .into_iter()
-            .map(convert::sealed_from_proto)
-            .collect::<Result<Vec<_>, _>>()?;
-        let wait = delay.sample();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+    if delay == ReplicationDelay::default() {
+        let mut stored = 0;
+        while let Some(batch) = stream.message().await? {
+            stored += logic.accept_replicated(sealed(batch)?).await?;
         }
-        stored += logic.accept_replicated(sealed).await?;
+        return Ok(stored);
     }
+    // With injected delay, each batch is stored its delay after it
+    // arrived: a reader keeps taking batches meanwhile, so that the lag
+    // stays the delay (plus jitter) instead of adding up over a burst.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(DELAYED_BATCHES);
+    let mut reader = AbortOnDrop(tokio::spawn(async move {
+        while let Some(batch) = stream.message().await? {
+            let due = tokio::time::Instant::now() + delay.sample();
+            if tx.send((due, batch)).await.is_err() {
+                break;
+            }
+        }
+        Ok::<_, tonic::Status>(())
+    }));
+    let mut stored = 0;
+    while let Some((due, batch)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        match sealed(batch) {
+            Ok(batch) => match logic.accept_replicated(batch).await {
+                Ok(n) => stored += n,
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    (&mut reader.0).await??;
     Ok(stored)
 }
+
+/// A task that ends with the pull that started it (the node closing, or
+/// a failed batch), not with the peer's stream.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The envelopes of a pulled batch, checked for form.
+fn sealed(
+    batch: proto::SubscribeOriginatedResponse,
+) -> Result<Vec<kith_engine::delivery::SealedEnvelope>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(batch
+        .envelopes
+        .into_iter()
+        .map(convert::sealed_from_proto)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Batches an injected delay may hold at once.
+const DELAYED_BATCHES: usize = 64;
 
 /// How many payload bytes a serving node puts in one replication batch
 /// (besides one envelope that alone is larger).
