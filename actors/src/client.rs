@@ -31,6 +31,11 @@ use crate::{
     supervisor::{Adopt, GetGroup, ProcessWelcomes, Shutdown, Supervisor, WatchIdentity},
 };
 
+/// How many times [`Client::register`] signs and publishes before it gives
+/// up on registrations of other devices that keep taking its sequence
+/// number (replicating nodes only).
+pub const REGISTER_ATTEMPTS: u32 = 3;
+
 /// Options for [`Client::create_group`].
 #[derive(Debug, Clone, Default)]
 pub struct GroupOptions {
@@ -183,13 +188,22 @@ impl Client {
     }
 
     /// Register this installation in the inbox's identity log (the wallet
-    /// signs once) and upload its key packages. Does nothing if it is
-    /// registered already.
+    /// signs) and upload its key packages. Does nothing if it is registered
+    /// already.
+    ///
+    /// On replicating nodes (a settle window above 0) another device of
+    /// the inbox may register at once through another node with the same
+    /// sequence number, and only one of the two updates stays (docs/
+    /// replication.md). So there this waits two settle windows after its
+    /// update was accepted, reads the whole log again, and if its update
+    /// lost, signs and publishes a new one after the winner (up to
+    /// [`REGISTER_ATTEMPTS`] times in all).
     pub async fn register(&self) -> Result<(), Error> {
         let shared = self.shared();
         let inbox = shared.inbox;
+        let window = Duration::from_millis(shared.group_config.rewind.settle_window_ms);
         shared.refresh_identities([inbox]).await?;
-        let (registered, sequence) = {
+        let registered = |shared: &Shared| {
             let cache = shared.identities();
             (
                 cache
@@ -198,7 +212,19 @@ impl Client {
                 cache.sequence(&inbox),
             )
         };
-        if !registered {
+        let mut attempts = 0;
+        loop {
+            let (active, sequence) = registered(shared);
+            if active {
+                break;
+            }
+            if attempts == REGISTER_ATTEMPTS {
+                return Err(Error::Pending(format!(
+                    "this installation's registration lost to other devices' {attempts} times; \
+                     call register again"
+                )));
+            }
+            attempts += 1;
             let unsigned = UnsignedIdentityUpdate::add_installation(
                 inbox,
                 &shared.keys,
@@ -213,7 +239,20 @@ impl Client {
                 .map_err(Error::Wallet)?;
             let update = unsigned.sign(signature, Some(&shared.keys));
             shared.node.publish_identity_update(update).await?;
-            shared.refresh_identities([inbox]).await?;
+            if window.is_zero() {
+                shared.refresh_identities([inbox]).await?;
+                continue;
+            }
+            // By then every rival update's mirror reached our node, if the
+            // network keeps its promise, and the node revised its log.
+            tokio::time::sleep(window.saturating_mul(2)).await;
+            if shared.reload_identity(inbox).await? && !registered(shared).0 {
+                tracing::info!(
+                    %inbox,
+                    sequence = sequence + 1,
+                    "another device's registration took this sequence; registering again"
+                );
+            }
         }
         let kpm = self.supervisor_part(|s| s.key_packages.clone()).await?;
         kpm.send(Refill).await??;

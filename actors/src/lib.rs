@@ -87,7 +87,7 @@ mod shared;
 mod supervisor;
 
 pub use builder::{CallbackSigner, ClientBuilder, Node, WalletSigner};
-pub use client::{Client, Conversation, GroupOptions, Member};
+pub use client::{Client, Conversation, GroupOptions, Member, REGISTER_ATTEMPTS};
 pub use error::Error;
 pub use events::{Event, Message, MessageId, Metadata};
 pub use kith_engine::{

@@ -223,6 +223,36 @@ impl Shared {
         Ok(changed)
     }
 
+    /// Read `inbox`'s whole log from the node again and replace the cached
+    /// one with it if it differs: on replicating nodes a node may revise a
+    /// log (another device's update with the same sequence came first),
+    /// and [`Self::refresh_identities`] only reads past what it holds.
+    /// Returns whether the cached log changed.
+    pub(crate) async fn reload_identity(&self, inbox: InboxId) -> Result<bool, Error> {
+        let mut answers = self.node.identity_updates(vec![(inbox, 0)]).await?;
+        let Some(updates) = answers.pop().filter(|_| answers.is_empty()) else {
+            return Err(ClientError::Malformed(
+                "identity logs for another number of inboxes than asked".into(),
+            )
+            .into());
+        };
+        let mut cache = self
+            .identities
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changed = cache.replace(inbox, updates).map_err(|e| {
+            Error::from(ClientError::Malformed(format!(
+                "the identity log of {inbox} from the node does not verify: {e}"
+            )))
+        })?;
+        if changed {
+            self.store()
+                .put_identity_updates(&inbox, cache.updates(&inbox))
+                .map_err(Error::from)?;
+        }
+        Ok(changed)
+    }
+
     /// Whether an envelope that arrived on the identity topic of `inbox`
     /// is worth a discovery run: only a verified identity update of that
     /// inbox that the cache does not hold yet. Anything else on the topic

@@ -531,3 +531,101 @@ async fn a_node_cut_off_past_the_settle_window_forks_its_clients_who_heal() {
     }
     assert_eq!(failed, [0; 6], "nothing anyone wrote failed");
 }
+
+/// Two devices of one wallet register at once, each through its own node:
+/// both nodes accept sequence 2 from their own device, only one update
+/// stays, and the device that lost registers again by itself. Both end
+/// active in the one log every node serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_devices_registering_at_once_on_two_nodes_both_end_registered() {
+    use kith_transport::client::{DeliveryClient as _, GrpcClient};
+
+    let _one = ONE_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut nodes = cluster(&root.path().join("nodes"), 3);
+    for i in 0..nodes.len() {
+        // The mirrors cross only after each node accepted its own device.
+        start_via(
+            &mut nodes,
+            i,
+            &[
+                "--settle-window-ms",
+                "1000",
+                "--replication-delay-ms",
+                "300",
+            ],
+            Node::url,
+        );
+    }
+    let w = wallet();
+    // Every signature the wallet makes, to see the losing device sign again.
+    let signed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let builder = |name: &str, url: String| {
+        let (w, signed) = (w.clone(), Arc::clone(&signed));
+        Client::builder()
+            .wallet_callback(w.inbox_id(), move |text: String| {
+                signed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let signature = w.sign_personal(text.as_bytes());
+                async move { Ok(signature) }
+            })
+            .data_dir(root.path().join(name))
+            .node(url)
+            .config(kith::ClientConfig {
+                sync_interval: Duration::from_secs(3600),
+                ..kith::ClientConfig::default()
+            })
+            .build()
+    };
+    // The first device, so that the two racing ones both take sequence 2.
+    let first = builder("first", nodes[2].url()).await.expect("client");
+    first.register().await.expect("register the first device");
+    let (phone, laptop) = (
+        builder("phone", nodes[0].url()).await.expect("client"),
+        builder("laptop", nodes[1].url()).await.expect("client"),
+    );
+    let before = signed.load(std::sync::atomic::Ordering::SeqCst);
+    let (a, b) = tokio::join!(phone.register(), laptop.register());
+    a.expect("the phone registers");
+    b.expect("the laptop registers");
+    assert_eq!(
+        signed.load(std::sync::atomic::Ordering::SeqCst) - before,
+        3,
+        "one of the two lost sequence 2 and signed again"
+    );
+
+    let inbox = w.inbox_id();
+    let installations = [
+        first.installation_id(),
+        phone.installation_id(),
+        laptop.installation_id(),
+    ];
+    let deadline = Instant::now() + CONVERGE;
+    for node in &nodes {
+        let client = GrpcClient::connect_lazy(&node.url()).expect("client");
+        loop {
+            let log = client
+                .identity_updates(vec![(inbox, 0)])
+                .await
+                .expect("identity log")
+                .remove(0);
+            let state = kith_engine::identity::IdentityState::from_log(
+                inbox,
+                kith_engine::identity::IdentityConfig::default(),
+                &log,
+            )
+            .expect("the log verifies");
+            // The first device, the winner of sequence 2, the loser again.
+            if log.len() == 3 && installations.iter().all(|i| state.is_active(i)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} serves {} updates; active: {:?}",
+                node.id,
+                log.len(),
+                installations.map(|i| state.is_active(&i))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

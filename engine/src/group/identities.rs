@@ -84,6 +84,26 @@ impl IdentityCache {
         Ok(changed)
     }
 
+    /// Replace the cached log of `inbox` with `updates`, a whole log read
+    /// again (a replicating node revised it: another device's update with
+    /// the same sequence came first). Returns whether the cached log
+    /// changed. On error (it does not verify) nothing changes.
+    pub fn replace(
+        &mut self,
+        inbox: InboxId,
+        updates: Vec<IdentityUpdate>,
+    ) -> Result<bool, IdentityError> {
+        let mut state = IdentityState::new(inbox);
+        for update in &updates {
+            state.apply(update)?;
+        }
+        if self.logs.get(&inbox).is_some_and(|l| l.updates == updates) {
+            return Ok(false);
+        }
+        self.logs.insert(inbox, CachedLog { updates, state });
+        Ok(true)
+    }
+
     /// Whether `installation` was active in the log of `inbox` after its
     /// update `sequence`; `None` if the cache has not reached `sequence`.
     pub fn active_at(
