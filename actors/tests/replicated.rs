@@ -98,13 +98,7 @@ struct Scenario {
 
 impl Scenario {
     async fn start(lag: Lag) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-            )
-            .with_writer(std::io::stderr)
-            .try_init();
+        common::init_tracing();
         let root = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<Node> = cluster(&root.path().join("nodes"), 3);
         let mut links = BTreeMap::new();

@@ -466,21 +466,11 @@ impl NodeStore for SledNodeStore {
         sequence: u64,
         update: Vec<u8>,
     ) -> Result<bool, StorageError> {
-        let _guard = self.lock();
-        let prefix = keyed(b'i', inbox.as_bytes());
-        let last = match self.tree.scan_prefix(&prefix).next_back() {
-            None => 0,
-            Some(entry) => be_u64(&entry?.0[prefix.len()..])?,
-        };
-        if sequence != last + 1 {
-            return Ok(false);
+        // An append is a revision from the end that replaces nothing.
+        match sequence.checked_sub(1) {
+            Some(last) => self.revise_identity_log(inbox, last, sequence, vec![update]),
+            None => Ok(false),
         }
-        let mut key = prefix;
-        key.extend_from_slice(&sequence.to_be_bytes());
-        let mut batch = sled::Batch::default();
-        batch.insert(key, update);
-        self.commit(batch)?;
-        Ok(true)
     }
 
     fn revise_identity_log(

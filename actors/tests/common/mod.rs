@@ -20,16 +20,21 @@ pub fn wallet() -> LocalWallet {
     LocalWallet::generate(&mut rand_core::OsRng)
 }
 
+/// Logs to standard error at `RUST_LOG` (`kith=debug` shows what the
+/// actors do), off by default; once per test binary.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 impl Net {
     pub fn new() -> Self {
-        // RUST_LOG=kith=debug shows what the actors do.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-            )
-            .with_writer(std::io::stderr)
-            .try_init();
+        init_tracing();
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = SledNodeStore::open(dir.path().join("node")).expect("node store");
         let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), store)));

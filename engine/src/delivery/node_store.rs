@@ -396,13 +396,11 @@ impl NodeStore for MemoryNodeStore {
         sequence: u64,
         update: Vec<u8>,
     ) -> Result<bool, Self::Error> {
-        let mut inner = self.lock();
-        let log = inner.identity.entry(*inbox).or_default();
-        if log.len() as u64 + 1 != sequence {
-            return Ok(false);
+        // An append is a revision from the end that replaces nothing.
+        match sequence.checked_sub(1) {
+            Some(last) => self.revise_identity_log(inbox, last, sequence, vec![update]),
+            None => Ok(false),
         }
-        log.push(update);
-        Ok(true)
     }
 
     fn revise_identity_log(
