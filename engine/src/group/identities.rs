@@ -87,7 +87,9 @@ impl IdentityCache {
     /// Replace the cached log of `inbox` with `updates`, a whole log read
     /// again (a replicating node revised it: another device's update with
     /// the same sequence came first). Returns whether the cached log
-    /// changed. On error (it does not verify) nothing changes.
+    /// changed. On error (it does not verify) nothing changes, and a log
+    /// shorter than the cached one is not taken: it could hide an update
+    /// the cache verified (a revocation) as easily as revise one.
     pub fn replace(
         &mut self,
         inbox: InboxId,
@@ -97,7 +99,11 @@ impl IdentityCache {
         for update in &updates {
             state.apply(update)?;
         }
-        if self.logs.get(&inbox).is_some_and(|l| l.updates == updates) {
+        if self
+            .logs
+            .get(&inbox)
+            .is_some_and(|l| l.updates == updates || l.updates.len() > updates.len())
+        {
             return Ok(false);
         }
         self.logs.insert(inbox, CachedLog { updates, state });
@@ -126,5 +132,60 @@ impl IdentityCache {
             }
         }
         Some(active)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_core::SeedableRng as _;
+
+    use super::IdentityCache;
+    use crate::identity::{IdentityUpdate, InstallationKeys, LocalWallet, UnsignedIdentityUpdate};
+
+    #[test]
+    fn a_whole_log_replaces_the_cached_one_but_never_a_longer_one() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let wallet = LocalWallet::generate(&mut rng);
+        let inbox = wallet.inbox_id();
+        let add = |keys: &InstallationKeys, sequence: u64| -> IdentityUpdate {
+            let unsigned = UnsignedIdentityUpdate::add_installation(inbox, keys, sequence, 1);
+            let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+            unsigned.sign(signature, Some(keys))
+        };
+        let keys: Vec<InstallationKeys> = (0..4)
+            .map(|_| InstallationKeys::generate(&mut rng))
+            .collect();
+        let (first, loser, winner, third) = (
+            add(&keys[0], 1),
+            add(&keys[1], 2),
+            add(&keys[2], 2),
+            add(&keys[3], 3),
+        );
+        let mut cache = IdentityCache::new();
+        assert!(cache.extend(inbox, [first.clone(), loser]).expect("extend"));
+
+        // Revised at sequence 2: taken.
+        let revised = vec![first.clone(), winner.clone()];
+        assert!(cache.replace(inbox, revised.clone()).expect("replace"));
+        assert_eq!(cache.updates(&inbox), revised.as_slice());
+        assert!(!cache.replace(inbox, revised.clone()).expect("the same"));
+        // Shorter: not taken.
+        assert!(!cache.replace(inbox, vec![first.clone()]).expect("shorter"));
+        assert_eq!(cache.updates(&inbox), revised.as_slice());
+        // Not a log (sequence 3 without 2): an error, nothing changes.
+        assert!(
+            cache
+                .replace(inbox, vec![first.clone(), third.clone()])
+                .is_err()
+        );
+        assert_eq!(cache.updates(&inbox), revised.as_slice());
+        assert_eq!(cache.sequence(&inbox), 2);
+        // Longer: taken.
+        assert!(
+            cache
+                .replace(inbox, vec![first, winner, third])
+                .expect("longer")
+        );
+        assert_eq!(cache.sequence(&inbox), 3);
     }
 }
