@@ -593,6 +593,166 @@ async fn key_packages_are_handed_out_once_through_any_node() {
     assert_eq!((again.bytes, again.last_resort), (last_resort, true));
 }
 
+/// Wait until `client`'s node serves a log for each of `who`.
+async fn wait_for_logs(client: &GrpcClient, who: &[&Identity]) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let logs = client
+            .identity_updates(who.iter().map(|i| (i.wallet.inbox_id(), 0)).collect())
+            .await
+            .expect("identity logs");
+        if logs.len() == who.len() && logs.iter().all(|log| !log.is_empty()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the identity logs never replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deniable packages, whose requests only the asked node can check, still
+/// come from their home node alone: the asked node vouches for the request
+/// to its peers. Two fetches at once through both nodes get the one-time
+/// package once; the home node's last-resort package answers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deniable_key_packages_are_handed_out_once_through_any_node() {
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut nodes = cluster(root.path(), 2);
+    start(&mut nodes, 0, &[]);
+    start(&mut nodes, 1, &[]);
+    let one = GrpcClient::connect_lazy(&nodes[0].url()).expect("client");
+    let two = GrpcClient::connect_lazy(&nodes[1].url()).expect("client");
+    let (alice, bob) = (Identity::new(21), Identity::new(22));
+    bob.register(&one).await;
+    alice.register(&two).await;
+    wait_for_logs(&one, &[&alice, &bob]).await;
+    wait_for_logs(&two, &[&alice, &bob]).await;
+    let one_time = bob.deniable_package(false);
+    let last_resort = bob.deniable_package(true);
+    bob.upload_deniable(&one, vec![one_time.clone()], Some(last_resort.clone()))
+        .await;
+
+    let (a, b) = tokio::join!(
+        alice.fetch_deniable(&one, &bob),
+        alice.fetch_deniable(&two, &bob)
+    );
+    let mut got: Vec<(Vec<u8>, bool)> = [a, b]
+        .into_iter()
+        .map(|fetched| {
+            let mut fetched = fetched.expect("a deniable fetch through either node");
+            assert_eq!(fetched.len(), 1, "one package per installation of Bob");
+            assert_eq!(fetched[0].installation, bob.keys.id());
+            let package = fetched.remove(0).key_package.expect("a package");
+            (package.bytes, package.last_resort)
+        })
+        .collect();
+    got.sort_by_key(|(_, last_resort)| *last_resort);
+    assert_eq!(
+        got,
+        [(one_time, false), (last_resort.clone(), true)],
+        "the one-time deniable package went out once"
+    );
+    let again = alice.fetch_deniable(&two, &bob).await.expect("fetch");
+    let again = again[0]
+        .key_package
+        .clone()
+        .expect("the last-resort package");
+    assert_eq!((again.bytes, again.last_resort), (last_resort, true));
+
+    // With the home node down, the asked node has nothing to give, and
+    // says so rather than failing.
+    kill(&mut nodes[0]);
+    let fetched = alice.fetch_deniable(&two, &bob).await.expect("fetch");
+    assert_eq!(fetched.len(), 1);
+    assert!(
+        fetched[0].key_package.is_none(),
+        "no package without its home node"
+    );
+}
+
+/// A node hands out deniable packages for a forwarded fetch only when a
+/// configured peer signed it, freshly, and only for the installations it
+/// names; a forgery takes nothing from the pool.
+#[tokio::test]
+async fn a_forwarded_deniable_fetch_needs_a_peers_fresh_signature() {
+    use kith_transport::{
+        client::LocalNode,
+        node::{ForwardedDeniableFetch, forwarded_deniable_fetch_bytes},
+    };
+    let peer_key = SigningKey::from_bytes(&[7; 32]);
+    let logic = std::sync::Arc::new(node_with_peer(&peer_key));
+    let node = LocalNode::new(std::sync::Arc::clone(&logic));
+    let (alice, bob) = (Identity::new(31), Identity::new(32));
+    alice.register(&node).await;
+    bob.register(&node).await;
+    let one_time = bob.deniable_package(false);
+    bob.upload_deniable(&node, vec![one_time.clone()], None)
+        .await;
+
+    let forward = |signer: &SigningKey, node_id: u32, timestamp_ms: u64| {
+        let installations = vec![bob.keys.id()];
+        let signed = forwarded_deniable_fetch_bytes(
+            node_id,
+            timestamp_ms,
+            &alice.wallet.inbox_id(),
+            &alice.keys.id(),
+            &bob.wallet.inbox_id(),
+            &installations,
+        );
+        ForwardedDeniableFetch {
+            node_id,
+            timestamp_ms,
+            requester_inbox: alice.wallet.inbox_id(),
+            requester: alice.keys.id(),
+            target: bob.wallet.inbox_id(),
+            installations,
+            signature: signer.sign(&signed).to_bytes().to_vec(),
+        }
+    };
+    let now = common::now_ms();
+    let stranger = SigningKey::from_bytes(&[8; 32]);
+    let mut tampered = forward(&peer_key, 2, now);
+    tampered.requester = bob.keys.id();
+    for (case, forged) in [
+        ("a stranger's key", forward(&stranger, 2, now)),
+        ("not a peer", forward(&peer_key, 3, now)),
+        ("this node's own id", forward(&peer_key, 1, now)),
+        ("stale", forward(&peer_key, 2, now - 10 * 60 * 1000)),
+        ("tampered after signing", tampered),
+    ] {
+        let refused = logic.fetch_forwarded_deniable(forged).await;
+        assert!(
+            matches!(refused, Err(NodeError::Unauthenticated(_))),
+            "{case}: {refused:?}"
+        );
+    }
+    let mut empty = forward(&peer_key, 2, now);
+    empty.installations.clear();
+    assert!(matches!(
+        logic.fetch_forwarded_deniable(empty).await,
+        Err(NodeError::InvalidArgument(_))
+    ));
+
+    let fetched = logic
+        .fetch_forwarded_deniable(forward(&peer_key, 2, now))
+        .await
+        .expect("the peer's forward is served");
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].installation, bob.keys.id());
+    let package = fetched[0]
+        .key_package
+        .clone()
+        .expect("the one-time package");
+    assert_eq!((package.bytes, package.last_resort), (one_time, false));
+    let again = logic
+        .fetch_forwarded_deniable(forward(&peer_key, 2, now))
+        .await
+        .expect("served");
+    assert!(again[0].key_package.is_none(), "handed out once");
+}
+
 /// Two devices register at once through different nodes with the same
 /// sequence number: each node accepts its own, and once the mirrors have
 /// replicated every node serves one log, whose update at that sequence is

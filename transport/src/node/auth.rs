@@ -86,6 +86,29 @@ pub fn deniable_fetch_bytes(
     out
 }
 
+/// The bytes a node signs when it forwards a deniable fetch it
+/// authenticated to a peer (`ForwardDeniableFetch`).
+pub fn forwarded_deniable_fetch_bytes(
+    node_id: u32,
+    timestamp_ms: u64,
+    requester_inbox: &InboxId,
+    requester: &InstallationId,
+    target: &InboxId,
+    installations: &[InstallationId],
+) -> Vec<u8> {
+    let mut out = b"kith.v1.ForwardDeniableFetch\n".to_vec();
+    out.extend_from_slice(&node_id.to_be_bytes());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(requester_inbox.as_bytes());
+    out.extend_from_slice(requester.as_bytes());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(&(installations.len() as u32).to_be_bytes());
+    for installation in installations {
+        out.extend_from_slice(installation.as_bytes());
+    }
+    out
+}
+
 /// Check that `timestamp_ms` is within `window_ms` of `now_ms`: a signed or
 /// MACed request outside it may be a replay.
 pub(crate) fn check_timestamp(

@@ -25,8 +25,10 @@ use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as
 use tokio::sync::{broadcast, mpsc};
 use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 
+mod forwarded;
 mod replication;
 
+pub use forwarded::ForwardedDeniableFetch;
 pub use replication::ReplicationError;
 
 use super::{
@@ -825,13 +827,28 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         );
         self.check_mac(fetch.requester_inbox, fetch.requester, macd, fetch.mac)
             .await?;
-        let (target, requester) = (fetch.target, fetch.requester);
+        self.hand_out_deniable(fetch.target, fetch.requester, None, now_ms)
+            .await
+    }
+
+    /// Charge `requester`, then hand out one deniable package for each
+    /// installation active in `target`'s log on this node (`requester`
+    /// excluded, and only those in `only` when given), in the log's order.
+    /// The request was authenticated by the caller.
+    async fn hand_out_deniable(
+        &self,
+        target: InboxId,
+        requester: InstallationId,
+        only: Option<Vec<InstallationId>>,
+        now_ms: u64,
+    ) -> Result<Vec<FetchedKeyPackage>, NodeError> {
         let targets: Vec<InstallationId> = self
             .blocking(move |store| {
                 Ok(load_identity(store, target)?
                     .active_installations()
                     .map(|(id, _)| *id)
                     .filter(|id| *id != requester)
+                    .filter(|id| only.as_ref().is_none_or(|only| only.contains(id)))
                     .collect())
             })
             .await?;

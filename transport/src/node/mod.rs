@@ -25,13 +25,15 @@ mod server;
 mod service;
 
 pub use auth::{
-    deniable_fetch_bytes, deniable_upload_bytes, fetch_signed_bytes, upload_signed_bytes,
+    deniable_fetch_bytes, deniable_upload_bytes, fetch_signed_bytes,
+    forwarded_deniable_fetch_bytes, upload_signed_bytes,
 };
 pub use config::{DEFAULT_SETTLE_WINDOW, NodeConfig, NodeLimits, Peer};
 pub use error::{NodeError, RETRY_AFTER_METADATA};
 pub use logic::{
-    Clock, DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
-    KeyPackageUpload, NodeLogic, ReplicationError, SystemClock,
+    Clock, DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage,
+    ForwardedDeniableFetch, KeyPackageFetch, KeyPackageUpload, NodeLogic, ReplicationError,
+    SystemClock,
 };
 pub use rate_limit::BucketLimit;
 pub use replicator::{ReplicationDelay, spawn_replicators};

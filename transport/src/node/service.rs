@@ -8,19 +8,22 @@
 //! given twice however many nodes are asked, and the per-target rate limits
 //! of the home node hold for every requester wherever it asks. A forwarded
 //! request is the requester's own signed request, marked so that the peer
-//! does not forward it again.
+//! does not forward it again. A deniable fetch, whose MAC only this node can
+//! check, goes to the peers as `ForwardDeniableFetch`, signed by this node
+//! (`logic/forwarded.rs` says why that keeps it deniable); peers never pass
+//! that on.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use kith_engine::delivery::NodeStore;
+use kith_engine::delivery::{NodeStore, StoredKeyPackage};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{
     error::NodeError,
     logic::{
-        DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
-        KeyPackageUpload, NodeLogic,
+        DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage,
+        ForwardedDeniableFetch, KeyPackageFetch, KeyPackageUpload, NodeLogic,
     },
 };
 use crate::{convert, proto};
@@ -106,6 +109,77 @@ impl<S: NodeStore + 'static> NodeService<S> {
                 }
             }
         }
+    }
+
+    /// Ask the peers, in this node's name, for the deniable packages of
+    /// `fetch`'s target that `answer` lacks (`fetch` was authenticated
+    /// here), and fill in what a peer hands out. A peer that fails is
+    /// skipped.
+    async fn forward_deniable_fetch(
+        &self,
+        fetch: &DeniableKeyPackageFetch,
+        answer: &mut [FetchedKeyPackage],
+    ) -> Result<(), NodeError> {
+        for (peer_id, client) in self.peers().await {
+            let missing: Vec<_> = answer
+                .iter()
+                .filter(|f| f.key_package.is_none())
+                .map(|f| f.installation)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            let forwarded = self
+                .logic
+                .forward_deniable(
+                    fetch.requester_inbox,
+                    fetch.requester,
+                    fetch.target,
+                    missing,
+                )
+                .await?;
+            let request = proto::ForwardDeniableFetchRequest {
+                node_id: forwarded.node_id,
+                timestamp_ms: forwarded.timestamp_ms,
+                requester_inbox: forwarded.requester_inbox.as_bytes().to_vec(),
+                requester_installation_id: forwarded.requester.as_bytes().to_vec(),
+                inbox: forwarded.target.as_bytes().to_vec(),
+                installation_ids: forwarded
+                    .installations
+                    .iter()
+                    .map(|id| id.as_bytes().to_vec())
+                    .collect(),
+                signature: forwarded.signature,
+            };
+            let fetched = match client.clone().forward_deniable_fetch(request).await {
+                Ok(response) => response.into_inner().key_packages,
+                Err(status) => {
+                    tracing::debug!(peer = peer_id, %status, "forwarded deniable fetch failed");
+                    continue;
+                }
+            };
+            // A peer's answer is trusted no more than the client trusts this
+            // node's: only a package for an installation asked about fills a
+            // gap, and the client checks each package it gets.
+            for theirs in fetched {
+                let (Ok(installation), Some(bytes)) = (
+                    convert::installation("installation_id", &theirs.installation_id),
+                    theirs.key_package,
+                ) else {
+                    continue;
+                };
+                if let Some(mine) = answer
+                    .iter_mut()
+                    .find(|f| f.installation == installation && f.key_package.is_none())
+                {
+                    mine.key_package = Some(StoredKeyPackage {
+                        bytes,
+                        last_resort: theirs.last_resort,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -265,7 +339,40 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
             timestamp_ms: request.timestamp_ms,
             mac: request.mac,
         };
-        let fetched = self.logic.fetch_deniable_key_packages(fetch).await?;
+        let mut fetched = self
+            .logic
+            .fetch_deniable_key_packages(fetch.clone())
+            .await?;
+        self.forward_deniable_fetch(&fetch, &mut fetched).await?;
+        Ok(Response::new(fetched_to_proto(fetched)))
+    }
+
+    #[tracing::instrument(skip_all, fields(peer = request.get_ref().node_id))]
+    async fn forward_deniable_fetch(
+        &self,
+        request: Request<proto::ForwardDeniableFetchRequest>,
+    ) -> Result<Response<proto::FetchKeyPackagesResponse>, Status> {
+        let request = request.into_inner();
+        let forwarded = ForwardedDeniableFetch {
+            node_id: request.node_id,
+            timestamp_ms: request.timestamp_ms,
+            requester_inbox: convert::inbox("requester_inbox", &request.requester_inbox)
+                .map_err(NodeError::from)?,
+            requester: convert::installation(
+                "requester_installation_id",
+                &request.requester_installation_id,
+            )
+            .map_err(NodeError::from)?,
+            target: convert::inbox("inbox", &request.inbox).map_err(NodeError::from)?,
+            installations: request
+                .installation_ids
+                .iter()
+                .map(|id| convert::installation("installation_ids", id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(NodeError::from)?,
+            signature: request.signature,
+        };
+        let fetched = self.logic.fetch_forwarded_deniable(forwarded).await?;
         Ok(Response::new(fetched_to_proto(fetched)))
     }
 

@@ -4,12 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use kith_engine::identity::{
-    InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package,
+    InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_deniable_key_package,
+    generate_key_package, upload_key, upload_tag,
 };
 use kith_transport::{
-    client::DeliveryClient,
+    client::{ClientError, DeliveryClient},
     node::{
-        FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, fetch_signed_bytes,
+        DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
+        KeyPackageUpload, deniable_fetch_bytes, deniable_upload_bytes, fetch_signed_bytes,
         upload_signed_bytes,
     },
 };
@@ -108,5 +110,76 @@ impl Identity {
             .expect("fetch");
         assert_eq!(fetched.len(), 1);
         fetched.remove(0)
+    }
+
+    /// A deniable key package (its own leaf key, a pseudonym credential).
+    pub fn deniable_package(&self, last_resort: bool) -> Vec<u8> {
+        let made = generate_deniable_key_package(
+            &OpenMlsRustCrypto::default(),
+            &mut rand_core::OsRng,
+            now_ms() / 1000,
+            30 * 24 * 3600,
+            last_resort,
+        )
+        .expect("deniable key package");
+        MlsMessageOut::from(made.key_package)
+            .to_bytes()
+            .expect("serialise")
+    }
+
+    /// The MAC key this installation shares with the node `client` reaches.
+    async fn mac_key(&self, client: &dyn DeliveryClient) -> [u8; 32] {
+        let node_key = client.node_info().await.expect("node info").static_key;
+        *upload_key(self.keys.identity_secret(), &node_key).expect("mac key")
+    }
+
+    /// Upload deniable packages to the node `client` reaches, MACed for it.
+    pub async fn upload_deniable(
+        &self,
+        client: &dyn DeliveryClient,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) {
+        let key = self.mac_key(client).await;
+        let (t, inbox) = (now_ms(), self.wallet.inbox_id());
+        let macd = deniable_upload_bytes(
+            t,
+            &inbox,
+            &self.keys.id(),
+            &one_time,
+            last_resort.as_deref(),
+        );
+        client
+            .upload_deniable_key_packages(DeniableKeyPackageUpload {
+                inbox,
+                installation: self.keys.id(),
+                one_time,
+                last_resort,
+                timestamp_ms: t,
+                mac: upload_tag(&key, &macd).to_vec(),
+            })
+            .await
+            .expect("deniable upload");
+    }
+
+    /// Fetch `target`'s deniable packages through `client`, MACed for the
+    /// node it reaches.
+    pub async fn fetch_deniable(
+        &self,
+        client: &dyn DeliveryClient,
+        target: &Identity,
+    ) -> Result<Vec<FetchedKeyPackage>, ClientError> {
+        let key = self.mac_key(client).await;
+        let (t, inbox) = (now_ms(), self.wallet.inbox_id());
+        let macd = deniable_fetch_bytes(t, &inbox, &self.keys.id(), &target.wallet.inbox_id());
+        client
+            .fetch_deniable_key_packages(DeniableKeyPackageFetch {
+                target: target.wallet.inbox_id(),
+                requester_inbox: inbox,
+                requester: self.keys.id(),
+                timestamp_ms: t,
+                mac: upload_tag(&key, &macd).to_vec(),
+            })
+            .await
     }
 }
