@@ -282,7 +282,7 @@ impl ClientBuilder {
             events,
             group_config,
             config: self.config,
-            node_key: tokio::sync::OnceCell::new(),
+            node_key: std::sync::RwLock::new(None),
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))
     }

@@ -208,25 +208,27 @@ async fn upload_deniable(
     one_time: Vec<Vec<u8>>,
     last_resort: Option<Vec<u8>>,
 ) -> Result<u32, Error> {
-    let key = shared.deniable_mac_key().await?;
-    let timestamp_ms = now_ms();
     let installation = shared.keys.id();
-    let macd = deniable_upload_bytes(
-        timestamp_ms,
-        &shared.inbox,
-        &installation,
-        &one_time,
-        last_resort.as_deref(),
-    );
     let left = shared
-        .node
-        .upload_deniable_key_packages(DeniableKeyPackageUpload {
-            inbox: shared.inbox,
-            installation,
-            one_time,
-            last_resort,
-            timestamp_ms,
-            mac: upload_tag(&key, &macd).to_vec(),
+        .with_deniable_mac(|key| {
+            let timestamp_ms = now_ms();
+            let macd = deniable_upload_bytes(
+                timestamp_ms,
+                &shared.inbox,
+                &installation,
+                &one_time,
+                last_resort.as_deref(),
+            );
+            shared
+                .node
+                .upload_deniable_key_packages(DeniableKeyPackageUpload {
+                    inbox: shared.inbox,
+                    installation,
+                    one_time: one_time.clone(),
+                    last_resort: last_resort.clone(),
+                    timestamp_ms,
+                    mac: upload_tag(&key, &macd).to_vec(),
+                })
         })
         .await?;
     Ok(u32::try_from(left).unwrap_or(u32::MAX))

@@ -19,8 +19,8 @@ use kith_storage::{KithProvider, SledMlsStorage};
 use kith_transport::{
     client::{ClientError, DeliveryClient},
     node::{
-        DeniableKeyPackageFetch, FetchedKeyPackage, KeyPackageFetch, deniable_fetch_bytes,
-        fetch_signed_bytes,
+        DeniableKeyPackageFetch, FetchedKeyPackage, KeyPackageFetch, NodeError,
+        deniable_fetch_bytes, fetch_signed_bytes,
     },
 };
 use tokio::sync::broadcast;
@@ -111,8 +111,10 @@ pub(crate) struct Shared {
     /// fork healing).
     pub(crate) group_config: kith_engine::group::GroupConfig,
     pub(crate) config: ClientConfig,
-    /// The node's static X25519 key, asked for once.
-    pub(crate) node_key: tokio::sync::OnceCell<[u8; 32]>,
+    /// The static X25519 key of the node last asked, which deniable
+    /// requests are MACed for; read again when a node refuses a MAC (the
+    /// client moved to another node, or the node was set up afresh).
+    pub(crate) node_key: RwLock<Option<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -338,13 +340,42 @@ impl Shared {
         Ok(self.node.fetch_key_packages(fetch).await?)
     }
 
-    /// The key this installation MACs its deniable key-package requests
-    /// with: from its identity key and the node's static key.
-    pub(crate) async fn deniable_mac_key(&self) -> Result<Zeroizing<[u8; 32]>, Error> {
-        let node_key = self
+    /// Run a deniable request, MACed with the key this installation shares
+    /// with the node (from its identity key and the node's static key). A
+    /// MAC is good for one node only, so if the node refuses it as
+    /// unauthenticated, the node's static key is read again and the request
+    /// made once more: a client that moved to another node since it read
+    /// the key (`FailoverClient`) follows it.
+    pub(crate) async fn with_deniable_mac<T, F, Fut>(&self, request: F) -> Result<T, Error>
+    where
+        F: Fn(Zeroizing<[u8; 32]>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let cached = *self.node_key.read().unwrap_or_else(PoisonError::into_inner);
+        let key = match cached {
+            Some(node_key) => self.mac_key(&node_key)?,
+            None => self.refresh_mac_key().await?,
+        };
+        match request(key).await {
+            Err(ClientError::Refused(NodeError::Unauthenticated(reason))) => {
+                tracing::debug!(%reason, "deniable request refused; reading the node's static key again");
+                Ok(request(self.refresh_mac_key().await?).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Ask the node for its static key, keep it, and derive the MAC key.
+    async fn refresh_mac_key(&self) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let node_key = self.node.node_info().await?.static_key;
+        *self
             .node_key
-            .get_or_try_init(|| async { Ok::<_, Error>(self.node.node_info().await?.static_key) })
-            .await?;
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(node_key);
+        self.mac_key(&node_key)
+    }
+
+    fn mac_key(&self, node_key: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, Error> {
         kith_engine::identity::upload_key(self.keys.identity_secret(), node_key)
             .map_err(|e| Error::Network(format!("the node's static key cannot be used: {e}")))
     }
@@ -355,18 +386,21 @@ impl Shared {
         &self,
         target: InboxId,
     ) -> Result<Vec<FetchedKeyPackage>, Error> {
-        let key = self.deniable_mac_key().await?;
-        let timestamp_ms = now_ms();
         let installation = self.keys.id();
-        let macd = deniable_fetch_bytes(timestamp_ms, &self.inbox, &installation, &target);
-        let fetch = DeniableKeyPackageFetch {
-            target,
-            requester_inbox: self.inbox,
-            requester: installation,
-            timestamp_ms,
-            mac: kith_engine::identity::upload_tag(&key, &macd).to_vec(),
-        };
-        let fetched = self.node.fetch_deniable_key_packages(fetch).await?;
+        let fetched = self
+            .with_deniable_mac(|key| {
+                let timestamp_ms = now_ms();
+                let macd = deniable_fetch_bytes(timestamp_ms, &self.inbox, &installation, &target);
+                self.node
+                    .fetch_deniable_key_packages(DeniableKeyPackageFetch {
+                        target,
+                        requester_inbox: self.inbox,
+                        requester: installation,
+                        timestamp_ms,
+                        mac: kith_engine::identity::upload_tag(&key, &macd).to_vec(),
+                    })
+            })
+            .await?;
         // Nothing in a deniable package says whose it is, so CheckedClient
         // cannot tie it to its installation. The identity log can at least
         // say whether the installation it is handed out for exists: a

@@ -623,3 +623,76 @@ async fn two_devices_registering_at_once_on_two_nodes_both_end_registered() {
         }
     }
 }
+
+/// Deniable DMs across nodes. Alice's deniable packages live on node 1,
+/// where she registered; Bob, on node 2, opens a deniable DM with her, and
+/// node 2 fetches her package from node 1 in its own name (it alone can
+/// check Bob's MAC). Then node 1 dies and Alice moves to node 2: her
+/// requests were MACed for node 1, node 2 refuses the first, and she keys
+/// them for node 2 and opens a deniable DM with Carol without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deniable_dms_open_across_nodes_and_after_a_move() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    common::init_tracing();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut nodes = cluster(&root.path().join("nodes"), 2);
+    for i in 0..nodes.len() {
+        start_via(&mut nodes, i, &["--settle-window-ms", "500"], Node::url);
+    }
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let (one, two) = (nodes[0].url(), nodes[1].url());
+    let alice = remote_client(root.path(), "alice", &aw, vec![one, two.clone()]).await;
+    let bob = remote_client(root.path(), "bob", &bw, vec![two.clone()]).await;
+    let carol = remote_client(root.path(), "carol", &cw, vec![two]).await;
+
+    let dm = eventually("Bob opens a deniable DM with Alice through node 2", || {
+        bob.find_or_create_dm(aw.inbox_id())
+    })
+    .await;
+    assert_eq!(
+        dm.dm_mode().await.expect("mode"),
+        Some(kith::DmMode::Deniable)
+    );
+    dm.send_text("hello from node 2").await.expect("send");
+    let view = eventually("Alice joins", || async {
+        alice.sync().await?;
+        alice.conversation(dm.id()).await
+    })
+    .await;
+    eventually("Alice reads Bob's message", || async {
+        view.sync().await.map_err(|e| e.to_string())?;
+        let texts = common::texts(&view).await;
+        if texts == ["hello from node 2"] {
+            Ok(())
+        } else {
+            Err(format!("Alice holds {texts:?}"))
+        }
+    })
+    .await;
+
+    kill(&mut nodes[0]);
+    let to_carol = eventually("Alice, moved to node 2, opens a DM with Carol", || {
+        alice.find_or_create_dm(cw.inbox_id())
+    })
+    .await;
+    assert_eq!(
+        to_carol.dm_mode().await.expect("mode"),
+        Some(kith::DmMode::Deniable)
+    );
+    to_carol.send_text("after the move").await.expect("send");
+    let carols = eventually("Carol joins", || async {
+        carol.sync().await?;
+        carol.conversation(to_carol.id()).await
+    })
+    .await;
+    eventually("Carol reads Alice's message", || async {
+        carols.sync().await.map_err(|e| e.to_string())?;
+        let texts = common::texts(&carols).await;
+        if texts == ["after the move"] {
+            Ok(())
+        } else {
+            Err(format!("Carol holds {texts:?}"))
+        }
+    })
+    .await;
+}
