@@ -253,9 +253,12 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         let stored = self
             .blocking(move |store| store.store_replicated(batch).map_err(internal))
             .await?;
+        // The log first, then the announcement: a client told of a peer's
+        // identity update (perhaps one that revises a log it read) and
+        // reading the log at once must find it revised already.
+        self.apply_replicated_identities(&stored).await;
         self.announce(&stored);
         drop(order);
-        self.apply_replicated_identities(&stored).await;
         Ok(stored.len())
     }
 
