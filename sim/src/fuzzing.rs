@@ -146,7 +146,7 @@ fn envelopes(world: &World, data: &[u8]) -> Vec<Envelope> {
 /// Fails unless `result` is fine for bytes anyone could have sent.
 fn peer_proof(result: Result<(), GroupError>, what: &str) {
     match result {
-        Ok(()) | Err(GroupError::NeedIdentities(_)) => {}
+        Ok(()) | Err(GroupError::NeedIdentities(_) | GroupError::IdentitiesDisputed(_)) => {}
         Err(e) => panic!("{what} failed on peer bytes: {e}"),
     }
 }

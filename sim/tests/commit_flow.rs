@@ -2,13 +2,16 @@
 //! commit that loses to another member's is cleared and regenerated, and
 //! no sender-ratchet generation is used twice (a receiver would fail with
 //! `SecretReuseError`), for messages sent while the commit was pending and
-//! after it was cleared, and for a proposal sent afterwards.
+//! after it was cleared, and for a proposal sent afterwards. And a commit
+//! that disagrees with a receiver's cached identity log asks for the log to
+//! be read again (a replicating node may have revised it) before it is
+//! refused.
 
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        ConversationKind, Group, GroupConfig, GroupEvent, IdentityCache, IntentKind, Me, NewGroup,
-        PolicyPreset, ProposalPolicy,
+        ConversationKind, Group, GroupConfig, GroupError, GroupEvent, IdentityCache, IntentKind,
+        Me, NewGroup, PolicyPreset, ProposalPolicy,
     },
     identity::{
         DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
@@ -330,4 +333,207 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
     node.deliver(&mut a, &mut alice, &identities);
     assert!(!a.is_active());
     assert!(alice.events.contains(&GroupEvent::Removed));
+}
+
+/// `member` handles `envelope` in one storage step: kept if it succeeds,
+/// discarded if it fails.
+fn handle_in_step(
+    member: &Member,
+    group: &mut Group,
+    identities: &IdentityCache,
+    envelope: &Envelope,
+) -> Result<(), GroupError> {
+    let step = member.kv().begin_step().expect("step");
+    group.handle_envelope(
+        &member.provider,
+        member.kv(),
+        identities,
+        envelope,
+        now_ms(),
+    )?;
+    step.commit().expect("commit the step");
+    Ok(())
+}
+
+/// A key package of `keys` for `inbox`, serialized.
+fn key_package(member: &Member, keys: &InstallationKeys, inbox: InboxId) -> Vec<u8> {
+    let key_package = generate_key_package(
+        &member.provider,
+        keys,
+        inbox,
+        now_ms() / 1000,
+        DEFAULT_LIFETIME_SECS,
+        false,
+    )
+    .expect("key package");
+    MlsMessageOut::from(key_package)
+        .tls_serialize_detached()
+        .expect("serialize")
+}
+
+/// Bob's inbox has a first device at sequence 1, and two devices took
+/// sequence 2 on two replicating nodes. Alice's node settled on the winner
+/// and she adds it; Dave and Erin had read the loser. Dave's cache allows
+/// revisions: the commit disputes his log, he reads it again (the node has
+/// revised it by now) and merges. Erin reads it again too but her node
+/// still serves the loser: the commit is refused, as it always is where a
+/// cached log is final.
+#[test]
+fn a_commit_that_disputes_a_cached_log_asks_for_it_again_before_it_is_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let mut identities = IdentityCache::new();
+    let mut alice = member(&mut rng, &mut identities);
+    let dave = member(&mut rng, &mut identities);
+    let mut erin = member(&mut rng, &mut identities);
+    let bob_wallet = LocalWallet::generate(&mut rng);
+    let bob = bob_wallet.inbox_id();
+    let add = |keys: &InstallationKeys, sequence: u64| {
+        let unsigned = UnsignedIdentityUpdate::add_installation(bob, keys, sequence, now_ms());
+        let signature = bob_wallet.sign_personal(unsigned.signature_text().as_bytes());
+        unsigned.sign(signature, Some(keys))
+    };
+    let (first, loser, winner) = (
+        InstallationKeys::generate(&mut rng),
+        InstallationKeys::generate(&mut rng),
+        InstallationKeys::generate(&mut rng),
+    );
+    identities
+        .extend(bob, [add(&first, 1), add(&winner, 2)])
+        .expect("the winning log");
+    let mut stale = identities.clone();
+    assert!(
+        stale
+            .replace(bob, vec![add(&first, 1), add(&loser, 2)])
+            .expect("the losing log")
+    );
+    stale.allow_revisions();
+    let mut node = Node::default();
+
+    let mut a = Group::create(
+        &alice.provider,
+        alice.kv(),
+        alice.me(),
+        &identities,
+        NewGroup {
+            kind: ConversationKind::Group,
+            dm_peer: None,
+            dm_mode: kith_engine::identity::DmMode::NonRepudiable,
+            attributes: Default::default(),
+            preset: PolicyPreset::Default,
+            now_ms: now_ms(),
+        },
+    )
+    .expect("create");
+    let commits_only = GroupConfig {
+        proposals: ProposalPolicy {
+            propose_first: false,
+            ..ProposalPolicy::default()
+        },
+        ..GroupConfig::default()
+    };
+    a.set_config(commits_only);
+    let add_members = |a: &mut Group, alice: &mut Member, node: &mut Node, intent| {
+        a.queue_intent(alice.kv(), intent).expect("queue");
+        a.advance(
+            &alice.provider,
+            alice.kv(),
+            alice.me(),
+            &identities,
+            now_ms(),
+        )
+        .expect("advance");
+        node.flush(a, alice);
+        node.deliver(a, alice, &identities);
+        node.flush(a, alice)
+    };
+    let welcomes = add_members(
+        &mut a,
+        &mut alice,
+        &mut node,
+        IntentKind::AddMembers {
+            key_packages: vec![
+                key_package(&dave, &dave.keys, dave.inbox),
+                key_package(&erin, &erin.keys, erin.inbox),
+            ],
+            sequences: vec![(dave.inbox, 1), (erin.inbox, 1)],
+        },
+    );
+    let join = |who: &Member, cache: &IdentityCache| {
+        let mut group = welcomes
+            .iter()
+            .find_map(|w| {
+                Group::join(
+                    &who.provider,
+                    who.kv(),
+                    who.me(),
+                    cache,
+                    &w.payload,
+                    now_ms(),
+                )
+                .ok()
+                .flatten()
+            })
+            .expect("joined");
+        group.set_config(commits_only);
+        group
+    };
+    let (mut d, mut e) = (join(&dave, &identities), join(&erin, &identities));
+    assert_eq!(d.epoch(), a.epoch());
+
+    let before = a.epoch();
+    let winner_package = key_package(&alice, &winner, bob);
+    add_members(
+        &mut a,
+        &mut alice,
+        &mut node,
+        IntentKind::AddMembers {
+            key_packages: vec![winner_package],
+            sequences: vec![(bob, 2)],
+        },
+    );
+    assert_eq!(a.epoch(), before + 1, "Alice merged her commit");
+    let topic = Topic::Group(a.group_id().to_vec());
+    let commit = node
+        .envelopes
+        .iter()
+        .rfind(|e| e.topic == topic)
+        .expect("the commit")
+        .clone();
+
+    // Dave: the commit disputes his cached log; nothing changes.
+    let disputed = handle_in_step(&dave, &mut d, &stale, &commit);
+    match disputed {
+        Err(GroupError::IdentitiesDisputed(inboxes)) => assert_eq!(inboxes, [bob]),
+        other => panic!("expected a dispute over Bob's log, got {other:?}"),
+    }
+    let mut d = Group::load(&dave.provider, dave.kv(), a.group_id())
+        .expect("load")
+        .expect("Dave's group");
+    d.set_config(commits_only);
+    assert_eq!(d.epoch(), before, "a dispute changes nothing");
+    // He reads the log again: his node has revised it.
+    let mut reread = stale.clone();
+    assert!(
+        reread
+            .replace(bob, identities.updates(&bob).to_vec())
+            .expect("revised")
+    );
+    reread.mark_reread(bob);
+    handle_in_step(&dave, &mut d, &reread, &commit).expect("merged after reading the log again");
+    assert_eq!(d.epoch(), a.epoch());
+    assert_eq!(d.epoch_authenticator(), a.epoch_authenticator());
+
+    // Erin: read again, her node still serves the loser; refused.
+    let mut still_stale = stale.clone();
+    still_stale.mark_reread(bob);
+    handle_in_step(&erin, &mut e, &still_stale, &commit).expect("a refused commit is handled");
+    erin.drain(&mut e);
+    assert_eq!(e.epoch(), before, "the commit was not merged");
+    assert!(
+        erin.events
+            .iter()
+            .any(|event| matches!(event, GroupEvent::CommitRejected { .. })),
+        "{:?}",
+        erin.events
+    );
 }

@@ -1,6 +1,6 @@
 //! The group engine's errors, sorted by blame: the caller's (`NotPermitted`,
-//! `InvalidInput`), missing inputs the driver must fetch (`NeedIdentities`),
-//! and our own storage or library failures.
+//! `InvalidInput`), missing inputs the driver must fetch (`NeedIdentities`,
+//! `IdentitiesDisputed`), and our own storage or library failures.
 
 use crate::identity::{InboxId, KeyPackageError};
 
@@ -17,6 +17,20 @@ pub enum GroupError {
     /// them, extend the cache and retry.
     #[error("identity logs needed for {0:?}")]
     NeedIdentities(Vec<(InboxId, u64)>),
+    /// The input disagrees with the cached identity logs of these inboxes
+    /// at a sequence the cache holds (an installation added that the log
+    /// does not have, or removed while the log has it), and the cache
+    /// allows revisions ([`IdentityCache::allow_revisions`]): a replicating
+    /// node may have revised such a log since it was read (two devices
+    /// registered with one sequence number). Read each whole log again
+    /// ([`IdentityCache::replace`]), [`IdentityCache::mark_reread`] it, and
+    /// retry. The retry rejects the input if the logs still disagree.
+    ///
+    /// [`IdentityCache::allow_revisions`]: crate::group::IdentityCache::allow_revisions
+    /// [`IdentityCache::replace`]: crate::group::IdentityCache::replace
+    /// [`IdentityCache::mark_reread`]: crate::group::IdentityCache::mark_reread
+    #[error("the identity logs of {0:?} disagree with the input; read them again")]
+    IdentitiesDisputed(Vec<InboxId>),
     /// The group's policy does not let this member do that.
     #[error("not permitted: {0}")]
     NotPermitted(String),

@@ -677,7 +677,7 @@ impl ForkMonitor {
             match join(&welcome.payload) {
                 Ok(Some(joined)) => return Ok(Some(joined)),
                 Ok(None) => {}
-                Err(e @ GroupError::NeedIdentities(_)) => {
+                Err(e @ (GroupError::NeedIdentities(_) | GroupError::IdentitiesDisputed(_))) => {
                     Self::put_back(kv, group_id, &welcome)?;
                     return Err(e);
                 }

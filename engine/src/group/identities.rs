@@ -2,7 +2,7 @@
 //! talks to, and the question commit validation asks of them: was this
 //! installation active at that sequence number?
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::{
     IdentityError, IdentityState, IdentityUpdate, InboxId, InstallationId, UpdateAction,
@@ -19,6 +19,15 @@ struct CachedLog {
 #[derive(Debug, Clone, Default)]
 pub struct IdentityCache {
     logs: BTreeMap<InboxId, CachedLog>,
+    /// Whether a node may revise these logs (replicating nodes), so that
+    /// an input that disputes a cached log asks for it to be read again
+    /// ([`GroupError::IdentitiesDisputed`]) before it is rejected.
+    ///
+    /// [`GroupError::IdentitiesDisputed`]: crate::group::GroupError::IdentitiesDisputed
+    revisable: bool,
+    /// Inboxes whose whole log the driver read again because an input
+    /// disputed the cached one. Not persisted.
+    reread: BTreeSet<InboxId>,
 }
 
 impl IdentityCache {
@@ -110,6 +119,38 @@ impl IdentityCache {
         Ok(true)
     }
 
+    /// Say that a node may revise the cached logs (on replicating nodes,
+    /// two devices can register with one sequence number, and one update
+    /// loses): an input that disputes a cached log then asks the driver to
+    /// read that log again before it is rejected. Off by default, where a
+    /// cached log is final.
+    pub fn allow_revisions(&mut self) {
+        self.revisable = true;
+    }
+
+    /// Whether the cached log of `inbox` is final for validation: an input
+    /// that disputes it is rejected. True unless [`Self::allow_revisions`]
+    /// was called and the log has not been [`Self::mark_reread`] since.
+    pub fn is_final(&self, inbox: &InboxId) -> bool {
+        !self.revisable || self.reread.contains(inbox)
+    }
+
+    /// Note that `inbox`'s whole log was just read again from the node (and
+    /// [`Self::replace`]d if it differed): until [`Self::forget_reread`],
+    /// validation takes the cached log as final for it, and rejects an
+    /// input that disputes it rather than ask for it again.
+    pub fn mark_reread(&mut self, inbox: InboxId) {
+        self.reread.insert(inbox);
+    }
+
+    /// End [`Self::mark_reread`] for `inboxes`: a later dispute asks for
+    /// their logs again (a node may revise a log more than once).
+    pub fn forget_reread<'a>(&mut self, inboxes: impl IntoIterator<Item = &'a InboxId>) {
+        for inbox in inboxes {
+            self.reread.remove(inbox);
+        }
+    }
+
     /// Whether `installation` was active in the log of `inbox` after its
     /// update `sequence`; `None` if the cache has not reached `sequence`.
     pub fn active_at(
@@ -187,5 +228,19 @@ mod tests {
                 .expect("longer")
         );
         assert_eq!(cache.sequence(&inbox), 3);
+    }
+
+    #[test]
+    fn a_cached_log_is_final_unless_revisions_are_allowed_and_it_was_not_read_again() {
+        let inbox =
+            LocalWallet::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(4)).inbox_id();
+        let mut cache = IdentityCache::new();
+        assert!(cache.is_final(&inbox), "by default a cached log is final");
+        cache.allow_revisions();
+        assert!(!cache.is_final(&inbox), "a node may have revised it");
+        cache.mark_reread(inbox);
+        assert!(cache.is_final(&inbox), "read again: final for this input");
+        cache.forget_reread(&[inbox]);
+        assert!(!cache.is_final(&inbox), "the next input may ask again");
     }
 }

@@ -701,6 +701,7 @@ impl Mls {
             self.clear_pending(provider)?;
             return Err(match verdict {
                 Verdict::NeedIdentities(need) => GroupError::NeedIdentities(need),
+                Verdict::Disputed(inboxes) => GroupError::IdentitiesDisputed(inboxes),
                 Verdict::Reject(reason) => GroupError::NotPermitted(reason),
             });
         }
@@ -780,6 +781,9 @@ impl Mls {
                     Err(Verdict::NeedIdentities(need)) => {
                         return Err(GroupError::NeedIdentities(need));
                     }
+                    Err(Verdict::Disputed(inboxes)) => {
+                        return Err(GroupError::IdentitiesDisputed(inboxes));
+                    }
                     Err(Verdict::Reject(reason)) => refused(true, &reason),
                 }
             }
@@ -852,6 +856,7 @@ impl Mls {
         match verdict {
             Ok(summary) => Ok(Ok(summary)),
             Err(Verdict::NeedIdentities(need)) => Err(GroupError::NeedIdentities(need)),
+            Err(Verdict::Disputed(inboxes)) => Err(GroupError::IdentitiesDisputed(inboxes)),
             Err(Verdict::Reject(reason)) => {
                 self.clear_pending(provider)?;
                 Ok(Err(reason))

@@ -484,9 +484,10 @@ impl Outbox {
 /// group's intents behind it.
 pub(crate) fn failure(error: GroupError) -> Result<(String, bool), GroupError> {
     match error {
-        e @ (GroupError::NeedIdentities(_) | GroupError::Store(_) | GroupError::Corrupt(_)) => {
-            Err(e)
-        }
+        e @ (GroupError::NeedIdentities(_)
+        | GroupError::IdentitiesDisputed(_)
+        | GroupError::Store(_)
+        | GroupError::Corrupt(_)) => Err(e),
         GroupError::NotPermitted(reason) => Ok((reason, true)),
         GroupError::InvalidInput(reason) => Ok((reason, false)),
         other => Ok((other.to_string(), false)),

@@ -54,10 +54,23 @@ pub(crate) enum Verdict {
     NeedIdentities(Vec<(InboxId, u64)>),
     /// The commit breaks a rule; it is rejected whole.
     Reject(String),
+    /// The commit disagrees with the cached logs of these inboxes, which
+    /// the driver has not read again yet ([`GroupError::IdentitiesDisputed`]).
+    Disputed(Vec<InboxId>),
 }
 
 fn reject(reason: impl Into<String>) -> Verdict {
     Verdict::Reject(reason.into())
+}
+
+/// The verdict on an input that disagrees with `inbox`'s cached log: read
+/// the log again first, unless that was done; then `reason` rejects it.
+fn disputed(identities: &IdentityCache, inbox: &InboxId, reason: String) -> Verdict {
+    if identities.is_final(inbox) {
+        Verdict::Reject(reason)
+    } else {
+        Verdict::Disputed(vec![*inbox])
+    }
 }
 
 /// Validate `staged`, a commit by leaf `committer` of `group`, whose
@@ -277,10 +290,14 @@ fn check_adds(
     {
         let sequence = new.membership.get(inbox).copied().unwrap_or(0);
         if identities.active_at(inbox, installation, sequence) != Some(true) {
-            return Err(reject(format!(
-                "installation {installation} is not active in the identity log of {inbox} at \
-                 sequence {sequence}"
-            )));
+            return Err(disputed(
+                identities,
+                inbox,
+                format!(
+                    "installation {installation} is not active in the identity log of {inbox} \
+                     at sequence {sequence}"
+                ),
+            ));
         }
         // The two inboxes of a DM are its members by definition; the
         // policy governs everyone else.
@@ -334,10 +351,14 @@ fn check_removals(
             continue;
         }
         if new.membership.contains_key(inbox) {
-            return Err(reject(format!(
-                "installation {installation} of {inbox} is removed while still active in its \
-                 identity log"
-            )));
+            return Err(disputed(
+                identities,
+                inbox,
+                format!(
+                    "installation {installation} of {inbox} is removed while still active in \
+                     its identity log"
+                ),
+            ));
         }
         let role = old.role(by);
         if !old.policies.remove_member.allows(role) {
@@ -756,6 +777,9 @@ pub(crate) fn check_welcome(
             GroupError::InvalidInput(format!("member {inbox} is not in the membership record"))
         })?;
         if identities.active_at(&inbox, &installation, sequence) != Some(true) {
+            if !identities.is_final(&inbox) {
+                return Err(GroupError::IdentitiesDisputed(vec![inbox]));
+            }
             return Err(GroupError::InvalidInput(format!(
                 "member installation {installation} is not active for {inbox}"
             )));
