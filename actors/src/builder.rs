@@ -241,6 +241,10 @@ impl ClientBuilder {
             let keys = load_or_create_installation(storage, &mut rand_core::OsRng)
                 .map_err(|e| Error::Storage(e.to_string()))?;
             let mut identities = IdentityCache::new();
+            // Any node may replicate, and a replicating node may revise a
+            // log this client read: a commit that disputes a cached log
+            // gets the log read again before it is refused.
+            identities.allow_revisions();
             for log in ClientStore(storage).all_identity_updates()? {
                 if let Some(first) = log.first() {
                     let inbox = first.unsigned.inbox;
@@ -283,6 +287,7 @@ impl ClientBuilder {
             group_config,
             config: self.config,
             node_key: std::sync::RwLock::new(None),
+            revised: std::sync::Mutex::default(),
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))
     }

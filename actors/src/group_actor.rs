@@ -38,7 +38,7 @@ use crate::{
     Error,
     events::{Event, Metadata},
     poison::{self, Blame, Tries},
-    shared::{Shared, now_ms},
+    shared::{IdentityNeed, Shared, now_ms},
 };
 
 /// The most rounds of publish-and-sync one command waits for before it
@@ -69,7 +69,7 @@ type Outcome = Result<(), (String, bool)>;
 
 enum Failure {
     /// The engine needs these identity logs first.
-    Need(Vec<InboxId>),
+    Need(IdentityNeed),
     /// The engine refused the input for a reason that is the same on every
     /// try ([`Blame::Permanent`]).
     Refused(Error),
@@ -218,12 +218,9 @@ impl GroupCore {
         let mut need = None;
         let mut refused = false;
         let result = shared.step(|| match f(group, shared) {
-            Err(GroupError::NeedIdentities(list)) => {
-                need = Some(list);
-                Err(GroupError::InvalidInput("identity logs needed".into()))
-            }
             Err(e) => {
-                refused = poison::blame(&e) == Blame::Permanent;
+                need = IdentityNeed::of(&e);
+                refused = need.is_none() && poison::blame(&e) == Blame::Permanent;
                 Err(e)
             }
             other => other,
@@ -239,7 +236,7 @@ impl GroupCore {
             Err(e) => {
                 *slot = None;
                 match need {
-                    Some(list) => Err(Failure::Need(list.into_iter().map(|(i, _)| i).collect())),
+                    Some(need) => Err(Failure::Need(need)),
                     None if refused => Err(Failure::Refused(e)),
                     None => Err(Failure::Fatal(e)),
                 }
@@ -318,13 +315,12 @@ impl GroupCore {
         &self,
         mut f: impl FnMut(&mut Group, &Shared) -> Result<T, GroupError>,
     ) -> Result<T, Error> {
+        let mut fetches = self.shared.identity_fetches();
         for _ in 0..poison::IDENTITY_FETCHES {
             match self.with_group(&mut f) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Fatal(e) | Failure::Refused(e)) => return Err(e),
-                Err(Failure::Need(inboxes)) => {
-                    self.shared.refresh_identities(inboxes).await?;
-                }
+                Err(Failure::Need(need)) => fetches.fetch(need).await?,
             }
         }
         Err(Error::Network(
@@ -390,6 +386,7 @@ impl GroupCore {
     /// engine asks for; say whether a failure can go away.
     async fn try_envelope(&self, envelope: &Envelope) -> Result<(), Attempt> {
         let mut needed = Vec::new();
+        let mut fetches = self.shared.identity_fetches();
         for _ in 0..poison::IDENTITY_FETCHES {
             let applied = self.with_group(|group, shared| {
                 let identities = shared.identities();
@@ -408,13 +405,10 @@ impl GroupCore {
                     let reason = error.to_string();
                     return Err(Attempt::Permanent { error, reason });
                 }
-                Err(Failure::Need(inboxes)) => {
-                    needed.clone_from(&inboxes);
+                Err(Failure::Need(need)) => {
+                    needed = need.inboxes().to_vec();
                     // The node down or lying is not the envelope's fault.
-                    self.shared
-                        .refresh_identities(inboxes)
-                        .await
-                        .map_err(Attempt::Transient)?;
+                    fetches.fetch(need).await.map_err(Attempt::Transient)?;
                 }
             }
         }
@@ -503,24 +497,20 @@ impl GroupCore {
         if !needs {
             return Ok(());
         }
+        let mut fetches = self.shared.identity_fetches();
         for _ in 0..3 {
             let shared = &*self.shared;
             let mut need = None;
             let result = shared.step(|| {
-                match Group::rejoin_deferred(
+                Group::rejoin_deferred(
                     &shared.provider,
                     shared.storage(),
                     shared.me(),
                     &shared.identities(),
                     &self.group_id,
                     now_ms(),
-                ) {
-                    Err(GroupError::NeedIdentities(list)) => {
-                        need = Some(list);
-                        Err(GroupError::InvalidInput("identity logs needed".into()))
-                    }
-                    other => other,
-                }
+                )
+                .inspect_err(|e| need = IdentityNeed::of(e))
             });
             match (result, need) {
                 (Ok(Some(mut group)), _) => {
@@ -533,11 +523,7 @@ impl GroupCore {
                     return Ok(());
                 }
                 (Ok(None), _) => return Ok(()),
-                (Err(_), Some(list)) => {
-                    shared
-                        .refresh_identities(list.into_iter().map(|(i, _)| i))
-                        .await?;
-                }
+                (Err(_), Some(need)) => fetches.fetch(need).await?,
                 (Err(e), None) => return Err(e),
             }
         }

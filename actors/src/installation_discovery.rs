@@ -136,6 +136,9 @@ impl Handler<Discover> for InstallationDiscovery {
                 .iter()
                 .flat_map(|(_, list)| list.iter().map(|(i, _)| *i))
                 .collect();
+            // A log the node revised is read whole first: reading past
+            // the cached sequence would not see a replaced update.
+            shared.reload_revised().await?;
             shared.refresh_identities(inboxes.iter().copied()).await?;
             // Every group compares its leaves with the logs, not only those
             // whose logs just grew: an installation whose key packages were

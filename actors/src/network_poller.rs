@@ -169,6 +169,11 @@ fn route(
         Topic::Identity(inbox) if fresh => match shared.identity_push(inbox, &envelope.payload) {
             IdentityPush::New => true,
             IdentityPush::Known => false,
+            IdentityPush::Revised => {
+                tracing::info!(%inbox, "an identity update that revises a cached log; reading it again");
+                shared.note_revised(*inbox);
+                true
+            }
             IdentityPush::Forged(reason) => {
                 tracing::warn!(
                     topic = %envelope.topic,

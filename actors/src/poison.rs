@@ -57,7 +57,7 @@ pub(crate) fn blame(error: &GroupError) -> Blame {
         GroupError::Store(_) => Blame::Transient,
         // The driver fetches these and tries again; it counts as permanent
         // only when fetching did not help (see `IDENTITY_FETCHES`).
-        GroupError::NeedIdentities(_) => Blame::Transient,
+        GroupError::NeedIdentities(_) | GroupError::IdentitiesDisputed(_) => Blame::Transient,
         GroupError::NotPermitted(_)
         | GroupError::InvalidInput(_)
         | GroupError::NotMember

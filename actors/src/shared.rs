@@ -115,6 +115,9 @@ pub(crate) struct Shared {
     /// requests are MACed for; read again when a node refuses a MAC (the
     /// client moved to another node, or the node was set up afresh).
     pub(crate) node_key: RwLock<Option<[u8; 32]>>,
+    /// Inboxes whose logs a push said the node revised: the next discovery
+    /// reads them again in full.
+    pub(crate) revised: std::sync::Mutex<std::collections::BTreeSet<InboxId>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -231,28 +234,85 @@ impl Shared {
     /// and [`Self::refresh_identities`] only reads past what it holds.
     /// Returns whether the cached log changed.
     pub(crate) async fn reload_identity(&self, inbox: InboxId) -> Result<bool, Error> {
-        let mut answers = self.node.identity_updates(vec![(inbox, 0)]).await?;
-        let Some(updates) = answers.pop().filter(|_| answers.is_empty()) else {
+        Ok(!self.reload_identities(vec![inbox]).await?.is_empty())
+    }
+
+    /// [`Self::reload_identity`] for several inboxes, in one request;
+    /// returns those whose cached logs changed.
+    pub(crate) async fn reload_identities(
+        &self,
+        inboxes: Vec<InboxId>,
+    ) -> Result<Vec<InboxId>, Error> {
+        if inboxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answers = self
+            .node
+            .identity_updates(inboxes.iter().map(|i| (*i, 0)).collect())
+            .await?;
+        if answers.len() != inboxes.len() {
             return Err(ClientError::Malformed(
                 "identity logs for another number of inboxes than asked".into(),
             )
             .into());
-        };
+        }
+        let mut changed = Vec::new();
         let mut cache = self
             .identities
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let changed = cache.replace(inbox, updates).map_err(|e| {
-            Error::from(ClientError::Malformed(format!(
-                "the identity log of {inbox} from the node does not verify: {e}"
-            )))
-        })?;
-        if changed {
-            self.store()
-                .put_identity_updates(&inbox, cache.updates(&inbox))
-                .map_err(Error::from)?;
+        for (inbox, updates) in inboxes.into_iter().zip(answers) {
+            let replaced = cache.replace(inbox, updates).map_err(|e| {
+                Error::from(ClientError::Malformed(format!(
+                    "the identity log of {inbox} from the node does not verify: {e}"
+                )))
+            })?;
+            if replaced {
+                tracing::debug!(%inbox, "read an identity log again; it changed");
+                self.store()
+                    .put_identity_updates(&inbox, cache.updates(&inbox))
+                    .map_err(Error::from)?;
+                changed.push(inbox);
+            }
         }
         Ok(changed)
+    }
+
+    /// Note that a push said the node revised `inbox`'s log
+    /// ([`IdentityPush::Revised`]), for the next discovery.
+    pub(crate) fn note_revised(&self, inbox: InboxId) {
+        self.revised
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(inbox);
+    }
+
+    /// Read again, in full, the logs pushes said were revised since the
+    /// last call; returns those whose cached logs changed. On failure they
+    /// stay noted for the next call.
+    pub(crate) async fn reload_revised(&self) -> Result<Vec<InboxId>, Error> {
+        let inboxes: Vec<InboxId> =
+            std::mem::take(&mut *self.revised.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
+        match self.reload_identities(inboxes.clone()).await {
+            Ok(changed) => Ok(changed),
+            Err(e) => {
+                for inbox in inboxes {
+                    self.note_revised(inbox);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A fetcher for the identity logs one input needs
+    /// ([`IdentityFetches`]).
+    pub(crate) fn identity_fetches(&self) -> IdentityFetches<'_> {
+        IdentityFetches {
+            shared: self,
+            reread: Vec::new(),
+        }
     }
 
     /// Whether an envelope that arrived on the identity topic of `inbox`
@@ -275,12 +335,17 @@ impl Shared {
         let cache = self.identities();
         let cached = cache.sequence(inbox);
         if u.sequence <= cached {
-            return match cache.updates(inbox).contains(&update) {
-                true => IdentityPush::Known,
-                false => IdentityPush::Forged(format!(
-                    "update {} differs from the one the verified log holds",
-                    u.sequence
-                )),
+            if cache.updates(inbox).contains(&update) {
+                return IdentityPush::Known;
+            }
+            // Another update with a sequence number the cache holds: a
+            // replicating node may have revised the log (two devices took
+            // one sequence number, and this one came first). Only the
+            // inbox's wallet can make one, and then the whole log is read
+            // again; the node's log decides which update stands.
+            return match signed_by_inbox(inbox, &update) {
+                Ok(()) => IdentityPush::Revised,
+                Err(reason) => IdentityPush::Forged(reason),
             };
         }
         if u.sequence == cached + 1 {
@@ -298,25 +363,10 @@ impl Shared {
         }
         // Further ahead: the updates in between are fetched by discovery,
         // which verifies the whole log; the signatures can be checked now.
-        let text = u.signature_text();
-        if recover_signer(text.as_bytes(), &update.wallet_signature).ok() != Some(*inbox) {
-            return IdentityPush::Forged(format!(
-                "update {} is not signed by the inbox's wallet",
-                u.sequence
-            ));
+        match signed_by_inbox(inbox, &update) {
+            Ok(()) => IdentityPush::New,
+            Err(reason) => IdentityPush::Forged(reason),
         }
-        if u.action == UpdateAction::AddInstallation {
-            let signed = update.installation_signature.is_some_and(|proof| {
-                verify_installation_signature(&u.installation, text.as_bytes(), &proof).is_ok()
-            });
-            if !signed {
-                return IdentityPush::Forged(format!(
-                    "update {} adds an installation that did not sign it",
-                    u.sequence
-                ));
-            }
-        }
-        IdentityPush::New
     }
 
     /// Fetch one key package per installation, in one signed request.
@@ -499,6 +549,110 @@ impl Shared {
     }
 }
 
+/// Check the signatures of an identity update of `inbox` that cannot be
+/// checked against the log yet: the inbox's wallet signed it, and an added
+/// installation signed it too.
+fn signed_by_inbox(inbox: &InboxId, update: &IdentityUpdate) -> Result<(), String> {
+    let u = &update.unsigned;
+    let text = u.signature_text();
+    if recover_signer(text.as_bytes(), &update.wallet_signature).ok() != Some(*inbox) {
+        return Err(format!(
+            "update {} is not signed by the inbox's wallet",
+            u.sequence
+        ));
+    }
+    if u.action == UpdateAction::AddInstallation {
+        let signed = update.installation_signature.is_some_and(|proof| {
+            verify_installation_signature(&u.installation, text.as_bytes(), &proof).is_ok()
+        });
+        if !signed {
+            return Err(format!(
+                "update {} adds an installation that did not sign it",
+                u.sequence
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The identity logs the engine asked for before it can take an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IdentityNeed {
+    /// Logs the cache has not read far enough
+    /// ([`GroupError::NeedIdentities`]): read past what it holds.
+    Behind(Vec<InboxId>),
+    /// Logs the input disagrees with ([`GroupError::IdentitiesDisputed`]):
+    /// read them whole again, since the node may have revised them.
+    Disputed(Vec<InboxId>),
+}
+
+impl IdentityNeed {
+    /// What `error` asks for, if it asks for identity logs.
+    pub(crate) fn of(error: &GroupError) -> Option<Self> {
+        match error {
+            GroupError::NeedIdentities(list) => {
+                Some(Self::Behind(list.iter().map(|(i, _)| *i).collect()))
+            }
+            GroupError::IdentitiesDisputed(list) => Some(Self::Disputed(list.clone())),
+            _ => None,
+        }
+    }
+
+    /// The inboxes named.
+    pub(crate) fn inboxes(&self) -> &[InboxId] {
+        match self {
+            Self::Behind(list) | Self::Disputed(list) => list,
+        }
+    }
+}
+
+/// Fetches the identity logs one input needs, over its retries. A log read
+/// again for a dispute counts as final ([`IdentityCache::mark_reread`])
+/// until this is dropped, so that the retry rejects an input that still
+/// disputes it, and a later input may ask for it again.
+pub(crate) struct IdentityFetches<'a> {
+    shared: &'a Shared,
+    reread: Vec<InboxId>,
+}
+
+impl IdentityFetches<'_> {
+    /// Fetch what `need` asks for into the cache.
+    pub(crate) async fn fetch(&mut self, need: IdentityNeed) -> Result<(), Error> {
+        match need {
+            IdentityNeed::Behind(inboxes) => {
+                self.shared.refresh_identities(inboxes).await?;
+            }
+            IdentityNeed::Disputed(inboxes) => {
+                tracing::debug!(
+                    ?inboxes,
+                    "an input disputes cached identity logs; reading them again"
+                );
+                self.shared.reload_identities(inboxes.clone()).await?;
+                let mut cache = self
+                    .shared
+                    .identities
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for inbox in inboxes {
+                    cache.mark_reread(inbox);
+                    self.reread.push(inbox);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IdentityFetches<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .identities
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget_reread(&self.reread);
+    }
+}
+
 /// What an envelope on an identity topic is ([`Shared::identity_push`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum IdentityPush {
@@ -506,6 +660,9 @@ pub(crate) enum IdentityPush {
     New,
     /// An update the cache holds already (a replay on re-subscribing).
     Known,
+    /// A wallet-signed update that differs from the cached one with its
+    /// sequence number: the node may have revised the log. Read it again.
+    Revised,
     /// Anything else, and why: ignored.
     Forged(String),
 }

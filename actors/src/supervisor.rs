@@ -21,7 +21,7 @@ use crate::{
     installation_discovery::{InstallationDiscovery, WatchGroup},
     key_package_manager::{Consumed, KeyPackageManager},
     network_poller::{NetworkPoller, Watch},
-    shared::{Shared, now_ms},
+    shared::{IdentityNeed, Shared, now_ms},
 };
 
 /// See the module docs.
@@ -188,6 +188,7 @@ pub(crate) struct ProcessWelcomes;
 /// engine asks for. `Ok(None)`: already joined, or the Welcome is bad (it
 /// is logged and skipped, never retried forever).
 async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+    let mut fetches = shared.identity_fetches();
     for _ in 0..3 {
         let task_shared = Arc::clone(shared);
         let task_payload = payload.clone();
@@ -239,23 +240,21 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
                 return Ok(Some(group_id));
             }
             Ok(Ok(None)) => return Ok(None),
-            Ok(Err(GroupError::NeedIdentities(need))) => {
-                shared
-                    .refresh_identities(need.into_iter().map(|(i, _)| i))
-                    .await?;
-            }
-            Ok(Err(e @ (GroupError::Store(_) | GroupError::Corrupt(_)))) => {
-                return Err(e.into());
-            }
-            Ok(Err(GroupError::NotPermitted(reason))) => {
-                tracing::warn!(%reason, "refusing a Welcome");
-                shared.emit(Event::WelcomeRefused { reason });
-                return Ok(None);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "skipping a Welcome that cannot be used");
-                return Ok(None);
-            }
+            Ok(Err(e)) => match (IdentityNeed::of(&e), e) {
+                (Some(need), _) => fetches.fetch(need).await?,
+                (None, e @ (GroupError::Store(_) | GroupError::Corrupt(_))) => {
+                    return Err(e.into());
+                }
+                (None, GroupError::NotPermitted(reason)) => {
+                    tracing::warn!(%reason, "refusing a Welcome");
+                    shared.emit(Event::WelcomeRefused { reason });
+                    return Ok(None);
+                }
+                (None, e) => {
+                    tracing::warn!(error = %e, "skipping a Welcome that cannot be used");
+                    return Ok(None);
+                }
+            },
         }
     }
     tracing::warn!("skipping a Welcome whose members' identity logs the node does not serve");

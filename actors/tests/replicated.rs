@@ -696,3 +696,177 @@ async fn deniable_dms_open_across_nodes_and_after_a_move() {
     })
     .await;
 }
+
+/// Two devices of one inbox take sequence number 2 on two nodes while the
+/// first node is cut off. The observer's node first has only the later
+/// one (the loser), and the observer adds it to a group. Once the link is
+/// healed every node revises the log to the earlier update (the winner);
+/// the observer is pushed the winner's update, notices that it differs
+/// from the one it cached, reads the log again, and replaces the loser
+/// with the winner in the group. The inbox's first device, which cached
+/// the loser too, accepts that commit (it reads the disputed log again
+/// rather than reject it), and everyone ends on one state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_follows_an_identity_log_its_node_revised() {
+    use kith_transport::client::{DeliveryClient as _, GrpcClient};
+
+    let _one = ONE_AT_A_TIME.lock().await;
+    common::init_tracing();
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut nodes = cluster(&root.path().join("nodes"), 3);
+    let mut links = BTreeMap::new();
+    for puller in &nodes {
+        for peer in nodes.iter().filter(|p| p.id != puller.id) {
+            links.insert((puller.id, peer.id), Link::open(peer.port).await);
+        }
+    }
+    for i in 0..nodes.len() {
+        let me = nodes[i].id;
+        let peer_urls: BTreeMap<u32, String> = links
+            .iter()
+            .filter(|((puller, _), _)| *puller == me)
+            .map(|((_, peer), link)| (*peer, link.url()))
+            .collect();
+        start_via(&mut nodes, i, &["--settle-window-ms", "500"], |peer| {
+            peer_urls[&peer.id].clone()
+        });
+    }
+    let isolate = |id: u32, cut: bool| {
+        for ((puller, peer), link) in &links {
+            if *puller == id || *peer == id {
+                if cut { link.cut() } else { link.heal() }
+            }
+        }
+    };
+    let (w, ow) = (wallet(), wallet());
+    let first = remote_client(root.path(), "first", &w, nodes[1].url()).await;
+    let observer = remote_client(root.path(), "observer", &ow, nodes[2].url()).await;
+    let events = [record(&first), record(&observer)];
+    let members = [w.inbox_id()];
+    let group = eventually("create the group", || {
+        observer.create_group(&members, GroupOptions::default())
+    })
+    .await;
+    let first_view = eventually("the first device joins", || async {
+        first.sync().await?;
+        first.conversation(group.id()).await
+    })
+    .await;
+
+    let inbox = w.inbox_id();
+    isolate(nodes[0].id, true);
+    let winner = remote_client(root.path(), "winner", &w, nodes[0].url()).await;
+    let loser = remote_client(root.path(), "loser", &w, nodes[1].url()).await;
+    let mut with_loser = vec![first.installation_id(), loser.installation_id()];
+    with_loser.sort();
+    eventually(
+        "the observer adds the loser, all its node knows of",
+        || async {
+            let got = installations_of(
+                &observer
+                    .conversation(group.id())
+                    .await
+                    .map_err(|e| e.to_string())?,
+                inbox,
+            )
+            .await?;
+            if got == with_loser {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+
+    isolate(nodes[0].id, false);
+    for node in &nodes {
+        let client = GrpcClient::connect_lazy(&node.url()).expect("client");
+        eventually("every node revises the log to the winner", || async {
+            let log = client
+                .identity_updates(vec![(inbox, 0)])
+                .await
+                .map_err(|e| e.to_string())?
+                .remove(0);
+            let installations: Vec<_> = log.iter().map(|u| u.unsigned.installation).collect();
+            if installations == [first.installation_id(), winner.installation_id()] {
+                Ok(())
+            } else {
+                Err(format!("node {} serves {installations:?}", node.id))
+            }
+        })
+        .await;
+    }
+    let mut with_winner = vec![first.installation_id(), winner.installation_id()];
+    with_winner.sort();
+    eventually("the observer follows the revised log", || async {
+        let got = installations_of(
+            &observer
+                .conversation(group.id())
+                .await
+                .map_err(|e| e.to_string())?,
+            inbox,
+        )
+        .await?;
+        if got == with_winner {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    eventually(
+        "the first device and the winner agree with the observer",
+        || async {
+            let views = [
+                observer
+                    .conversation(group.id())
+                    .await
+                    .map_err(|e| e.to_string())?,
+                first_view.clone(),
+                {
+                    winner.sync().await.map_err(|e| e.to_string())?;
+                    winner
+                        .conversation(group.id())
+                        .await
+                        .map_err(|e| e.to_string())?
+                },
+            ];
+            let mut states = Vec::new();
+            for view in views {
+                view.sync().await.map_err(|e| e.to_string())?;
+                let state = view.epoch_state().await.map_err(|e| e.to_string())?;
+                states.push((state, installations_of(&view, inbox).await?));
+            }
+            if states.iter().all(|s| *s == states[0]) && states[0].1 == with_winner {
+                Ok(())
+            } else {
+                Err(format!("{states:?}"))
+            }
+        },
+    )
+    .await;
+    for (who, events) in ["first", "observer"].iter().zip(&events) {
+        let events = events.lock().expect("events");
+        let refused: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, Event::CommitRejected { .. } | Event::Forked { .. }))
+            .collect();
+        assert!(refused.is_empty(), "{who} refused or forked: {refused:?}");
+    }
+}
+
+/// The installations of `inbox` in `conversation`, sorted.
+async fn installations_of(
+    conversation: &Conversation,
+    inbox: kith::InboxId,
+) -> Result<Vec<kith::InstallationId>, String> {
+    let members = conversation.members().await.map_err(|e| e.to_string())?;
+    let mut installations = members
+        .into_iter()
+        .find(|m| m.inbox == inbox)
+        .map(|m| m.installations)
+        .unwrap_or_default();
+    installations.sort();
+    Ok(installations)
+}
