@@ -288,6 +288,7 @@ impl ClientBuilder {
             config: self.config,
             node_key: std::sync::RwLock::new(None),
             revised: std::sync::Mutex::default(),
+            joins: std::sync::RwLock::new(0),
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))
     }

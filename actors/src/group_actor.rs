@@ -102,6 +102,9 @@ pub(crate) struct GroupCore {
     shared: Arc<Shared>,
     group_id: Vec<u8>,
     group: Mutex<Option<Group>>,
+    /// The count of [`Shared::joins`] when `group` was loaded: older than
+    /// the count means a join may have replaced what is stored.
+    loaded_at_join: AtomicU64,
     outcomes: Mutex<HashMap<u64, Outcome>>,
     wake_pending: AtomicBool,
     pub(crate) restarts: AtomicU64,
@@ -148,6 +151,7 @@ impl GroupCore {
             shared,
             group_id,
             group: Mutex::new(None),
+            loaded_at_join: AtomicU64::new(0),
             outcomes: Mutex::new(HashMap::new()),
             wake_pending: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
@@ -200,8 +204,15 @@ impl GroupCore {
         f: impl FnOnce(&mut Group, &Shared) -> Result<T, GroupError>,
     ) -> Result<T, Failure> {
         let shared = &*self.shared;
+        // Held until the step is committed: no join replaces the stored
+        // group meanwhile.
+        let joins = shared.joins.read().unwrap_or_else(PoisonError::into_inner);
         let mut slot = self.group.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.loaded_at_join.load(Ordering::SeqCst) != *joins {
+            *slot = None;
+        }
         if slot.is_none() {
+            self.loaded_at_join.store(*joins, Ordering::SeqCst);
             let loaded = Group::load(&shared.provider, shared.storage(), &self.group_id)
                 .map_err(|e| Failure::Fatal(e.into()))?
                 .map(|mut group| {
@@ -501,28 +512,35 @@ impl GroupCore {
         for _ in 0..3 {
             let shared = &*self.shared;
             let mut need = None;
-            let result = shared.step(|| {
-                Group::rejoin_deferred(
-                    &shared.provider,
-                    shared.storage(),
-                    shared.me(),
-                    &shared.identities(),
-                    &self.group_id,
-                    now_ms(),
-                )
-                .inspect_err(|e| need = IdentityNeed::of(e))
-            });
-            match (result, need) {
-                (Ok(Some(mut group)), _) => {
+            // A join, like the supervisor's: ordered against other steps.
+            let result = {
+                let mut joins = shared.joins.write().unwrap_or_else(PoisonError::into_inner);
+                let result = shared.step(|| {
+                    Group::rejoin_deferred(
+                        &shared.provider,
+                        shared.storage(),
+                        shared.me(),
+                        &shared.identities(),
+                        &self.group_id,
+                        now_ms(),
+                    )
+                    .inspect_err(|e| need = IdentityNeed::of(e))
+                });
+                if let Ok(Some(mut group)) = result {
+                    *joins += 1;
                     group.set_config(shared.group_config);
                     let conversation = group.conversation_id();
                     while let Some(event) = group.poll_event() {
                         self.observe(&conversation, event);
                     }
                     *self.group.lock().unwrap_or_else(PoisonError::into_inner) = Some(group);
+                    self.loaded_at_join.store(*joins, Ordering::SeqCst);
                     return Ok(());
                 }
-                (Ok(None), _) => return Ok(()),
+                result
+            };
+            match (result, need) {
+                (Ok(_), _) => return Ok(()),
                 (Err(_), Some(need)) => fetches.fetch(need).await?,
                 (Err(e), None) => return Err(e),
             }

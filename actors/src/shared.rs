@@ -115,6 +115,13 @@ pub(crate) struct Shared {
     /// requests are MACed for; read again when a node refuses a MAC (the
     /// client moved to another node, or the node was set up afresh).
     pub(crate) node_key: RwLock<Option<[u8; 32]>>,
+    /// Orders joins from Welcomes against group steps: every group step
+    /// holds it for reading, a join for writing, and each join counts
+    /// itself. A join may replace the state of a group whose actor holds
+    /// the old state in memory (a member re-added after a fork): an actor
+    /// that loaded its group before the last join loads it again, and can
+    /// never write the old state over the new.
+    pub(crate) joins: RwLock<u64>,
     /// Inboxes whose logs a push said the node revised: the next discovery
     /// reads them again in full.
     pub(crate) revised: std::sync::Mutex<std::collections::BTreeSet<InboxId>>,

@@ -194,6 +194,12 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
         let task_payload = payload.clone();
         let result = tokio::task::spawn_blocking(move || {
             let shared = &*task_shared;
+            // A join may replace a group a running actor holds: no group
+            // step runs meanwhile, and the actor reloads afterwards.
+            let mut joins = shared
+                .joins
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let storage = shared.storage();
             let step = storage.begin_step()?;
             note_last_resort_use(shared, &task_payload)?;
@@ -208,6 +214,7 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
             match joined {
                 Ok(group) => {
                     step.commit()?;
+                    *joins += 1;
                     // What joining told the application (a rejoin after a
                     // fork says so) goes out with the join.
                     Ok(Ok(group.map(|mut g| {
