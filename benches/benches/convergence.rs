@@ -102,6 +102,7 @@ async fn network(lag: Duration) -> Network {
             limits: NodeLimits {
                 fetch_per_requester: unlimited,
                 fetch_per_target: unlimited,
+                fetch_per_pair: unlimited,
                 ..NodeLimits::default()
             },
             ..NodeConfig::new(id)

@@ -101,6 +101,7 @@ fn bench_config() -> NodeConfig {
         limits: NodeLimits {
             fetch_per_requester: open,
             fetch_per_target: open,
+            fetch_per_pair: open,
             ..NodeLimits::default()
         },
         ..NodeConfig::new(1)

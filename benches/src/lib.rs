@@ -343,6 +343,7 @@ pub fn unlimited_local_node(dir: &std::path::Path) -> kith::LocalNode<kith_stora
         limits: NodeLimits {
             fetch_per_requester: unlimited,
             fetch_per_target: unlimited,
+            fetch_per_pair: unlimited,
             ..NodeLimits::default()
         },
         ..NodeConfig::new(1)

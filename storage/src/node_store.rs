@@ -581,6 +581,26 @@ impl NodeStore for SledNodeStore {
         Ok(answers)
     }
 
+    fn has_key_packages(
+        &self,
+        pool: KeyPackagePool,
+        installations: &[InstallationId],
+    ) -> Result<Vec<bool>, StorageError> {
+        let (one_time_kind, _, last_resort_kind) = pool_kinds(pool);
+        installations
+            .iter()
+            .map(|installation| {
+                let key = installation.as_bytes();
+                let one_time = self
+                    .tree
+                    .scan_prefix(keyed(one_time_kind, key))
+                    .next()
+                    .transpose()?;
+                Ok(one_time.is_some() || self.tree.contains_key(keyed(last_resort_kind, key))?)
+            })
+            .collect()
+    }
+
     fn one_time_key_packages_left(
         &self,
         pool: KeyPackagePool,

@@ -2,6 +2,8 @@
 //! normal path and the rejections of bad input, signatures, MACs,
 //! timestamps and rate limits.
 
+mod common;
+
 use std::{
     sync::{
         Arc,
@@ -847,13 +849,51 @@ async fn bad_uploads_and_fetches_are_rejected() {
     node.stop().await;
 }
 
+/// The retry-after a rate-limited fetch carries.
+fn retry_after(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)
+        .expect("retry-after metadata")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a number")
+}
+
+/// Fetch `victim` as `who` until refused (at most 100 times); returns how
+/// many fetches got through and the refusal.
+async fn fetch_until_refused(
+    node: &mut Node,
+    who: &Identity,
+    victim: &Identity,
+) -> (usize, Option<tonic::Status>) {
+    let mut got = 0;
+    for _ in 0..100 {
+        match node
+            .client
+            .fetch_key_packages(who.fetch(&[victim], node.now()))
+            .await
+        {
+            Ok(_) => got += 1,
+            Err(status) => return (got, Some(status)),
+        }
+    }
+    (got, None)
+}
+
+/// With the default limits, one requester takes at most its pair's share
+/// of a victim's packages (burst 5, 2 a minute), so others can still add
+/// the victim; all requesters together take at most the victim's own
+/// allowance (burst 20, 10 a minute), so the pool is never drained at once.
 #[tokio::test]
-async fn an_attacker_cannot_drain_a_victims_pool() {
+async fn no_requester_drains_a_victims_pool_or_starves_other_adders() {
     let mut node = Node::start().await;
     let attacker = Identity::new(8);
     let victim = Identity::new(9);
     let honest = Identity::new(10);
-    for who in [&attacker, &victim, &honest] {
+    let sybils: Vec<Identity> = (11..14).map(Identity::new).collect();
+    for who in [&attacker, &victim, &honest].into_iter().chain(&sybils) {
         who.register(&mut node).await;
     }
     let pool: Vec<Vec<u8>> = (0..40).map(|_| victim.key_package(false)).collect();
@@ -862,80 +902,132 @@ async fn an_attacker_cannot_drain_a_victims_pool() {
         .await
         .expect("upload");
 
-    // The attacker fetches as fast as it can, with the clock frozen.
-    let mut got = 0;
-    let mut refused = None;
-    for _ in 0..100 {
-        match node
-            .client
-            .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
-            .await
-        {
-            Ok(_) => got += 1,
-            Err(status) => {
-                refused = Some(status);
-                break;
-            }
-        }
-    }
-    // The per-target bucket (burst 20) stops it.
-    assert_eq!(got, 20);
+    // The attacker fetches as fast as it can, with the clock frozen: its
+    // pair bucket stops it at 5, and says when to come back.
+    let (got, refused) = fetch_until_refused(&mut node, &attacker, &victim).await;
+    assert_eq!(got, 5);
     let status = refused.expect("the attacker was refused");
     assert_eq!(status.code(), Code::ResourceExhausted);
-    let retry_after: u64 = status
-        .metadata()
-        .get(RETRY_AFTER_METADATA)
-        .expect("retry-after metadata")
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("a number");
-    assert!(retry_after > 0 && retry_after <= 60_000, "{retry_after}");
-
-    // A minute later the attacker gets only the refill rate (10 per minute).
-    node.clock.0.fetch_add(60_000, Ordering::SeqCst);
-    let mut more = 0;
-    for _ in 0..30 {
-        if node
-            .client
-            .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
-            .await
-            .is_ok()
-        {
-            more += 1;
-        }
-    }
-    assert_eq!(more, 10);
-
-    // 30 of the 40 are gone; two minutes later the attacker takes the last
-    // 10 and the pool is empty.
-    node.clock.0.fetch_add(120_000, Ordering::SeqCst);
-    for taken in 30..40 {
-        let answer = node
-            .client
-            .fetch_key_packages(attacker.fetch(&[&victim], node.now()))
-            .await
-            .unwrap_or_else(|status| panic!("fetch {taken} refused: {status}"))
-            .into_inner();
-        let package = &answer.key_packages[0];
-        assert!(
-            package.key_package.is_some() && !package.last_resort,
-            "fetch {taken} is one of the pool's last one-time packages"
-        );
-    }
-    // An honest requester can still add the victim, through the last-resort
-    // package, once the target bucket refills.
-    node.clock.0.fetch_add(60_000, Ordering::SeqCst);
+    let wait = retry_after(&status);
+    assert!(wait > 0 && wait <= 30_000, "{wait}");
+    // Someone else still adds the victim, with a one-time package.
     let answer = node
         .client
         .fetch_key_packages(honest.fetch(&[&victim], node.now()))
         .await
-        .expect("honest fetch")
+        .expect("an honest fetch is not starved")
         .into_inner();
-    let package = &answer.key_packages[0];
-    assert!(package.key_package.is_some());
-    assert!(package.last_resort);
+    assert!(!answer.key_packages[0].last_resort);
+
+    // Many requesters at once meet the victim's own bucket: 6 of its 20
+    // are spent, the sybils get 14 between them, and then nobody gets any.
+    let mut taken = 0;
+    for sybil in &sybils {
+        taken += fetch_until_refused(&mut node, sybil, &victim).await.0;
+    }
+    assert_eq!(taken, 14);
+    let status = node
+        .client
+        .fetch_key_packages(honest.fetch(&[&victim], node.now()))
+        .await
+        .expect_err("the victim's allowance is spent");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(retry_after(&status) > 0);
+
+    // A minute later the attacker gets its pair's refill, 2.
+    node.clock.0.fetch_add(60_000, Ordering::SeqCst);
+    assert_eq!(
+        fetch_until_refused(&mut node, &attacker, &victim).await.0,
+        2
+    );
     node.stop().await;
+}
+
+/// A fetch that names more targets than a requester may ever fetch at once
+/// can never pass: it is refused with no retry-after and a message that
+/// says to split it. Over the batch limit is RESOURCE_EXHAUSTED too, like
+/// every limit. Targets without packages cost nothing.
+#[tokio::test]
+async fn oversized_fetches_say_to_split_and_unknown_targets_cost_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(7);
+    config.limits.fetch_per_requester = kith_transport::node::BucketLimit {
+        burst: 2,
+        per_minute: 1,
+    };
+    config.limits.max_batch_key_packages = 8;
+    let logic = Arc::new(NodeLogic::new(
+        config,
+        SledNodeStore::open(dir.path().join("node")).expect("open store"),
+    ));
+    let node = kith_transport::client::LocalNode::new(Arc::clone(&logic));
+    let requester = common::Identity::new(20);
+    let known = common::Identity::new(21);
+    requester.register(&node).await;
+    known.register(&node).await;
+    known
+        .upload(
+            &node,
+            vec![known.key_package(false)],
+            known.key_package(true),
+        )
+        .await;
+    let strangers: Vec<common::Identity> = (22..27).map(common::Identity::new).collect();
+
+    let fetch = |targets: Vec<kith_engine::identity::InstallationId>| {
+        let t = system_now_ms();
+        let signed = fetch_signed_bytes(
+            t,
+            &requester.wallet.inbox_id(),
+            &requester.keys.id(),
+            &targets,
+        );
+        kith_transport::node::KeyPackageFetch {
+            signature: requester.keys.sign(&signed).to_vec(),
+            targets,
+            requester_inbox: requester.wallet.inbox_id(),
+            requester: requester.keys.id(),
+            timestamp_ms: t,
+        }
+    };
+    // Five strangers and one known installation: only the known one is
+    // charged (1 of the burst of 2), the strangers get nothing, free.
+    let mut targets: Vec<_> = strangers.iter().map(|s| s.keys.id()).collect();
+    targets.push(known.keys.id());
+    let answer = logic
+        .fetch_key_packages(fetch(targets.clone()))
+        .await
+        .expect("strangers cost nothing");
+    assert_eq!(answer.len(), 6);
+    assert!(answer[..5].iter().all(|f| f.key_package.is_none()));
+    assert!(answer[5].key_package.is_some());
+    // Three known targets can never pass a burst of 2: no retry-after.
+    let refused = logic
+        .fetch_key_packages(fetch(vec![known.keys.id(); 3]))
+        .await
+        .expect_err("over the burst");
+    match refused {
+        kith_transport::node::NodeError::ResourceExhausted {
+            retry_after_ms: None,
+            message,
+        } => assert!(message.contains("split it"), "{message}"),
+        other => panic!("expected a refusal without retry-after, got {other:?}"),
+    }
+    // Over the batch limit: RESOURCE_EXHAUSTED, as node.proto says.
+    let refused = logic
+        .fetch_key_packages(fetch(vec![known.keys.id(); 9]))
+        .await
+        .expect_err("over the batch limit");
+    assert!(
+        matches!(
+            refused,
+            kith_transport::node::NodeError::ResourceExhausted {
+                retry_after_ms: None,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
 }
 
 /// The deniable answers of one fetch, as `(installation, package, last
@@ -1186,7 +1278,7 @@ async fn bad_deniable_requests_are_rejected_and_store_nothing() {
 }
 
 #[tokio::test]
-async fn deniable_fetches_are_rate_limited_per_target() {
+async fn deniable_fetches_are_rate_limited_per_requester_and_target() {
     let mut node = Node::start().await;
     let node_key = node.static_key().await;
     let attacker = Identity::new(41);
@@ -1213,11 +1305,11 @@ async fn deniable_fetches_are_rate_limited_per_target() {
             }
         }
     }
-    // The per-target bucket (burst 20), as for ordinary packages.
-    assert_eq!(got, 20);
+    // The pair bucket (burst 5), as for ordinary packages.
+    assert_eq!(got, 5);
     let status = refused.expect("the attacker was refused");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.metadata().get(RETRY_AFTER_METADATA).is_some());
-    assert_eq!(node.deniable_left(&victim).await, 10);
+    assert_eq!(node.deniable_left(&victim).await, 25);
     node.stop().await;
 }

@@ -154,6 +154,15 @@ pub trait NodeStore: Send + Sync {
         installations: &[InstallationId],
     ) -> Result<Vec<Option<StoredKeyPackage>>, Self::Error>;
 
+    /// For each installation, whether its `pool` holds any package (one-time
+    /// or last resort): whether a fetch for it is worth charging. Takes
+    /// nothing.
+    fn has_key_packages(
+        &self,
+        pool: KeyPackagePool,
+        installations: &[InstallationId],
+    ) -> Result<Vec<bool>, Self::Error>;
+
     /// How many one-time packages `installation` has left in `pool`.
     fn one_time_key_packages_left(
         &self,
@@ -459,6 +468,22 @@ impl NodeStore for MemoryNodeStore {
                     bytes: bytes.clone(),
                     last_resort: true,
                 })
+            })
+            .collect())
+    }
+
+    fn has_key_packages(
+        &self,
+        pool: KeyPackagePool,
+        installations: &[InstallationId],
+    ) -> Result<Vec<bool>, Self::Error> {
+        let inner = self.lock();
+        Ok(installations
+            .iter()
+            .map(|id| {
+                let key = (pool, *id);
+                inner.one_time.get(&key).is_some_and(|q| !q.is_empty())
+                    || inner.last_resort.contains_key(&key)
             })
             .collect())
     }

@@ -355,6 +355,29 @@ fn key_package_pools_are_apart<S: NodeStore>(store: &S) {
             .expect("count"),
         2
     );
+    // Only a pool with packages counts; asking takes nothing.
+    let (only_last_resort, unknown) = (InstallationId([4; 32]), InstallationId([5; 32]));
+    store
+        .add_key_packages(Ordinary, &only_last_resort, vec![], Some(b"l".to_vec()))
+        .expect("add");
+    assert_eq!(
+        store
+            .has_key_packages(Ordinary, &[installation, only_last_resort, unknown])
+            .expect("has"),
+        [true, true, false]
+    );
+    assert_eq!(
+        store
+            .has_key_packages(Deniable, &[installation, only_last_resort])
+            .expect("has"),
+        [true, false]
+    );
+    assert_eq!(
+        store
+            .one_time_key_packages_left(Ordinary, &installation)
+            .expect("count"),
+        1
+    );
     let take = |pool| {
         store
             .take_key_packages(pool, &[installation])

@@ -62,17 +62,23 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     max_batch_key_packages: usize,
     /// Key-package fetches a requester may burst.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = NodeLimits::default().fetch_per_requester.burst)]
     fetch_burst_per_requester: u32,
     /// Key-package fetches per minute a requester is refilled with.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = NodeLimits::default().fetch_per_requester.per_minute)]
     fetch_per_minute_per_requester: u32,
     /// Key-package fetches of one target installation that may burst.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = NodeLimits::default().fetch_per_target.burst)]
     fetch_burst_per_target: u32,
     /// Key-package fetches per minute of one target installation.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = NodeLimits::default().fetch_per_target.per_minute)]
     fetch_per_minute_per_target: u32,
+    /// Key-package fetches of one target by one requester that may burst.
+    #[arg(long, default_value_t = NodeLimits::default().fetch_per_pair.burst)]
+    fetch_burst_per_pair: u32,
+    /// Key-package fetches per minute of one target by one requester.
+    #[arg(long, default_value_t = NodeLimits::default().fetch_per_pair.per_minute)]
+    fetch_per_minute_per_pair: u32,
     /// How far a signed request's timestamp may be from the node's clock,
     /// in seconds.
     #[arg(long, default_value_t = 300)]
@@ -189,6 +195,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             fetch_per_target: BucketLimit {
                 burst: args.fetch_burst_per_target,
                 per_minute: args.fetch_per_minute_per_target,
+            },
+            fetch_per_pair: BucketLimit {
+                burst: args.fetch_burst_per_pair,
+                per_minute: args.fetch_per_minute_per_pair,
             },
             timestamp_window: Duration::from_secs(args.timestamp_window_secs),
         },

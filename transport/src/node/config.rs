@@ -21,12 +21,17 @@ pub struct NodeLimits {
     pub max_identity_inboxes: usize,
     /// Most key packages in one upload or fetch (default 1,000).
     pub max_batch_key_packages: usize,
-    /// Key-package fetches per requester installation (default burst 100,
-    /// 60 per minute).
+    /// Key-package fetches per requester installation (default burst
+    /// 10,000, 10,000 per minute): enough to create a group of 10,000
+    /// installations at once; it bounds one requester's load on the node.
     pub fetch_per_requester: BucketLimit,
     /// Key-package fetches per target installation (default burst 20,
     /// 10 per minute): what protects a victim's pool from being drained.
     pub fetch_per_target: BucketLimit,
+    /// Key-package fetches of one target by one requester (default burst 5,
+    /// 2 per minute): one party takes at most this share of a target's
+    /// allowance, so it cannot starve everyone else's adds of that target.
+    pub fetch_per_pair: BucketLimit,
     /// How far a signed request's timestamp may be from the node's clock
     /// (default 5 minutes).
     pub timestamp_window: Duration,
@@ -42,12 +47,16 @@ impl Default for NodeLimits {
             max_identity_inboxes: 10_000,
             max_batch_key_packages: 1_000,
             fetch_per_requester: BucketLimit {
-                burst: 100,
-                per_minute: 60,
+                burst: 10_000,
+                per_minute: 10_000,
             },
             fetch_per_target: BucketLimit {
                 burst: 20,
                 per_minute: 10,
+            },
+            fetch_per_pair: BucketLimit {
+                burst: 5,
+                per_minute: 2,
             },
             timestamp_window: Duration::from_secs(5 * 60),
         }

@@ -31,12 +31,7 @@ mod replication;
 pub use forwarded::ForwardedDeniableFetch;
 pub use replication::ReplicationError;
 
-use super::{
-    auth,
-    config::NodeConfig,
-    error::NodeError,
-    rate_limit::{Buckets, take_all},
-};
+use super::{auth, config::NodeConfig, error::NodeError, rate_limit::Buckets};
 
 /// Where the node's time comes from; tests drive it by hand.
 pub trait Clock: Send + Sync + 'static {
@@ -136,8 +131,9 @@ pub struct DeniableKeyPackageFetch {
 }
 
 struct Limiter {
-    requesters: Buckets,
-    targets: Buckets,
+    requesters: Buckets<InstallationId>,
+    targets: Buckets<InstallationId>,
+    pairs: Buckets<(InstallationId, InstallationId)>,
 }
 
 /// The node. See the module docs.
@@ -188,6 +184,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             limiter: Mutex::new(Limiter {
                 requesters: Buckets::new(config.limits.fetch_per_requester),
                 targets: Buckets::new(config.limits.fetch_per_target),
+                pairs: Buckets::new(config.limits.fetch_per_pair),
             }),
             config,
             store: Arc::new(store),
@@ -643,11 +640,16 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         fetch: KeyPackageFetch,
     ) -> Result<Vec<FetchedKeyPackage>, NodeError> {
         let limits = self.config.limits;
-        if fetch.targets.is_empty() || fetch.targets.len() > limits.max_batch_key_packages {
-            return Err(NodeError::InvalidArgument(format!(
-                "fetch between 1 and {} key packages, not {}",
-                limits.max_batch_key_packages,
-                fetch.targets.len()
+        if fetch.targets.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "a fetch must name at least one target installation".into(),
+            ));
+        }
+        if fetch.targets.len() > limits.max_batch_key_packages {
+            return Err(NodeError::too_large(format!(
+                "{} key packages in one fetch; the limit is {}",
+                fetch.targets.len(),
+                limits.max_batch_key_packages
             )));
         }
         let now_ms = self.clock.now_ms();
@@ -675,22 +677,50 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 "installation {requester} is not an active installation of inbox {inbox}"
             )));
         }
-        self.charge(requester, &fetch.targets, now_ms)?;
+        // Only a target with packages here costs anything: a fetch for an
+        // unknown installation answers `None` for free, and makes no bucket
+        // (the tables stay bounded by real installations).
         let targets = fetch.targets;
-        self.blocking(move |store| {
-            let packages = store
-                .take_key_packages(KeyPackagePool::Ordinary, &targets)
-                .map_err(internal)?;
-            Ok(targets
+        let (targets, known) = self
+            .blocking(move |store| {
+                let known = store
+                    .has_key_packages(KeyPackagePool::Ordinary, &targets)
+                    .map_err(internal)?;
+                Ok((targets, known))
+            })
+            .await?;
+        let charged: Vec<InstallationId> = targets
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| **known)
+            .map(|(id, _)| *id)
+            .collect();
+        if charged.is_empty() {
+            return Ok(targets
                 .into_iter()
-                .zip(packages)
-                .map(|(installation, key_package)| FetchedKeyPackage {
+                .map(|installation| FetchedKeyPackage {
                     installation,
-                    key_package,
+                    key_package: None,
                 })
-                .collect())
-        })
-        .await
+                .collect());
+        }
+        self.charge(requester, &charged, now_ms)?;
+        let mut taken = self
+            .blocking(move |store| {
+                store
+                    .take_key_packages(KeyPackagePool::Ordinary, &charged)
+                    .map_err(internal)
+            })
+            .await?
+            .into_iter();
+        Ok(targets
+            .into_iter()
+            .zip(known)
+            .map(|(installation, known)| FetchedKeyPackage {
+                installation,
+                key_package: if known { taken.next().flatten() } else { None },
+            })
+            .collect())
     }
 
     fn timestamp_window_ms(&self) -> u64 {
@@ -708,36 +738,56 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         Ok(())
     }
 
-    /// Take `targets.len()` fetches from `requester`'s bucket and one per
-    /// target from each target's, all or none.
+    /// Take `targets.len()` fetches from `requester`'s bucket, and one per
+    /// target from each target's bucket and from the bucket of the pair
+    /// (requester, target): all or none.
     fn charge(
         &self,
         requester: InstallationId,
         targets: &[InstallationId],
         now_ms: u64,
     ) -> Result<(), NodeError> {
-        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
-        let Limiter {
-            requesters,
-            targets: target_buckets,
-        } = &mut *limiter;
         let mut per_target: std::collections::BTreeMap<InstallationId, u32> =
             std::collections::BTreeMap::new();
         for target in targets {
             *per_target.entry(*target).or_default() += 1;
         }
-        let requester_cost = u32::try_from(targets.len()).unwrap_or(u32::MAX);
-        let mut charges = [
-            (requesters, vec![(requester, requester_cost)]),
-            (target_buckets, per_target.into_iter().collect()),
-        ];
-        take_all(&mut charges, now_ms).map_err(|wait| NodeError::ResourceExhausted {
-            message: format!(
-                "key-package fetch rate limit exceeded; retry in {} ms",
-                wait.min(u64::from(u32::MAX))
-            ),
-            retry_after_ms: Some(wait),
-        })
+        let per_target: Vec<(InstallationId, u32)> = per_target.into_iter().collect();
+        let per_pair: Vec<_> = per_target
+            .iter()
+            .map(|(target, cost)| ((requester, *target), *cost))
+            .collect();
+        let requester_cost = [(requester, u32::try_from(targets.len()).unwrap_or(u32::MAX))];
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        let wait = limiter
+            .requesters
+            .wait_ms(&requester_cost, now_ms)
+            .max(limiter.targets.wait_ms(&per_target, now_ms))
+            .max(limiter.pairs.wait_ms(&per_pair, now_ms));
+        if wait > 0 {
+            let message = if wait == u64::MAX {
+                let l = &self.config.limits;
+                format!(
+                    "a fetch of {} key packages asks for more than this node ever allows at \
+                     once (at most {} per requester, {} per target, {} per requester and \
+                     target); split it",
+                    targets.len(),
+                    l.fetch_per_requester.burst,
+                    l.fetch_per_target.burst,
+                    l.fetch_per_pair.burst
+                )
+            } else {
+                format!("key-package fetch rate limit exceeded; retry in {wait} ms")
+            };
+            return Err(NodeError::ResourceExhausted {
+                message,
+                retry_after_ms: (wait != u64::MAX).then_some(wait),
+            });
+        }
+        limiter.requesters.take(&requester_cost, now_ms);
+        limiter.targets.take(&per_target, now_ms);
+        limiter.pairs.take(&per_pair, now_ms);
+        Ok(())
     }
 
     /// Check a deniable request's MAC: `installation` must be active in

@@ -453,6 +453,10 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
                 fetch_per_minute_per_requester: l.fetch_per_requester.per_minute,
                 fetch_burst_per_target: l.fetch_per_target.burst,
                 fetch_per_minute_per_target: l.fetch_per_target.per_minute,
+                fetch_burst_per_pair: l.fetch_per_pair.burst,
+                fetch_per_minute_per_pair: l.fetch_per_pair.per_minute,
+                timestamp_window_ms: u64::try_from(l.timestamp_window.as_millis())
+                    .unwrap_or(u64::MAX),
             }),
             static_key: static_key.to_vec(),
             node_key: self.logic.public_key().await?.to_vec(),
