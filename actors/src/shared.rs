@@ -122,6 +122,9 @@ pub(crate) struct Shared {
     /// that loaded its group before the last join loads it again, and can
     /// never write the old state over the new.
     pub(crate) joins: RwLock<u64>,
+    /// The most targets one key-package fetch names on this node
+    /// ([`Self::fetch_key_packages`]), read from its limits on first use.
+    pub(crate) fetch_chunk: std::sync::Mutex<Option<usize>>,
     /// Inboxes whose logs a push said the node revised: the next discovery
     /// reads them again in full.
     pub(crate) revised: std::sync::Mutex<std::collections::BTreeSet<InboxId>>,
@@ -376,7 +379,11 @@ impl Shared {
         }
     }
 
-    /// Fetch one key package per installation, in one signed request.
+    /// Fetch one key package per installation, in signed requests that fit
+    /// the node's advertised limits (at most `max_batch_key_packages`
+    /// targets, and no more than a requester's burst), waiting as long as
+    /// the node's `retry-after` says when it is rate-limited, up to
+    /// [`FETCH_PATIENCE`] per request.
     pub(crate) async fn fetch_key_packages(
         &self,
         targets: Vec<InstallationId>,
@@ -384,17 +391,81 @@ impl Shared {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        let timestamp_ms = now_ms();
-        let installation = self.keys.id();
-        let signed = fetch_signed_bytes(timestamp_ms, &self.inbox, &installation, &targets);
-        let fetch = KeyPackageFetch {
-            targets,
-            requester_inbox: self.inbox,
-            requester: installation,
-            timestamp_ms,
-            signature: self.keys.sign(&signed).to_vec(),
-        };
-        Ok(self.node.fetch_key_packages(fetch).await?)
+        let chunk = self.fetch_chunk().await?;
+        let mut fetched = Vec::with_capacity(targets.len());
+        for part in targets.chunks(chunk) {
+            fetched.extend(self.fetch_key_packages_patiently(part).await?);
+        }
+        Ok(fetched)
+    }
+
+    /// The most targets one fetch may name on this node, read from its
+    /// limits once.
+    async fn fetch_chunk(&self) -> Result<usize, Error> {
+        if let Some(chunk) = *self
+            .fetch_chunk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok(chunk);
+        }
+        let limits = self.node.node_info().await?.limits;
+        let burst = usize::try_from(limits.fetch_per_requester.burst).unwrap_or(usize::MAX);
+        let chunk = limits.max_batch_key_packages.min(burst).max(1);
+        *self
+            .fetch_chunk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(chunk);
+        Ok(chunk)
+    }
+
+    /// One fetch of `targets`, signed afresh and tried again while the node
+    /// says to retry later and [`FETCH_PATIENCE`] allows.
+    async fn fetch_key_packages_patiently(
+        &self,
+        targets: &[InstallationId],
+    ) -> Result<Vec<FetchedKeyPackage>, Error> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let timestamp_ms = now_ms();
+            let installation = self.keys.id();
+            let signed = fetch_signed_bytes(timestamp_ms, &self.inbox, &installation, targets);
+            let fetch = KeyPackageFetch {
+                targets: targets.to_vec(),
+                requester_inbox: self.inbox,
+                requester: installation,
+                timestamp_ms,
+                signature: self.keys.sign(&signed).to_vec(),
+            };
+            match self.node.fetch_key_packages(fetch).await {
+                Err(ClientError::Refused(NodeError::ResourceExhausted {
+                    retry_after_ms: Some(wait),
+                    message,
+                })) => {
+                    // Wait what the node asks, and at least a growing pause,
+                    // so that a node that keeps saying "now" is not hammered.
+                    let wait = Duration::from_millis(wait).max(pause);
+                    if started.elapsed() + wait > FETCH_PATIENCE {
+                        return Err(ClientError::Refused(NodeError::ResourceExhausted {
+                            retry_after_ms: Some(
+                                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                            ),
+                            message,
+                        })
+                        .into());
+                    }
+                    tracing::debug!(
+                        ?wait,
+                        targets = targets.len(),
+                        "key-package fetch rate-limited; waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Run a deniable request, MACed with the key this installation shares
@@ -581,6 +652,10 @@ fn signed_by_inbox(inbox: &InboxId, update: &IdentityUpdate) -> Result<(), Strin
     }
     Ok(())
 }
+
+/// How long one key-package fetch waits in all for a rate-limited node
+/// before the caller gets the refusal.
+pub(crate) const FETCH_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The identity logs the engine asked for before it can take an input.
 #[derive(Debug, Clone, PartialEq, Eq)]

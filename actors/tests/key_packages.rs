@@ -120,3 +120,40 @@ async fn a_used_last_resort_package_is_rotated_and_the_old_key_kept_for_its_grac
         "the current package is a new one"
     );
 }
+
+/// A node lets a requester fetch two packages at once, refilled at ten a
+/// second. Creating a group of five fetches them in pieces of two, and the
+/// pieces the node refuses for now wait as long as its `retry-after` says:
+/// the group is made, with everyone in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_are_fetched_in_pieces_that_fit_the_nodes_limits() {
+    let mut config = kith_transport::node::NodeConfig::new(1);
+    config.limits.fetch_per_requester = kith_transport::node::BucketLimit {
+        burst: 2,
+        per_minute: 600,
+    };
+    let net = common::Net::with_config(config);
+    let alice = net.client("alice", &common::wallet()).await;
+    let mut inboxes = Vec::new();
+    for i in 0..5 {
+        let w = common::wallet();
+        net.client(&format!("member{i}"), &w).await;
+        inboxes.push(w.inbox_id());
+    }
+    let group = alice
+        .create_group(&inboxes, kith::GroupOptions::default())
+        .await
+        .expect("created in fetches that fit the limits");
+    let mut members: Vec<_> = group
+        .members()
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| m.inbox)
+        .collect();
+    members.sort();
+    let mut expected = inboxes.clone();
+    expected.push(alice.inbox_id());
+    expected.sort();
+    assert_eq!(members, expected);
+}

@@ -34,10 +34,15 @@ pub fn init_tracing() {
 
 impl Net {
     pub fn new() -> Self {
+        Self::with_config(NodeConfig::new(1))
+    }
+
+    /// A net whose node runs with `config`.
+    pub fn with_config(config: NodeConfig) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = SledNodeStore::open(dir.path().join("node")).expect("node store");
-        let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), store)));
+        let node = LocalNode::new(Arc::new(NodeLogic::new(config, store)));
         Self { dir, node }
     }
 

@@ -484,7 +484,58 @@ impl DeliveryClient for GrpcClient {
                     info.static_key.len()
                 ))
             })?,
+            limits: info.limits.map(limits_from_proto).unwrap_or_default(),
         })
+    }
+}
+
+/// The limits a node advertised; a field it left at zero (a node older
+/// than the field) keeps its default.
+fn limits_from_proto(l: proto::NodeLimits) -> crate::node::NodeLimits {
+    use crate::node::{BucketLimit, NodeLimits};
+    let d = NodeLimits::default();
+    let size = |v: u64, default: usize| {
+        if v == 0 {
+            default
+        } else {
+            usize::try_from(v).unwrap_or(usize::MAX)
+        }
+    };
+    let count = |v: u32, default: usize| size(u64::from(v), default);
+    let bucket = |burst: u32, per_minute: u32, default: BucketLimit| {
+        if burst == 0 && per_minute == 0 {
+            default
+        } else {
+            BucketLimit { burst, per_minute }
+        }
+    };
+    NodeLimits {
+        max_envelope_bytes: size(l.max_envelope_bytes, d.max_envelope_bytes),
+        max_batch_envelopes: count(l.max_batch_envelopes, d.max_batch_envelopes),
+        max_page_envelopes: count(l.max_page_envelopes, d.max_page_envelopes),
+        max_subscription_topics: count(l.max_subscription_topics, d.max_subscription_topics),
+        max_identity_inboxes: count(l.max_identity_inboxes, d.max_identity_inboxes),
+        max_batch_key_packages: count(l.max_batch_key_packages, d.max_batch_key_packages),
+        fetch_per_requester: bucket(
+            l.fetch_burst_per_requester,
+            l.fetch_per_minute_per_requester,
+            d.fetch_per_requester,
+        ),
+        fetch_per_target: bucket(
+            l.fetch_burst_per_target,
+            l.fetch_per_minute_per_target,
+            d.fetch_per_target,
+        ),
+        fetch_per_pair: bucket(
+            l.fetch_burst_per_pair,
+            l.fetch_per_minute_per_pair,
+            d.fetch_per_pair,
+        ),
+        timestamp_window: if l.timestamp_window_ms == 0 {
+            d.timestamp_window
+        } else {
+            Duration::from_millis(l.timestamp_window_ms)
+        },
     }
 }
 

@@ -142,6 +142,7 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
             node_id: self.logic.config().node_id,
             settle_window_ms: self.logic.config().settle_window_ms(),
             static_key: self.logic.static_key().await?,
+            limits: self.logic.config().limits,
         })
     }
 }

@@ -35,7 +35,7 @@ pub use local::LocalNode;
 
 use crate::node::{
     DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage, KeyPackageFetch,
-    KeyPackageUpload, NodeError,
+    KeyPackageUpload, NodeError, NodeLimits,
 };
 
 /// Why a call to a node failed.
@@ -78,6 +78,9 @@ pub struct NodeInfo {
     /// The node's static X25519 public key: deniable key-package requests
     /// are MACed with a key derived from it (DESIGN.md section 8).
     pub static_key: [u8; 32],
+    /// The limits the node enforces, as it advertises them
+    /// ([`NodeLimits::default`] where it advertises none).
+    pub limits: NodeLimits,
 }
 
 /// A live stream of envelopes of a subscription.
