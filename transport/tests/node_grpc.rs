@@ -260,6 +260,35 @@ async fn health_and_reflection_answer_standard_tools() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"kith.v1.Node".to_owned()), "{names:?}");
+
+    // The older protocol too, which Python's grpc_reflection client speaks.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let channel = Channel::from_shared(node.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("v1alpha reflection is served")
+            .into_inner();
+        let response = responses.next().await.expect("an answer").expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("expected a service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"kith.v1.Node".to_owned()), "{names:?}");
+    }
     node.stop().await;
 }
 

@@ -22,16 +22,16 @@ pub async fn serve<S: NodeStore + 'static>(
     health_reporter
         .set_serving::<proto::node_server::NodeServer<NodeService<S>>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| {
-            // The descriptor set is generated at build time and always
-            // valid; if it ever is not, serving without reflection would
-            // hide the bug.
-            tracing::error!("reflection descriptor is invalid: {e}");
-            e
-        });
+    // Both reflection versions: grpcurl and grpcui ask for v1, while
+    // Python's grpc_reflection client and older tools ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_alpha) = (
+        reflection().build_v1().map_err(reflection_error),
+        reflection().build_v1alpha().map_err(reflection_error),
+    );
     let closing = Arc::clone(&logic);
     let shutdown = async move {
         shutdown.await;
@@ -41,6 +41,9 @@ pub async fn serve<S: NodeStore + 'static>(
         .add_service(health)
         .add_service(proto::node_server::NodeServer::new(NodeService::new(logic)));
     if let Ok(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    if let Ok(reflection) = reflection_alpha {
         router = router.add_service(reflection);
     }
     // Small request/response exchanges must not wait for Nagle's algorithm
@@ -56,4 +59,11 @@ pub async fn serve<S: NodeStore + 'static>(
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// The descriptor set is generated at build time and always valid; if it
+/// ever is not, the node serves without reflection, and says why.
+fn reflection_error(e: tonic_reflection::server::Error) -> tonic_reflection::server::Error {
+    tracing::error!("reflection descriptor is invalid: {e}");
+    e
 }
