@@ -104,10 +104,19 @@ impl FromStr for Topic {
                     .map_err(|_| err("an installation id is 64 lowercase hex digits"))?;
                 Ok(Topic::Welcome(InstallationId(bytes)))
             }
-            "identity" => id
-                .parse()
-                .map(Topic::Identity)
-                .map_err(|_| err("an inbox id is an EIP-55 address")),
+            "identity" => {
+                let inbox: InboxId = id
+                    .parse()
+                    .map_err(|_| err("an inbox id is an EIP-55 address"))?;
+                // One topic has one name: an all-lowercase or all-uppercase
+                // address is the same inbox, but not its topic's name.
+                if inbox.to_string() != id {
+                    return Err(err(
+                        "an inbox id in a topic is written with its EIP-55 checksum (mixed case)",
+                    ));
+                }
+                Ok(Topic::Identity(inbox))
+            }
             _ => Err(err("unknown topic kind (group, welcome, identity)")),
         }
     }
@@ -146,6 +155,8 @@ mod tests {
             "welcome/00",
             &format!("welcome/{}", "A".repeat(64)),
             "identity/0x1234",
+            "identity/0xb5b61b1ef312c72f648b49c08e83f0cdf8fbef7b",
+            "identity/0xB5B61B1EF312C72F648B49C08E83F0CDF8FBEF7B",
             "inbox/00",
             &format!("group/{}", "00".repeat(256)),
         ] {
