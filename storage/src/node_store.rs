@@ -612,6 +612,34 @@ impl NodeStore for SledNodeStore {
             .count())
     }
 
+    fn purge_key_packages(
+        &self,
+        pool: KeyPackagePool,
+        installation: &InstallationId,
+        expired: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<usize, StorageError> {
+        let _guard = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut left = 0;
+        let mut purged = 0;
+        for entry in self
+            .tree
+            .scan_prefix(keyed(pool_kinds(pool).0, installation.as_bytes()))
+        {
+            let (key, value) = entry?;
+            if expired(&value) {
+                batch.remove(key);
+                purged += 1;
+            } else {
+                left += 1;
+            }
+        }
+        if purged > 0 {
+            self.commit(batch)?;
+        }
+        Ok(left)
+    }
+
     fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], StorageError> {
         self.set_once(NODE_SECRET_KEY, fresh, "the node secret is not 32 bytes")
     }

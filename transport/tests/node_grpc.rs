@@ -1342,3 +1342,61 @@ async fn deniable_fetches_are_rate_limited_per_requester_and_target() {
     assert_eq!(node.deniable_left(&victim).await, 25);
     node.stop().await;
 }
+
+/// One-time packages past their lifetime (by the node's clock) are never
+/// handed out: a fetch skips them, removing them, and falls back to the
+/// last-resort package. Nor are they counted: the count a client refills
+/// by purges them first.
+#[tokio::test]
+async fn expired_key_packages_are_purged_never_counted_or_handed_out() {
+    let mut node = Node::start().await;
+    let (alice, bob, carol) = (Identity::new(50), Identity::new(51), Identity::new(52));
+    let mut last_resorts = Vec::new();
+    for who in [&alice, &bob, &carol] {
+        who.register(&mut node).await;
+    }
+    for who in [&bob, &carol] {
+        let one_time: Vec<Vec<u8>> = (0..3).map(|_| who.key_package(false)).collect();
+        let last_resort = who.key_package(true);
+        let left = node
+            .client
+            .upload_key_packages(who.upload(one_time, Some(last_resort.clone()), node.now()))
+            .await
+            .expect("upload")
+            .into_inner()
+            .one_time_available;
+        assert_eq!(left, 3);
+        last_resorts.push(last_resort);
+    }
+
+    // The packages live 30 days; 31 days later every one-time one is stale.
+    node.clock
+        .0
+        .fetch_add(31 * 24 * 3600 * 1000, Ordering::SeqCst);
+    // Bob asks for his count: none of his three counts any more.
+    let left = node
+        .client
+        .upload_key_packages(bob.upload(vec![], None, node.now()))
+        .await
+        .expect("count")
+        .into_inner()
+        .one_time_available;
+    assert_eq!(left, 0, "expired packages are not counted");
+    // Carol's are still in her pool; a fetch skips all three.
+    let answer = node
+        .client
+        .fetch_key_packages(alice.fetch(&[&carol], node.now()))
+        .await
+        .expect("fetch")
+        .into_inner();
+    let package = &answer.key_packages[0];
+    assert!(
+        package.last_resort,
+        "an expired one-time package is skipped"
+    );
+    assert_eq!(
+        package.key_package.as_deref(),
+        Some(last_resorts[1].as_slice())
+    );
+    node.stop().await;
+}

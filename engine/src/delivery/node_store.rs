@@ -170,6 +170,16 @@ pub trait NodeStore: Send + Sync {
         installation: &InstallationId,
     ) -> Result<usize, Self::Error>;
 
+    /// Remove the one-time packages of `installation`'s `pool` that
+    /// `expired` says are expired, and return how many one-time packages
+    /// are left. The last-resort package stays (its owner rotates it).
+    fn purge_key_packages(
+        &self,
+        pool: KeyPackagePool,
+        installation: &InstallationId,
+        expired: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<usize, Self::Error>;
+
     /// The node's static X25519 secret, which keys the MACs of deniable
     /// key-package requests. Returns the stored secret, or stores `fresh`
     /// and returns it when there is none yet, atomically: every node over
@@ -498,6 +508,22 @@ impl NodeStore for MemoryNodeStore {
             .one_time
             .get(&(pool, *installation))
             .map_or(0, VecDeque::len))
+    }
+
+    fn purge_key_packages(
+        &self,
+        pool: KeyPackagePool,
+        installation: &InstallationId,
+        expired: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<usize, Self::Error> {
+        let mut inner = self.lock();
+        Ok(inner
+            .one_time
+            .get_mut(&(pool, *installation))
+            .map_or(0, |packages| {
+                packages.retain(|bytes| !expired(bytes));
+                packages.len()
+            }))
     }
 
     fn node_secret(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error> {

@@ -386,6 +386,29 @@ fn key_package_pools_are_apart<S: NodeStore>(store: &S) {
             .expect("a package")
             .bytes
     };
+    // Purging removes only the one-time packages the predicate names, in
+    // the pool asked, and counts what is left.
+    store
+        .add_key_packages(Ordinary, &installation, vec![b"old".to_vec()], None)
+        .expect("add");
+    assert_eq!(
+        store
+            .purge_key_packages(Ordinary, &installation, &|bytes| bytes == b"old")
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        store
+            .purge_key_packages(Deniable, &installation, &|bytes| bytes == b"old")
+            .expect("purge"),
+        2
+    );
+    assert_eq!(
+        store
+            .purge_key_packages(Ordinary, &InstallationId([6; 32]), &|_| true)
+            .expect("purge nothing"),
+        0
+    );
     assert_eq!(take(Deniable), b"d1");
     assert_eq!(take(Deniable), b"d2");
     // The deniable pool is empty: its own last resort, never an ordinary one.

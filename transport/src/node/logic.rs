@@ -617,6 +617,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 &upload.installation,
                 upload.one_time,
                 upload.last_resort,
+                now_ms / 1000,
                 |bytes, want_last_resort| {
                     check_uploaded_package(
                         store,
@@ -707,9 +708,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         self.charge(requester, &charged, now_ms)?;
         let mut taken = self
             .blocking(move |store| {
-                store
-                    .take_key_packages(KeyPackagePool::Ordinary, &charged)
-                    .map_err(internal)
+                take_unexpired(store, KeyPackagePool::Ordinary, &charged, now_ms / 1000)
             })
             .await?
             .into_iter();
@@ -851,6 +850,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 &upload.installation,
                 upload.one_time,
                 upload.last_resort,
+                now_ms / 1000,
                 |bytes, want_last_resort| {
                     check_deniable_package(&crypto, bytes, want_last_resort, now_ms / 1000)
                 },
@@ -907,9 +907,8 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         }
         self.charge(requester, &targets, now_ms)?;
         self.blocking(move |store| {
-            let packages = store
-                .take_key_packages(KeyPackagePool::Deniable, &targets)
-                .map_err(internal)?;
+            let packages =
+                take_unexpired(store, KeyPackagePool::Deniable, &targets, now_ms / 1000)?;
             Ok(targets
                 .into_iter()
                 .zip(packages)
@@ -1013,6 +1012,7 @@ fn check_and_store<S: NodeStore>(
     installation: &InstallationId,
     one_time: Vec<Vec<u8>>,
     last_resort: Option<Vec<u8>>,
+    now_secs: u64,
     mut check: impl FnMut(&[u8], bool) -> Result<(), NodeError>,
 ) -> Result<usize, NodeError> {
     let packages = one_time
@@ -1030,9 +1030,71 @@ fn check_and_store<S: NodeStore>(
     store
         .add_key_packages(pool, installation, one_time, last_resort)
         .map_err(internal)?;
+    // The count is what the client refills by: expired packages must not
+    // count, and are purged here, where the owner asks for the count.
+    let crypto = openmls_rust_crypto::RustCrypto::default();
     store
-        .one_time_key_packages_left(pool, installation)
+        .purge_key_packages(pool, installation, &|bytes| {
+            expired_package(&crypto, bytes, now_secs)
+        })
         .map_err(internal)
+}
+
+/// [`NodeStore::take_key_packages`], never handing out an expired one-time
+/// package: one that comes out expired is dropped (it was removed from the
+/// pool by the take) and the next is taken instead.
+fn take_unexpired<S: NodeStore>(
+    store: &S,
+    pool: KeyPackagePool,
+    installations: &[InstallationId],
+    now_secs: u64,
+) -> Result<Vec<Option<StoredKeyPackage>>, NodeError> {
+    let crypto = openmls_rust_crypto::RustCrypto::default();
+    let stale = |answer: &Option<StoredKeyPackage>| {
+        answer
+            .as_ref()
+            .is_some_and(|p| !p.last_resort && expired_package(&crypto, &p.bytes, now_secs))
+    };
+    let mut answers = store
+        .take_key_packages(pool, installations)
+        .map_err(internal)?;
+    // Each round removes one expired package per installation still
+    // pending; a pool holds at most a few hundred.
+    for _ in 0..MAX_EXPIRED_SKIPS {
+        let pending: Vec<usize> = (0..answers.len()).filter(|i| stale(&answers[*i])).collect();
+        if pending.is_empty() {
+            return Ok(answers);
+        }
+        let again: Vec<InstallationId> = pending.iter().map(|i| installations[*i]).collect();
+        let retaken = store.take_key_packages(pool, &again).map_err(internal)?;
+        for (i, answer) in pending.into_iter().zip(retaken) {
+            answers[i] = answer;
+        }
+    }
+    for answer in &mut answers {
+        if stale(answer) {
+            *answer = None;
+        }
+    }
+    Ok(answers)
+}
+
+/// How many expired packages one fetch skips per installation before it
+/// gives up on it.
+const MAX_EXPIRED_SKIPS: usize = 1_000;
+
+/// Whether a stored package can no longer be used: it no longer parses or
+/// verifies, or its lifetime ended by the node's clock (`now_secs`).
+fn expired_package(crypto: &openmls_rust_crypto::RustCrypto, bytes: &[u8], now_secs: u64) -> bool {
+    let Ok(message) = MlsMessageIn::tls_deserialize_exact(bytes) else {
+        return true;
+    };
+    let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+        return true;
+    };
+    key_package
+        .validate(crypto, openmls::prelude::ProtocolVersion::Mls10)
+        .map_or(true, |kp| kp.life_time().not_after() <= now_secs)
 }
 
 fn check_deniable_package(
