@@ -1400,3 +1400,39 @@ async fn expired_key_packages_are_purged_never_counted_or_handed_out() {
     );
     node.stop().await;
 }
+
+/// Five envelopes of 1 MB are more than one message of 4 MiB can carry: a
+/// page holds as many as fit and says there is more, so a client with
+/// tonic's default decoding limit reads them all, page by page.
+#[tokio::test]
+async fn pages_are_cut_to_the_message_limit() {
+    let mut node = Node::start().await;
+    let big = vec![7u8; 1_000_000];
+    for _ in 0..5 {
+        publish(&mut node.client, vec![envelope(GROUP, &big)])
+            .await
+            .expect("a 1 MB envelope is within the envelope limit");
+    }
+    let mut cursor = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = node
+            .client
+            .query_envelopes(proto::QueryEnvelopesRequest {
+                topic: GROUP.into(),
+                cursor: cursor.clone(),
+                limit: 0,
+            })
+            .await
+            .expect("every page fits a message")
+            .into_inner();
+        pages.push(page.envelopes.len());
+        cursor = page.next_cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(pages.iter().sum::<usize>(), 5, "{pages:?}");
+    assert!(pages[0] < 5, "the first page was cut: {pages:?}");
+    node.stop().await;
+}

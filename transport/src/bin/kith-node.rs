@@ -44,8 +44,12 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     node_id: u32,
     /// Largest envelope payload in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = NodeLimits::default().max_envelope_bytes)]
     max_envelope_bytes: usize,
+    /// Largest gRPC message decoded or encoded, in bytes (at least the
+    /// largest envelope plus 64 KiB).
+    #[arg(long, default_value_t = NodeLimits::default().max_message_bytes)]
+    max_message_bytes: usize,
     /// Most envelopes in one publish.
     #[arg(long, default_value_t = 1_000)]
     max_batch_envelopes: usize,
@@ -183,6 +187,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         node_id: args.node_id,
         limits: NodeLimits {
             max_envelope_bytes: args.max_envelope_bytes,
+            max_message_bytes: args.max_message_bytes,
             max_batch_envelopes: args.max_batch_envelopes,
             max_page_envelopes: args.max_page_envelopes,
             max_subscription_topics: args.max_subscription_topics,
@@ -205,6 +210,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         peers,
         settle_window: Duration::from_millis(args.settle_window_ms),
     };
+    config.limits.check()?;
     let store = SledNodeStore::open(&args.data_dir).map_err(|e| {
         format!(
             "cannot open the data directory {}: {e}",

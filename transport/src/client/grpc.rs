@@ -50,8 +50,14 @@ impl GrpcClient {
         let channel = Channel::from_shared(endpoint.to_owned())
             .map_err(|e| ClientError::Unavailable(format!("bad endpoint {endpoint:?}: {e}")))?
             .connect_lazy();
+        // The same message limit as a node with default limits, both ways:
+        // tonic's own default (4 MiB decode, unlimited encode) would let a
+        // request out that no node takes.
+        let limit = crate::node::NodeLimits::default().max_message_bytes;
         Ok(Self {
-            client: NodeClient::new(channel),
+            client: NodeClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             originators: None,
         })
     }
@@ -511,6 +517,7 @@ fn limits_from_proto(l: proto::NodeLimits) -> crate::node::NodeLimits {
     };
     NodeLimits {
         max_envelope_bytes: size(l.max_envelope_bytes, d.max_envelope_bytes),
+        max_message_bytes: size(l.max_message_bytes, d.max_message_bytes),
         max_batch_envelopes: count(l.max_batch_envelopes, d.max_batch_envelopes),
         max_page_envelopes: count(l.max_page_envelopes, d.max_page_envelopes),
         max_subscription_topics: count(l.max_subscription_topics, d.max_subscription_topics),

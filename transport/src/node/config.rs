@@ -11,6 +11,11 @@ use super::rate_limit::BucketLimit;
 pub struct NodeLimits {
     /// Largest envelope payload in bytes (default 1 MiB).
     pub max_envelope_bytes: usize,
+    /// Largest gRPC message the node decodes or encodes, request or
+    /// response, in bytes (default 4 MiB). Pages and subscription batches
+    /// are cut to fit it; it must exceed `max_envelope_bytes` by
+    /// [`MESSAGE_HEADROOM`] so that any one envelope fits.
+    pub max_message_bytes: usize,
     /// Most envelopes in one publish (default 1,000).
     pub max_batch_envelopes: usize,
     /// Most envelopes in one query page (default 1,000).
@@ -41,6 +46,7 @@ impl Default for NodeLimits {
     fn default() -> Self {
         Self {
             max_envelope_bytes: 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
             max_batch_envelopes: 1_000,
             max_page_envelopes: 1_000,
             max_subscription_topics: 10_000,
@@ -60,6 +66,35 @@ impl Default for NodeLimits {
             },
             timestamp_window: Duration::from_secs(5 * 60),
         }
+    }
+}
+
+/// What a message needs beyond its envelopes' payloads: room for one
+/// envelope's topic, originator fields and seal, and the message framing.
+pub const MESSAGE_HEADROOM: usize = 64 * 1024;
+
+/// The bytes one envelope takes in a message, a bound for cutting pages:
+/// its payload, its topic, and 256 bytes for originator fields, seal and
+/// framing.
+pub fn envelope_message_bytes(topic_len: usize, payload_len: usize) -> usize {
+    payload_len + topic_len + 256
+}
+
+impl NodeLimits {
+    /// Check that the limits fit together: any one envelope must fit in a
+    /// message.
+    ///
+    /// # Errors
+    /// A message that says which limit to raise.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_message_bytes < self.max_envelope_bytes + MESSAGE_HEADROOM {
+            return Err(format!(
+                "max_message_bytes ({}) must be at least max_envelope_bytes ({}) plus {} bytes \
+                 of headroom",
+                self.max_message_bytes, self.max_envelope_bytes, MESSAGE_HEADROOM
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -31,7 +31,12 @@ mod replication;
 pub use forwarded::ForwardedDeniableFetch;
 pub use replication::ReplicationError;
 
-use super::{auth, config::NodeConfig, error::NodeError, rate_limit::Buckets};
+use super::{
+    auth,
+    config::{self, NodeConfig},
+    error::NodeError,
+    rate_limit::Buckets,
+};
 
 /// Where the node's time comes from; tests drive it by hand.
 pub trait Clock: Send + Sync + 'static {
@@ -395,13 +400,41 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                     .map_err(internal)
             })
             .await?;
+        let full = page.len() == limit;
+        let cut = self.fit_to_message(&mut page);
         self.fill_seals(&mut page).await?;
         let mut next = cursor;
         for sealed in &page {
             next.advance(&sealed.envelope);
         }
-        let more = page.len() == limit;
-        Ok((page, next, more))
+        Ok((page, next, full || cut))
+    }
+
+    /// Cut `page` to the longest start that fits in one message of the
+    /// node's `max_message_bytes` (never below one envelope); returns
+    /// whether it cut anything.
+    fn fit_to_message(&self, page: &mut Vec<SealedEnvelope>) -> bool {
+        let budget = self
+            .config
+            .limits
+            .max_message_bytes
+            .saturating_sub(config::MESSAGE_HEADROOM);
+        let mut used = 0;
+        let keep = page
+            .iter()
+            .take_while(|sealed| {
+                let envelope = &sealed.envelope;
+                used += config::envelope_message_bytes(
+                    envelope.topic.to_string().len(),
+                    envelope.payload.len(),
+                );
+                used <= budget
+            })
+            .count()
+            .max(1);
+        let cut = keep < page.len();
+        page.truncate(keep);
+        cut
     }
 
     /// Subscribe to `topics` from their cursors: catch-up, then live, with
@@ -498,7 +531,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                     self.fill_seals(&mut page).await?;
                     Ok::<_, NodeError>(page)
                 };
-                let page = match read.await {
+                let mut page = match read.await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -508,7 +541,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 if page.is_empty() {
                     break;
                 }
-                let full = page.len() == limit;
+                let full = page.len() == limit || self.fit_to_message(&mut page);
                 if let Some(cursor) = cursors.get_mut(&topic) {
                     for sealed in &page {
                         cursor.advance(&sealed.envelope);

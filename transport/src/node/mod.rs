@@ -28,7 +28,9 @@ pub use auth::{
     deniable_fetch_bytes, deniable_upload_bytes, fetch_signed_bytes,
     forwarded_deniable_fetch_bytes, upload_signed_bytes,
 };
-pub use config::{DEFAULT_SETTLE_WINDOW, NodeConfig, NodeLimits, Peer};
+pub use config::{
+    DEFAULT_SETTLE_WINDOW, MESSAGE_HEADROOM, NodeConfig, NodeLimits, Peer, envelope_message_bytes,
+};
 pub use error::{NodeError, RETRY_AFTER_METADATA};
 pub use logic::{
     Clock, DeniableKeyPackageFetch, DeniableKeyPackageUpload, FetchedKeyPackage,

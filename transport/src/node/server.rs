@@ -32,6 +32,7 @@ pub async fn serve<S: NodeStore + 'static>(
         reflection().build_v1().map_err(reflection_error),
         reflection().build_v1alpha().map_err(reflection_error),
     );
+    let max_message_bytes = logic.config().limits.max_message_bytes;
     let closing = Arc::clone(&logic);
     let shutdown = async move {
         shutdown.await;
@@ -39,7 +40,11 @@ pub async fn serve<S: NodeStore + 'static>(
     };
     let mut router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(proto::node_server::NodeServer::new(NodeService::new(logic)));
+        .add_service(
+            proto::node_server::NodeServer::new(NodeService::new(logic))
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

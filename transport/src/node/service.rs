@@ -444,6 +444,7 @@ impl<S: NodeStore + 'static> proto::node_server::Node for NodeService<S> {
             settle_window_ms: config.settle_window_ms(),
             limits: Some(proto::NodeLimits {
                 max_envelope_bytes: l.max_envelope_bytes as u64,
+                max_message_bytes: l.max_message_bytes as u64,
                 max_batch_envelopes: n(l.max_batch_envelopes),
                 max_page_envelopes: n(l.max_page_envelopes),
                 max_subscription_topics: n(l.max_subscription_topics),
