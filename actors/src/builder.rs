@@ -289,7 +289,7 @@ impl ClientBuilder {
             node_key: std::sync::RwLock::new(None),
             revised: std::sync::Mutex::default(),
             joins: std::sync::RwLock::new(0),
-            fetch_chunk: std::sync::Mutex::default(),
+            limits: std::sync::Mutex::default(),
         });
         Ok(Client::from_inner(Inner::start(shared, wallet).await?))
     }

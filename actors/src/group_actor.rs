@@ -45,8 +45,41 @@ use crate::{
 /// reports its change as still pending.
 const MAX_ROUNDS: usize = 8;
 
-/// The most envelopes published in one request.
+/// What encrypting a message adds to its body and content type, at most:
+/// the message's own fields, MLS framing, signature, tag and padding.
+const MESSAGE_OVERHEAD: usize = 4 * 1024;
+
+/// The most envelopes published in one request (fewer if the node's
+/// batch limit is lower).
 const PUBLISH_CHUNK: usize = 500;
+
+/// Split `batch` into publish requests of at most [`PUBLISH_CHUNK`] and the
+/// node's batch limit of envelopes, each fitting the node's message limit.
+fn publish_chunks(
+    batch: Vec<(Topic, Vec<u8>)>,
+    limits: &kith_transport::node::NodeLimits,
+) -> Vec<Vec<(Topic, Vec<u8>)>> {
+    let count = PUBLISH_CHUNK.min(limits.max_batch_envelopes).max(1);
+    let budget = limits
+        .max_message_bytes
+        .saturating_sub(kith_transport::node::MESSAGE_HEADROOM);
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    for (topic, payload) in batch {
+        let size =
+            kith_transport::node::envelope_message_bytes(topic.to_string().len(), payload.len());
+        if !chunk.is_empty() && (chunk.len() == count || bytes + size > budget) {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push((topic, payload));
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
 
 /// A member as [`GroupInfo`] reports it.
 pub(crate) type MemberList = Vec<(InboxId, Vec<InstallationId>)>;
@@ -468,11 +501,13 @@ impl GroupCore {
                     batch.push((topic, item.payload.clone()));
                 }
             }
-            // A Welcome to many joiners is many envelopes; stay well under
-            // the node's batch limit (a chunk that fails is re-published
-            // whole, and joiners ignore a Welcome they already used).
-            for chunk in batch.chunks(PUBLISH_CHUNK) {
-                self.shared.node.publish(chunk.to_vec()).await?;
+            // A Welcome to many joiners is many envelopes: publish them in
+            // requests that fit the node's batch and message limits (a
+            // chunk that fails is re-published whole, and joiners ignore a
+            // Welcome they already used).
+            let limits = self.shared.node_limits().await?;
+            for chunk in publish_chunks(batch, &limits) {
+                self.shared.node.publish(chunk).await?;
             }
             self.apply(|group, shared| {
                 for item in &pending {
@@ -695,6 +730,19 @@ impl GroupCore {
     }
 
     async fn send(&self, content_type: String, body: Vec<u8>) -> Result<[u8; 32], Error> {
+        // A body that cannot fit in one envelope would be queued and then
+        // refused by the node on every try: say so now, queuing nothing.
+        // Offline, the node's limits may be unknown: the defaults apply.
+        let limits = self.shared.node_limits().await.unwrap_or_default();
+        let room = limits.max_envelope_bytes.saturating_sub(MESSAGE_OVERHEAD);
+        if body.len() + content_type.len() > room {
+            return Err(Error::InvalidInput(format!(
+                "a message body of {} bytes does not fit: the node takes envelopes of up to {} \
+                 bytes, which leaves {room} bytes for the body and its content type",
+                body.len(),
+                limits.max_envelope_bytes
+            )));
+        }
         let stale = {
             let last = self
                 .apply(|group, _| Ok(group.last_reconciled_ms()))
@@ -1024,5 +1072,51 @@ impl Handler<Restarts> for GroupActor {
 
     fn handle(&mut self, _: Restarts, _: &mut Self::Context) -> u64 {
         self.core.restarts.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kith_transport::node::NodeLimits;
+
+    use super::*;
+
+    fn envelopes(sizes: &[usize]) -> Vec<(Topic, Vec<u8>)> {
+        sizes
+            .iter()
+            .map(|size| (Topic::Group(vec![1]), vec![0; *size]))
+            .collect()
+    }
+
+    #[test]
+    fn publishes_are_cut_by_count_and_by_bytes() {
+        let limits = NodeLimits {
+            max_batch_envelopes: 3,
+            max_message_bytes: kith_transport::node::MESSAGE_HEADROOM + 10_000,
+            ..NodeLimits::default()
+        };
+        let sizes = |chunks: Vec<Vec<(Topic, Vec<u8>)>>| -> Vec<Vec<usize>> {
+            chunks
+                .iter()
+                .map(|c| c.iter().map(|(_, p)| p.len()).collect())
+                .collect()
+        };
+        // By count: the node's batch limit of 3.
+        assert_eq!(
+            sizes(publish_chunks(envelopes(&[1; 7]), &limits)),
+            [vec![1; 3], vec![1; 3], vec![1]]
+        );
+        // By bytes: 4,000 + 4,000 fit in 10,000, a third does not.
+        assert_eq!(
+            sizes(publish_chunks(envelopes(&[4_000; 5]), &limits)),
+            [vec![4_000; 2], vec![4_000; 2], vec![4_000]]
+        );
+        // One envelope over the budget still goes, alone (the node says
+        // whether it takes it).
+        assert_eq!(
+            sizes(publish_chunks(envelopes(&[20_000, 1]), &limits)),
+            [vec![20_000], vec![1]]
+        );
+        assert!(publish_chunks(Vec::new(), &limits).is_empty());
     }
 }

@@ -19,7 +19,7 @@ use kith_storage::{KithProvider, SledMlsStorage};
 use kith_transport::{
     client::{ClientError, DeliveryClient},
     node::{
-        DeniableKeyPackageFetch, FetchedKeyPackage, KeyPackageFetch, NodeError,
+        DeniableKeyPackageFetch, FetchedKeyPackage, KeyPackageFetch, NodeError, NodeLimits,
         deniable_fetch_bytes, fetch_signed_bytes,
     },
 };
@@ -122,9 +122,9 @@ pub(crate) struct Shared {
     /// that loaded its group before the last join loads it again, and can
     /// never write the old state over the new.
     pub(crate) joins: RwLock<u64>,
-    /// The most targets one key-package fetch names on this node
-    /// ([`Self::fetch_key_packages`]), read from its limits on first use.
-    pub(crate) fetch_chunk: std::sync::Mutex<Option<usize>>,
+    /// The limits the node advertises, read on first use: fetches and
+    /// publishes are cut to fit them.
+    pub(crate) limits: std::sync::Mutex<Option<NodeLimits>>,
     /// Inboxes whose logs a push said the node revised: the next discovery
     /// reads them again in full.
     pub(crate) revised: std::sync::Mutex<std::collections::BTreeSet<InboxId>>,
@@ -399,24 +399,21 @@ impl Shared {
         Ok(fetched)
     }
 
-    /// The most targets one fetch may name on this node, read from its
-    /// limits once.
+    /// The most targets one fetch may name on this node.
     async fn fetch_chunk(&self) -> Result<usize, Error> {
-        if let Some(chunk) = *self
-            .fetch_chunk
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            return Ok(chunk);
+        let limits = self.node_limits().await?;
+        let burst = usize::try_from(limits.fetch_per_requester.burst).unwrap_or(usize::MAX);
+        Ok(limits.max_batch_key_packages.min(burst).max(1))
+    }
+
+    /// The limits the node advertises, read once.
+    pub(crate) async fn node_limits(&self) -> Result<NodeLimits, Error> {
+        if let Some(limits) = *self.limits.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(limits);
         }
         let limits = self.node.node_info().await?.limits;
-        let burst = usize::try_from(limits.fetch_per_requester.burst).unwrap_or(usize::MAX);
-        let chunk = limits.max_batch_key_packages.min(burst).max(1);
-        *self
-            .fetch_chunk
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(chunk);
-        Ok(chunk)
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = Some(limits);
+        Ok(limits)
     }
 
     /// One fetch of `targets`, signed afresh and tried again while the node
