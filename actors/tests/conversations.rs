@@ -402,3 +402,36 @@ async fn an_external_wallet_signs_through_a_callback() {
             .expect("state")
     );
 }
+
+/// A body that cannot fit in one envelope is refused before anything is
+/// queued, with a message that says the limit; a body that fits is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_for_an_envelope_is_refused_before_it_is_queued() {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let _bob = net.client("bob", &bw).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let refused = group
+        .send("application/octet-stream", &vec![0u8; 1024 * 1024])
+        .await
+        .expect_err("a 1 MiB body leaves no room for encryption");
+    match refused {
+        kith::Error::InvalidInput(message) => {
+            assert!(message.contains("does not fit"), "{message}");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert!(
+        group.messages().await.expect("messages").is_empty(),
+        "nothing was queued"
+    );
+    group
+        .send("application/octet-stream", &vec![0u8; 512 * 1024])
+        .await
+        .expect("half a MiB fits");
+    assert_eq!(group.messages().await.expect("messages").len(), 1);
+}

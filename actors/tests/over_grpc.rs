@@ -284,3 +284,92 @@ async fn a_client_given_several_urls_uses_one_that_answers() {
         .expect("send");
     assert_eq!(texts(&bob_group).await, ["through the node that answered"]);
 }
+
+/// Register one installation of a fresh inbox through `node`, with one
+/// one-time key package and a last-resort one: a member that can be added
+/// but runs no client.
+async fn register_bare_member(node: &GrpcClient) -> kith::InboxId {
+    use kith_engine::identity::{InstallationKeys, UnsignedIdentityUpdate, generate_key_package};
+    use kith_transport::node::{KeyPackageUpload, upload_signed_bytes};
+    use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+
+    let wallet = LocalWallet::generate(&mut rand_core::OsRng);
+    let keys = InstallationKeys::generate(&mut rand_core::OsRng);
+    let inbox = wallet.inbox_id();
+    #[allow(clippy::disallowed_methods)]
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let unsigned = UnsignedIdentityUpdate::add_installation(inbox, &keys, 1, now_ms);
+    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+    node.publish_identity_update(unsigned.sign(signature, Some(&keys)))
+        .await
+        .expect("register");
+    let package = |last_resort| {
+        let kp = generate_key_package(
+            &openmls_rust_crypto::OpenMlsRustCrypto::default(),
+            &keys,
+            inbox,
+            now_ms / 1000,
+            30 * 24 * 3600,
+            last_resort,
+        )
+        .expect("key package");
+        MlsMessageOut::from(kp)
+            .tls_serialize_detached()
+            .expect("serialise")
+    };
+    let (one_time, last_resort) = (vec![package(false)], package(true));
+    let signed = upload_signed_bytes(now_ms, &keys.id(), &one_time, Some(&last_resort));
+    node.upload_key_packages(KeyPackageUpload {
+        installation: keys.id(),
+        signature: keys.sign(&signed).to_vec(),
+        one_time,
+        last_resort: Some(last_resort),
+        timestamp_ms: now_ms,
+    })
+    .await
+    .expect("upload");
+    inbox
+}
+
+/// A group of 200 installations over the `kith-node` binary with its
+/// default limits: created in one go (200 key packages fetched, about 200
+/// Welcomes published in requests cut to the node's message limit), then
+/// grown by one. A member with a client joins and reads, and so does the
+/// one added later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_200_installations_over_the_node_with_default_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&dir.path().join("node"));
+    let grpc = GrpcClient::connect_lazy(&node.url).expect("client");
+    let (aw, bw, cw) = (wallet(), wallet(), wallet());
+    let alice = client(dir.path(), "alice", &aw, &node.url).await;
+    let bob = client(dir.path(), "bob", &bw, &node.url).await;
+    let carol = client(dir.path(), "carol", &cw, &node.url).await;
+    let mut inboxes = vec![bob.inbox_id()];
+    for _ in 0..198 {
+        inboxes.push(register_bare_member(&grpc).await);
+    }
+    let group = alice
+        .create_group(&inboxes, GroupOptions::default())
+        .await
+        .expect("a group of 200 installations");
+    let installations =
+        |members: Vec<kith::Member>| members.iter().map(|m| m.installations.len()).sum::<usize>();
+    assert_eq!(installations(group.members().await.expect("members")), 200);
+    group.send_text("hello, 200").await.expect("send");
+    let bob_group = joined(&bob, group.id()).await;
+    assert_eq!(texts(&bob_group).await, ["hello, 200"]);
+
+    group
+        .add_members(&[cw.inbox_id()])
+        .await
+        .expect("grown by one");
+    assert_eq!(installations(group.members().await.expect("members")), 201);
+    group.send_text("and one more").await.expect("send");
+    let carol_group = joined(&carol, group.id()).await;
+    assert_eq!(texts(&carol_group).await, ["and one more"]);
+    assert_eq!(texts(&bob_group).await, ["hello, 200", "and one more"]);
+}
