@@ -373,3 +373,53 @@ async fn a_group_of_200_installations_over_the_node_with_default_limits() {
     assert_eq!(texts(&carol_group).await, ["and one more"]);
     assert_eq!(texts(&bob_group).await, ["hello, 200", "and one more"]);
 }
+
+/// Over the binary with default limits: five envelopes of 1 MB on one
+/// topic are read from the start in pages that fit the 4 MiB message
+/// limit, and a message body that cannot fit an envelope is refused before
+/// anything is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_envelopes_page_and_an_oversized_body_is_refused_over_the_binary() {
+    use kith_engine::delivery::{Cursor, Topic};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(&dir.path().join("node"));
+    let grpc = GrpcClient::connect_lazy(&node.url).expect("client");
+    let topic = Topic::Group(vec![0xbe, 0xef]);
+    for i in 0..5u8 {
+        grpc.publish(vec![(topic.clone(), vec![i; 1_000_000])])
+            .await
+            .expect("a 1 MB envelope");
+    }
+    let (mut cursor, mut pages) = (Cursor::new(), Vec::new());
+    loop {
+        let page = grpc
+            .query(&topic, &cursor, 0)
+            .await
+            .expect("every page fits the message limit");
+        pages.push(page.envelopes.len());
+        cursor = page.next_cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(pages.iter().sum::<usize>(), 5, "{pages:?}");
+    assert!(pages.len() > 1, "cut into pages: {pages:?}");
+
+    let (aw, bw) = (wallet(), wallet());
+    let alice = client(dir.path(), "alice", &aw, &node.url).await;
+    let _bob = client(dir.path(), "bob", &bw, &node.url).await;
+    let group = alice
+        .create_group(&[bw.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let refused = group
+        .send("application/octet-stream", &vec![0u8; 1024 * 1024])
+        .await
+        .expect_err("too large for an envelope");
+    assert!(
+        matches!(refused, kith::Error::InvalidInput(ref m) if m.contains("does not fit")),
+        "{refused:?}"
+    );
+    assert!(group.messages().await.expect("messages").is_empty());
+}

@@ -69,7 +69,11 @@ impl<S: NodeStore + 'static> NodeService<S> {
                             .ok()?
                             .timeout(FORWARD_TIMEOUT)
                             .connect_lazy();
-                        Some((peer.node_id, PeerClient::new(channel)))
+                        let limit = self.logic.config().limits.max_message_bytes;
+                        let client = PeerClient::new(channel)
+                            .max_decoding_message_size(limit)
+                            .max_encoding_message_size(limit);
+                        Some((peer.node_id, client))
                     })
                     .collect()
             })
