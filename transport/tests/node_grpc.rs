@@ -1401,38 +1401,36 @@ async fn expired_key_packages_are_purged_never_counted_or_handed_out() {
     node.stop().await;
 }
 
-/// Five envelopes of 1 MB are more than one message of 4 MiB can carry: a
-/// page holds as many as fit and says there is more, so a client with
-/// tonic's default decoding limit reads them all, page by page.
+/// A page holds as many envelopes as fit in one message of the node's
+/// `max_message_bytes` and says there is more. (Small limits here: the
+/// binary test in actors/tests/over_grpc.rs does it with 1 MB envelopes and
+/// the default 4 MiB, in its own process, away from this binary's other
+/// sled stores.)
 #[tokio::test]
 async fn pages_are_cut_to_the_message_limit() {
-    let mut node = Node::start().await;
-    let big = vec![7u8; 1_000_000];
-    for _ in 0..5 {
-        publish(&mut node.client, vec![envelope(GROUP, &big)])
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(7);
+    config.limits.max_envelope_bytes = 20_000;
+    config.limits.max_message_bytes = kith_transport::node::MESSAGE_HEADROOM + 25_000;
+    config.limits.check().expect("limits that fit together");
+    let logic = NodeLogic::new(
+        config,
+        SledNodeStore::open(dir.path().join("node")).expect("open store"),
+    );
+    for i in 0..5u8 {
+        logic
+            .publish(vec![(GROUP.into(), vec![i; 10_000])])
             .await
-            .expect("a 1 MB envelope is within the envelope limit");
+            .expect("publish");
     }
-    let mut cursor = None;
-    let mut pages = Vec::new();
+    let (mut cursor, mut pages) = (kith_engine::delivery::Cursor::new(), Vec::new());
     loop {
-        let page = node
-            .client
-            .query_envelopes(proto::QueryEnvelopesRequest {
-                topic: GROUP.into(),
-                cursor: cursor.clone(),
-                limit: 0,
-            })
-            .await
-            .expect("every page fits a message")
-            .into_inner();
-        pages.push(page.envelopes.len());
-        cursor = page.next_cursor;
-        if !page.more {
+        let (page, next, more) = logic.query(GROUP, cursor, 0).await.expect("query");
+        pages.push(page.len());
+        cursor = next;
+        if !more {
             break;
         }
     }
-    assert_eq!(pages.iter().sum::<usize>(), 5, "{pages:?}");
-    assert!(pages[0] < 5, "the first page was cut: {pages:?}");
-    node.stop().await;
+    assert_eq!(pages, [2, 2, 1]);
 }
