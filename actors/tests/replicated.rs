@@ -654,21 +654,7 @@ async fn deniable_dms_open_across_nodes_and_after_a_move() {
         Some(kith::DmMode::Deniable)
     );
     dm.send_text("hello from node 2").await.expect("send");
-    let view = eventually("Alice joins", || async {
-        alice.sync().await?;
-        alice.conversation(dm.id()).await
-    })
-    .await;
-    eventually("Alice reads Bob's message", || async {
-        view.sync().await.map_err(|e| e.to_string())?;
-        let texts = common::texts(&view).await;
-        if texts == ["hello from node 2"] {
-            Ok(())
-        } else {
-            Err(format!("Alice holds {texts:?}"))
-        }
-    })
-    .await;
+    joins_and_reads(&alice, dm.id(), &["hello from node 2"]).await;
 
     kill(&mut nodes[0]);
     let to_carol = eventually("Alice, moved to node 2, opens a DM with Carol", || {
@@ -680,21 +666,7 @@ async fn deniable_dms_open_across_nodes_and_after_a_move() {
         Some(kith::DmMode::Deniable)
     );
     to_carol.send_text("after the move").await.expect("send");
-    let carols = eventually("Carol joins", || async {
-        carol.sync().await?;
-        carol.conversation(to_carol.id()).await
-    })
-    .await;
-    eventually("Carol reads Alice's message", || async {
-        carols.sync().await.map_err(|e| e.to_string())?;
-        let texts = common::texts(&carols).await;
-        if texts == ["after the move"] {
-            Ok(())
-        } else {
-            Err(format!("Carol holds {texts:?}"))
-        }
-    })
-    .await;
+    joins_and_reads(&carol, to_carol.id(), &["after the move"]).await;
 }
 
 /// Two devices of one inbox take sequence number 2 on two nodes while the
@@ -869,4 +841,24 @@ async fn installations_of(
         .unwrap_or_default();
     installations.sort();
     Ok(installations)
+}
+
+/// `client` joins conversation `id` and holds exactly `texts`, syncing
+/// until it does.
+async fn joins_and_reads(client: &Client, id: &ConversationId, texts: &[&str]) {
+    let view = eventually("join", || async {
+        client.sync().await?;
+        client.conversation(id).await
+    })
+    .await;
+    eventually("read", || async {
+        view.sync().await.map_err(|e| e.to_string())?;
+        let held = common::texts(&view).await;
+        if held == texts {
+            Ok(())
+        } else {
+            Err(format!("holds {held:?}, not {texts:?}"))
+        }
+    })
+    .await;
 }

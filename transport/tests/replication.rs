@@ -551,21 +551,7 @@ async fn key_packages_are_handed_out_once_through_any_node() {
     // one must know her before it takes her request.
     bob.register(&one).await;
     alice.register(&two).await;
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let logs = one
-            .identity_updates(vec![(alice.wallet.inbox_id(), 0)])
-            .await
-            .expect("identity logs");
-        if logs.first().is_some_and(|log| !log.is_empty()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Alice's log never reached node one"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_logs(&one, &[&alice]).await;
     let one_time = bob.key_package(false);
     let last_resort = bob.key_package(true);
     bob.upload(&one, vec![one_time.clone()], last_resort.clone())
