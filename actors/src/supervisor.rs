@@ -7,11 +7,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use actix::prelude::*;
 use kith_engine::{
-    delivery::Topic,
-    group::{ConversationState, Group, GroupError, GroupEvent, WelcomePayload},
+    delivery::{Cursor, Topic},
+    group::{
+        ConversationState, Group, GroupError, GroupEvent, WELCOME_PART_BYTES, WelcomePayload,
+        assemble_welcome,
+    },
     identity::{InboxId, KeyPackageInventory, KeyPackageInventoryStore as _},
 };
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as _};
+use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
 use crate::{
@@ -268,6 +272,49 @@ async fn join(shared: &Arc<Shared>, payload: Vec<u8>) -> Result<Option<Vec<u8>>,
     Ok(None)
 }
 
+/// A Welcome whose GroupInfo was published apart (once for all its
+/// joiners, on a `welcome-shared/` topic), made whole; any other payload
+/// as it is (the join checks it). `Ok(None)`: the shared part is not on the
+/// node, or does not match; the Welcome is skipped with a
+/// [`Event::WelcomeRefused`]. The committer publishes the shared part
+/// first, through the same node, so an honest node never serves the one
+/// without the other: waiting would only let a forged reference hold up
+/// the Welcomes behind it.
+async fn whole_welcome(shared: &Shared, payload: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+    let Ok(decoded) = WelcomePayload::from_bytes(&payload) else {
+        return Ok(Some(payload));
+    };
+    let Some(reference) = &decoded.shared else {
+        return Ok(Some(payload));
+    };
+    let topic = reference.topic();
+    let mut cursor = Cursor::new();
+    // Only bodies that are one of the parts are kept: anyone may publish
+    // on the topic.
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let refused = |reason: String| {
+        tracing::warn!(%topic, %reason, "skipping a split Welcome");
+        shared.emit(Event::WelcomeRefused { reason });
+        Ok(None)
+    };
+    loop {
+        let page = shared.node.query(&topic, &cursor, 0).await?;
+        for envelope in &page.envelopes {
+            cursor.advance(envelope);
+            let hash: [u8; 32] = Sha256::digest(&envelope.payload).into();
+            if envelope.payload.len() <= WELCOME_PART_BYTES && reference.parts.contains(&hash) {
+                bodies.push(envelope.payload.clone());
+            }
+        }
+        match assemble_welcome(&decoded, bodies.iter().map(Vec::as_slice)) {
+            Ok(Some(whole)) => return Ok(Some(whole.to_bytes())),
+            Ok(None) if page.more && !page.envelopes.is_empty() => {}
+            Ok(None) => return refused("its shared GroupInfo is not on the node".into()),
+            Err(e) => return refused(e.to_string()),
+        }
+    }
+}
+
 /// If the Welcome was made for our last-resort package, record its first
 /// use so that the package is rotated (DESIGN.md section 4). Runs inside
 /// the join's step.
@@ -322,7 +369,9 @@ impl Handler<ProcessWelcomes> for Supervisor {
                 let cursor = shared.store().cursor(&topic)?;
                 let page = shared.node.query(&topic, &cursor, 0).await?;
                 for envelope in &page.envelopes {
-                    if let Some(group_id) = join(&shared, envelope.payload.clone()).await? {
+                    if let Some(payload) = whole_welcome(&shared, envelope.payload.clone()).await?
+                        && let Some(group_id) = join(&shared, payload).await?
+                    {
                         joined.push(group_id);
                     }
                     let mut cursor = shared.store().cursor(&topic)?;

@@ -363,6 +363,35 @@ async fn a_group_of_200_installations_over_the_node_with_default_limits() {
     let bob_group = joined(&bob, group.id()).await;
     assert_eq!(texts(&bob_group).await, ["hello, 200"]);
 
+    // The tree went out once, on its own topic; Bob's envelope is his
+    // secrets and a reference to it.
+    use kith_engine::{
+        delivery::{Cursor, Topic},
+        group::WelcomePayload,
+    };
+    let own = grpc
+        .query(&Topic::Welcome(bob.installation_id()), &Cursor::new(), 0)
+        .await
+        .expect("query");
+    assert_eq!(own.envelopes.len(), 1);
+    let welcome = WelcomePayload::from_bytes(&own.envelopes[0].payload).expect("decodes");
+    let reference = welcome.shared.expect("a Welcome for 199 joiners is split");
+    assert!(
+        own.envelopes[0].payload.len() < 2_048,
+        "a joiner's own part is small: {} bytes",
+        own.envelopes[0].payload.len()
+    );
+    let parts = grpc
+        .query(&reference.topic(), &Cursor::new(), 0)
+        .await
+        .expect("query");
+    let shared_bytes: usize = parts.envelopes.iter().map(|e| e.payload.len()).sum();
+    assert_eq!(parts.envelopes.len(), reference.parts.len());
+    assert!(
+        shared_bytes > 20_000,
+        "the tree of 200: {shared_bytes} bytes"
+    );
+
     group
         .add_members(&[cw.inbox_id()])
         .await

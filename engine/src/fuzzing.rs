@@ -493,6 +493,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         group_id: vec![0xab; 16],
         cursor: [(1, 10), (2, 3)].into_iter().collect(),
         branch: vec![(3, [9; 8], (1_767_225_500_000, 1, 42))],
+        shared: Some(crate::group::SharedWelcome {
+            hash: [5; 32],
+            parts: vec![[6; 32], [7; 32]],
+        }),
     }
     .to_bytes();
     let (text, _) = Content::new(

@@ -184,6 +184,57 @@ mod tests {
         assert_eq!(cursor_from_proto(None), Cursor::new());
     }
 
+    /// `envelopes.proto` documents the Welcome payload for clients written
+    /// from the proto files alone: the engine's bytes must decode as that
+    /// message, field for field, and back.
+    #[test]
+    fn welcome_payloads_follow_the_documented_schema() {
+        use kith_engine::group::{SharedWelcome, WelcomePayload};
+        let payload = WelcomePayload {
+            welcome: vec![0, 1, 0, 3, 9],
+            group_id: vec![0xab; 16],
+            cursor: [(1, 10), (2, 3)].into_iter().collect(),
+            branch: vec![(3, [9; 8], (1_767_225_500_000, 1, 42))],
+            shared: Some(SharedWelcome {
+                hash: [5; 32],
+                parts: vec![[6; 32], [7; 32]],
+            }),
+        };
+        let wire = proto::WelcomePayload::decode(payload.to_bytes().as_slice()).expect("decodes");
+        assert_eq!(wire.welcome, payload.welcome);
+        assert_eq!(wire.group_id, payload.group_id);
+        let cursor: Vec<(u32, u64)> = wire.cursor.iter().map(|e| (e.node, e.sequence)).collect();
+        assert_eq!(cursor, vec![(1, 10), (2, 3)]);
+        let branch = &wire.branch[0];
+        assert_eq!(
+            (
+                branch.epoch,
+                branch.auth_digest.as_slice(),
+                branch.time_ms,
+                branch.node,
+                branch.sequence
+            ),
+            (3, &[9u8; 8][..], 1_767_225_500_000, 1, 42)
+        );
+        assert_eq!(wire.shared_hash, vec![5; 32]);
+        assert_eq!(wire.shared_parts, vec![vec![6; 32], vec![7; 32]]);
+        assert_eq!(
+            WelcomePayload::from_bytes(&wire.encode_to_vec()).expect("back"),
+            payload
+        );
+        let whole = proto::WelcomePayload {
+            shared_hash: Vec::new(),
+            shared_parts: Vec::new(),
+            ..wire
+        };
+        assert_eq!(
+            WelcomePayload::from_bytes(&whole.encode_to_vec())
+                .expect("whole")
+                .shared,
+            None
+        );
+    }
+
     #[test]
     fn ids_must_have_their_length() {
         assert!(inbox("inbox", &[0; 19]).is_err());

@@ -3,6 +3,7 @@
 //! ```text
 //! group/<group id, lowercase hex>
 //! welcome/<installation id, 64 lowercase hex digits>
+//! welcome-shared/<SHA-256 of a Welcome's encrypted GroupInfo, 64 lowercase hex digits>
 //! identity/<inbox id, EIP-55 address>
 //! ```
 
@@ -20,6 +21,11 @@ pub enum Topic {
     Group(Vec<u8>),
     /// Welcomes addressed to one installation.
     Welcome(InstallationId),
+    /// The part of one commit's Welcome that all its joiners share (the
+    /// encrypted GroupInfo, with the ratchet tree), named by its SHA-256 and
+    /// published once, in one or more envelopes (see
+    /// [`crate::group::SharedWelcome`]).
+    WelcomeShared([u8; 32]),
     /// An inbox's identity updates.
     Identity(InboxId),
 }
@@ -41,6 +47,7 @@ impl Topic {
         let (kind, id): (u8, &[u8]) = match self {
             Topic::Group(id) => (b'g', id),
             Topic::Welcome(id) => (b'w', id.as_bytes()),
+            Topic::WelcomeShared(hash) => (b's', hash),
             Topic::Identity(id) => (b'i', id.as_bytes()),
         };
         let mut key = Vec::with_capacity(1 + id.len());
@@ -57,6 +64,7 @@ impl Topic {
                 Some(Topic::Group(id.to_vec()))
             }
             b'w' => Some(Topic::Welcome(InstallationId(id.try_into().ok()?))),
+            b's' => Some(Topic::WelcomeShared(id.try_into().ok()?)),
             b'i' => Some(Topic::Identity(InboxId::from_bytes(id.try_into().ok()?))),
             _ => None,
         }
@@ -68,6 +76,7 @@ impl fmt::Display for Topic {
         match self {
             Topic::Group(id) => write!(f, "group/{}", hex::encode(id)),
             Topic::Welcome(id) => write!(f, "welcome/{id}"),
+            Topic::WelcomeShared(hash) => write!(f, "welcome-shared/{}", hex::encode(hash)),
             Topic::Identity(id) => write!(f, "identity/{id}"),
         }
     }
@@ -84,6 +93,14 @@ impl FromStr for Topic {
         let (kind, id) = s
             .split_once('/')
             .ok_or_else(|| err("expected <kind>/<id>"))?;
+        let hash = |what| -> Result<[u8; 32], TopicError> {
+            let mut bytes = [0u8; 32];
+            if id.len() != 64 || id.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(err(what));
+            }
+            hex::decode_to_slice(id, &mut bytes).map_err(|_| err(what))?;
+            Ok(bytes)
+        };
         match kind {
             "group" => {
                 if id.is_empty() || id.chars().any(|c| c.is_ascii_uppercase()) {
@@ -95,15 +112,12 @@ impl FromStr for Topic {
                 }
                 Ok(Topic::Group(bytes))
             }
-            "welcome" => {
-                if id.len() != 64 || id.chars().any(|c| c.is_ascii_uppercase()) {
-                    return Err(err("an installation id is 64 lowercase hex digits"));
-                }
-                let mut bytes = [0u8; 32];
-                hex::decode_to_slice(id, &mut bytes)
-                    .map_err(|_| err("an installation id is 64 lowercase hex digits"))?;
-                Ok(Topic::Welcome(InstallationId(bytes)))
-            }
+            "welcome" => Ok(Topic::Welcome(InstallationId(hash(
+                "an installation id is 64 lowercase hex digits",
+            )?))),
+            "welcome-shared" => Ok(Topic::WelcomeShared(hash(
+                "a shared Welcome is named by 64 lowercase hex digits (its SHA-256)",
+            )?)),
             "identity" => {
                 let inbox: InboxId = id
                     .parse()
@@ -117,7 +131,9 @@ impl FromStr for Topic {
                 }
                 Ok(Topic::Identity(inbox))
             }
-            _ => Err(err("unknown topic kind (group, welcome, identity)")),
+            _ => Err(err(
+                "unknown topic kind (group, welcome, welcome-shared, identity)",
+            )),
         }
     }
 }
@@ -134,6 +150,7 @@ mod tests {
         for topic in [
             Topic::Group(vec![0xab, 0x01]),
             Topic::Welcome(InstallationId([7; 32])),
+            Topic::WelcomeShared([9; 32]),
             Topic::Identity(inbox),
         ] {
             let text = topic.to_string();
@@ -154,6 +171,8 @@ mod tests {
             "group/abc",
             "welcome/00",
             &format!("welcome/{}", "A".repeat(64)),
+            "welcome-shared/00",
+            &format!("welcome-shared/{}", "AB".repeat(32)),
             "identity/0x1234",
             "identity/0xb5b61b1ef312c72f648b49c08e83f0cdf8fbef7b",
             "identity/0xB5B61B1EF312C72F648B49C08E83F0CDF8FBEF7B",
@@ -165,6 +184,7 @@ mod tests {
         assert_eq!(Topic::from_key(b""), None);
         assert_eq!(Topic::from_key(b"g"), None);
         assert_eq!(Topic::from_key(b"w\x01"), None);
+        assert_eq!(Topic::from_key(b"s\x01"), None);
         assert_eq!(Topic::from_key(b"x\x01"), None);
     }
 }

@@ -8,7 +8,10 @@
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
-use crate::{delivery::Cursor, identity::InboxId};
+use crate::{
+    delivery::{Cursor, Topic},
+    identity::InboxId,
+};
 
 /// The content type of plain text.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain";
@@ -148,6 +151,31 @@ struct WelcomeWire {
     cursor: Vec<CursorEntry>,
     #[prost(message, repeated, tag = "4")]
     branch: Vec<BranchEntry>,
+    /// SHA-256 of the shared GroupInfo, when `welcome` holds only the
+    /// joiner's own part.
+    #[prost(bytes = "vec", tag = "5")]
+    shared_hash: Vec<u8>,
+    /// SHA-256 of each part of the shared GroupInfo, in order.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    shared_parts: Vec<Vec<u8>>,
+}
+
+/// Where the part of a Welcome its joiners share is, and how to recognise
+/// it: carried by each joiner's own [`WelcomePayload`] when the Welcome was
+/// split (see `group::shared_welcome` and `welcome-shared/` topics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedWelcome {
+    /// SHA-256 of the whole encrypted GroupInfo; it names the topic.
+    pub hash: [u8; 32],
+    /// SHA-256 of each part, in order.
+    pub parts: Vec<[u8; 32]>,
+}
+
+impl SharedWelcome {
+    /// The topic the parts are published on.
+    pub fn topic(&self) -> Topic {
+        Topic::WelcomeShared(self.hash)
+    }
 }
 
 /// One commit of the branch a Welcome leads into: the epoch it left, that
@@ -158,7 +186,8 @@ pub type BranchCommit = (u64, [u8; 8], (u64, u32, u64));
 /// A Welcome as published on a `welcome/<installation>` topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WelcomePayload {
-    /// The TLS-serialized `MlsMessage` holding the Welcome.
+    /// The TLS-serialized `MlsMessage` holding the Welcome: whole, or, when
+    /// `shared` is set, with this joiner's secrets and an empty GroupInfo.
     pub welcome: Vec<u8>,
     /// The group it is for.
     pub group_id: Vec<u8>,
@@ -170,6 +199,9 @@ pub struct WelcomePayload {
     /// authenticated by MLS: a forged history can only make the joiner
     /// believe it is forked and ask to be re-added.
     pub branch: Vec<BranchCommit>,
+    /// Where the GroupInfo is, if it was published apart, once for every
+    /// joiner of the commit.
+    pub shared: Option<SharedWelcome>,
 }
 
 impl WelcomePayload {
@@ -193,6 +225,16 @@ impl WelcomePayload {
                     node: *node,
                     sequence: *sequence,
                 })
+                .collect(),
+            shared_hash: self
+                .shared
+                .as_ref()
+                .map(|s| s.hash.to_vec())
+                .unwrap_or_default(),
+            shared_parts: self
+                .shared
+                .iter()
+                .flat_map(|s| s.parts.iter().map(|p| p.to_vec()))
                 .collect(),
         }
         .encode_to_vec()
@@ -222,7 +264,26 @@ impl WelcomePayload {
                 Ok((e.epoch, auth, (e.time_ms, e.node, e.sequence)))
             })
             .collect::<Result<Vec<_>, ContentError>>()?;
+        let digest = |bytes: &[u8]| -> Result<[u8; 32], ContentError> {
+            bytes.try_into().map_err(|_| ContentError {
+                what: "welcome payload",
+                reason: format!("a shared-part digest is {} bytes, not 32", bytes.len()),
+            })
+        };
+        let shared = if wire.shared_hash.is_empty() && wire.shared_parts.is_empty() {
+            None
+        } else {
+            Some(SharedWelcome {
+                hash: digest(&wire.shared_hash)?,
+                parts: wire
+                    .shared_parts
+                    .iter()
+                    .map(|p| digest(p))
+                    .collect::<Result<_, _>>()?,
+            })
+        };
         Ok(Self {
+            shared,
             welcome: wire.welcome,
             group_id: wire.group_id,
             cursor: wire.cursor.iter().map(|e| (e.node, e.sequence)).collect(),

@@ -992,6 +992,7 @@ mod tests {
             group_id: GROUP.to_vec(),
             cursor: Default::default(),
             branch: vec![(epoch - 1, [0; 8], (0, 1, 0))],
+            shared: None,
         };
         let bytes = payload.to_bytes();
         (payload, bytes)

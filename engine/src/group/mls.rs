@@ -121,6 +121,9 @@ pub(crate) enum Built {
         welcome: Option<Vec<u8>>,
         /// Whom the Welcome is for.
         welcome_to: Vec<InstallationId>,
+        /// The reference of each of their key packages (in the order of
+        /// `welcome_to`): which of the Welcome's secrets is whose.
+        welcome_refs: Vec<Vec<u8>>,
     },
 }
 
@@ -663,6 +666,15 @@ impl Mls {
             Plan::Commit(plan) => *plan,
         };
         let welcome_to = plan.welcome_to.clone();
+        let welcome_refs = plan
+            .adds
+            .iter()
+            .map(|kp| {
+                kp.hash_ref(provider.crypto())
+                    .map(|r| r.as_slice().to_vec())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(GroupError::mls)?;
         let riders = plan.riders;
         let mut builder = self
             .state
@@ -709,6 +721,7 @@ impl Mls {
             commit: serialize(bundle.commit())?,
             welcome: bundle.to_welcome_msg().map(|w| serialize(&w)).transpose()?,
             welcome_to,
+            welcome_refs,
         })
     }
 

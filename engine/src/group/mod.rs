@@ -16,6 +16,7 @@
 //!   ├─► Mls (mls.rs)                  the epoch's MLS state; every OpenMLS call
 //!   │     └─► commit_plan ─► validate ─► roster
 //!   ├─► Outbox (outbox.rs)            intents and payloads to publish
+//!   │     ├─► shared_welcome            a Welcome split for many joiners
 //!   │     ├─► RewindHistory
 //!   │     └─► conversation
 //!   ├─► ForkMonitor (forks.rs)        fork evidence, rejoin requests, kept Welcomes
@@ -62,6 +63,7 @@ mod outbox;
 mod parts;
 pub mod records;
 mod roster;
+mod shared_welcome;
 mod signer;
 pub mod store;
 mod validate;
@@ -71,8 +73,8 @@ pub use bindings::{BindingView, DmVerification, binding_body, decode_binding};
 pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RETIRE_GRACE_MS, RewindPolicy};
 pub use content::{
     BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT,
-    CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, WelcomePayload,
-    message_id,
+    CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, SharedWelcome,
+    WelcomePayload, message_id,
 };
 pub use conversation::NewGroup;
 pub use error::GroupError;
@@ -90,6 +92,9 @@ pub use records::{
     Outbound, RewindStats, StoredMessage, dm_conversation_id,
 };
 pub use roster::ReconcilePlan;
+pub use shared_welcome::{
+    MAX_WELCOME_PARTS, WELCOME_INLINE_SAVINGS, WELCOME_PART_BYTES, assemble_welcome,
+};
 pub use signer::Me;
 pub use store::{ClientStore, GroupSnapshots, KvEntries, KvStore, MemoryKvStore};
 pub use validate::{CommitSummary, MAX_DENIABLE_LEAVES};

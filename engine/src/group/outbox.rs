@@ -30,6 +30,7 @@ use super::{
     history::RewindHistory,
     intent::{Intent, IntentKind, IntentState, ProposedChange, PublishedCommit},
     records::{ConversationId, Outbound, OutboxState, OwnCommit},
+    shared_welcome,
     store::{ClientStore, KvStore},
 };
 use crate::delivery::{Cursor, Topic};
@@ -440,11 +441,40 @@ impl Outbox {
                     group_id: self.group_id.clone(),
                     cursor,
                     branch: history.branch_before(kv, commit.epoch + 1)?,
+                    shared: None,
+                };
+                // A record without the joiners' references (written before
+                // Welcomes were split), or a Welcome that cannot be cut,
+                // goes out whole: larger, but never wrong.
+                let split = match own.welcome_refs.len() == own.welcome_to.len() {
+                    true => shared_welcome::split(&payload.welcome, &own.welcome_refs)
+                        .ok()
+                        .flatten(),
+                    false => None,
+                };
+                match split {
+                    Some(split) => {
+                        // The shared parts first: a node serves them
+                        // before the envelopes that name them.
+                        let shared_topic = [split.shared.topic()];
+                        for part in split.parts {
+                            self.push(kv, &shared_topic, part, None)?;
+                        }
+                        for (joiner, own_part) in own.welcome_to.iter().zip(split.own) {
+                            let payload = WelcomePayload {
+                                welcome: own_part,
+                                shared: Some(split.shared.clone()),
+                                ..payload.clone()
+                            };
+                            self.push(kv, &[Topic::Welcome(*joiner)], payload.to_bytes(), None)?;
+                        }
+                    }
+                    None => {
+                        let topics: Vec<Topic> =
+                            own.welcome_to.iter().copied().map(Topic::Welcome).collect();
+                        self.push(kv, &topics, payload.to_bytes(), None)?;
+                    }
                 }
-                .to_bytes();
-                let topics: Vec<Topic> =
-                    own.welcome_to.iter().copied().map(Topic::Welcome).collect();
-                self.push(kv, &topics, payload, None)?;
             }
             self.done(kv, id, events)?;
         }
@@ -726,6 +756,7 @@ mod tests {
                     auth_digest: [0; 8],
                     welcome: None,
                     welcome_to: Vec::new(),
+                    welcome_refs: Vec::new(),
                     joiner_cursor: Cursor::default(),
                 },
             )

@@ -334,6 +334,7 @@ impl Parts {
                 commit,
                 welcome,
                 welcome_to,
+                welcome_refs,
             }) => {
                 let published = PublishedCommit {
                     epoch: self.epoch(),
@@ -347,6 +348,7 @@ impl Parts {
                     auth_digest: self.mls.auth_digest(),
                     welcome,
                     welcome_to,
+                    welcome_refs,
                     joiner_cursor: ClientStore(kv).cursor(&topics[0])?,
                 };
                 self.history.put_own_commit(kv, &own)?;

@@ -518,6 +518,12 @@ pub struct OwnCommit {
     pub welcome: Option<Vec<u8>>,
     /// The installations the Welcome is for.
     pub welcome_to: Vec<InstallationId>,
+    /// Their key packages' references, in the same order: which of the
+    /// Welcome's secrets is whose, so that each joiner is sent its own
+    /// (empty in records written before Welcomes were split: those go out
+    /// whole).
+    #[serde(default)]
+    pub welcome_refs: Vec<Vec<u8>>,
     /// The group topic's cursor when the commit was staged: where its
     /// joiners start reading. Everything of the commit's new epoch comes
     /// after it, whatever order this installation saw envelopes in
