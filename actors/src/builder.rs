@@ -195,6 +195,13 @@ impl ClientBuilder {
     }
 
     /// Storage tuning (default: fsync every step).
+    ///
+    /// [`Durability::Buffered`](kith_storage::Durability::Buffered) fsyncs
+    /// far less: the client flushes once before anything leaves the process
+    /// (a batch of messages and commits, key packages, an identity update),
+    /// so a power loss only loses work nobody else has seen, and never
+    /// makes a ratchet key be used twice. What it loses of received
+    /// messages is read from the node again.
     pub fn storage(mut self, storage: StorageConfig) -> Self {
         self.storage = storage;
         self

@@ -238,6 +238,7 @@ impl Client {
                 .await
                 .map_err(Error::Wallet)?;
             let update = unsigned.sign(signature, Some(&shared.keys));
+            shared.flush_before_output()?;
             shared.node.publish_identity_update(update).await?;
             if window.is_zero() {
                 shared.refresh_identities([inbox]).await?;
@@ -289,6 +290,7 @@ impl Client {
             .sign_personal(&unsigned.signature_text())
             .await
             .map_err(Error::Wallet)?;
+        shared.flush_before_output()?;
         shared
             .node
             .publish_identity_update(unsigned.sign(signature, None))

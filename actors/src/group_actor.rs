@@ -506,6 +506,9 @@ impl GroupCore {
             // chunk that fails is re-published whole, and joiners ignore a
             // Welcome they already used).
             let limits = self.shared.node_limits().await?;
+            // What is published was made by steps that must be on disk
+            // first (the ratchet a ciphertext used must not roll back).
+            self.shared.flush_before_output()?;
             for chunk in publish_chunks(batch, &limits) {
                 self.shared.node.publish(chunk).await?;
             }

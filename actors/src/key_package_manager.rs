@@ -58,6 +58,8 @@ async fn upload(
         &one_time,
         last_resort.as_deref(),
     );
+    // The private keys of what goes out must survive a power loss.
+    shared.flush_before_output()?;
     let left = shared
         .node
         .upload_key_packages(KeyPackageUpload {
@@ -209,6 +211,7 @@ async fn upload_deniable(
     last_resort: Option<Vec<u8>>,
 ) -> Result<u32, Error> {
     let installation = shared.keys.id();
+    shared.flush_before_output()?;
     let left = shared
         .with_deniable_mac(|key| {
             let timestamp_ms = now_ms();

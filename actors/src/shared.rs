@@ -15,7 +15,7 @@ use kith_engine::{
         UpdateAction, recover_signer, verify_installation_signature,
     },
 };
-use kith_storage::{KithProvider, SledMlsStorage};
+use kith_storage::{Durability, KithProvider, SledMlsStorage};
 use kith_transport::{
     client::{ClientError, DeliveryClient},
     node::{
@@ -156,6 +156,22 @@ impl Shared {
     pub(crate) fn storage(&self) -> &SledMlsStorage {
         use openmls_traits::OpenMlsProvider as _;
         self.provider.storage()
+    }
+
+    /// With [`Durability::Buffered`], put every committed step on disk.
+    /// Called before anything made from them leaves the process (a
+    /// ciphertext, a commit, key packages, an identity update): a power
+    /// loss must not roll the state back behind what others hold, or the
+    /// next message would reuse a ratchet key and nonce, and a Welcome
+    /// could name a key package whose private key is gone. One fsync per
+    /// batch of output; nothing to do with `Durability::Sync`, whose every
+    /// step was flushed as it committed.
+    pub(crate) fn flush_before_output(&self) -> Result<(), Error> {
+        let storage = self.storage();
+        if matches!(storage.config().durability, Durability::Buffered { .. }) {
+            storage.flush()?;
+        }
+        Ok(())
     }
 
     pub(crate) fn store(&self) -> ClientStore<'_, SledMlsStorage> {
