@@ -2,15 +2,30 @@
 //! fetches, over loopback gRPC and through `LocalNode` (the same logic
 //! in-process), both on sled with a flush before every acknowledgement.
 //!
+//! A fetch takes one of two paths, measured apart:
+//!
+//! - **one-time**: the target has one-time packages, and the fetch removes
+//!   one atomically. The pool is re-supplied outside the timed part, 100
+//!   packages at a time (a client's default pool), so that every timed
+//!   fetch takes a one-time package; each is checked to be one of those
+//!   uploaded, and each re-supply checks that the pool was empty, i.e.
+//!   that every fetch removed exactly one.
+//! - **last resort**: the target's one-time pool is empty, and the fetch
+//!   hands out its last-resort package, which stays.
+//!
 //! There is no raw-OpenMLS equivalent of a delivery node, so the in-process
 //! `LocalNode` is this benchmark's baseline: the printed ratio is the cost
 //! of gRPC over loopback. Throughput is printed in envelopes (or fetches)
 //! per second.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use criterion::Criterion;
-use kith_benches::{Recorder, bench_recorded};
+use kith_benches::{Recorder, bench_recorded, bench_timed};
 use kith_engine::{
     delivery::{Cursor, Topic},
     identity::{InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package},
@@ -19,8 +34,8 @@ use kith_storage::SledNodeStore;
 use kith_transport::{
     client::{DeliveryClient, GrpcClient, LocalNode},
     node::{
-        BucketLimit, KeyPackageFetch, KeyPackageUpload, NodeConfig, NodeLimits, NodeLogic,
-        fetch_signed_bytes, serve, upload_signed_bytes,
+        BucketLimit, FetchedKeyPackage, KeyPackageFetch, KeyPackageUpload, NodeConfig, NodeLimits,
+        NodeLogic, fetch_signed_bytes, serve, upload_signed_bytes,
     },
 };
 use openmls::prelude::MlsMessageOut;
@@ -29,7 +44,12 @@ use rand_core::SeedableRng;
 
 const BATCH: usize = 1_000;
 const PUBLISH: &str = "publish 1,000 x 100 B + query them back";
-const FETCH: &str = "fetch one key package (signed, rate-limited)";
+const FETCH_ONE_TIME: &str = "fetch a key package: one-time (removed)";
+const FETCH_LAST_RESORT: &str = "fetch a key package: last resort (kept)";
+/// One-time packages per re-supply: a client's default pool
+/// (`KeyPackagePolicy::target_pool`), so that the timed fetches see the
+/// pool sizes a real installation's pool goes through between refills.
+const SUPPLY: usize = 100;
 const LOCAL: &str = "LocalNode (baseline)";
 const GRPC: &str = "gRPC over loopback";
 
@@ -70,6 +90,47 @@ impl Identity {
             .expect("register");
     }
 
+    /// Upload `one_time` (and `last_resort`, if any) for this installation;
+    /// returns how many one-time packages the node then holds for it.
+    async fn upload(
+        &self,
+        client: &dyn DeliveryClient,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> usize {
+        let t = now_ms();
+        let signed = upload_signed_bytes(t, &self.keys.id(), &one_time, last_resort.as_deref());
+        client
+            .upload_key_packages(KeyPackageUpload {
+                installation: self.keys.id(),
+                signature: self.keys.sign(&signed).to_vec(),
+                one_time,
+                last_resort,
+                timestamp_ms: t,
+            })
+            .await
+            .expect("upload")
+    }
+
+    /// Fetch one package of `target`, signed by this installation.
+    async fn fetch(&self, client: &dyn DeliveryClient, target: &Identity) -> FetchedKeyPackage {
+        let t = now_ms();
+        let targets = vec![target.keys.id()];
+        let signed = fetch_signed_bytes(t, &self.wallet.inbox_id(), &self.keys.id(), &targets);
+        client
+            .fetch_key_packages(KeyPackageFetch {
+                signature: self.keys.sign(&signed).to_vec(),
+                targets,
+                requester_inbox: self.wallet.inbox_id(),
+                requester: self.keys.id(),
+                timestamp_ms: t,
+            })
+            .await
+            .expect("fetch")
+            .pop()
+            .expect("one answer per target")
+    }
+
     fn key_packages(&self, n: usize, last_resort: bool) -> Vec<Vec<u8>> {
         let provider = OpenMlsRustCrypto::default();
         (0..n)
@@ -108,39 +169,36 @@ fn bench_config() -> NodeConfig {
     }
 }
 
+/// What one backend's fetch rows saw, for the summary.
+#[derive(Debug, Default)]
+struct FetchCounts {
+    /// Timed fetches that removed a one-time package.
+    one_time: u64,
+    /// Timed fetches that got the last-resort package.
+    last_resort: u64,
+}
+
 fn bench_client(
     c: &mut Criterion,
     recorder: &Recorder,
     runtime: &tokio::runtime::Runtime,
     backend: &str,
     client: &dyn DeliveryClient,
-) {
+) -> FetchCounts {
     let requester = Identity::new(1);
     let target = Identity::new(2);
+    // Made once and uploaded again at every re-supply: the node keeps no
+    // record of the packages it handed out, so the same bytes take the same
+    // path, and new ones would put 100 key generations before every
+    // hundredth fetch.
+    let supply = target.key_packages(SUPPLY, false);
+    let supplied: HashSet<&[u8]> = supply.iter().map(Vec::as_slice).collect();
     runtime.block_on(async {
         requester.register(client).await;
         target.register(client).await;
-        let one_time = target.key_packages(200, false);
         let last_resort = target.key_packages(1, true).pop();
-        let t = now_ms();
-        client
-            .upload_key_packages(KeyPackageUpload {
-                installation: target.keys.id(),
-                signature: target
-                    .keys
-                    .sign(&upload_signed_bytes(
-                        t,
-                        &target.keys.id(),
-                        &one_time,
-                        last_resort.as_deref(),
-                    ))
-                    .to_vec(),
-                one_time,
-                last_resort,
-                timestamp_ms: t,
-            })
-            .await
-            .expect("upload");
+        let left = target.upload(client, Vec::new(), last_resort).await;
+        assert_eq!(left, 0, "a fresh installation holds no one-time packages");
     });
 
     let mut round = 0u64;
@@ -165,35 +223,77 @@ fn bench_client(
             });
         },
     );
-    bench_recorded(
-        c,
-        recorder,
-        (FETCH, backend),
-        (30, Duration::from_secs(5)),
-        || {
+
+    let mut counts = FetchCounts::default();
+    let mut in_pool = 0usize;
+    {
+        let mut group = c.benchmark_group(FETCH_ONE_TIME);
+        group
+            .sample_size(30)
+            .measurement_time(Duration::from_secs(5));
+        bench_timed(&mut group, recorder, (FETCH_ONE_TIME, backend), || {
             runtime.block_on(async {
-                let t = now_ms();
-                let targets = vec![target.keys.id()];
-                let signed = fetch_signed_bytes(
-                    t,
-                    &requester.wallet.inbox_id(),
-                    &requester.keys.id(),
-                    &targets,
+                if in_pool == 0 {
+                    let left = target.upload(client, supply.clone(), None).await;
+                    assert_eq!(
+                        left, SUPPLY,
+                        "the pool was not empty at a re-supply: a fetch did not remove \
+                         its one-time package"
+                    );
+                    in_pool = SUPPLY;
+                }
+                let start = Instant::now();
+                let answer = requester.fetch(client, &target).await;
+                let elapsed = start.elapsed();
+                let package = answer
+                    .key_package
+                    .expect("a key package while one-time packages are in the pool");
+                assert!(
+                    !package.last_resort,
+                    "got the last-resort package with {in_pool} one-time packages in the pool"
                 );
-                let fetched = client
-                    .fetch_key_packages(KeyPackageFetch {
-                        signature: requester.keys.sign(&signed).to_vec(),
-                        targets,
-                        requester_inbox: requester.wallet.inbox_id(),
-                        requester: requester.keys.id(),
-                        timestamp_ms: t,
-                    })
-                    .await
-                    .expect("fetch");
-                assert!(fetched[0].key_package.is_some());
-            });
-        },
-    );
+                assert!(
+                    supplied.contains(package.bytes.as_slice()),
+                    "got a one-time package that was not uploaded"
+                );
+                in_pool -= 1;
+                counts.one_time += 1;
+                elapsed
+            })
+        });
+    }
+
+    runtime.block_on(async {
+        // Untimed: what the one-time row left in the pool.
+        for _ in 0..in_pool {
+            requester.fetch(client, &target).await;
+        }
+        let left = target.upload(client, Vec::new(), None).await;
+        assert_eq!(left, 0, "one-time packages left before the last-resort row");
+    });
+    {
+        let mut group = c.benchmark_group(FETCH_LAST_RESORT);
+        group
+            .sample_size(30)
+            .measurement_time(Duration::from_secs(5));
+        bench_timed(&mut group, recorder, (FETCH_LAST_RESORT, backend), || {
+            runtime.block_on(async {
+                let start = Instant::now();
+                let answer = requester.fetch(client, &target).await;
+                let elapsed = start.elapsed();
+                let package = answer
+                    .key_package
+                    .expect("the last-resort package when the pool is empty");
+                assert!(
+                    package.last_resort,
+                    "got a one-time package from an empty pool"
+                );
+                counts.last_resort += 1;
+                elapsed
+            })
+        });
+    }
+    counts
 }
 
 fn main() {
@@ -208,7 +308,7 @@ fn main() {
 
     let local_store = SledNodeStore::open(dir.path().join("local")).expect("open");
     let local = LocalNode::new(Arc::new(NodeLogic::new(bench_config(), local_store)));
-    bench_client(&mut c, &recorder, &runtime, LOCAL, &local);
+    let local_counts = bench_client(&mut c, &recorder, &runtime, LOCAL, &local);
 
     let grpc_store = SledNodeStore::open(dir.path().join("grpc")).expect("open");
     let logic = Arc::new(NodeLogic::new(bench_config(), grpc_store));
@@ -226,21 +326,34 @@ fn main() {
     let client = runtime.block_on(async {
         GrpcClient::connect_lazy(&format!("http://{address}")).expect("client")
     });
-    bench_client(&mut c, &recorder, &runtime, GRPC, &client);
+    let grpc_counts = bench_client(&mut c, &recorder, &runtime, GRPC, &client);
     let _ = stop.send(());
 
     c.final_summary();
     recorder.print_ratios(LOCAL);
     println!("\nthroughput:");
-    for backend in [LOCAL, GRPC] {
+    for (backend, counts) in [(LOCAL, &local_counts), (GRPC, &grpc_counts)] {
         if let Some(mean) = recorder.mean_secs(PUBLISH, backend) {
             println!(
                 "  {backend}: {:.0} envelopes/s published and queried back",
                 BATCH as f64 / mean
             );
         }
-        if let Some(mean) = recorder.mean_secs(FETCH, backend) {
-            println!("  {backend}: {:.0} key-package fetches/s", 1.0 / mean);
+        if let Some(mean) = recorder.mean_secs(FETCH_ONE_TIME, backend) {
+            println!(
+                "  {backend}: {:.0} fetches/s removing a one-time package \
+                 ({} timed, each checked one-time and removed)",
+                1.0 / mean,
+                counts.one_time
+            );
+        }
+        if let Some(mean) = recorder.mean_secs(FETCH_LAST_RESORT, backend) {
+            println!(
+                "  {backend}: {:.0} fetches/s of the last-resort package \
+                 ({} timed, each checked last-resort)",
+                1.0 / mean,
+                counts.last_resort
+            );
         }
     }
 }
