@@ -852,7 +852,7 @@ impl Conversation {
         let record = self.record().await?;
         for group in record.group_ids {
             let addr = self.client.inner.supervisor.send(GetGroup(group)).await??;
-            addr.send(Sync).await??;
+            addr.send(Sync { read_node: true }).await??;
         }
         Ok(())
     }

@@ -8,6 +8,18 @@
 //! is synchronous and runs on the group threads (never the thread of the
 //! `NetworkPoller` or the `Supervisor`), one storage step per input.
 //!
+//! Envelopes come from the subscription ([`Deliveries`]): those that
+//! continue from the stored cursor are applied as they are, the ones that
+//! arrived together in one storage step (one fsync) when they all apply;
+//! the node is read only to fill a gap, on the timer, and on an explicit
+//! sync. This trusts the node's subscription to be complete and in order
+//! per originator, as `node.proto` promises: a node that leaves an
+//! envelope out of it withholds that envelope, which it could do to a
+//! query as well. After publishing, a group waits for the subscription to bring its
+//! own envelopes back rather than reading them. With buffered durability,
+//! the application hears of a change, and the node sees output, only after
+//! the flush that puts it on disk.
+//!
 //! A panic inside a handler is caught, the step it was in is discarded, and
 //! the actor stops; `actix::Supervisor` restarts it, and the restarted actor
 //! reloads the group from storage.
@@ -37,6 +49,7 @@ use tracing::Instrument as _;
 use crate::{
     Error,
     events::{Event, Metadata},
+    network_poller::{Delivered, Deliveries},
     poison::{self, Blame, Tries},
     shared::{IdentityNeed, Shared, now_ms},
 };
@@ -48,6 +61,10 @@ const MAX_ROUNDS: usize = 8;
 /// What encrypting a message adds to its body and content type, at most:
 /// the message's own fields, MLS framing, signature, tag and padding.
 const MESSAGE_OVERHEAD: usize = 4 * 1024;
+
+/// How long a group waits for the subscription to bring back what it
+/// published before it reads the node instead.
+const ECHO_WAIT: Duration = Duration::from_secs(2);
 
 /// The most envelopes published in one request (fewer if the node's
 /// batch limit is lower).
@@ -148,9 +165,14 @@ pub(crate) struct GroupCore {
     tries: Mutex<Tries>,
     /// When to try the node again after it could not be reached.
     retry: Mutex<Retry>,
-    /// Notified when an envelope for the group arrives: a change waiting
-    /// for its commit wakes on it (the actor reads no `Wake` meanwhile).
-    pub(crate) arrived: Arc<tokio::sync::Notify>,
+    /// The group topic's envelopes the subscription handed over, not
+    /// applied yet; a change waiting for its commit wakes on their
+    /// arrival (the actor reads no `Wake` meanwhile).
+    pub(crate) deliveries: Arc<Deliveries>,
+    /// The next catch-up reads the topic from the node even if the
+    /// deliveries leave no gap: set at start, by the timer and by an
+    /// explicit sync, in case the subscription is not delivering.
+    read_due: AtomicBool,
 }
 
 /// The first wait before trying an unreachable node again; it doubles up
@@ -191,7 +213,8 @@ impl GroupCore {
             rejoins: Mutex::new(Vec::new()),
             tries: Mutex::new(Tries::default()),
             retry: Mutex::new(Retry::default()),
-            arrived: Arc::new(tokio::sync::Notify::new()),
+            deliveries: Arc::default(),
+            read_due: AtomicBool::new(true),
         }
     }
 
@@ -272,7 +295,16 @@ impl GroupCore {
         match result {
             Ok(value) => {
                 let conversation = group.conversation_id();
-                while let Some(event) = group.poll_event() {
+                let events: Vec<GroupEvent> = std::iter::from_fn(|| group.poll_event()).collect();
+                // What the application hears of is on disk first (with
+                // buffered durability, one flush covers a whole batch).
+                if !events.is_empty()
+                    && let Err(e) = shared.flush_before_output()
+                {
+                    *slot = None;
+                    return Err(Failure::Fatal(e));
+                }
+                for event in events {
                     self.observe(&conversation, event);
                 }
                 Ok(value)
@@ -372,11 +404,91 @@ impl GroupCore {
         ))
     }
 
-    /// Read the group topic from the stored cursor and apply every
-    /// envelope, one step each. A sync stops at the first envelope that
-    /// fails; one that fails for good is skipped after a few syncs
-    /// ([`poison`]).
+    /// Apply what the subscription delivered, then read the group topic
+    /// from the stored cursor for anything else: what an explicit sync
+    /// does, and the timer's safety net.
     pub(crate) async fn sync(&self) -> Result<(), Error> {
+        self.apply_delivered().await?;
+        self.read_node().await
+    }
+
+    /// Apply what the subscription delivered; read the node only to fill
+    /// a gap (or when a read is due). Each envelope is read from the node
+    /// once.
+    pub(crate) async fn catch_up(&self) -> Result<(), Error> {
+        let continuous = self.apply_delivered().await?;
+        if !continuous || self.read_due.swap(false, Ordering::SeqCst) {
+            self.read_node().await?;
+        }
+        Ok(())
+    }
+
+    /// A read is due on the next catch-up.
+    pub(crate) fn read_soon(&self) {
+        self.read_due.store(true, Ordering::SeqCst);
+    }
+
+    /// Apply the delivered envelopes that continue from the stored cursor,
+    /// all in one storage step when they all apply (one fsync), else one
+    /// step each. `false` if a delivery did not continue from the cursor:
+    /// something was missed, for the caller to read from the node.
+    async fn apply_delivered(&self) -> Result<bool, Error> {
+        let delivered = self.deliveries.take();
+        if delivered.is_empty() {
+            return Ok(true);
+        }
+        let mut cursor = self.shared.store().cursor(&self.topic())?;
+        let mut run = Vec::with_capacity(delivered.len());
+        let mut continuous = true;
+        for Delivered { after, envelope } in delivered {
+            if !cursor.is_before(&envelope) {
+                continue;
+            }
+            let node = envelope.originator_node_id;
+            if after.get(node) > cursor.get(node) {
+                continuous = false;
+                break;
+            }
+            cursor.advance(&envelope);
+            run.push(envelope);
+        }
+        if run.len() > 1 {
+            let together = self.with_group(|group, shared| {
+                let identities = shared.identities();
+                for envelope in &run {
+                    group.handle_envelope(
+                        &shared.provider,
+                        shared.storage(),
+                        &identities,
+                        envelope,
+                        now_ms(),
+                    )?;
+                }
+                Ok(())
+            });
+            if together.is_ok() {
+                self.tries_mut().clear();
+                return Ok(continuous);
+            }
+            // Nothing of the run was kept: one step each, with the usual
+            // identity fetches, retries and skips.
+        }
+        for envelope in &run {
+            if let Err(e) = self.receive(envelope).await {
+                // The rest of the run left the queue: read it from the
+                // node on the next catch-up.
+                self.read_soon();
+                return Err(e);
+            }
+        }
+        Ok(continuous)
+    }
+
+    /// Read the group topic from the stored cursor and apply every
+    /// envelope, one step each. A read stops at the first envelope that
+    /// fails; one that fails for good is skipped after a few reads
+    /// ([`poison`]).
+    async fn read_node(&self) -> Result<(), Error> {
         let topic = self.topic();
         loop {
             let cursor = self.shared.store().cursor(&topic)?;
@@ -388,6 +500,34 @@ impl GroupCore {
                 return Ok(());
             }
         }
+    }
+
+    /// Wait until the stored cursor covers `published` (the subscription
+    /// brings them back, with whatever came before them), applying
+    /// deliveries as they come; read the node if they do not come within
+    /// [`ECHO_WAIT`].
+    async fn await_published(&self, published: &[Envelope]) -> Result<(), Error> {
+        let topic = self.topic();
+        let deadline = tokio::time::Instant::now() + ECHO_WAIT;
+        loop {
+            // Registered before the check, so that a delivery between the
+            // two is not missed.
+            let arrived = self.deliveries.arrived.notified();
+            if !self.apply_delivered().await? {
+                break;
+            }
+            let cursor = self.shared.store().cursor(&topic)?;
+            if !published
+                .iter()
+                .any(|e| e.topic == topic && cursor.is_before(e))
+            {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                break;
+            }
+        }
+        self.read_node().await
     }
 
     /// Apply one envelope of the group topic, or count a failure on it and,
@@ -509,8 +649,9 @@ impl GroupCore {
             // What is published was made by steps that must be on disk
             // first (the ratchet a ciphertext used must not roll back).
             self.shared.flush_before_output()?;
+            let mut published = Vec::new();
             for chunk in publish_chunks(batch, &limits) {
-                self.shared.node.publish(chunk).await?;
+                published.extend(self.shared.node.publish(chunk).await?);
             }
             self.apply(|group, shared| {
                 for item in &pending {
@@ -519,13 +660,13 @@ impl GroupCore {
                 Ok(())
             })
             .await?;
-            self.sync().await?;
+            self.await_published(&published).await?;
         }
         Ok(())
     }
 
     async fn drive(&self) -> Result<(), Error> {
-        self.sync().await?;
+        self.catch_up().await?;
         self.rejoin_deferred().await?;
         self.answer_rejoins().await?;
         self.flush().await
@@ -623,7 +764,7 @@ impl GroupCore {
 
     /// Queue `kind` and drive it to its outcome.
     async fn change(&self, kind: IntentKind) -> Result<(), Error> {
-        let synced = offline(self.sync().await)?;
+        let synced = offline(self.catch_up().await)?;
         let id = self
             .apply(|group, shared| group.queue_intent(shared.storage(), kind.clone()))
             .await?;
@@ -664,10 +805,13 @@ impl GroupCore {
                 None if rounds >= MAX_ROUNDS && !window.is_zero() => {
                     // Until something arrives (a rival commit, our own
                     // coming back), or a while has passed all the same.
-                    let _ = tokio::time::timeout(window / 4, self.arrived.notified()).await;
-                    self.sync().await?;
+                    let arrived = self.deliveries.arrived.notified();
+                    match tokio::time::timeout(window / 4, arrived).await {
+                        Ok(()) => self.catch_up().await?,
+                        Err(_) => self.sync().await?,
+                    }
                 }
-                None => self.sync().await?,
+                None => self.catch_up().await?,
             }
         }
         Err(Error::Pending(
@@ -689,7 +833,7 @@ impl GroupCore {
     /// Bring the group's installations in line with the identity logs.
     /// With `refresh`, fetch the members' logs first (one request).
     pub(crate) async fn reconcile(&self, refresh: bool) -> Result<(), Error> {
-        self.sync().await?;
+        self.catch_up().await?;
         let members: Vec<InboxId> = self
             .apply(|group, _| Ok(group.members().into_keys().collect()))
             .await?;
@@ -764,7 +908,7 @@ impl GroupCore {
         // Written while no node answers, the message is stored all the
         // same (shown unpublished) and goes out with the next sync that
         // reaches one: the outbox publishes it once.
-        let mut reached = offline(self.sync().await)?.is_ok();
+        let mut reached = offline(self.catch_up().await)?.is_ok();
         let id = self
             .apply(|group, shared| {
                 group.send_message(
@@ -824,7 +968,10 @@ impl Actor for GroupActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let interval = self.core.shared.config.sync_interval;
-        ctx.run_interval(interval, |_, ctx| ctx.notify(Wake));
+        ctx.run_interval(interval, |act, ctx| {
+            act.core.read_soon();
+            ctx.notify(Wake);
+        });
         // Catch up (and publish anything a crash left in the outbox).
         ctx.notify(Wake);
     }
@@ -892,7 +1039,7 @@ impl Handler<Wake> for GroupActor {
 
     fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
         if !self.core.wake_pending.swap(true, Ordering::SeqCst) {
-            ctx.notify(Sync);
+            ctx.notify(Sync { read_node: false });
         }
     }
 }
@@ -916,16 +1063,23 @@ impl Handler<Reload> for GroupActor {
     }
 }
 
-/// Sync with the node and publish what is queued.
+/// Apply what arrived and publish what is queued.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), Error>")]
-pub(crate) struct Sync;
+pub(crate) struct Sync {
+    /// Read the group topic from the node too, even if the subscription
+    /// left no gap (an explicit sync).
+    pub(crate) read_node: bool,
+}
 
 impl Handler<Sync> for GroupActor {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
-    fn handle(&mut self, _: Sync, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Sync, _: &mut Self::Context) -> Self::Result {
         let core = Arc::clone(&self.core);
+        if msg.read_node {
+            core.read_soon();
+        }
         let span = tracing::debug_span!("group_sync", group = %hex::encode(&core.group_id));
         guarded(span, async move {
             core.wake_pending.store(false, Ordering::SeqCst);

@@ -71,7 +71,7 @@ impl InstallationDiscovery {
                 self.poller.do_send(Watch {
                     topic: Topic::Identity(inbox),
                     recipient: ctx.address().recipient(),
-                    arrived: None,
+                    deliveries: None,
                 });
             }
         }

@@ -1,10 +1,15 @@
 //! `NetworkPoller`: follows every topic the client cares about and routes
 //! each envelope's arrival to the actor that owns its topic as a [`Wake`].
 //!
-//! A wake only says "there is something new": the owner then reads its
-//! topic from its own durable cursor, in canonical order. So a lost push,
-//! a duplicate, or a re-subscription that replays old envelopes costs a
-//! query, never correctness.
+//! A group's envelopes are handed over with the wake ([`Deliveries`]), each
+//! with the position the subscription had reached before it, so that the
+//! group applies them without reading them again. The owner's durable
+//! cursor stays the truth: a delivery that does not continue from it (a
+//! lost push, a queue that overflowed, a rejoin that moved the cursor back)
+//! makes the owner read its topic from the cursor, and one it already
+//! applied is dropped. Welcome and identity topics get a bare wake, and
+//! their owners read. So a lost push, a duplicate, or a re-subscription
+//! that replays old envelopes costs a query, never correctness.
 //!
 //! Identity topics are the node's mirror of the identity updates it
 //! verified, but a node may let anyone publish there, and may lie itself:
@@ -39,10 +44,51 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// Watches arriving together are folded into one subscription.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-/// Per topic: the actor to wake, and what a command of that actor waiting
-/// for the network waits on (an actor busy with one command reads no
-/// `Wake` until it is done).
-type Routes = Arc<Mutex<BTreeMap<Topic, (Recipient<Wake>, Option<Arc<Notify>>)>>>;
+/// Per topic: the actor to wake, and where its envelopes are handed over
+/// (for groups).
+type Routes = Arc<Mutex<BTreeMap<Topic, (Recipient<Wake>, Option<Arc<Deliveries>>)>>>;
+
+/// The most envelopes waiting for one group. Past it the queue is dropped:
+/// the next delivery then does not continue from the group's cursor, and
+/// the group reads what it missed from the node.
+const MAX_QUEUED: usize = 4_096;
+
+/// Envelopes the subscription handed to a group and it has not applied
+/// yet, and the notification a command of that group waiting for the
+/// network waits on (an actor busy with one command reads no `Wake` until
+/// it is done, but it can take what was queued here).
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
+    queue: Mutex<Vec<Delivered>>,
+    /// Notified on every delivery.
+    pub(crate) arrived: Notify,
+}
+
+/// One envelope, and the subscription's position on its topic before it:
+/// every envelope up to that position was delivered before this one, or
+/// was behind the cursor the subscription started from.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivered {
+    pub(crate) after: Cursor,
+    pub(crate) envelope: kith_engine::delivery::Envelope,
+}
+
+impl Deliveries {
+    fn push(&self, delivered: Delivered) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.len() >= MAX_QUEUED {
+            queue.clear();
+        }
+        queue.push(delivered);
+        drop(queue);
+        self.arrived.notify_one();
+    }
+
+    /// Take everything delivered so far, oldest first.
+    pub(crate) fn take(&self) -> Vec<Delivered> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// See the module docs.
 pub(crate) struct NetworkPoller {
@@ -105,7 +151,7 @@ impl NetworkPoller {
         }
         let store = self.shared.store();
         let topics: Vec<(Topic, Cursor)> = {
-            let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             batch
                 .iter()
                 .map(|t| {
@@ -116,6 +162,9 @@ impl NetworkPoller {
                         Some(routed) => merge(&stored, routed),
                         None => stored,
                     };
+                    // The stream starts here: a delivery's position counts
+                    // from it.
+                    seen.insert(t.clone(), cursor.clone());
                     (t.clone(), cursor)
                 })
                 .collect()
@@ -158,12 +207,13 @@ fn route(
     seen: &Mutex<BTreeMap<Topic, Cursor>>,
     envelope: &kith_engine::delivery::Envelope,
 ) {
-    let fresh = {
+    let (fresh, after) = {
         let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
         let cursor = seen.entry(envelope.topic.clone()).or_default();
         let fresh = cursor.is_before(envelope);
+        let after = cursor.clone();
         cursor.advance(envelope);
-        fresh
+        (fresh, after)
     };
     let wanted = match &envelope.topic {
         Topic::Identity(inbox) if fresh => match shared.identity_push(inbox, &envelope.payload) {
@@ -188,9 +238,12 @@ fn route(
     };
     if wanted {
         let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((recipient, arrived)) = routes.get(&envelope.topic) {
-            if let Some(arrived) = arrived {
-                arrived.notify_one();
+        if let Some((recipient, deliveries)) = routes.get(&envelope.topic) {
+            if let Some(deliveries) = deliveries {
+                deliveries.push(Delivered {
+                    after,
+                    envelope: envelope.clone(),
+                });
             }
             recipient.do_send(Wake);
         }
@@ -201,14 +254,14 @@ impl Actor for NetworkPoller {
     type Context = Context<Self>;
 }
 
-/// Follow `topic`, waking `recipient` on every envelope (and notifying
-/// `arrived`, if given).
+/// Follow `topic`, waking `recipient` on every envelope (and handing it
+/// to `deliveries`, if given).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Watch {
     pub(crate) topic: Topic,
     pub(crate) recipient: Recipient<Wake>,
-    pub(crate) arrived: Option<Arc<Notify>>,
+    pub(crate) deliveries: Option<Arc<Deliveries>>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -225,7 +278,7 @@ impl Handler<Watch> for NetworkPoller {
             .routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(msg.topic.clone(), (msg.recipient, msg.arrived))
+            .insert(msg.topic.clone(), (msg.recipient, msg.deliveries))
             .is_none();
         if new {
             self.pending.push(msg.topic);

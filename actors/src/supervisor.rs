@@ -73,7 +73,7 @@ impl Supervisor {
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize))
             % self.arbiters.len();
         let core = Arc::new(GroupCore::new(Arc::clone(&self.shared), group_id.clone()));
-        let arrived = Arc::clone(&core.arrived);
+        let deliveries = Arc::clone(&core.deliveries);
         let addr = actix::Supervisor::start_in_arbiter(&self.arbiters[index].handle(), move |_| {
             GroupActor::new(core)
         });
@@ -81,7 +81,7 @@ impl Supervisor {
             poller.do_send(Watch {
                 topic: Topic::Group(group_id.clone()),
                 recipient: addr.clone().recipient(),
-                arrived: Some(arrived),
+                deliveries: Some(deliveries),
             });
         }
         if let Some(discovery) = &self.discovery {
@@ -100,7 +100,7 @@ impl Actor for Supervisor {
         poller.do_send(Watch {
             topic: Topic::Welcome(self.shared.keys.id()),
             recipient: ctx.address().recipient(),
-            arrived: None,
+            deliveries: None,
         });
         self.poller = Some(poller.clone());
         self.key_packages = Some(KeyPackageManager::new(Arc::clone(&self.shared)).start());
@@ -456,7 +456,7 @@ impl Handler<WatchIdentity> for Supervisor {
             poller.do_send(Watch {
                 topic: Topic::Identity(msg.0),
                 recipient: discovery.clone().recipient(),
-                arrived: None,
+                deliveries: None,
             });
         }
     }

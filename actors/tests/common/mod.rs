@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tap;
+
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use kith::{
