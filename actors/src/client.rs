@@ -364,11 +364,11 @@ impl Client {
         // Fetch the members' key packages before anything is created: a
         // group, and above all a DM (which find_or_create_dm would then
         // find), must not be left without the members it was made for.
-        let first = if members.is_empty() {
-            None
+        let adds = if members.is_empty() {
+            Vec::new()
         } else {
             let deniable = new.kind == ConversationKind::Dm && new.dm_mode == DmMode::Deniable;
-            Some(self.shared().member_adds(&members, deniable).await?)
+            self.shared().member_adds(&members, deniable).await?
         };
         let shared = Arc::clone(self.shared());
         let group_id = blocking(move || {
@@ -389,8 +389,8 @@ impl Client {
         self.shared().emit(Event::Joined {
             conversation: info.conversation.clone(),
         });
-        if let Some(first) = first {
-            addr.send(Change::Intent(first)).await??;
+        for add in adds {
+            addr.send(Change::Intent(add)).await??;
         }
         self.conversation(&info.conversation).await
     }

@@ -826,8 +826,10 @@ impl GroupCore {
                 .await?;
         }
         let deniable = self.apply(|group, _| Ok(group.is_deniable())).await?;
-        let kind = self.shared.member_adds(&inboxes, deniable).await?;
-        self.change(kind).await
+        for kind in self.shared.member_adds(&inboxes, deniable).await? {
+            self.change(kind).await?;
+        }
+        Ok(())
     }
 
     /// Bring the group's installations in line with the identity logs.

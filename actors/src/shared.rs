@@ -4,6 +4,7 @@
 //! Actors hold it as an `Arc`; nothing here is locked across an `.await`.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, PoisonError, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -27,6 +28,11 @@ use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
 use crate::{Error, events::Event};
+
+/// The most key-package bytes one add commit carries: half the node's
+/// default envelope limit, leaving room for the commit's path and the
+/// group's metadata, which grows with the members.
+pub(crate) const ADD_BYTES_PER_COMMIT: usize = 512 * 1024;
 
 /// Tuning knobs, with the defaults of DESIGN.md.
 #[derive(Debug, Clone)]
@@ -566,18 +572,23 @@ impl Shared {
             .collect())
     }
 
-    /// The intent that adds `inboxes` (all their active installations, as
+    /// The intents that add `inboxes` (all their active installations, as
     /// the cache knows them) to a group or DM: their key packages, fetched
     /// now, and the log sequences to record. For a deniable DM
     /// (`deniable`), their deniable packages and this inbox's, so that its
     /// other installations join too and every installation pair is bound.
     /// Fails, having changed nothing but the node's pools, if an inbox has
     /// no installation with a package.
+    ///
+    /// A commit carries every package it adds, and a commit is one
+    /// envelope: adds are cut into intents of whole inboxes, each within
+    /// [`ADD_BYTES_PER_COMMIT`] of packages, one commit each (a group of
+    /// 10,000 installations takes about ten).
     pub(crate) async fn member_adds(
         &self,
         inboxes: &[InboxId],
         deniable: bool,
-    ) -> Result<IntentKind, Error> {
+    ) -> Result<Vec<IntentKind>, Error> {
         let (targets, sequences) = {
             let cache = self.identities();
             let mut targets = Vec::new();
@@ -593,26 +604,29 @@ impl Shared {
                     )));
                 }
                 sequences.push((*inbox, state.map_or(0, |s| s.sequence())));
-                targets.extend(active);
+                targets.push(active);
             }
             (targets, sequences)
         };
         if !deniable {
-            let key_packages: Vec<Vec<u8>> = self
-                .fetch_key_packages(targets)
-                .await?
+            let fetched = self
+                .fetch_key_packages(targets.iter().flatten().copied().collect())
+                .await?;
+            let packages: HashMap<InstallationId, Vec<u8>> = fetched
                 .into_iter()
-                .filter_map(|f| f.key_package.map(|k| k.bytes))
+                .filter_map(|f| Some((f.installation, f.key_package?.bytes)))
                 .collect();
-            if key_packages.is_empty() {
+            if packages.is_empty() {
                 return Err(Error::InvalidInput(
                     "none of the installations has a key package on the node".into(),
                 ));
             }
-            return Ok(IntentKind::AddMembers {
-                key_packages,
+            return Ok(add_intents(
+                &targets,
                 sequences,
-            });
+                packages,
+                ADD_BYTES_PER_COMMIT,
+            ));
         }
         let mut key_packages = Vec::new();
         for inbox in inboxes {
@@ -633,11 +647,53 @@ impl Shared {
                 self.fetch_deniable_key_packages(self.inbox).await?,
             ));
         }
-        Ok(IntentKind::AddDeniable {
+        Ok(vec![IntentKind::AddDeniable {
             key_packages,
             sequences,
-        })
+        }])
     }
+}
+
+/// Cut the adds of inboxes (`targets[i]`: the installations of the inbox
+/// of `sequences[i]`) into intents of whole inboxes, each with at most
+/// `budget` bytes of `packages` (or one inbox, if that alone is more).
+/// Inboxes none of whose installations has a package ride along with the
+/// others: their sequences are recorded all the same.
+fn add_intents(
+    targets: &[Vec<InstallationId>],
+    sequences: Vec<(InboxId, u64)>,
+    mut packages: HashMap<InstallationId, Vec<u8>>,
+    budget: usize,
+) -> Vec<IntentKind> {
+    let mut intents = Vec::new();
+    let (mut key_packages, mut chunk_sequences, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for (installations, sequence) in targets.iter().zip(sequences) {
+        let own: Vec<Vec<u8>> = installations
+            .iter()
+            .filter_map(|i| packages.remove(i))
+            .collect();
+        let own_bytes: usize = own.iter().map(Vec::len).sum();
+        if !key_packages.is_empty() && bytes + own_bytes > budget {
+            intents.push(IntentKind::AddMembers {
+                key_packages: std::mem::take(&mut key_packages),
+                sequences: std::mem::take(&mut chunk_sequences),
+            });
+            bytes = 0;
+        }
+        bytes += own_bytes;
+        key_packages.extend(own);
+        chunk_sequences.push(sequence);
+    }
+    match intents.last_mut() {
+        Some(IntentKind::AddMembers { sequences, .. }) if key_packages.is_empty() => {
+            sequences.extend(chunk_sequences);
+        }
+        _ => intents.push(IntentKind::AddMembers {
+            key_packages,
+            sequences: chunk_sequences,
+        }),
+    }
+    intents
 }
 
 /// Check the signatures of an identity update of `inbox` that cannot be
@@ -771,4 +827,64 @@ fn deniable_adds(fetched: Vec<FetchedKeyPackage>) -> impl Iterator<Item = Deniab
             key_package: k.bytes,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn installation(n: u8) -> InstallationId {
+        InstallationId([n; 32])
+    }
+
+    fn inbox(n: u8) -> InboxId {
+        InboxId::from_bytes([n; 20])
+    }
+
+    #[test]
+    fn adds_are_cut_into_commits_of_whole_inboxes_within_the_budget() {
+        // Inbox 1 has two installations, inbox 2 one, inbox 3 one without
+        // a package, inbox 4 one.
+        let targets = vec![
+            vec![installation(1), installation(11)],
+            vec![installation(2)],
+            vec![installation(3)],
+            vec![installation(4)],
+        ];
+        let sequences: Vec<(InboxId, u64)> = (1..=4).map(|n| (inbox(n), u64::from(n))).collect();
+        let packages: HashMap<InstallationId, Vec<u8>> = [1, 11, 2, 4]
+            .into_iter()
+            .map(|n| (installation(n), vec![n; 40]))
+            .collect();
+        let cut = |budget| {
+            add_intents(&targets, sequences.clone(), packages.clone(), budget)
+                .into_iter()
+                .map(|kind| match kind {
+                    IntentKind::AddMembers {
+                        key_packages,
+                        sequences,
+                    } => (
+                        key_packages.iter().map(|k| k[0]).collect::<Vec<u8>>(),
+                        sequences.iter().map(|(_, s)| *s).collect::<Vec<u64>>(),
+                    ),
+                    other => panic!("not an add: {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cut(1_000), vec![(vec![1, 11, 2, 4], vec![1, 2, 3, 4])]);
+        // 80 bytes of inbox 1 fill a budget of 100: inbox 2 starts the next.
+        assert_eq!(
+            cut(100),
+            vec![(vec![1, 11], vec![1]), (vec![2, 4], vec![2, 3, 4])]
+        );
+        // An inbox larger than the budget goes alone, never split.
+        assert_eq!(
+            cut(50),
+            vec![
+                (vec![1, 11], vec![1]),
+                (vec![2], vec![2, 3]),
+                (vec![4], vec![4])
+            ]
+        );
+    }
 }
