@@ -3,7 +3,10 @@
 //! run:
 //!
 //! - send-to-receive: one client sends, another syncs and decrypts it, vs
-//!   raw encrypt plus decrypt;
+//!   raw encrypt plus decrypt. Every message is numbered, and after each
+//!   timed round (outside its time) the receiver must have announced
+//!   exactly that message, with its id and body, by the time its sync
+//!   returned; the run panics otherwise;
 //! - creating groups of 100 and 1,000 installations, vs raw create + add;
 //! - adding one member to a 1,000-member group, vs a raw add + merge.
 //!
@@ -11,16 +14,20 @@
 //! identity logs and real last-resort key packages on the node, but no
 //! client running for them, so that the benchmark measures the adder.
 
-use std::time::Duration;
+use std::{
+    pin::Pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
 
 use criterion::Criterion;
 use kith::{
-    Client, ClientConfig, Conversation, GroupOptions, InboxId, InstallationId, LocalNode,
+    Client, ClientConfig, Conversation, Event, GroupOptions, InboxId, InstallationId, LocalNode,
     LocalWallet,
 };
 use kith_benches::{
-    Backend as _, Member, Pair, Recorder, bench_recorded, key_packages, registered_client,
-    unlimited_local_node,
+    Backend as _, Member, Pair, Recorder, bench_recorded, bench_timed, key_packages,
+    registered_client, unlimited_local_node,
 };
 use kith_engine::delivery::{Cursor, Topic};
 use kith_engine::identity::{
@@ -33,6 +40,7 @@ use kith_transport::{
 };
 use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
 use openmls_rust_crypto::OpenMlsRustCrypto;
+use tokio_stream::Stream;
 
 #[allow(clippy::disallowed_methods)]
 fn now_ms() -> u64 {
@@ -43,6 +51,8 @@ fn now_ms() -> u64 {
 }
 
 type Node = LocalNode<SledNodeStore>;
+
+const SEND: &str = "send to receive, 100 B";
 
 fn node(dir: &std::path::Path) -> Node {
     unlimited_local_node(dir)
@@ -86,6 +96,18 @@ async fn virtual_member(node: &Node) -> (InboxId, InstallationId) {
     (wallet.inbox_id(), keys.id())
 }
 
+/// The events `events` holds now, without waiting for more. Polled outside
+/// the runtime, where tokio's cooperative budget cannot make a ready
+/// channel look empty.
+fn ready_events(events: &mut (impl Stream<Item = Event> + Unpin)) -> Vec<Event> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut ready = Vec::new();
+    while let Poll::Ready(Some(event)) = Pin::new(&mut *events).poll_next(&mut cx) {
+        ready.push(event);
+    }
+    ready
+}
+
 async fn client(dir: &std::path::Path, name: &str, node: &Node) -> Client {
     registered_client(dir, name, node, ClientConfig::default()).await
 }
@@ -118,18 +140,57 @@ fn main() {
         (group, bob_group)
     });
     let payload = "x".repeat(100);
-    bench_recorded(
-        &mut c,
-        &recorder,
-        ("send to receive, 100 B", "kith actors + sled"),
-        (20, Duration::from_secs(10)),
-        || {
-            rt.block_on(async {
-                group.send_text(&payload).await.expect("send");
-                bob_group.sync().await.expect("receive");
-            })
-        },
-    );
+    // Subscribed after the warm-up, so that every message event it holds
+    // is one of the timed messages.
+    let mut events = bob.stream_events();
+    let mut sent = 0u64;
+    {
+        let mut criterion_group = c.benchmark_group(SEND);
+        criterion_group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(10));
+        bench_timed(
+            &mut criterion_group,
+            &recorder,
+            (SEND, "kith actors + sled"),
+            || {
+                sent += 1;
+                // Numbered, so that a stale or repeated message cannot pass
+                // for this one; still 100 bytes.
+                let body = format!("{sent:0>100}");
+                let (elapsed, id) = rt.block_on(async {
+                    let start = Instant::now();
+                    let id = group.send_text(&body).await.expect("send");
+                    bob_group.sync().await.expect("receive");
+                    (start.elapsed(), id)
+                });
+                let received: Vec<kith::Message> = ready_events(&mut events)
+                    .into_iter()
+                    .filter_map(|event| match event {
+                        Event::Message(m) if m.conversation == *bob_group.id() => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                match received.as_slice() {
+                    [m] if m.id == id && m.body == body.as_bytes() => {}
+                    [] => panic!(
+                        "message {sent} was sent but not received by the time the \
+                         receiver's sync returned"
+                    ),
+                    other => panic!(
+                        "message {sent}: expected it alone, with its body, after the \
+                         receiver's sync; got {} message(s): {:?}",
+                        other.len(),
+                        other
+                            .iter()
+                            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                            .collect::<Vec<_>>()
+                    ),
+                }
+                elapsed
+            },
+        );
+    }
     let mut pair = Pair::new(
         OpenMlsRustCrypto::default(),
         OpenMlsRustCrypto::default(),
@@ -139,7 +200,7 @@ fn main() {
     bench_recorded(
         &mut c,
         &recorder,
-        ("send to receive, 100 B", "raw openmls memory"),
+        (SEND, "raw openmls memory"),
         (20, Duration::from_secs(5)),
         || pair.message_round_trip(payload.as_bytes()),
     );
@@ -262,5 +323,6 @@ fn main() {
         },
     );
     recorder.print_ratios("raw openmls memory");
+    println!("\n{SEND}: {sent} messages sent, each received once with its body");
     c.final_summary();
 }
