@@ -6,7 +6,10 @@
 //! loopback and pulling its two peers' envelopes with a fixed injected lag
 //! (0, 50 or 200 ms per replicated batch; the settle window is the default
 //! 1,000 ms). Six clients of the actor API (sled stores), two at home on
-//! each node, in one group.
+//! each node, in one group. Their periodic timers are stretched to an
+//! hour (`kith_benches::stretched_timers`; the run prints a note with its
+//! figures): no periodic re-sync runs, so members learn of a commit by
+//! push alone.
 //!
 //! - **one commit**: a member renames the group (the committer turns with
 //!   each iteration).
@@ -37,7 +40,9 @@ use std::{
 use criterion::{Criterion, SamplingMode};
 use ed25519_dalek::SigningKey;
 use kith::{Client, ClientConfig, Conversation, Event, GroupOptions};
-use kith_benches::{Pair, Recorder, bench_timed, key_packages};
+use kith_benches::{
+    Pair, Recorder, STRETCHED_TIMERS_NOTE, bench_timed, key_packages, stretched_timers,
+};
 use kith_engine::delivery::NodeStore as _;
 use kith_storage::SledNodeStore;
 use kith_transport::node::{
@@ -128,11 +133,7 @@ async fn network(lag: Duration) -> Network {
             .wallet(kith::LocalWallet::generate(&mut rand_core::OsRng))
             .data_dir(dir.path().join(format!("client-{i}")))
             .node(home)
-            .config(ClientConfig {
-                sync_interval: Duration::from_secs(3600),
-                discovery_before_send: Duration::from_secs(3600),
-                ..ClientConfig::default()
-            })
+            .config(stretched_timers(ClientConfig::default()))
             .build()
             .await
             .expect("client");
@@ -316,6 +317,7 @@ fn main() {
     }
     c.final_summary();
     recorder.print_ratios(RAW);
+    println!("\n{STRETCHED_TIMERS_NOTE}");
     println!("\nrollbacks during racing commits (six members):");
     for (lag_ms, rounds, rollbacks) in races {
         println!(

@@ -17,7 +17,8 @@
 //! starts ([`raw_first_message`]).
 //!
 //! **Client end to end.** Two fresh registered clients (actors, sled
-//! stores, a `LocalNode` on sled; made before the clock starts), then from
+//! stores, a `LocalNode` on sled, periodic timers stretched by
+//! `kith_benches::stretched_timers`; made before the clock starts), then from
 //! `find_or_create_dm_with` until the peer's client shows the first message
 //! as verified: the deniable key-package fetch (MACed) or the ordinary
 //! one, the commit and Welcome through the node, and each side syncing in
@@ -31,8 +32,8 @@ use std::path::Path;
 use criterion::{Criterion, SamplingMode};
 use kith::ClientConfig;
 use kith_benches::{
-    Backend as _, Recorder, bench_timed, median, raw_first_message, registered_client,
-    unlimited_local_node,
+    Backend as _, Recorder, STRETCHED_TIMERS_NOTE, bench_timed, median, raw_first_message,
+    registered_client, unlimited_local_node,
 };
 use kith_engine::{
     delivery::{Envelope, Topic},
@@ -456,4 +457,5 @@ fn main() {
         16,
         paired(16, &mut |_, mode| client_run(mode)),
     );
+    println!("client end to end: {STRETCHED_TIMERS_NOTE}");
 }
