@@ -7,7 +7,7 @@ use kith_engine::{
     group::{
         CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupConfig, GroupEvent,
         IdentityCache, IntentKind, IntentState, Me, NewGroup, Outbound, PolicyPreset,
-        ProposalPolicy, RewindPolicy,
+        ProposalPolicy, RewindPolicy, WelcomePayload, assemble_welcome,
     },
 };
 use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
@@ -267,17 +267,29 @@ impl World {
             self.handle(m, &envelope, time);
             self.advance(m, time + window);
         }
-        let welcome = self.outbox(adder).remove(0);
+        // The Welcome: whole, or split into a shared part and one small
+        // envelope per joiner (kith_engine::group::assemble_welcome).
+        let out = self.outbox(adder);
+        let shared: Vec<&[u8]> = out
+            .iter()
+            .filter(|item| item.topics.iter().any(|t| t.starts_with("welcome-shared/")))
+            .map(|item| item.payload.as_slice())
+            .collect();
         for &c in clients {
+            let topic = Topic::Welcome(self.clients[c].keys.id()).to_string();
+            let own = out
+                .iter()
+                .find(|item| item.topics.contains(&topic))
+                .expect("a Welcome for each joiner");
+            let payload = WelcomePayload::from_bytes(&own.payload).expect("a Welcome payload");
+            let whole = assemble_welcome(&payload, shared.iter().copied())
+                .expect("assembles")
+                .expect("every shared part was published")
+                .to_bytes();
             let identities = &self.identities;
             assert!(
                 self.clients[c]
-                    .join(
-                        identities,
-                        &welcome.payload,
-                        self.policy,
-                        self.base + time + window
-                    )
+                    .join(identities, &whole, self.policy, self.base + time + window)
                     .expect("join"),
                 "joined"
             );

@@ -946,6 +946,7 @@ fn a_replaced_state_takes_what_was_kept_for_it_along() {
         group_id: group_id.clone(),
         cursor: Default::default(),
         branch: vec![(epoch + 1, [0; 8], (0, 1, 0))],
+        shared: None,
     }
     .to_bytes();
     let kept = {
