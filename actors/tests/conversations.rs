@@ -416,9 +416,9 @@ async fn a_body_too_large_for_an_envelope_is_refused_before_it_is_queued() {
         .await
         .expect("create");
     let refused = group
-        .send("application/octet-stream", &vec![0u8; 1024 * 1024])
+        .send("application/octet-stream", &vec![0u8; 2 * 1024 * 1024])
         .await
-        .expect_err("a 1 MiB body leaves no room for encryption");
+        .expect_err("a 2 MiB body leaves no room for encryption");
     match refused {
         kith::Error::InvalidInput(message) => {
             assert!(message.contains("does not fit"), "{message}");

@@ -443,7 +443,7 @@ async fn big_envelopes_page_and_an_oversized_body_is_refused_over_the_binary() {
         .await
         .expect("create");
     let refused = group
-        .send("application/octet-stream", &vec![0u8; 1024 * 1024])
+        .send("application/octet-stream", &vec![0u8; 2 * 1024 * 1024])
         .await
         .expect_err("too large for an envelope");
     assert!(

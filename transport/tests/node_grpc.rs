@@ -213,7 +213,7 @@ async fn publish_query_and_page() {
         .into_inner();
     assert_eq!(info.node_id, 7);
     assert_eq!(info.consistency_mode, proto::ConsistencyMode::Strong as i32);
-    assert_eq!(info.limits.expect("limits").max_envelope_bytes, 1024 * 1024);
+    assert_eq!(info.limits.expect("limits").max_envelope_bytes, 2 * 1024 * 1024);
     node.stop().await;
 }
 
@@ -313,7 +313,7 @@ async fn bad_envelopes_are_rejected_and_store_nothing() {
     );
     assert!(query_all(&mut node.client, GROUP).await.is_empty());
 
-    let big = vec![0u8; 1024 * 1024 + 1];
+    let big = vec![0u8; 2 * 1024 * 1024 + 1];
     let status = publish(&mut node.client, vec![envelope(GROUP, &big)])
         .await
         .expect_err("too big");

@@ -41,8 +41,8 @@ use super::{
     error::GroupError,
 };
 
-/// The most bytes of a shared Welcome one envelope carries: half the
-/// node's default envelope limit (1 MiB), so that a part fits under a
+/// The most bytes of a shared Welcome one envelope carries: a quarter of
+/// the node's default envelope limit (2 MiB), so that a part fits under a
 /// node configured tighter than the default, too.
 pub const WELCOME_PART_BYTES: usize = 512 * 1024;
 

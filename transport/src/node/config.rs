@@ -9,7 +9,9 @@ use super::rate_limit::BucketLimit;
 /// Limits a node enforces; exceeding one is `RESOURCE_EXHAUSTED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeLimits {
-    /// Largest envelope payload in bytes (default 1 MiB).
+    /// Largest envelope payload in bytes (default 2 MiB: a commit at
+    /// 10,000 members carries its path encrypted to most of them, about
+    /// 90 bytes each).
     pub max_envelope_bytes: usize,
     /// Largest gRPC message the node decodes or encodes, request or
     /// response, in bytes (default 4 MiB). Pages and subscription batches
@@ -45,7 +47,7 @@ pub struct NodeLimits {
 impl Default for NodeLimits {
     fn default() -> Self {
         Self {
-            max_envelope_bytes: 1024 * 1024,
+            max_envelope_bytes: 2 * 1024 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             max_batch_envelopes: 1_000,
             max_page_envelopes: 1_000,
