@@ -29,6 +29,11 @@ use zeroize::Zeroizing;
 
 use crate::{Error, events::Event};
 
+/// The most inboxes whose identity logs are asked for in one request: a
+/// log of a few updates is about a kilobyte, so an answer stays well
+/// under the node's 4 MiB message limit (10,000 logs at once did not).
+const IDENTITY_CHUNK: usize = 1_000;
+
 /// The most key-package bytes one add commit carries. A commit also
 /// carries its path, encrypted to every leaf below a blank parent: in a
 /// group built by adds, about 90 bytes per member (measured: 0.93 to
@@ -227,7 +232,13 @@ impl Shared {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let answers = self.node.identity_updates(requests.clone()).await?;
+        // An answer carries whole logs: asked in chunks, it fits the
+        // node's message limit however large the group.
+        let chunk = IDENTITY_CHUNK.min(self.node_limits().await?.max_identity_inboxes.max(1));
+        let mut answers = Vec::with_capacity(requests.len());
+        for part in requests.chunks(chunk) {
+            answers.extend(self.node.identity_updates(part.to_vec()).await?);
+        }
         // CheckedClient refuses an answer that leaves out an inbox; check
         // anyway, as pairing them up below must never drop one (a withheld
         // revocation would go unnoticed).

@@ -437,3 +437,29 @@ async fn a_body_too_large_for_an_envelope_is_refused_before_it_is_queued() {
         .expect("64 KiB fits");
     assert_eq!(group.messages().await.expect("messages").len(), 1);
 }
+
+/// Identity logs are asked for in requests the node accepts: against a
+/// node that answers at most two inboxes at once, a group of five is
+/// made, and a member joins it (it reads every member's log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_logs_are_fetched_in_requests_within_the_nodes_limit() {
+    use kith_transport::node::{NodeConfig, NodeLimits};
+    let net = Net::with_config(NodeConfig {
+        limits: NodeLimits {
+            max_identity_inboxes: 2,
+            ..NodeLimits::default()
+        },
+        ..NodeConfig::new(1)
+    });
+    let wallets: Vec<_> = (0..5).map(|_| wallet()).collect();
+    let mut clients = Vec::new();
+    for (i, w) in wallets.iter().enumerate() {
+        clients.push(net.client(&format!("c{i}"), w).await);
+    }
+    let others: Vec<_> = clients[1..].iter().collect();
+    let (group, views) = group_with(&clients[0], &others, GroupOptions::default()).await;
+    group.send_text("five").await.expect("send");
+    for view in &views {
+        assert_eq!(texts(view).await, ["five"]);
+    }
+}
