@@ -213,7 +213,10 @@ async fn publish_query_and_page() {
         .into_inner();
     assert_eq!(info.node_id, 7);
     assert_eq!(info.consistency_mode, proto::ConsistencyMode::Strong as i32);
-    assert_eq!(info.limits.expect("limits").max_envelope_bytes, 2 * 1024 * 1024);
+    assert_eq!(
+        info.limits.expect("limits").max_envelope_bytes,
+        2 * 1024 * 1024
+    );
     node.stop().await;
 }
 
