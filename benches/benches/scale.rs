@@ -50,6 +50,7 @@ use kith_engine::{
     group::WelcomePayload,
     identity::IdentityUpdate,
 };
+use kith_storage::{Durability, StorageConfig};
 use kith_transport::{
     client::{ClientError, DeliveryClient, EnvelopeStream, NodeInfo, QueryPage},
     node::{
@@ -65,6 +66,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 
 const KITH: &str = "kith, gRPC to kith-node";
 const RAW: &str = "raw openmls (memory)";
+const KITH_BUFFERED: &str = "kith, buffered durability";
 
 /// A `kith-node` process, killed on drop.
 struct NodeProcess {
@@ -625,7 +627,7 @@ fn bot(runtime: &tokio::runtime::Runtime, recorder: &Recorder, groups: usize) {
     let bot_node = Counting::new(grpc(&node.url));
     let sender_node = Counting::new(grpc(&node.url));
     let bot_wallet = LocalWallet::generate(&mut rand_core::OsRng);
-    let open_bot = |wallet: LocalWallet| {
+    let open_bot = |wallet: LocalWallet, durability: Durability| {
         Client::builder()
             .wallet(wallet)
             .data_dir(dir.path().join("bot"))
@@ -637,11 +639,17 @@ fn bot(runtime: &tokio::runtime::Runtime, recorder: &Recorder, groups: usize) {
                 discovery_before_send: Duration::from_secs(3600),
                 ..ClientConfig::default()
             })
+            .storage(StorageConfig {
+                durability,
+                ..StorageConfig::default()
+            })
             .build()
     };
     let setup = Instant::now();
     let conversations = runtime.block_on(async {
-        let bot = open_bot(bot_wallet.clone()).await.expect("bot");
+        let bot = open_bot(bot_wallet.clone(), Durability::Sync)
+            .await
+            .expect("bot");
         bot.register().await.expect("register");
         let sender = counted_client(dir.path(), "sender", &sender_node).await;
         let mut conversations = Vec::new();
@@ -665,40 +673,60 @@ fn bot(runtime: &tokio::runtime::Runtime, recorder: &Recorder, groups: usize) {
         "[bot] {groups} groups made and one message sent in each in {:.1} s",
         setup.elapsed().as_secs_f64()
     );
-    let start = Instant::now();
-    runtime.block_on(async {
-        let bot = open_bot(bot_wallet.clone()).await.expect("bot");
-        let mut events = bot.stream_events();
-        let mut received = 0;
-        while received < groups {
-            wait_for(&mut events, "the bot's messages", |e| {
-                matches!(e, Event::Message(_))
-            })
-            .await;
-            received += 1;
+    // The bot catches up twice: with an fsync per step (the default), and
+    // with buffered durability, where it flushes once before anything it
+    // received is reported (one more message per group, sent while it was
+    // offline again).
+    let rounds = [
+        (Durability::Sync, KITH),
+        (
+            Durability::Buffered {
+                flush_every_ms: 500,
+            },
+            KITH_BUFFERED,
+        ),
+    ];
+    for (round, (durability, backend)) in rounds.into_iter().enumerate() {
+        if round > 0 {
+            runtime.block_on(async {
+                for conversation in &conversations.1 {
+                    conversation.send_text("hello again").await.expect("send");
+                }
+            });
         }
-        let elapsed = start.elapsed();
-        let stored: usize = {
-            let mut count = 0;
-            for conversation in bot.conversations().await.expect("list") {
-                count += conversation.messages().await.expect("messages").len();
+        let start = Instant::now();
+        runtime.block_on(async {
+            let bot = open_bot(bot_wallet.clone(), durability).await.expect("bot");
+            let mut events = bot.stream_events();
+            let mut received = 0;
+            while received < groups {
+                wait_for(&mut events, "the bot's messages", |e| {
+                    matches!(e, Event::Message(_))
+                })
+                .await;
+                received += 1;
             }
-            count
-        };
-        assert_eq!(stored, groups, "each message is stored once");
-        recorder.record(
-            &format!("bot: receive and store {groups} messages in {groups} groups"),
-            KITH,
-            elapsed,
-            1,
-        );
-        println!(
-            "[bot] received and stored {groups} messages in {:.2} s: {:.0} messages/s",
-            elapsed.as_secs_f64(),
-            groups as f64 / elapsed.as_secs_f64()
-        );
-        bot.shutdown().await.expect("shutdown");
-    });
+            let elapsed = start.elapsed();
+            let mut stored = 0;
+            for conversation in bot.conversations().await.expect("list") {
+                stored += conversation.messages().await.expect("messages").len();
+            }
+            assert_eq!(stored, groups * (round + 1), "each message is stored once");
+            recorder.record(
+                &format!("bot: receive and store {groups} messages in {groups} groups"),
+                backend,
+                elapsed,
+                1,
+            );
+            println!(
+                "[bot] {backend}: received and stored {groups} messages in {:.2} s: {:.0} \
+                 messages/s",
+                elapsed.as_secs_f64(),
+                groups as f64 / elapsed.as_secs_f64()
+            );
+            bot.shutdown().await.expect("shutdown");
+        });
+    }
     drop(conversations);
 
     // Raw OpenMLS: decrypt the same number of messages (one group, the
