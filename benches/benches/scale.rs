@@ -7,6 +7,7 @@
 //! KITH_SCALE=1000        cargo bench -p kith-benches --bench scale   (the default)
 //! KITH_SCALE=1000,10000  cargo bench -p kith-benches --bench scale
 //! KITH_BOT_GROUPS=1000   (the default; 0 skips the bot)
+//! KITH_SCALE=0           the bot alone
 //! ```
 //!
 //! Per size N, printed and recorded:
@@ -789,6 +790,7 @@ fn main() {
         .unwrap_or_else(|_| "1000".into())
         .split(',')
         .map(|s| s.trim().parse().expect("KITH_SCALE: sizes like 1000,10000"))
+        .filter(|n| *n > 0)
         .collect();
     for n in sizes {
         scale(&mut c, &runtime, &recorder, n);
