@@ -274,8 +274,8 @@ fn protocol_message(bytes: &[u8]) -> ProtocolMessage {
         .expect("protocol message")
 }
 
-/// Benchmark `op` as `operation`/`backend` with criterion, and record the
-/// very samples criterion analyses so that [`Recorder::print_ratios`] can
+/// Benchmark `op` as `operation`/`backend` with criterion, and record what
+/// it measures (warm-up included) so that [`Recorder::print_ratios`] can
 /// compare backends.
 pub fn bench_recorded(
     c: &mut Criterion,
@@ -428,8 +428,10 @@ pub async fn registered_client(
 }
 
 /// Collects the times measured inside `iter_custom`, so that the ratio of
-/// each backend to the baseline can be printed from the same samples that
-/// criterion analysed.
+/// each backend to the baseline can be printed from the same runs that
+/// criterion measured. Criterion's warm-up calls `iter_custom` too, so the
+/// means include the warm-up iterations: criterion's own estimates (printed
+/// above the table) leave them out.
 #[derive(Debug, Default)]
 pub struct Recorder {
     totals: Mutex<BTreeMap<(String, String), (Duration, u64)>>,
