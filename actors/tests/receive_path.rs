@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use common::{
     Net, joined,
     tap::{self, Tap},
     texts, wallet,
 };
-use kith::{Client, ClientConfig, Event, GroupOptions, LocalWallet};
+use kith::{Client, ClientConfig, Conversation, Event, GroupOptions, LocalWallet};
 
 async fn tapped_client(net: &Net, name: &str, wallet: &LocalWallet, tap: &Arc<Tap>) -> Client {
     let client = Client::builder()
@@ -28,6 +28,40 @@ async fn tapped_client(net: &Net, name: &str, wallet: &LocalWallet, tap: &Arc<Ta
         .expect("client");
     client.register().await.expect("register");
     client
+}
+
+/// Alice on the node, Bob on a tap of it, in a group together; Bob's
+/// events from after he joined.
+struct Pair {
+    tap: Arc<Tap>,
+    group: Conversation,
+    bob_group: Conversation,
+    events: Pin<Box<dyn futures::Stream<Item = Event> + Send>>,
+    // Kept alive for the test's length; the clients go before the net.
+    _clients: (Client, Client),
+    _net: Net,
+}
+
+async fn pair() -> Pair {
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let tap = Tap::new(Arc::new(net.node.clone()));
+    let bob = tapped_client(&net, "bob", &bw, &tap).await;
+    let group = alice
+        .create_group(&[bob.inbox_id()], GroupOptions::default())
+        .await
+        .expect("create");
+    let bob_group = joined(&bob, group.id()).await;
+    let events = Box::pin(bob.stream_events());
+    Pair {
+        tap,
+        group,
+        bob_group,
+        events,
+        _clients: (alice, bob),
+        _net: net,
+    }
 }
 
 /// Wait for `count` message events on `events`.
@@ -53,17 +87,14 @@ async fn messages(
 /// comes from the subscription, none from a query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_envelopes_are_applied_without_reading_them_again() {
-    let net = Net::new();
-    let (aw, bw) = (wallet(), wallet());
-    let alice = net.client("alice", &aw).await;
-    let tap = Tap::new(Arc::new(net.node.clone()));
-    let bob = tapped_client(&net, "bob", &bw, &tap).await;
-    let group = alice
-        .create_group(&[bob.inbox_id()], GroupOptions::default())
-        .await
-        .expect("create");
-    let bob_group = joined(&bob, group.id()).await;
-    let mut events = bob.stream_events();
+    let Pair {
+        tap,
+        group,
+        bob_group,
+        mut events,
+        _clients,
+        _net,
+    } = pair().await;
     let (queried, streamed) = (tap.queried(), tap.streamed());
 
     let sent: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
@@ -96,17 +127,14 @@ async fn pushed_envelopes_are_applied_without_reading_them_again() {
 /// read by query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_subscription_resumes_where_it_left_off() {
-    let net = Net::new();
-    let (aw, bw) = (wallet(), wallet());
-    let alice = net.client("alice", &aw).await;
-    let tap = Tap::new(Arc::new(net.node.clone()));
-    let bob = tapped_client(&net, "bob", &bw, &tap).await;
-    let group = alice
-        .create_group(&[bob.inbox_id()], GroupOptions::default())
-        .await
-        .expect("create");
-    let _bob_group = joined(&bob, group.id()).await;
-    let mut events = bob.stream_events();
+    let Pair {
+        tap,
+        group,
+        mut events,
+        _clients,
+        _net,
+        ..
+    } = pair().await;
 
     group.send_text("one").await.expect("send");
     assert_eq!(messages(&mut events, 1).await, ["one"]);

@@ -26,34 +26,16 @@ use std::{
 };
 
 use criterion::Criterion;
-use kith::{
-    Client, ClientConfig, Conversation, Event, GroupOptions, InboxId, InstallationId, LocalNode,
-    LocalWallet,
-};
+use kith::{Client, ClientConfig, Conversation, Event, GroupOptions, InboxId, LocalNode};
 use kith_benches::{
     Backend as _, Member, Pair, Recorder, STRETCHED_TIMERS_NOTE, bench_recorded, bench_timed,
-    key_packages, registered_client, unlimited_local_node,
+    key_packages, registered_client, unlimited_local_node, virtual_member,
 };
 use kith_engine::delivery::{Cursor, Topic};
-use kith_engine::identity::{
-    DEFAULT_LIFETIME_SECS, InstallationKeys, UnsignedIdentityUpdate, generate_key_package,
-};
 use kith_storage::SledNodeStore;
-use kith_transport::{
-    client::DeliveryClient as _,
-    node::{KeyPackageUpload, upload_signed_bytes},
-};
-use openmls::prelude::{MlsMessageOut, tls_codec::Serialize as _};
+use kith_transport::client::DeliveryClient as _;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use tokio_stream::Stream;
-
-#[allow(clippy::disallowed_methods)]
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .expect("clock")
-}
 
 type Node = LocalNode<SledNodeStore>;
 
@@ -61,44 +43,6 @@ const SEND: &str = "send to receive, 100 B";
 
 fn node(dir: &std::path::Path) -> Node {
     unlimited_local_node(dir)
-}
-
-/// An inbox with one installation and a last-resort key package on the
-/// node (handed out on every fetch), and no client.
-async fn virtual_member(node: &Node) -> (InboxId, InstallationId) {
-    let mut rng = rand_core::OsRng;
-    let wallet = LocalWallet::generate(&mut rng);
-    let keys = InstallationKeys::generate(&mut rng);
-    let unsigned = UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
-    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
-    node.publish_identity_update(unsigned.sign(signature, Some(&keys)))
-        .await
-        .expect("identity");
-    let provider = OpenMlsRustCrypto::default();
-    let key_package = generate_key_package(
-        &provider,
-        &keys,
-        wallet.inbox_id(),
-        now_ms() / 1000,
-        DEFAULT_LIFETIME_SECS,
-        true,
-    )
-    .expect("key package");
-    let bytes = MlsMessageOut::from(key_package)
-        .tls_serialize_detached()
-        .expect("serialize");
-    let timestamp_ms = now_ms();
-    let signed = upload_signed_bytes(timestamp_ms, &keys.id(), &[], Some(&bytes));
-    node.upload_key_packages(KeyPackageUpload {
-        installation: keys.id(),
-        one_time: Vec::new(),
-        last_resort: Some(bytes),
-        timestamp_ms,
-        signature: keys.sign(&signed).to_vec(),
-    })
-    .await
-    .expect("upload");
-    (wallet.inbox_id(), keys.id())
 }
 
 /// The events `events` holds now, without waiting for more. Polled outside
@@ -214,7 +158,7 @@ fn main() {
     let members: Vec<InboxId> = rt.block_on(async {
         let mut out = Vec::new();
         for _ in 0..1_000 {
-            out.push(virtual_member(&node).await.0);
+            out.push(virtual_member(&node, 0).await.0);
         }
         out
     });
@@ -260,7 +204,7 @@ fn main() {
         let mut members = Vec::new();
         let mut installations = Vec::new();
         for _ in 0..1_500 {
-            let (inbox, installation) = virtual_member(&node).await;
+            let (inbox, installation) = virtual_member(&node, 0).await;
             members.push(inbox);
             installations.push(installation);
         }

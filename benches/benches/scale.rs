@@ -45,7 +45,7 @@ use std::{
 use criterion::{Criterion, SamplingMode};
 use futures::StreamExt as _;
 use kith::{Client, ClientConfig, Event, GroupOptions, GrpcClient, InboxId, LocalWallet, Node};
-use kith_benches::{Member, Recorder, bench_timed, join_config};
+use kith_benches::{Member, Recorder, bench_timed, join_config, virtual_member};
 use kith_engine::{
     delivery::{Cursor, Envelope, Topic},
     group::WelcomePayload,
@@ -135,8 +135,8 @@ struct Counting {
     inner: Arc<dyn DeliveryClient>,
     published: AtomicU64,
     downloaded: Arc<AtomicU64>,
-    /// When each group envelope arrived by subscription, by sequence id.
-    arrivals: Arc<Mutex<Vec<(u64, Instant)>>>,
+    /// When each group envelope arrived by subscription.
+    arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Counting {
@@ -181,10 +181,7 @@ impl DeliveryClient for Counting {
             if let Ok(envelope) = item {
                 downloaded.fetch_add(envelope.payload.len() as u64, Ordering::SeqCst);
                 if matches!(envelope.topic, Topic::Group(_)) {
-                    arrivals
-                        .lock()
-                        .expect("arrivals")
-                        .push((envelope.originator_sequence_id, Instant::now()));
+                    arrivals.lock().expect("arrivals").push(Instant::now());
                 }
             }
         })))
@@ -236,58 +233,6 @@ impl DeliveryClient for Counting {
     async fn node_info(&self) -> Result<NodeInfo, ClientError> {
         self.inner.node_info().await
     }
-}
-
-fn now_ms() -> u64 {
-    #[allow(clippy::disallowed_methods)]
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970");
-    now.as_millis() as u64
-}
-
-/// An installation registered straight over gRPC, with one one-time and
-/// one last-resort key package on the node and no client behind it.
-async fn register_bare_member(node: &GrpcClient) -> InboxId {
-    use kith_engine::identity::{InstallationKeys, UnsignedIdentityUpdate, generate_key_package};
-    use kith_transport::node::upload_signed_bytes;
-    use openmls::prelude::MlsMessageOut;
-
-    let wallet = LocalWallet::generate(&mut rand_core::OsRng);
-    let keys = InstallationKeys::generate(&mut rand_core::OsRng);
-    let inbox = wallet.inbox_id();
-    let now_ms = now_ms();
-    let unsigned = UnsignedIdentityUpdate::add_installation(inbox, &keys, 1, now_ms);
-    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
-    node.publish_identity_update(unsigned.sign(signature, Some(&keys)))
-        .await
-        .expect("register");
-    let package = |last_resort| {
-        let kp = generate_key_package(
-            &OpenMlsRustCrypto::default(),
-            &keys,
-            inbox,
-            now_ms / 1000,
-            30 * 24 * 3600,
-            last_resort,
-        )
-        .expect("key package");
-        MlsMessageOut::from(kp)
-            .tls_serialize_detached()
-            .expect("serialise")
-    };
-    let (one_time, last_resort) = (vec![package(false)], package(true));
-    let signed = upload_signed_bytes(now_ms, &keys.id(), &one_time, Some(&last_resort));
-    node.upload_key_packages(KeyPackageUpload {
-        installation: keys.id(),
-        signature: keys.sign(&signed).to_vec(),
-        one_time,
-        last_resort: Some(last_resort),
-        timestamp_ms: now_ms,
-    })
-    .await
-    .expect("upload");
-    inbox
 }
 
 /// A registered client whose node traffic is counted.
@@ -464,7 +409,7 @@ fn scale(c: &mut Criterion, runtime: &tokio::runtime::Runtime, recorder: &Record
     let bare = runtime.block_on(async {
         let grpc = GrpcClient::connect_lazy(&node.url).expect("client");
         futures::stream::iter(0..n - 2)
-            .map(|_| register_bare_member(&grpc))
+            .map(|_| async { virtual_member(&grpc, 1).await.0 })
             .buffer_unordered(8)
             .collect::<Vec<InboxId>>()
             .await
@@ -588,7 +533,7 @@ fn scale(c: &mut Criterion, runtime: &tokio::runtime::Runtime, recorder: &Record
                 .lock()
                 .expect("arrivals")
                 .first()
-                .map(|(_, at)| *at)
+                .copied()
                 .expect("the commit arrived by subscription");
             done.saturating_duration_since(arrived)
         })

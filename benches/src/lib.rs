@@ -491,3 +491,63 @@ impl Recorder {
         }
     }
 }
+
+/// Milliseconds since the Unix epoch, for signed requests.
+#[allow(clippy::disallowed_methods)]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .expect("clock")
+}
+
+/// An inbox with one installation registered straight on `node` (an
+/// identity update and key packages, no client behind it): a last-resort
+/// package, handed out on every fetch, and `one_time` one-time packages.
+pub async fn virtual_member(
+    node: &dyn kith_transport::client::DeliveryClient,
+    one_time: usize,
+) -> (kith::InboxId, kith::InstallationId) {
+    use kith_engine::identity::{
+        DEFAULT_LIFETIME_SECS, InstallationKeys, UnsignedIdentityUpdate, generate_key_package,
+    };
+    use kith_transport::node::{KeyPackageUpload, upload_signed_bytes};
+    use openmls::prelude::tls_codec::Serialize as _;
+
+    let mut rng = rand_core::OsRng;
+    let wallet = kith::LocalWallet::generate(&mut rng);
+    let keys = InstallationKeys::generate(&mut rng);
+    let unsigned = UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
+    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
+    node.publish_identity_update(unsigned.sign(signature, Some(&keys)))
+        .await
+        .expect("identity");
+    let package = |last_resort| {
+        let key_package = generate_key_package(
+            &OpenMlsRustCrypto::default(),
+            &keys,
+            wallet.inbox_id(),
+            now_ms() / 1000,
+            DEFAULT_LIFETIME_SECS,
+            last_resort,
+        )
+        .expect("key package");
+        MlsMessageOut::from(key_package)
+            .tls_serialize_detached()
+            .expect("serialize")
+    };
+    let one_time: Vec<Vec<u8>> = (0..one_time).map(|_| package(false)).collect();
+    let last_resort = package(true);
+    let timestamp_ms = now_ms();
+    let signed = upload_signed_bytes(timestamp_ms, &keys.id(), &one_time, Some(&last_resort));
+    node.upload_key_packages(KeyPackageUpload {
+        installation: keys.id(),
+        one_time,
+        last_resort: Some(last_resort),
+        timestamp_ms,
+        signature: keys.sign(&signed).to_vec(),
+    })
+    .await
+    .expect("upload");
+    (wallet.inbox_id(), keys.id())
+}
