@@ -297,7 +297,9 @@ async fn whole_welcome(shared: &Shared, payload: Vec<u8>) -> Result<Option<Vec<u
         shared.emit(Event::WelcomeRefused { reason });
         Ok(None)
     };
-    loop {
+    // Each part fits a page, so an honest topic needs about one page a
+    // part; a topic flooded by strangers is not read to its end.
+    for _ in 0..reference.parts.len() + 8 {
         let page = shared.node.query(&topic, &cursor, 0).await?;
         for envelope in &page.envelopes {
             cursor.advance(envelope);
@@ -313,6 +315,7 @@ async fn whole_welcome(shared: &Shared, payload: Vec<u8>) -> Result<Option<Vec<u
             Err(e) => return refused(e.to_string()),
         }
     }
+    refused("the topic of its shared GroupInfo holds too much that is not it".into())
 }
 
 /// If the Welcome was made for our last-resort package, record its first

@@ -211,3 +211,49 @@ async fn a_dm_cannot_be_moved_to_another_mode() {
         Some(kith::DmMode::Deniable)
     );
 }
+
+/// A stranger posts on Bob's Welcome topic a split Welcome whose shared
+/// part is nowhere, with junk on the topic it names: Bob refuses it with
+/// an event and reads nothing else for it, and a real Welcome after it
+/// still brings him in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_welcome_whose_shared_part_never_comes_is_refused_and_blocks_nothing() {
+    use kith_engine::group::{SharedWelcome, WelcomePayload};
+    let net = Net::new();
+    let (aw, bw) = (wallet(), wallet());
+    let alice = net.client("alice", &aw).await;
+    let bob = net.client("bob", &bw).await;
+    let mut events = bob.stream_events();
+    let forged = WelcomePayload {
+        welcome: vec![0],
+        group_id: vec![9; 16],
+        cursor: Cursor::new(),
+        branch: Vec::new(),
+        shared: Some(SharedWelcome {
+            hash: [7; 32],
+            parts: vec![[8; 32]],
+        }),
+    };
+    net.node
+        .publish(vec![
+            (Topic::WelcomeShared([7; 32]), vec![1; 100]),
+            (Topic::Welcome(bob.installation_id()), forged.to_bytes()),
+        ])
+        .await
+        .expect("anyone may publish");
+
+    let (group, views) = group_with(&alice, &[&bob], GroupOptions::default()).await;
+    group.send_text("after").await.expect("send");
+    assert_eq!(texts(&views[0]).await, ["after"]);
+    let refused: Vec<String> = events_within(&mut events, Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::WelcomeRefused { reason } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("shared GroupInfo"), "{refused:?}");
+    assert_eq!(bob.conversations().await.expect("list").len(), 1);
+}
