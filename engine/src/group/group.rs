@@ -1043,6 +1043,13 @@ impl Group {
         Ok(self.parts.mls.binding_exporter(provider)?.to_vec())
     }
 
+    /// Test hook: how many past epochs' message secrets this member keeps
+    /// (see [`past_epochs_for`](super::past_epochs_for)); `None` once it is
+    /// no longer a member (or if it kept every epoch, which Kith never sets).
+    pub fn past_epochs_kept_for_tests(&self) -> Option<usize> {
+        self.parts.mls.past_epochs_kept()
+    }
+
     /// Test hook: encrypt and queue `content_type` and `body` at once, past
     /// every hold, as a member whose client was altered would.
     ///

@@ -22,12 +22,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use openmls::group::PastEpochDeletionPolicy;
 use openmls::prelude::{
     Credential, CredentialWithKey, Extensions, GroupContext, GroupId, LeafNodeIndex,
-    LeafNodeParameters, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessMessageError,
-    ProcessedMessageContent, ProposalOrRefType, ProtocolMessage, Sender,
-    SenderRatchetConfiguration, StageCommitError, StagedCommit, StagedWelcome,
+    LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    PURE_CIPHERTEXT_WIRE_FORMAT_POLICY, ProcessMessageError, ProcessedMessageContent,
+    ProposalOrRefType, ProtocolMessage, Sender, StageCommitError, StagedCommit, StagedWelcome,
     tls_codec::{self, Deserialize as _, Serialize as _},
 };
 use openmls_traits::OpenMlsProvider;
@@ -39,6 +39,7 @@ use super::{
     identities::IdentityCache,
     intent::IntentKind,
     metadata::GroupMetadata,
+    mls_config::{MAX_PAST_EPOCHS, fit_past_epochs, join_config, sender_ratchets},
     records::{DeniableState, RetiredGroup, RetiredLeaf},
     roster::Roster,
     signer::{Me, signer},
@@ -53,31 +54,6 @@ use crate::identity::{
     InboxId, InstallationId, deniable_capabilities, kith_capabilities, kith_credential,
     leaf_lifetime, pseudonym_credential_from_bytes,
 };
-
-/// How many past epochs' secrets are kept, so that application messages
-/// sent just before a commit still decrypt after it.
-pub const MAX_PAST_EPOCHS: usize = 16;
-
-/// How many generations behind the newest a sender's message may arrive
-/// and still decrypt. OpenMLS's default (5) assumes one ordered stream;
-/// envelopes of one sender reach members through different originator
-/// nodes (the sender moved, replication lagged), so they can arrive far
-/// out of order. The cost is up to this many kept keys per sender and
-/// epoch.
-pub const OUT_OF_ORDER_TOLERANCE: u32 = 128;
-
-fn sender_ratchets() -> SenderRatchetConfiguration {
-    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, 1000)
-}
-
-fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .sender_ratchet_configuration(sender_ratchets())
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
-}
 
 /// Serialize an outgoing MLS message.
 fn serialize(message: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
@@ -352,9 +328,10 @@ impl Mls {
         // Staged beside any state of the same group id this installation
         // holds: the caller compares the two before it lets one replace the
         // other (and deletes the old state first).
-        let staged = StagedWelcome::build_from_welcome(provider, &join_config(), welcome)
-            .and_then(|builder| builder.replace_old_group().build())
-            .map_err(|e| GroupError::InvalidInput(format!("welcome: {e:?}")))?;
+        let staged =
+            StagedWelcome::build_from_welcome(provider, &join_config(MAX_PAST_EPOCHS), welcome)
+                .and_then(|builder| builder.replace_old_group().build())
+                .map_err(|e| GroupError::InvalidInput(format!("welcome: {e:?}")))?;
         let metadata = GroupMetadata::from_extensions(staged.group_context().extensions())?;
         if staged.group_context().group_id().as_slice() != group_id {
             return Err(GroupError::InvalidInput(
@@ -381,7 +358,8 @@ impl Mls {
         provider: &P,
         join: StagedJoin,
     ) -> Result<Self, GroupError> {
-        let group = join.staged.into_group(provider).map_err(GroupError::mls)?;
+        let mut group = join.staged.into_group(provider).map_err(GroupError::mls)?;
+        fit_past_epochs(provider, &mut group)?;
         Ok(Self {
             state: State::Live(Box::new(group)),
             ephemeral: None,
@@ -829,6 +807,14 @@ impl Mls {
         )
     }
 
+    /// How many past epochs' message secrets OpenMLS keeps for the group.
+    pub(crate) fn past_epochs_kept(&self) -> Option<usize> {
+        match self.state.live().ok()?.past_epoch_deletion_policy() {
+            PastEpochDeletionPolicy::MaxEpochs(epochs) => Some(*epochs),
+            PastEpochDeletionPolicy::KeepAll => None,
+        }
+    }
+
     /// Merge another member's validated commit.
     pub(crate) fn merge<P: OpenMlsProvider>(
         &mut self,
@@ -843,10 +829,13 @@ impl Mls {
             self_removed: staged.self_removed(),
             summary,
         };
-        self.state
-            .live_mut()?
+        let group = self.state.live_mut()?;
+        group
             .merge_staged_commit(provider, staged)
             .map_err(GroupError::mls)?;
+        if merge.summary.changed_leaves() {
+            fit_past_epochs(provider, group)?;
+        }
         self.metadata = merge.summary.metadata.clone();
         Ok(merge)
     }
@@ -895,10 +884,13 @@ impl Mls {
             self_removed: false,
             summary,
         };
-        self.state
-            .live_mut()?
+        let group = self.state.live_mut()?;
+        group
             .merge_pending_commit(provider)
             .map_err(GroupError::mls)?;
+        if merge.summary.changed_leaves() {
+            fit_past_epochs(provider, group)?;
+        }
         self.metadata = merge.summary.metadata.clone();
         Ok(merge)
     }

@@ -59,6 +59,7 @@ mod input;
 mod intent;
 pub mod metadata;
 mod mls;
+mod mls_config;
 mod outbox;
 mod parts;
 pub mod records;
@@ -85,7 +86,9 @@ pub use history::{COMMIT_HISTORY, MAX_HELD, MAX_HELD_AHEAD, MAX_HELD_BYTES};
 pub use identities::IdentityCache;
 pub use intent::{DeniableAdd, Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
 pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
-pub use mls::{MAX_PAST_EPOCHS, OUT_OF_ORDER_TOLERANCE};
+pub use mls_config::{
+    MAX_PAST_EPOCHS, OUT_OF_ORDER_TOLERANCE, PAST_EPOCH_MEMBER_BUDGET, past_epochs_for,
+};
 pub use outbox::KEPT_FAILED_INTENTS;
 pub use records::{
     ConversationId, ConversationRecord, ConversationState, DeferredWelcome, Delivery, LeafAdded,

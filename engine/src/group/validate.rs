@@ -47,6 +47,13 @@ pub struct CommitSummary {
     pub leaves_added: bool,
 }
 
+impl CommitSummary {
+    /// Whether the commit added or removed leaves.
+    pub(crate) fn changed_leaves(&self) -> bool {
+        self.leaves_added || !self.removed.is_empty()
+    }
+}
+
 /// Why a commit cannot be merged (yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
