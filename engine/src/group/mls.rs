@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openmls::group::PastEpochDeletionPolicy;
 use openmls::prelude::{
     Credential, CredentialWithKey, Extensions, GroupContext, GroupId, LeafNodeIndex,
     LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
@@ -808,10 +807,12 @@ impl Mls {
     }
 
     /// How many past epochs' message secrets OpenMLS keeps for the group.
+    #[cfg(any(test, feature = "test-suite"))]
     pub(crate) fn past_epochs_kept(&self) -> Option<usize> {
+        use openmls::group::PastEpochDeletionPolicy as Policy;
         match self.state.live().ok()?.past_epoch_deletion_policy() {
-            PastEpochDeletionPolicy::MaxEpochs(epochs) => Some(*epochs),
-            PastEpochDeletionPolicy::KeepAll => None,
+            Policy::MaxEpochs(epochs) => Some(*epochs),
+            Policy::KeepAll => None,
         }
     }
 

@@ -234,6 +234,15 @@ fn check_membership(
     new: &GroupMetadata,
     proposed: &Proposed,
 ) -> Result<BTreeSet<InboxId>, Verdict> {
+    // Only adds and removals change whose the leaves are (an update keeps
+    // its leaf's identity, checked above and in `check_update`), and the
+    // leaves matched `old.membership` when the last epoch began: a commit
+    // that changes neither need not read every leaf again, which is most
+    // of its cost in a large group.
+    if proposed.added.is_empty() && proposed.removed.is_empty() && new.membership == old.membership
+    {
+        return Ok(old.membership.keys().copied().collect());
+    }
     let mut leaves: BTreeMap<InboxId, BTreeSet<InstallationId>> = BTreeMap::new();
     for member in group.members() {
         if let Some(identity) = leaf_identity(group, member.index) {
