@@ -5,238 +5,64 @@
 //! without wedging the group. A removal that shrinks the group gives the
 //! epochs back.
 //!
-//! The group is a creator, Bob, and 258 installations that exist only as
-//! key packages (their owners never read): 260 installations, just past
-//! the size at which the budget starts to bite.
+//! Client 0 creates the group with client 1; clients 2 to 259 are added in
+//! bulk and never read (only their key packages take part); client 260
+//! joins last. 261 installations: just past the size at which the budget
+//! starts to bite.
 
-use kith_engine::{
-    delivery::{Envelope, Topic},
-    group::{
-        ConversationKind, Group, GroupConfig, GroupEvent, IdentityCache, IntentKind,
-        MAX_PAST_EPOCHS, Me, NewGroup, PolicyPreset, ProposalPolicy, past_epochs_for,
-    },
-    identity::{
-        DEFAULT_LIFETIME_SECS, InboxId, InstallationKeys, LocalWallet, UnsignedIdentityUpdate,
-        generate_key_package,
-    },
-};
-use kith_storage::{KithProvider, SledMlsStorage, StorageConfig};
-use openmls::prelude::{MlsMessageOut, OpenMlsProvider as _, tls_codec::Serialize as _};
-use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng as _};
+use kith_engine::group::{GroupEvent, IntentKind, MAX_PAST_EPOCHS, past_epochs_for};
+use kith_sim::world::World;
 
-const GROUP_SIZE: usize = 260;
+const BULK: std::ops::Range<usize> = 2..260;
+const JOINER: usize = 260;
 
-/// OpenMLS checks key-package lifetimes against the system clock.
-#[allow(clippy::disallowed_methods)]
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .expect("clock after 1970")
+/// Stamps envelopes on node 1 in order (the world's setup used up to 10).
+struct Clock(u64);
+
+impl Clock {
+    fn tick(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
 }
 
-fn provider() -> KithProvider {
-    KithProvider::from_storage(
-        SledMlsStorage::from_db(
-            sled::Config::new().temporary(true).open().expect("sled"),
-            StorageConfig::default(),
-        )
-        .expect("storage"),
-    )
-}
-
-/// An installation: its keys, its inbox, and its provider (where its key
-/// packages' private keys live).
-struct Installation {
-    provider: KithProvider,
-    keys: InstallationKeys,
-    inbox: InboxId,
-}
-
-impl Installation {
-    fn new(rng: &mut ChaCha20Rng, identities: &mut IdentityCache, provider: KithProvider) -> Self {
-        let wallet = LocalWallet::generate(rng);
-        let keys = InstallationKeys::generate(rng);
-        let unsigned =
-            UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
-        let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
-        identities
-            .extend(wallet.inbox_id(), [unsigned.sign(signature, Some(&keys))])
-            .expect("valid log");
-        Self {
-            provider,
-            keys,
-            inbox: wallet.inbox_id(),
+/// Client 0 commits `intent`; the commit reaches client 0 and `readers`,
+/// and any Welcome it releases is dropped.
+fn commit(world: &mut World, clock: &mut Clock, readers: &[usize], intent: IntentKind) {
+    let epoch = world.group(0).epoch();
+    world.queue(0, intent);
+    let t = clock.tick();
+    world.advance(0, t);
+    for item in world.outbox(0) {
+        let envelope = world.env(t, 1, t, item.payload);
+        for &reader in [0].iter().chain(readers) {
+            world.handle(reader, &envelope, t);
+            world.advance(reader, t);
         }
     }
-
-    fn kv(&self) -> &SledMlsStorage {
-        self.provider.storage()
+    for &member in [0].iter().chain(readers) {
+        assert_eq!(world.group(member).epoch(), epoch + 1, "{member} merged");
     }
-
-    fn me(&self) -> Me<'_> {
-        Me {
-            inbox: self.inbox,
-            keys: &self.keys,
-        }
-    }
-
-    fn key_package(&self) -> Vec<u8> {
-        encode(generate_key_package(
-            &self.provider,
-            &self.keys,
-            self.inbox,
-            now_ms() / 1000,
-            DEFAULT_LIFETIME_SECS,
-            false,
-        ))
-    }
+    // The Welcomes the merge released: the bulk-added never read them.
+    world.outbox(0);
 }
 
-/// An installation that exists only as a registered inbox and a key
-/// package in `provider`.
-fn bare_installation(
-    rng: &mut ChaCha20Rng,
-    identities: &mut IdentityCache,
-    provider: &KithProvider,
-) -> (InboxId, Vec<u8>) {
-    let wallet = LocalWallet::generate(rng);
-    let keys = InstallationKeys::generate(rng);
-    let unsigned = UnsignedIdentityUpdate::add_installation(wallet.inbox_id(), &keys, 1, now_ms());
-    let signature = wallet.sign_personal(unsigned.signature_text().as_bytes());
-    identities
-        .extend(wallet.inbox_id(), [unsigned.sign(signature, Some(&keys))])
-        .expect("valid log");
-    (
-        wallet.inbox_id(),
-        encode(generate_key_package(
-            provider,
-            &keys,
-            wallet.inbox_id(),
-            now_ms() / 1000,
-            DEFAULT_LIFETIME_SECS,
-            false,
-        )),
-    )
-}
-
-fn encode<E: std::fmt::Debug>(key_package: Result<openmls::prelude::KeyPackage, E>) -> Vec<u8> {
-    MlsMessageOut::from(key_package.expect("key package"))
-        .tls_serialize_detached()
-        .expect("serialize")
-}
-
-/// The node: one ordered topic per group, and a Welcome topic each.
-#[derive(Default)]
-struct Node {
-    envelopes: Vec<Envelope>,
-}
-
-impl Node {
-    fn publish(&mut self, sealed: Vec<(String, Vec<u8>)>) -> Vec<Envelope> {
-        sealed
-            .into_iter()
-            .map(|(topic, payload)| {
-                let sequence = self.envelopes.len() as u64 + 1;
-                let envelope = Envelope {
-                    topic: topic.parse().expect("topic"),
-                    payload,
-                    originator_node_id: 1,
-                    originator_sequence_id: sequence,
-                    originator_time_ms: now_ms() + sequence,
-                };
-                self.envelopes.push(envelope.clone());
-                envelope
-            })
-            .collect()
+/// Client 0 encrypts `text` now; the envelope reaches client 1 only after
+/// `commits` more commits (a sender that had not seen them yet).
+fn late_message(world: &mut World, clock: &mut Clock, text: &str, commits: usize) -> usize {
+    let id = world.send(0, text, clock.tick());
+    let sealed = world.outbox(0);
+    for _ in 0..commits {
+        commit(world, clock, &[1, JOINER], IntentKind::UpdateKeys);
     }
-
-    /// Publish everything `group` has queued.
-    fn flush(&mut self, group: &mut Group, member: &Installation) -> Vec<Envelope> {
-        let mut sealed = Vec::new();
-        while let Some(item) = group.poll_outbound() {
-            for topic in &item.topics {
-                sealed.push((topic.clone(), item.payload.clone()));
-            }
-            group.ack_outbound(member.kv(), &item).expect("ack");
-        }
-        self.publish(sealed)
+    let events_before = world.events(1).len();
+    for item in sealed {
+        let t = clock.tick();
+        let envelope = world.env(t, 1, t, item.payload);
+        world.handle(1, &envelope, t);
     }
-}
-
-fn handle(
-    group: &mut Group,
-    member: &Installation,
-    identities: &IdentityCache,
-    envelopes: &[Envelope],
-) -> Vec<GroupEvent> {
-    let topic = Topic::Group(group.group_id().to_vec());
-    for envelope in envelopes.iter().filter(|e| e.topic == topic) {
-        group
-            .handle_envelope(
-                &member.provider,
-                member.kv(),
-                identities,
-                envelope,
-                now_ms(),
-            )
-            .expect("handle");
-    }
-    std::iter::from_fn(|| group.poll_event()).collect()
-}
-
-/// `who` commits `intent`; the commit comes back to it and reaches `bob`.
-fn commit(
-    node: &mut Node,
-    identities: &IdentityCache,
-    (creator, alice): (&mut Group, &Installation),
-    bob: Option<(&mut Group, &Installation)>,
-    intent: IntentKind,
-) -> Vec<Envelope> {
-    let epoch = creator.epoch();
-    creator.queue_intent(alice.kv(), intent).expect("queue");
-    creator
-        .advance(
-            &alice.provider,
-            alice.kv(),
-            alice.me(),
-            identities,
-            now_ms(),
-        )
-        .expect("advance");
-    let out = node.flush(creator, alice);
-    handle(creator, alice, identities, &out);
-    assert_eq!(creator.epoch(), epoch + 1, "the commit was merged");
-    if let Some((group, member)) = bob {
-        handle(group, member, identities, &out);
-        assert_eq!(group.epoch(), epoch + 1, "bob merged it too");
-    }
-    // The Welcome, if any, goes out after the merge.
-    node.flush(creator, alice)
-}
-
-/// `member` encrypts `text` now; its envelope reaches the node only when
-/// the test publishes what this returns (a sender that had not seen the
-/// latest commits yet, or a slow link).
-fn seal(group: &mut Group, member: &Installation, text: &str) -> Vec<(String, Vec<u8>)> {
-    group
-        .send_message(
-            &member.provider,
-            member.kv(),
-            member.me(),
-            "text/plain",
-            text.as_bytes(),
-            now_ms(),
-        )
-        .expect("send");
-    let mut sealed = Vec::new();
-    while let Some(item) = group.poll_outbound() {
-        for topic in &item.topics {
-            sealed.push((topic.clone(), item.payload.clone()));
-        }
-        group.ack_outbound(member.kv(), &item).expect("ack");
-    }
-    sealed
+    assert!(world.delivery(0, &id).is_some(), "the sender keeps it");
+    events_before
 }
 
 fn texts(events: &[GroupEvent]) -> Vec<String> {
@@ -251,117 +77,56 @@ fn texts(events: &[GroupEvent]) -> Vec<String> {
 
 #[test]
 fn past_epochs_follow_the_group_size_and_late_messages_within_them_decrypt() {
-    let mut rng = ChaCha20Rng::seed_from_u64(20);
-    let mut identities = IdentityCache::new();
-    let alice = Installation::new(&mut rng, &mut identities, provider());
-    let bob = Installation::new(&mut rng, &mut identities, provider());
-    // The bare installations share one provider: they only hold key packages.
-    let bare_provider = provider();
-    let bare: Vec<(InboxId, Vec<u8>)> = (0..GROUP_SIZE - 2)
-        .map(|_| bare_installation(&mut rng, &mut identities, &bare_provider))
-        .collect();
-    let removed: Vec<InboxId> = bare[..GROUP_SIZE - 256].iter().map(|(i, _)| *i).collect();
-    let mut node = Node::default();
-    let commits_only = GroupConfig {
-        proposals: ProposalPolicy {
-            propose_first: false,
-            ..ProposalPolicy::default()
-        },
-        ..GroupConfig::default()
-    };
+    let mut world = World::new(20, JOINER + 1, 2, 0);
+    let mut clock = Clock(10);
+    for member in [0, 1] {
+        assert_eq!(
+            world.group(member).past_epochs_kept_for_tests(),
+            Some(MAX_PAST_EPOCHS)
+        );
+    }
 
-    let mut a = Group::create(
-        &alice.provider,
-        alice.kv(),
-        alice.me(),
-        &identities,
-        NewGroup {
-            kind: ConversationKind::Group,
-            dm_peer: None,
-            dm_mode: kith_engine::identity::DmMode::NonRepudiable,
-            attributes: Default::default(),
-            preset: PolicyPreset::Default,
-            now_ms: now_ms(),
-        },
-    )
-    .expect("create");
-    a.set_config(commits_only);
-    assert_eq!(a.past_epochs_kept_for_tests(), Some(MAX_PAST_EPOCHS));
-
-    // The bulk add: the committer fits its store when it merges.
+    // The bulk add: the committer and a member that merges it fit their
+    // stores.
+    let (key_packages, sequences) = BULK
+        .map(|c| {
+            let client = &mut world.clients[c];
+            (
+                client.key_package.take().expect("unused"),
+                (client.inbox, 1),
+            )
+        })
+        .unzip();
     commit(
-        &mut node,
-        &identities,
-        (&mut a, &alice),
-        None,
+        &mut world,
+        &mut clock,
+        &[1],
         IntentKind::AddMembers {
-            sequences: bare.iter().map(|(inbox, _)| (*inbox, 1)).collect(),
-            key_packages: bare.into_iter().map(|(_, kp)| kp).collect(),
+            key_packages,
+            sequences,
         },
     );
-    let kept = past_epochs_for(GROUP_SIZE - 1);
+    let kept = past_epochs_for(BULK.end);
     assert!(kept < MAX_PAST_EPOCHS, "the budget bites at this size");
-    assert_eq!(a.past_epochs_kept_for_tests(), Some(kept));
+    for member in [0, 1] {
+        assert_eq!(world.group(member).past_epochs_kept_for_tests(), Some(kept));
+    }
 
-    // Bob joins: the joiner fits its store when it joins.
-    let welcomes = commit(
-        &mut node,
-        &identities,
-        (&mut a, &alice),
-        None,
-        IntentKind::AddMembers {
-            key_packages: vec![bob.key_package()],
-            sequences: vec![(bob.inbox, 1)],
-        },
-    );
-    let kept = past_epochs_for(GROUP_SIZE);
-    assert_eq!(a.past_epochs_kept_for_tests(), Some(kept));
-    let welcome = welcomes
-        .iter()
-        .find(|e| e.topic == Topic::Welcome(bob.keys.id()))
-        .expect("bob's Welcome");
-    let mut b = Group::join(
-        &bob.provider,
-        bob.kv(),
-        bob.me(),
-        &identities,
-        &welcome.payload,
-        now_ms(),
-    )
-    .expect("join")
-    .expect("a new group");
-    b.set_config(commits_only);
-    assert_eq!(b.past_epochs_kept_for_tests(), Some(kept));
+    // A joiner fits its store when it joins.
+    world.add(0, &[JOINER], clock.tick());
+    let kept = past_epochs_for(JOINER + 1);
+    for member in [0, 1, JOINER] {
+        assert_eq!(world.group(member).past_epochs_kept_for_tests(), Some(kept));
+    }
 
     // A message `kept` commits late decrypts.
-    let late = seal(&mut a, &alice, "kept commits late");
-    for _ in 0..kept {
-        commit(
-            &mut node,
-            &identities,
-            (&mut a, &alice),
-            Some((&mut b, &bob)),
-            IntentKind::UpdateKeys,
-        );
-    }
-    let late = node.publish(late);
-    let events = handle(&mut b, &bob, &identities, &late);
-    assert_eq!(texts(&events), ["kept commits late"], "{events:?}");
+    let from = late_message(&mut world, &mut clock, "kept commits late", kept);
+    assert_eq!(texts(&world.events(1)[from..]), ["kept commits late"]);
 
     // One commit later than that, it is skipped with a reason.
-    let too_late = seal(&mut a, &alice, "one commit too late");
-    for _ in 0..=kept {
-        commit(
-            &mut node,
-            &identities,
-            (&mut a, &alice),
-            Some((&mut b, &bob)),
-            IntentKind::UpdateKeys,
-        );
-    }
-    let too_late = node.publish(too_late);
-    let events = handle(&mut b, &bob, &identities, &too_late);
-    assert!(texts(&events).is_empty(), "{events:?}");
+    let from = late_message(&mut world, &mut clock, "one commit too late", kept + 1);
+    let events = &world.events(1)[from..];
+    assert!(texts(events).is_empty(), "{events:?}");
     assert!(
         events
             .iter()
@@ -369,20 +134,22 @@ fn past_epochs_follow_the_group_size_and_late_messages_within_them_decrypt() {
         "the envelope is skipped with a reason: {events:?}"
     );
 
-    // The group goes on, and a member that merges a removal fits its
-    // store again: at 256 installations the budget keeps the most.
-    let on_time = seal(&mut a, &alice, "on time");
-    let on_time = node.publish(on_time);
-    let events = handle(&mut b, &bob, &identities, &on_time);
-    assert_eq!(texts(&events), ["on time"]);
+    // The group goes on, and a removal that brings it to 256 installations
+    // gives the epochs back.
+    let from = late_message(&mut world, &mut clock, "on time", 0);
+    assert_eq!(texts(&world.events(1)[from..]), ["on time"]);
+    let removed = BULK.take(5).map(|c| world.clients[c].inbox).collect();
     commit(
-        &mut node,
-        &identities,
-        (&mut a, &alice),
-        Some((&mut b, &bob)),
+        &mut world,
+        &mut clock,
+        &[1, JOINER],
         IntentKind::RemoveMembers { inboxes: removed },
     );
     assert_eq!(past_epochs_for(256), MAX_PAST_EPOCHS);
-    assert_eq!(a.past_epochs_kept_for_tests(), Some(MAX_PAST_EPOCHS));
-    assert_eq!(b.past_epochs_kept_for_tests(), Some(MAX_PAST_EPOCHS));
+    for member in [0, 1, JOINER] {
+        assert_eq!(
+            world.group(member).past_epochs_kept_for_tests(),
+            Some(MAX_PAST_EPOCHS)
+        );
+    }
 }
