@@ -1,0 +1,345 @@
+//! The records and enums that cross the boundary, each converted from (or
+//! to) the `kith` type of the same name and nothing more.
+//!
+//! Ids are strings: inbox ids as EIP-55 addresses, every other id as
+//! lowercase hex. [`parse_inbox`] and [`parse_conversation`] turn a
+//! foreign string back into an id, or into `KithError::InvalidInput`.
+
+use std::collections::HashMap;
+
+use kith::{ConversationId, InboxId};
+
+use crate::KithError;
+
+/// An inbox id from a foreign string.
+pub(crate) fn parse_inbox(inbox: &str) -> Result<InboxId, KithError> {
+    inbox
+        .parse()
+        .map_err(|e| KithError::InvalidInput(format!("inbox id {inbox:?}: {e}")))
+}
+
+/// Inbox ids from foreign strings; the first bad one fails the call.
+pub(crate) fn parse_inboxes(inboxes: &[String]) -> Result<Vec<InboxId>, KithError> {
+    inboxes.iter().map(|i| parse_inbox(i)).collect()
+}
+
+/// A conversation id from lowercase or uppercase hex.
+pub(crate) fn parse_conversation(id: &str) -> Result<ConversationId, KithError> {
+    hex::decode(id)
+        .map(ConversationId)
+        .map_err(|e| KithError::InvalidInput(format!("conversation id {id:?} is not hex: {e}")))
+}
+
+/// Group or DM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConversationKind {
+    /// A group chat.
+    Group,
+    /// A 1:1 chat between two inboxes.
+    Dm,
+}
+
+impl From<kith::ConversationKind> for ConversationKind {
+    fn from(kind: kith::ConversationKind) -> Self {
+        match kind {
+            kith::ConversationKind::Group => Self::Group,
+            kith::ConversationKind::Dm => Self::Dm,
+        }
+    }
+}
+
+/// How a DM proves who is in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, uniffi::Enum)]
+pub enum DmMode {
+    /// Identity bound by MACs either side could have made: a leaked
+    /// transcript proves nothing to a third party. The default.
+    #[default]
+    Deniable,
+    /// Every message signed by a key the sender's wallet vouched for.
+    NonRepudiable,
+}
+
+impl From<kith::DmMode> for DmMode {
+    fn from(mode: kith::DmMode) -> Self {
+        match mode {
+            kith::DmMode::Deniable => Self::Deniable,
+            kith::DmMode::NonRepudiable => Self::NonRepudiable,
+        }
+    }
+}
+
+impl From<DmMode> for kith::DmMode {
+    fn from(mode: DmMode) -> Self {
+        match mode {
+            DmMode::Deniable => Self::Deniable,
+            DmMode::NonRepudiable => Self::NonRepudiable,
+        }
+    }
+}
+
+/// Whether a deniable DM's members have proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum DmVerification {
+    /// Not every binding has arrived or been checked: messages out wait.
+    Pending,
+    /// Every member is bound to one of the two inboxes.
+    Verified,
+    /// A binding did not verify: nothing is sent; tell the user.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<kith::DmVerification> for DmVerification {
+    fn from(v: kith::DmVerification) -> Self {
+        match v {
+            kith::DmVerification::Pending => Self::Pending,
+            kith::DmVerification::Verified => Self::Verified,
+            kith::DmVerification::Failed(reason) => Self::Failed { reason },
+        }
+    }
+}
+
+/// Who may make a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Permission {
+    /// Any member.
+    Allow,
+    /// Nobody.
+    Deny,
+    /// Admins and super admins.
+    AdminOnly,
+    /// Super admins only.
+    SuperAdminOnly,
+}
+
+impl From<Permission> for kith::Permission {
+    fn from(p: Permission) -> Self {
+        match p {
+            Permission::Allow => Self::Allow,
+            Permission::Deny => Self::Deny,
+            Permission::AdminOnly => Self::AdminOnly,
+            Permission::SuperAdminOnly => Self::SuperAdminOnly,
+        }
+    }
+}
+
+/// The policies a group starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, uniffi::Enum)]
+pub enum PolicyPreset {
+    /// Anyone adds members and edits attributes; admins remove members;
+    /// super admins manage admins and policies.
+    #[default]
+    Default,
+    /// Only admins add and remove members and edit attributes.
+    AdminsOnly,
+}
+
+impl From<PolicyPreset> for kith::PolicyPreset {
+    fn from(p: PolicyPreset) -> Self {
+        match p {
+            PolicyPreset::Default => Self::Default,
+            PolicyPreset::AdminsOnly => Self::AdminsOnly,
+        }
+    }
+}
+
+/// A group's policies, for `KithConversation::set_policies`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Policies {
+    /// Adding a new inbox.
+    pub add_member: Permission,
+    /// Removing an inbox.
+    pub remove_member: Permission,
+    /// Updating an attribute with no entry in `update_attribute`.
+    pub update_attribute_default: Permission,
+    /// Updating specific attributes.
+    #[uniffi(default)]
+    pub update_attribute: HashMap<String, Permission>,
+    /// Adding or removing admins.
+    pub manage_admins: Permission,
+    /// Changing the policies.
+    pub change_policies: Permission,
+}
+
+impl From<Policies> for kith::Policies {
+    fn from(p: Policies) -> Self {
+        Self {
+            add_member: p.add_member.into(),
+            remove_member: p.remove_member.into(),
+            update_attribute_default: p.update_attribute_default.into(),
+            update_attribute: p
+                .update_attribute
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect(),
+            manage_admins: p.manage_admins.into(),
+            change_policies: p.change_policies.into(),
+        }
+    }
+}
+
+/// Options for `KithClient::create_group`; every field may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct GroupOptions {
+    /// The group's name.
+    #[uniffi(default)]
+    pub name: Option<String>,
+    /// Its description.
+    #[uniffi(default)]
+    pub description: Option<String>,
+    /// Its image URL.
+    #[uniffi(default)]
+    pub image_url: Option<String>,
+    /// Other attributes.
+    #[uniffi(default)]
+    pub attributes: HashMap<String, String>,
+    /// The policy preset (default `PolicyPreset.Default`).
+    #[uniffi(default)]
+    pub preset: Option<PolicyPreset>,
+}
+
+impl From<GroupOptions> for kith::GroupOptions {
+    fn from(o: GroupOptions) -> Self {
+        let mut options =
+            kith::GroupOptions::default().policies(o.preset.unwrap_or_default().into());
+        if let Some(name) = o.name {
+            options = options.name(name);
+        }
+        if let Some(description) = o.description {
+            options = options.description(description);
+        }
+        if let Some(url) = o.image_url {
+            options = options.image_url(url);
+        }
+        // Sorted, so that the same options always make the same group.
+        let mut attributes: Vec<_> = o.attributes.into_iter().collect();
+        attributes.sort();
+        for (key, value) in attributes {
+            options = options.attribute(key, value);
+        }
+        options
+    }
+}
+
+/// A message in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Message {
+    /// Its id (hex), the same on every member.
+    pub id: String,
+    /// The conversation (hex).
+    pub conversation_id: String,
+    /// The sender's inbox.
+    pub sender_inbox_id: String,
+    /// The sender's installation (hex).
+    pub sender_installation_id: String,
+    /// The content type (`text/plain` for text).
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The body as text, if it is text.
+    pub text: Option<String>,
+    /// The sender's clock when sending, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// Its place in the conversation, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Whether it is on the node.
+    pub published: bool,
+    /// Whether its sender is known (false only for a deniable DM message
+    /// whose sender has not proved who it is yet).
+    pub verified: bool,
+}
+
+impl From<kith::Message> for Message {
+    fn from(m: kith::Message) -> Self {
+        Self {
+            text: m.text().map(str::to_owned),
+            id: m.id.to_string(),
+            conversation_id: m.conversation.to_string(),
+            sender_inbox_id: m.sender.to_string(),
+            sender_installation_id: m.sender_installation.to_string(),
+            content_type: m.content_type,
+            body: m.body,
+            sent_at_ms: m.sent_at_ms,
+            time_ms: m.time_ms,
+            published: m.published,
+            verified: m.verified,
+        }
+    }
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Member {
+    /// The inbox.
+    pub inbox_id: String,
+    /// Its installations in the conversation (hex).
+    pub installation_ids: Vec<String>,
+}
+
+impl From<kith::Member> for Member {
+    fn from(m: kith::Member) -> Self {
+        Self {
+            inbox_id: m.inbox.to_string(),
+            installation_ids: m.installations.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// A conversation's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Metadata {
+    /// Group or DM.
+    pub kind: ConversationKind,
+    /// For a DM, its mode; none for a group.
+    pub dm_mode: Option<DmMode>,
+    /// Who created it.
+    pub creator_inbox_id: String,
+    /// When, by the creator's clock, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The name, if set.
+    pub name: Option<String>,
+    /// The description, if set.
+    pub description: Option<String>,
+    /// Every attribute, name and description included.
+    pub attributes: HashMap<String, String>,
+    /// Admins' inboxes.
+    pub admins: Vec<String>,
+    /// Super admins' inboxes.
+    pub super_admins: Vec<String>,
+}
+
+impl From<kith::Metadata> for Metadata {
+    fn from(m: kith::Metadata) -> Self {
+        Self {
+            kind: m.kind.into(),
+            dm_mode: m.dm_mode.map(Into::into),
+            creator_inbox_id: m.creator.to_string(),
+            created_at_ms: m.created_at_ms,
+            name: m.name,
+            description: m.description,
+            attributes: m.attributes.into_iter().collect(),
+            admins: m.admins.iter().map(ToString::to_string).collect(),
+            super_admins: m.super_admins.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// An installation of an inbox: the pair an event names.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct InstallationRef {
+    /// The inbox.
+    pub inbox_id: String,
+    /// The installation (hex).
+    pub installation_id: String,
+}
+
+impl From<(InboxId, kith::InstallationId)> for InstallationRef {
+    fn from((inbox, installation): (InboxId, kith::InstallationId)) -> Self {
+        Self {
+            inbox_id: inbox.to_string(),
+            installation_id: installation.to_string(),
+        }
+    }
+}
