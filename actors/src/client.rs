@@ -535,7 +535,7 @@ impl Client {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + Unpin + 'static {
+    pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + Unpin + use<> {
         BroadcastStream::new(self.inner.shared.events.subscribe())
             .filter_map(|item| futures::future::ready(item.ok()))
     }
