@@ -9,11 +9,7 @@
 mod cluster;
 mod common;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-};
+use std::path::Path;
 
 use common::{python, python_module, run_python};
 
@@ -33,49 +29,13 @@ fn python_scenarios_over_an_embedded_node() {
     );
 }
 
-/// A `kith-node` process on a free loopback port, killed on drop.
-struct NodeProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(data_dir: &Path) -> NodeProcess {
-    let mut child = Command::new(cluster::node_binary())
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kith-node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let address = line
-        .trim()
-        .strip_prefix("kith-node listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    NodeProcess {
-        child,
-        url: format!("http://{address}"),
-    }
-}
-
 #[test]
 fn python_scenarios_over_a_kith_node_process() {
     let Some(python) = python() else { return };
     let module = tempfile::tempdir().expect("tempdir");
     python_module(module.path());
     let data = tempfile::tempdir().expect("tempdir");
-    let node = start_node(data.path());
+    let node = cluster::standalone(data.path());
     let out = run_python(
         &python,
         module.path(),

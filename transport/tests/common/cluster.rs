@@ -28,6 +28,44 @@ pub fn node_binary() -> PathBuf {
     binary
 }
 
+/// One `kith-node` on its own (no peers), with its default limits, on a
+/// free loopback port; killed on drop.
+pub struct Standalone {
+    pub child: Child,
+    pub url: String,
+}
+
+/// Start a standalone node on `data_dir` and wait until it listens (its
+/// first line names the port it took).
+pub fn standalone(data_dir: &Path) -> Standalone {
+    let mut child = node_command(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kith-node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let address = line
+        .trim()
+        .strip_prefix("kith-node listening on ")
+        .unwrap_or_else(|| panic!("kith-node did not start: {line:?}"))
+        .to_owned();
+    Standalone {
+        child,
+        url: format!("http://{address}"),
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One node of a test cluster: its store, id, port and key, and its
 /// process while it runs.
 pub struct Node {
