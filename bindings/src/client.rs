@@ -44,6 +44,10 @@ pub struct ClientTuning {
     /// Periodic installation discovery (ms).
     #[uniffi(default)]
     pub discovery_interval_ms: Option<u64>,
+    /// Before a send, check the group's installations if the last check is
+    /// older than this (ms).
+    #[uniffi(default)]
+    pub discovery_before_send_ms: Option<u64>,
     /// How often the key-package pool is checked (ms).
     #[uniffi(default)]
     pub key_package_interval_ms: Option<u64>,
@@ -70,6 +74,9 @@ impl ClientTuning {
         }
         if let Some(v) = self.discovery_interval_ms {
             config.discovery_interval = ms(v);
+        }
+        if let Some(v) = self.discovery_before_send_ms {
+            config.discovery_before_send = ms(v);
         }
         if let Some(v) = self.key_package_interval_ms {
             config.key_package_interval = ms(v);

@@ -84,6 +84,16 @@ async def main():
     directory = tempfile.mkdtemp()
     node = kith.EmbeddedNode.in_memory()
 
+    # A private key gives the address Ethereum libraries give it; a key that
+    # is not one is refused.
+    key = Account.create().key.hex()
+    assert kith.Wallet.from_private_key(key).address() == Account.from_key(key).address
+    try:
+        kith.Wallet.from_private_key("0x1234")
+        raise AssertionError("a two-byte key was taken")
+    except kith.KithError.Wallet:
+        pass
+
     # Alice's key is Kith's; Bob's wallet is eth-account, behind the
     # WalletSigner callback interface.
     alice = await kith.create_client(options(directory, "alice", node), kith.Wallet.generate())
