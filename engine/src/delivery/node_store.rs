@@ -192,6 +192,21 @@ pub trait NodeStore: Send + Sync {
     /// `fresh`, stored, when there is none yet. Peers are configured with
     /// the public key, so it must survive restarts.
     fn node_signing_seed(&self, fresh: [u8; 32]) -> Result<[u8; 32], Self::Error>;
+
+    /// For a store that other node processes write too (a database shared
+    /// by several `kith-node`s): call `wake` whenever they may have stored
+    /// envelopes, from now until the store is dropped, and return `true`.
+    /// The node then reads what it has not announced yet
+    /// ([`NodeStore::originated_envelopes`]) and hands it to its
+    /// subscribers, so that a subscriber on any process sees what was
+    /// published through every other. A wake may be spurious or late, never
+    /// missing for good.
+    ///
+    /// The default, for a store only this process writes, returns `false`.
+    fn watch_external_appends(&self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        let _ = wake;
+        false
+    }
 }
 
 /// Computes the seal of an envelope a store has just stamped
