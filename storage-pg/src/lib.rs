@@ -879,6 +879,10 @@ impl NodeStore for PgNodeStore {
         self.node_key("ed25519-seed", fresh)
     }
 
+    fn is_unavailable(error: &Self::Error) -> bool {
+        error.is_unavailable()
+    }
+
     fn watch_external_appends(&self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
         let config = self.config.clone();
         let closed = Arc::clone(&self.closed);

@@ -207,6 +207,15 @@ pub trait NodeStore: Send + Sync {
         let _ = wake;
         false
     }
+
+    /// Whether `error` means the store cannot be reached for now (its
+    /// database is down or restarting) and a retry later may succeed: the
+    /// node answers such requests `UNAVAILABLE` instead of `INTERNAL`.
+    /// The default says no.
+    fn is_unavailable(error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 /// Computes the seal of an envelope a store has just stamped

@@ -26,11 +26,13 @@ impl TestDatabase {
         let mut suffix = [0u8; 6];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
         let name = format!("kith_test_{}", hex::encode(suffix));
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-            .unwrap_or_else(|e| panic!("connect to DATABASE_URL {admin}: {e}"));
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create a test database");
+        off_runtime(|| {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("connect to DATABASE_URL {admin}: {e}"));
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create a test database");
+        });
         let url = match admin.rsplit_once('/') {
             Some((server, _)) if server.contains("://") && server.matches('/').count() >= 2 => {
                 format!("{server}/{name}")
@@ -43,11 +45,21 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        off_runtime(|| {
+            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        });
     }
+}
+
+/// Run `f` on a thread of its own: the synchronous PostgreSQL client runs
+/// a runtime of its own, which cannot start inside an async test's.
+fn off_runtime(f: impl FnOnce() + Send) {
+    std::thread::scope(|scope| {
+        scope.spawn(f).join().expect("the database helper thread");
+    });
 }

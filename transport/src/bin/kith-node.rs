@@ -1,7 +1,9 @@
-//! `kith-node`: the Kith delivery-service node over gRPC, storing in sled.
+//! `kith-node`: the Kith delivery-service node over gRPC, storing in sled
+//! (`--data-dir`) or in PostgreSQL (`--database-url`).
 //!
 //! ```text
 //! kith-node --data-dir ./node-data                      # listens on 127.0.0.1:5556
+//! kith-node --database-url postgres://kith@db/kith      # PostgreSQL; run several
 //! kith-node --data-dir ./node-data --listen 127.0.0.1:0 # any free port
 //! kith-node --data-dir ./node-data --print-key          # print this node's public key, exit
 //! kith-node --data-dir ./a --node-id 1 \
@@ -15,6 +17,12 @@
 //! `--print-key` prints it (run it before the node starts: the store is
 //! locked while the node runs).
 //!
+//! Several processes with the same `--database-url` and `--node-id` are one
+//! node: the database orders what any of them stores, and each one's
+//! subscribers see what was published through every other (LISTEN/NOTIFY;
+//! see `kith-storage-pg`). Put them behind one address, or give clients
+//! all their URLs.
+//!
 //! On start it prints one line, `kith-node listening on <address>`, to
 //! standard output (useful with port 0). It stops gracefully on SIGINT or
 //! SIGTERM: in-flight calls finish and subscriptions end. Logs go to
@@ -23,7 +31,9 @@
 use std::{io::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
+use kith_engine::delivery::NodeStore;
 use kith_storage::SledNodeStore;
+use kith_storage_pg::PgNodeStore;
 use kith_transport::node::{
     BucketLimit, DEFAULT_SETTLE_WINDOW, NodeConfig, NodeLimits, NodeLogic, Peer, ReplicationDelay,
     serve, spawn_replicators,
@@ -38,8 +48,16 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:5556")]
     listen: SocketAddr,
     /// Directory of the node's sled database (created if missing).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// The node's PostgreSQL database, e.g. postgres://kith@127.0.0.1/kith,
+    /// instead of --data-dir. Several processes may share it.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
     /// This node's originator id.
     #[arg(long, default_value_t = 1)]
     node_id: u32,
@@ -211,13 +229,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settle_window: Duration::from_millis(args.settle_window_ms),
     };
     config.limits.check()?;
-    let store = SledNodeStore::open(&args.data_dir).map_err(|e| {
-        format!(
-            "cannot open the data directory {}: {e}",
-            args.data_dir.display()
-        )
-    })?;
-    let logic = Arc::new(NodeLogic::new(config, store));
+    match (args.database_url.clone(), args.data_dir.clone()) {
+        (Some(url), _) => {
+            // The PostgreSQL client blocks; keep it off the async threads.
+            let logic = tokio::task::spawn_blocking(move || {
+                let store = PgNodeStore::connect(&url)
+                    .map_err(|e| format!("cannot use the database {url}: {e}"))?;
+                Ok::<_, String>(NodeLogic::new(config, store))
+            })
+            .await??;
+            run(&args, Arc::new(logic), "database").await
+        }
+        (None, Some(dir)) => {
+            let store = SledNodeStore::open(&dir)
+                .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))?;
+            run(&args, Arc::new(NodeLogic::new(config, store)), "data_dir").await
+        }
+        (None, None) => Err("give --data-dir DIR or --database-url URL".into()),
+    }
+}
+
+/// Serve `logic` until SIGINT or SIGTERM.
+async fn run<S: NodeStore + 'static>(
+    args: &Args,
+    logic: Arc<NodeLogic<S>>,
+    store: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let key = hex::encode(logic.public_key().await?);
     if args.print_key {
         println!("{key}");
@@ -227,7 +264,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, node_id = args.node_id, %key, peers = logic.config().peers.len(), data_dir = %args.data_dir.display(), "kith-node started");
+    tracing::info!(%address, node_id = args.node_id, %key, peers = logic.config().peers.len(), store, "kith-node started");
     println!("kith-node listening on {address}");
     std::io::stdout().flush()?;
 

@@ -27,6 +27,10 @@ pub enum NodeError {
     /// The node failed (storage); retrying may help.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The node's database cannot be reached right now; retry later.
+    /// Nothing was stored by the failed request.
+    #[error("the node's database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl NodeError {
@@ -66,6 +70,7 @@ impl From<NodeError> for tonic::Status {
             }
             NodeError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             NodeError::Internal(m) => tonic::Status::internal(m),
+            NodeError::Unavailable(m) => tonic::Status::unavailable(m),
         }
     }
 }

@@ -25,6 +25,7 @@ use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, tls_codec::Deserialize as
 use tokio::sync::{broadcast, mpsc};
 use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 
+mod feed;
 mod forwarded;
 mod replication;
 
@@ -162,6 +163,9 @@ pub struct NodeLogic<S> {
     /// The node's Ed25519 key, which seals what it originates; read from
     /// the store (or made and stored) on first use.
     signing_key: tokio::sync::OnceCell<SigningKey>,
+    /// For a store other node processes write too: what this process
+    /// announced, and the store's wake-ups (`feed.rs`).
+    shared: Option<feed::SharedFeed>,
 }
 
 impl<S> std::fmt::Debug for NodeLogic<S> {
@@ -176,6 +180,16 @@ fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(e.to_string())
 }
 
+/// A store's error as the node reports it: `Unavailable` when the store
+/// says retrying later may work (its database is down), else `Internal`.
+pub(crate) fn store_error<S: NodeStore>(e: S::Error) -> NodeError {
+    if S::is_unavailable(&e) {
+        NodeError::Unavailable(e.to_string())
+    } else {
+        NodeError::Internal(e.to_string())
+    }
+}
+
 impl<S: NodeStore + 'static> NodeLogic<S> {
     /// A node over `store`, on the system clock.
     pub fn new(config: NodeConfig, store: S) -> Self {
@@ -185,7 +199,9 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// A node over `store`, on `clock`.
     pub fn with_clock(config: NodeConfig, store: S, clock: Arc<dyn Clock>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let shared = feed::SharedFeed::watch(&store);
         Self {
+            shared,
             limiter: Mutex::new(Limiter {
                 requesters: Buckets::new(config.limits.fetch_per_requester),
                 targets: Buckets::new(config.limits.fetch_per_target),
@@ -207,7 +223,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .get_or_try_init(|| async {
                 let fresh = StaticSecret::random_from_rng(rand_core::OsRng).to_bytes();
                 let stored = self
-                    .blocking(move |store| store.node_secret(fresh).map_err(internal))
+                    .blocking(move |store| store.node_secret(fresh).map_err(store_error::<S>))
                     .await?;
                 Ok(StaticSecret::from(stored))
             })
@@ -220,7 +236,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .get_or_try_init(|| async {
                 let fresh = SigningKey::generate(&mut rand_core::OsRng).to_bytes();
                 let stored = self
-                    .blocking(move |store| store.node_signing_seed(fresh).map_err(internal))
+                    .blocking(move |store| store.node_signing_seed(fresh).map_err(store_error::<S>))
                     .await?;
                 Ok(SigningKey::from_bytes(&stored))
             })
@@ -361,20 +377,11 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                     |envelope: &Envelope| key.sign(&envelope.seal_input()).to_bytes().to_vec();
                 store
                     .append_envelopes(node_id, parsed, now, &seal)
-                    .map_err(internal)
+                    .map_err(store_error::<S>)
             })
             .await?;
-        self.announce(&stored);
+        self.announce(&stored).await;
         Ok(stored)
-    }
-
-    /// Tell subscriptions of newly stored envelopes. Called with
-    /// `publish_order` held.
-    fn announce(&self, stored: &[SealedEnvelope]) {
-        for sealed in stored {
-            // No subscriber is not an error.
-            let _ = self.live.send(Arc::new(sealed.clone()));
-        }
     }
 
     /// One page of `topic` after `cursor`; returns the page, the advanced
@@ -397,7 +404,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .blocking(move |store| {
                 store
                     .query_envelopes(&topic, &after, limit)
-                    .map_err(internal)
+                    .map_err(store_error::<S>)
             })
             .await?;
         let full = page.len() == limit;
@@ -465,6 +472,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 })?;
             cursors.insert(topic, cursor);
         }
+        self.start_feed();
         // Register for live envelopes before catching up (see module docs).
         let mut live = self.live.subscribe();
         let mut closing = self.closing.subscribe();
@@ -525,7 +533,9 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 let read = async {
                     let mut page = self
                         .blocking(move |store| {
-                            store.query_envelopes(&t, &cursor, limit).map_err(internal)
+                            store
+                                .query_envelopes(&t, &cursor, limit)
+                                .map_err(store_error::<S>)
                         })
                         .await?;
                     self.fill_seals(&mut page).await?;
@@ -580,7 +590,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             let sequence = update.unsigned.sequence;
             if store
                 .append_identity_update(&inbox, sequence, update.to_bytes())
-                .map_err(internal)?
+                .map_err(store_error::<S>)?
             {
                 Ok(sequence)
             } else {
@@ -608,7 +618,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         self.blocking(move |store| {
             store
                 .identity_updates(&requests, usize::MAX)
-                .map_err(internal)?
+                .map_err(store_error::<S>)?
                 .into_iter()
                 .map(|updates| {
                     updates
@@ -719,7 +729,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .blocking(move |store| {
                 let known = store
                     .has_key_packages(KeyPackagePool::Ordinary, &targets)
-                    .map_err(internal)?;
+                    .map_err(store_error::<S>)?;
                 Ok((targets, known))
             })
             .await?;
@@ -958,7 +968,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
 fn load_identity<S: NodeStore>(store: &S, inbox: InboxId) -> Result<IdentityState, NodeError> {
     let stored = store
         .identity_updates(&[(inbox, 0)], usize::MAX)
-        .map_err(internal)?
+        .map_err(store_error::<S>)?
         .pop()
         .unwrap_or_default();
     let updates = stored
@@ -1062,7 +1072,7 @@ fn check_and_store<S: NodeStore>(
     }
     store
         .add_key_packages(pool, installation, one_time, last_resort)
-        .map_err(internal)?;
+        .map_err(store_error::<S>)?;
     // The count is what the client refills by: expired packages must not
     // count, and are purged here, where the owner asks for the count.
     let crypto = openmls_rust_crypto::RustCrypto::default();
@@ -1070,7 +1080,7 @@ fn check_and_store<S: NodeStore>(
         .purge_key_packages(pool, installation, &|bytes| {
             expired_package(&crypto, bytes, now_secs)
         })
-        .map_err(internal)
+        .map_err(store_error::<S>)
 }
 
 /// [`NodeStore::take_key_packages`], never handing out an expired one-time
@@ -1090,7 +1100,7 @@ fn take_unexpired<S: NodeStore>(
     };
     let mut answers = store
         .take_key_packages(pool, installations)
-        .map_err(internal)?;
+        .map_err(store_error::<S>)?;
     // Each round removes one expired package per installation still
     // pending; a pool holds at most a few hundred.
     for _ in 0..MAX_EXPIRED_SKIPS {
@@ -1099,7 +1109,9 @@ fn take_unexpired<S: NodeStore>(
             return Ok(answers);
         }
         let again: Vec<InstallationId> = pending.iter().map(|i| installations[*i]).collect();
-        let retaken = store.take_key_packages(pool, &again).map_err(internal)?;
+        let retaken = store
+            .take_key_packages(pool, &again)
+            .map_err(store_error::<S>)?;
         for (i, answer) in pending.into_iter().zip(retaken) {
             answers[i] = answer;
         }

@@ -22,7 +22,7 @@ use kith_engine::{
 };
 use tokio::sync::{broadcast, mpsc};
 
-use super::{NodeLogic, internal};
+use super::{NodeLogic, internal, store_error};
 use crate::node::{error::NodeError, replicator::REPLICATION_BATCH_BYTES};
 
 /// Why a replicated batch was refused. The batch changes nothing.
@@ -88,7 +88,8 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// This node's vector clock: the last sequence id stored per
     /// originator.
     pub async fn heads(&self) -> Result<Cursor, NodeError> {
-        self.blocking(|store| store.heads().map_err(internal)).await
+        self.blocking(|store| store.heads().map_err(store_error::<S>))
+            .await
     }
 
     /// Up to `limit` envelopes of `originator` after sequence `after`, in
@@ -104,7 +105,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .blocking(move |store| {
                 store
                     .originated_envelopes(originator, after, limit)
-                    .map_err(internal)
+                    .map_err(store_error::<S>)
             })
             .await?;
         self.fill_seals(&mut page).await?;
@@ -120,6 +121,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         originator: NodeId,
         after: u64,
     ) -> mpsc::Receiver<Result<Vec<SealedEnvelope>, NodeError>> {
+        self.start_feed();
         // Register for live envelopes before catching up, as `subscribe`.
         let mut live = self.live.subscribe();
         let mut closing = self.closing.subscribe();
@@ -251,13 +253,13 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         let heads = self.heads().await?;
         check_contiguous(&heads, &batch)?;
         let stored = self
-            .blocking(move |store| store.store_replicated(batch).map_err(internal))
+            .blocking(move |store| store.store_replicated(batch).map_err(store_error::<S>))
             .await?;
         // The log first, then the announcement: a client told of a peer's
         // identity update (perhaps one that revises a log it read) and
         // reading the log at once must find it revised already.
         self.apply_replicated_identities(&stored).await;
-        self.announce(&stored);
+        self.announce(&stored).await;
         drop(order);
         Ok(stored.len())
     }
@@ -333,7 +335,7 @@ fn sync_identity_log_once<S: NodeStore>(
     loop {
         let page = store
             .query_envelopes(&topic, &cursor, REPLICATION_PAGE)
-            .map_err(internal)?;
+            .map_err(store_error::<S>)?;
         let full = page.len() == REPLICATION_PAGE;
         for sealed in &page {
             cursor.advance(&sealed.envelope);
@@ -348,7 +350,7 @@ fn sync_identity_log_once<S: NodeStore>(
     }
     let stored: Vec<Vec<u8>> = store
         .identity_updates(&[(inbox, 0)], usize::MAX)
-        .map_err(internal)?
+        .map_err(store_error::<S>)?
         .pop()
         .unwrap_or_default()
         .into_iter()
@@ -366,7 +368,7 @@ fn sync_identity_log_once<S: NodeStore>(
         for (sequence, update) in (last + 1..).zip(&canonical[same..]) {
             if !store
                 .append_identity_update(&inbox, sequence, update.clone())
-                .map_err(internal)?
+                .map_err(store_error::<S>)?
             {
                 return Ok(None);
             }
@@ -379,7 +381,7 @@ fn sync_identity_log_once<S: NodeStore>(
     let changed = revised.len().max(stored.len() - same);
     if !store
         .revise_identity_log(&inbox, last, from, revised)
-        .map_err(internal)?
+        .map_err(store_error::<S>)?
     {
         return Ok(None);
     }
