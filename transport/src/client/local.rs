@@ -91,7 +91,7 @@ impl<S: NodeStore + 'static> DeliveryClient for LocalNode<S> {
                         }
                     }
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(ClientError::Refused(e))).await;
+                        let _ = tx.send(Err(ClientError::from(e))).await;
                         return;
                     }
                     None => return,

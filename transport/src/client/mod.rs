@@ -44,7 +44,7 @@ use crate::node::{
 pub enum ClientError {
     /// The node refused the request; nothing changed on the node.
     #[error("the node refused the request: {0}")]
-    Refused(#[from] NodeError),
+    Refused(NodeError),
     /// The node could not be reached, or the connection broke. For a
     /// publish, the outcome is unknown.
     #[error("node unavailable: {0}")]
@@ -53,6 +53,17 @@ pub enum ClientError {
     /// true (see [`CheckedClient`]). Nothing of the answer was used.
     #[error("malformed answer from the node: {0}")]
     Malformed(String),
+}
+
+impl From<NodeError> for ClientError {
+    /// A node whose database is down did not refuse anything: the request
+    /// may succeed later, as after a broken connection.
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Unavailable(message) => Self::Unavailable(message),
+            other => Self::Refused(other),
+        }
+    }
 }
 
 /// One page of a query.
