@@ -35,6 +35,12 @@
 //!   advisory lock on the inbox, with the log's length checked inside it.
 //! - **Node secrets** are inserted once (`ON CONFLICT DO NOTHING`) and read
 //!   back, so every process signs and MACs with the same keys.
+//! - **Rate limits** hold across the processes: their token buckets are
+//!   rows of `rate_buckets`, created if missing and then locked
+//!   (`FOR UPDATE`, in key order so that two processes never deadlock),
+//!   read, charged by the node and written back in one transaction
+//!   ([`NodeStore::charge_buckets`]). A bucket idle long enough to be full
+//!   again is forgotten.
 //!
 //! # Growth and retention
 //!
@@ -65,8 +71,8 @@ use std::{
 
 use kith_engine::{
     delivery::{
-        Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, Replicated, SealedEnvelope, Sealer,
-        SequencedUpdates, StoredKeyPackage, Topic,
+        BucketCharge, Cursor, Envelope, KeyPackagePool, NodeId, NodeStore, Replicated,
+        SealedEnvelope, Sealer, SequencedUpdates, StoredKeyPackage, Topic,
     },
     identity::{InboxId, InstallationId},
 };
@@ -74,7 +80,14 @@ use postgres::{NoTls, Transaction, fallible_iterator::FallibleIterator as _};
 use r2d2_postgres::PostgresConnectionManager;
 
 /// The migrations, in order: `(version, SQL)`.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_node_store.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_node_store.sql")),
+    (2, include_str!("../migrations/0002_rate_buckets.sql")),
+];
+
+/// Every this many bucket charges, forget the buckets idle long enough to
+/// be full again (the table stays the size of the recently active ones).
+const BUCKET_SWEEP_EVERY: u64 = 1_024;
 
 /// Sequence ids per partition of `envelopes`.
 pub const ENVELOPE_PARTITION_SIZE: i64 = 1_000_000;
@@ -163,12 +176,15 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// The node's store on PostgreSQL. See the module docs.
 pub struct PgNodeStore {
-    pool: Pool,
+    /// `None` only while dropping (see `Drop`).
+    pool: Option<Pool>,
     config: postgres::Config,
     /// The highest partition index this process knows to exist.
     partitions: AtomicI64,
     /// Set on drop: the listener thread ends.
     closed: Arc<AtomicBool>,
+    /// Bucket charges so far, to sweep idle buckets now and then.
+    charges: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgNodeStore {
@@ -180,6 +196,12 @@ impl std::fmt::Debug for PgNodeStore {
 impl Drop for PgNodeStore {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::SeqCst);
+        // Closing a synchronous client blocks on its own runtime, which
+        // panics on a thread that drives async tasks (the node drops its
+        // store from one): close the pool on a thread of its own.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
     }
 }
 
@@ -286,18 +308,25 @@ impl PgNodeStore {
             .connection_timeout(CONNECT_TIMEOUT)
             .build(manager)?;
         let store = Self {
-            pool,
+            pool: Some(pool),
             config,
             partitions: AtomicI64::new(-1),
             closed: Arc::new(AtomicBool::new(false)),
+            charges: std::sync::atomic::AtomicU64::new(0),
         };
         store.migrate()?;
         Ok(store)
     }
 
+    fn pool(&self) -> Result<&Pool, PgStoreError> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| PgStoreError::Unavailable("the store is closing".into()))
+    }
+
     /// Apply the migrations this database lacks. See the module docs.
     fn migrate(&self) -> Result<(), PgStoreError> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let mut tx = client.transaction()?;
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, $2)",
@@ -339,7 +368,7 @@ impl PgNodeStore {
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, PgStoreError>,
     ) -> Result<T, PgStoreError> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let mut tx = client.transaction()?;
         let value = f(&mut tx)?;
         tx.commit()?;
@@ -402,7 +431,7 @@ impl PgNodeStore {
     }
 
     fn head(&self, originator: i64) -> Result<i64, PgStoreError> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         Ok(client
             .query_opt(
                 "SELECT last_sequence FROM node_heads WHERE originator = $1",
@@ -544,7 +573,7 @@ impl NodeStore for PgNodeStore {
             .into_iter()
             .unzip();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         // Per originator that has envelopes at all, the next `limit` of
         // this topic after the cursor (an index range scan each), then
         // merged in canonical order.
@@ -570,7 +599,7 @@ impl NodeStore for PgNodeStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<SealedEnvelope>, Self::Error> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let rows = client.query(
             "SELECT originator, sequence, topic, time_ms, payload, seal FROM envelopes \
              WHERE originator = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
@@ -632,7 +661,7 @@ impl NodeStore for PgNodeStore {
     }
 
     fn heads(&self) -> Result<Cursor, Self::Error> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         client
             .query(
                 "SELECT originator, last_sequence FROM node_heads WHERE last_sequence > 0",
@@ -663,7 +692,7 @@ impl NodeStore for PgNodeStore {
             .iter()
             .map(|(_, a)| to_i64(*a, "sequence"))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let rows = client.query(
             "SELECT r.idx, u.sequence, u.body \
              FROM unnest($1::bytea[], $2::bigint[]) WITH ORDINALITY AS r(inbox, after, idx) \
@@ -810,7 +839,7 @@ impl NodeStore for PgNodeStore {
             .iter()
             .map(|i| i.as_bytes().as_slice())
             .collect();
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let rows = client.query(
             "SELECT r.idx, \
                     EXISTS (SELECT 1 FROM key_packages k WHERE k.pool = $1 AND k.installation = r.id) \
@@ -827,7 +856,7 @@ impl NodeStore for PgNodeStore {
         pool: KeyPackagePool,
         installation: &InstallationId,
     ) -> Result<usize, Self::Error> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let count: i64 = client
             .query_one(
                 "SELECT count(*) FROM key_packages WHERE pool = $1 AND installation = $2",
@@ -879,6 +908,70 @@ impl NodeStore for PgNodeStore {
         self.node_key("ed25519-seed", fresh)
     }
 
+    fn charge_buckets(
+        &self,
+        keys: &[Vec<u8>],
+        now_ms: u64,
+        forget_after_ms: Option<u64>,
+        charge: BucketCharge<'_>,
+    ) -> Option<Result<bool, Self::Error>> {
+        Some((|| {
+            let now = to_i64(now_ms, "time")?;
+            let forget = forget_after_ms
+                .map(|ms| now.saturating_sub(to_i64(ms, "time").unwrap_or(i64::MAX)));
+            let mut sorted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let kept = self.transaction(|tx| {
+                // Missing rows first (in key order), so that every bucket
+                // is locked below, even one never charged.
+                tx.execute(
+                    "INSERT INTO rate_buckets (key, state, touched_ms) \
+                     SELECT k, NULL, $2 FROM unnest($1::bytea[]) AS k \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&sorted, &now],
+                )?;
+                let rows = tx.query(
+                    "SELECT key, state, touched_ms FROM rate_buckets WHERE key = ANY($1) \
+                     ORDER BY key FOR UPDATE",
+                    &[&sorted],
+                )?;
+                let mut stored = std::collections::HashMap::new();
+                for row in &rows {
+                    let key: Vec<u8> = row.try_get(0)?;
+                    let state: Option<Vec<u8>> = row.try_get(1)?;
+                    let touched: i64 = row.try_get(2)?;
+                    let idle = forget.is_some_and(|forget| touched < forget);
+                    stored.insert(key, if idle { None } else { state });
+                }
+                let mut states: Vec<Option<Vec<u8>>> = keys
+                    .iter()
+                    .map(|key| stored.get(key).cloned().flatten())
+                    .collect();
+                if !charge(&mut states) {
+                    return Ok(false);
+                }
+                let (written, values): (Vec<&[u8]>, Vec<Option<Vec<u8>>>) =
+                    keys.iter().map(Vec::as_slice).zip(states).unzip();
+                tx.execute(
+                    "UPDATE rate_buckets SET state = x.state, touched_ms = $3 \
+                     FROM unnest($1::bytea[], $2::bytea[]) AS x(key, state) \
+                     WHERE rate_buckets.key = x.key",
+                    &[&written, &values, &now],
+                )?;
+                Ok(true)
+            })?;
+            let count = self.charges.fetch_add(1, Ordering::Relaxed);
+            if let Some(forget) = forget
+                && count.is_multiple_of(BUCKET_SWEEP_EVERY)
+            {
+                let mut client = self.pool()?.get()?;
+                client.execute("DELETE FROM rate_buckets WHERE touched_ms < $1", &[&forget])?;
+            }
+            Ok(kept)
+        })())
+    }
+
     fn is_unavailable(error: &Self::Error) -> bool {
         error.is_unavailable()
     }
@@ -902,7 +995,7 @@ impl NodeStore for PgNodeStore {
 impl PgNodeStore {
     /// The key stored under `name`, or `fresh`, stored, if there is none.
     fn node_key(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], PgStoreError> {
-        let mut client = self.pool.get()?;
+        let mut client = self.pool()?.get()?;
         let row = client.query_one(
             "INSERT INTO node_keys (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = node_keys.value \

@@ -35,7 +35,7 @@ fn migrations_apply_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     client
         .execute(
             "INSERT INTO kith_schema_migrations (version) VALUES (999)",
@@ -45,7 +45,7 @@ fn migrations_apply_once_and_a_newer_schema_is_refused() {
     match PgNodeStore::connect(&db.url) {
         Err(PgStoreError::NewerSchema {
             found: 999,
-            known: 1,
+            known: 2,
         }) => {}
         other => panic!("expected NewerSchema, got {other:?}"),
     }

@@ -7,6 +7,7 @@
 //! restart test starts a server of its own with `scripts/local-postgres`,
 //! so that stopping it disturbs no other test.
 
+mod common;
 #[path = "../../storage-pg/tests/common/mod.rs"]
 mod pg;
 
@@ -407,4 +408,80 @@ async fn a_database_restart_under_a_running_node_loses_nothing_acknowledged() {
             envelope.originator_sequence_id
         );
     }
+}
+
+/// Two nodes over one database share the fetch limits: what a requester
+/// takes of a target through one counts on the other, and key packages are
+/// handed out once across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_key_packages_hold_across_processes() {
+    use kith_storage_pg::PgNodeStore;
+    use kith_transport::{
+        client::LocalNode,
+        node::{NodeConfig, NodeLogic},
+    };
+    let Some(db) = pg::TestDatabase::create("rate_limits_and_key_packages_hold_across_processes")
+    else {
+        return;
+    };
+    // Two node logics, each with its own pool and listener: two processes
+    // but for the address space.
+    let open = |url: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let store = PgNodeStore::connect(&url).expect("connect");
+            LocalNode::new(std::sync::Arc::new(NodeLogic::new(
+                NodeConfig::new(1),
+                store,
+            )))
+        })
+        .await
+        .expect("open a node")
+    };
+    let (a, b) = (open(db.url.clone()).await, open(db.url.clone()).await);
+    let attacker = common::Identity::new(31);
+    let victim = common::Identity::new(32);
+    attacker.register(&a).await;
+    victim.register(&b).await;
+    let pool: Vec<Vec<u8>> = (0..20).map(|_| victim.key_package(false)).collect();
+    victim
+        .upload(&a, pool.clone(), victim.key_package(true))
+        .await;
+
+    // The default pair bucket holds 5: 3 through A, then only 2 through B.
+    let mut handed = Vec::new();
+    for _ in 0..3 {
+        handed.push(attacker.fetch(&a, &victim).await);
+    }
+    let mut through_b = 0;
+    loop {
+        match attacker.try_fetch(&b, &victim).await {
+            Ok(fetched) => {
+                handed.push(fetched);
+                through_b += 1;
+                assert!(through_b <= 5, "process B ignored what A charged");
+            }
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("rate limit"),
+                    "refused for a rate limit: {e}"
+                );
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        through_b, 2,
+        "the pair's burst of 5 holds across both processes"
+    );
+    // Every package handed out is a distinct one-time package of the pool.
+    let bytes: BTreeSet<Vec<u8>> = handed
+        .iter()
+        .map(|f| {
+            let package = f.key_package.as_ref().expect("a package");
+            assert!(!package.last_resort);
+            package.bytes.clone()
+        })
+        .collect();
+    assert_eq!(bytes.len(), 5, "no package handed out twice");
+    assert!(bytes.iter().all(|b| pool.contains(b)));
 }

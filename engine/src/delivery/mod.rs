@@ -13,7 +13,7 @@ mod topic;
 
 pub use envelope::{Cursor, Envelope, NodeId, SealedEnvelope};
 pub use node_store::{
-    KeyPackagePool, MemoryNodeStore, NodeStore, Replicated, Sealer, SequencedUpdates,
+    BucketCharge, KeyPackagePool, MemoryNodeStore, NodeStore, Replicated, Sealer, SequencedUpdates,
     StoredKeyPackage,
 };
 pub use topic::{MAX_GROUP_ID_LEN, Topic, TopicError};

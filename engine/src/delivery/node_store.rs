@@ -208,6 +208,28 @@ pub trait NodeStore: Send + Sync {
         false
     }
 
+    /// For a store shared by several node processes: keep the rate limits'
+    /// token buckets in the store, so that a limit holds across all the
+    /// processes instead of per process. Atomically (against every other
+    /// process): read the states stored under `keys` (`None` for a bucket
+    /// never charged, or not charged for `forget_after_ms`, after which
+    /// every bucket is full again), let `charge` update them in place, and
+    /// store them if it returns `true`. Returns what `charge` returned.
+    ///
+    /// The states are opaque to the store; the node encodes them. The
+    /// default returns `None`: this store keeps no buckets, and the node
+    /// keeps them in memory.
+    fn charge_buckets(
+        &self,
+        keys: &[Vec<u8>],
+        now_ms: u64,
+        forget_after_ms: Option<u64>,
+        charge: BucketCharge<'_>,
+    ) -> Option<Result<bool, Self::Error>> {
+        let _ = (keys, now_ms, forget_after_ms, charge);
+        None
+    }
+
     /// Whether `error` means the store cannot be reached for now (its
     /// database is down or restarting) and a retry later may succeed: the
     /// node answers such requests `UNAVAILABLE` instead of `INTERNAL`.
@@ -217,6 +239,11 @@ pub trait NodeStore: Send + Sync {
         false
     }
 }
+
+/// Charges rate-limit buckets whose stored states it is given
+/// ([`NodeStore::charge_buckets`]): updates them in place and says whether
+/// to keep the update.
+pub type BucketCharge<'a> = &'a mut (dyn FnMut(&mut [Option<Vec<u8>>]) -> bool + Send);
 
 /// Computes the seal of an envelope a store has just stamped
 /// ([`NodeStore::append_envelopes`]).

@@ -36,7 +36,7 @@ use super::{
     auth,
     config::{self, NodeConfig},
     error::NodeError,
-    rate_limit::Buckets,
+    rate_limit::{self, Buckets},
 };
 
 /// Where the node's time comes from; tests drive it by hand.
@@ -748,7 +748,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
                 })
                 .collect());
         }
-        self.charge(requester, &charged, now_ms)?;
+        self.charge(requester, &charged, now_ms).await?;
         let mut taken = self
             .blocking(move |store| {
                 take_unexpired(store, KeyPackagePool::Ordinary, &charged, now_ms / 1000)
@@ -783,7 +783,11 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
     /// Take `targets.len()` fetches from `requester`'s bucket, and one per
     /// target from each target's bucket and from the bucket of the pair
     /// (requester, target): all or none.
-    fn charge(
+    ///
+    /// Over a store shared by several node processes the buckets live in
+    /// the store ([`NodeStore::charge_buckets`]), so that a limit holds
+    /// across all of them; otherwise in this process's memory.
+    async fn charge(
         &self,
         requester: InstallationId,
         targets: &[InstallationId],
@@ -800,36 +804,79 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
             .map(|(target, cost)| ((requester, *target), *cost))
             .collect();
         let requester_cost = [(requester, u32::try_from(targets.len()).unwrap_or(u32::MAX))];
+        if self.shared.is_some() {
+            let limits = self.config.limits;
+            let mut keys = vec![[b"r".as_slice(), requester.as_bytes()].concat()];
+            let mut charges = vec![(limits.fetch_per_requester, requester_cost[0].1)];
+            for (target, cost) in &per_target {
+                keys.push([b"t".as_slice(), target.as_bytes()].concat());
+                charges.push((limits.fetch_per_target, *cost));
+            }
+            for ((requester, target), cost) in &per_pair {
+                keys.push([b"p".as_slice(), requester.as_bytes(), target.as_bytes()].concat());
+                charges.push((limits.fetch_per_pair, *cost));
+            }
+            // After the slowest refill every bucket is full: forgettable.
+            let forget = [
+                limits.fetch_per_requester,
+                limits.fetch_per_target,
+                limits.fetch_per_pair,
+            ]
+            .into_iter()
+            .map(rate_limit::refill_ms)
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|all| all.into_iter().max());
+            let shared = self
+                .blocking(move |store| {
+                    let mut wait = 0;
+                    let outcome = store.charge_buckets(&keys, now_ms, forget, &mut |states| {
+                        wait = rate_limit::charge_states(states, &charges, now_ms);
+                        wait == 0
+                    });
+                    match outcome {
+                        None => Ok(None),
+                        Some(result) => result.map(|_| Some(wait)).map_err(store_error::<S>),
+                    }
+                })
+                .await?;
+            if let Some(wait) = shared {
+                return self.refuse_fetch(wait, targets.len());
+            }
+        }
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
         let wait = limiter
             .requesters
             .wait_ms(&requester_cost, now_ms)
             .max(limiter.targets.wait_ms(&per_target, now_ms))
             .max(limiter.pairs.wait_ms(&per_pair, now_ms));
-        if wait > 0 {
-            let message = if wait == u64::MAX {
-                let l = &self.config.limits;
-                format!(
-                    "a fetch of {} key packages asks for more than this node ever allows at \
-                     once (at most {} per requester, {} per target, {} per requester and \
-                     target); split it",
-                    targets.len(),
-                    l.fetch_per_requester.burst,
-                    l.fetch_per_target.burst,
-                    l.fetch_per_pair.burst
-                )
-            } else {
-                format!("key-package fetch rate limit exceeded; retry in {wait} ms")
-            };
-            return Err(NodeError::ResourceExhausted {
-                message,
-                retry_after_ms: (wait != u64::MAX).then_some(wait),
-            });
-        }
+        self.refuse_fetch(wait, targets.len())?;
         limiter.requesters.take(&requester_cost, now_ms);
         limiter.targets.take(&per_target, now_ms);
         limiter.pairs.take(&per_pair, now_ms);
         Ok(())
+    }
+
+    /// `Ok` if a fetch of `count` targets may go ahead after waiting `wait`
+    /// ms (0), else the rate-limit answer.
+    fn refuse_fetch(&self, wait: u64, count: usize) -> Result<(), NodeError> {
+        if wait == 0 {
+            return Ok(());
+        }
+        let message = if wait == u64::MAX {
+            let l = &self.config.limits;
+            format!(
+                "a fetch of {count} key packages asks for more than this node ever allows at \
+                 once (at most {} per requester, {} per target, {} per requester and \
+                 target); split it",
+                l.fetch_per_requester.burst, l.fetch_per_target.burst, l.fetch_per_pair.burst
+            )
+        } else {
+            format!("key-package fetch rate limit exceeded; retry in {wait} ms")
+        };
+        Err(NodeError::ResourceExhausted {
+            message,
+            retry_after_ms: (wait != u64::MAX).then_some(wait),
+        })
     }
 
     /// Check a deniable request's MAC: `installation` must be active in
@@ -948,7 +995,7 @@ impl<S: NodeStore + 'static> NodeLogic<S> {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        self.charge(requester, &targets, now_ms)?;
+        self.charge(requester, &targets, now_ms).await?;
         self.blocking(move |store| {
             let packages =
                 take_unexpired(store, KeyPackagePool::Deniable, &targets, now_ms / 1000)?;

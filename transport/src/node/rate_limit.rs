@@ -48,6 +48,75 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Its stored form, for a store shared by several node processes
+    /// (`NodeStore::charge_buckets`): units, then the time, big-endian.
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.units.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&self.updated_ms.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let units = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let updated_ms = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        Some(Self { units, updated_ms })
+    }
+
+    fn full(limit: BucketLimit, now_ms: u64) -> Self {
+        Self {
+            units: u64::from(limit.burst) * UNITS_PER_TOKEN,
+            updated_ms: now_ms,
+        }
+    }
+}
+
+/// Charge the buckets whose stored states are `states`, each with its
+/// `(limit, cost)` from `charges`, all or none: returns 0 and updates the
+/// states when every one can be taken now, else the wait in ms (`u64::MAX`:
+/// never) and leaves them as they were. A state that is missing (or not
+/// one this node wrote) is a full bucket.
+pub(crate) fn charge_states(
+    states: &mut [Option<Vec<u8>>],
+    charges: &[(BucketLimit, u32)],
+    now_ms: u64,
+) -> u64 {
+    let buckets: Vec<Bucket> = states
+        .iter()
+        .zip(charges)
+        .map(|(state, (limit, _))| {
+            let mut bucket = state
+                .as_deref()
+                .and_then(Bucket::decode)
+                .unwrap_or_else(|| Bucket::full(*limit, now_ms));
+            bucket.refill(*limit, now_ms);
+            bucket
+        })
+        .collect();
+    let wait = buckets
+        .iter()
+        .zip(charges)
+        .map(|(bucket, (limit, cost))| bucket.wait_ms(*limit, *cost))
+        .max()
+        .unwrap_or(0);
+    if wait == 0 {
+        for ((state, mut bucket), (_, cost)) in states.iter_mut().zip(buckets).zip(charges) {
+            bucket.units = bucket
+                .units
+                .saturating_sub(u64::from(*cost) * UNITS_PER_TOKEN);
+            *state = Some(bucket.encode());
+        }
+    }
+    wait
+}
+
+/// How long after its last charge a bucket of `limit` is surely full
+/// again, in ms; `None` if it never refills.
+pub(crate) fn refill_ms(limit: BucketLimit) -> Option<u64> {
+    (limit.per_minute > 0)
+        .then(|| (u64::from(limit.burst) * UNITS_PER_TOKEN).div_ceil(u64::from(limit.per_minute)))
+}
+
 /// Below this many buckets a table is never swept.
 const MIN_SWEEP: usize = 1_024;
 
@@ -131,6 +200,37 @@ impl<K: Copy + Eq + Hash> Buckets<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_states_charge_like_the_in_memory_buckets() {
+        let limit = BucketLimit {
+            burst: 2,
+            per_minute: 60,
+        };
+        let mut states = vec![None];
+        assert_eq!(charge_states(&mut states, &[(limit, 1)], 0), 0);
+        assert_eq!(charge_states(&mut states, &[(limit, 1)], 0), 0);
+        let before = states.clone();
+        // Empty: one token comes back in a second, and a refused charge
+        // leaves the state alone.
+        assert_eq!(charge_states(&mut states, &[(limit, 1)], 0), 1_000);
+        assert_eq!(states, before);
+        assert_eq!(charge_states(&mut states, &[(limit, 1)], 1_000), 0);
+        // More than the burst: never.
+        assert_eq!(charge_states(&mut [None], &[(limit, 3)], 0), u64::MAX);
+        // All or none: a second bucket that cannot pay stops the first.
+        let mut two = vec![None, before[0].clone()];
+        assert_eq!(charge_states(&mut two, &[(limit, 1), (limit, 1)], 0), 1_000);
+        assert_eq!(two[0], None);
+        assert_eq!(refill_ms(limit), Some(2_000));
+        assert_eq!(
+            refill_ms(BucketLimit {
+                burst: 1,
+                per_minute: 0
+            }),
+            None
+        );
+    }
 
     type Id = u32;
 

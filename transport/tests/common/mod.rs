@@ -95,6 +95,15 @@ impl Identity {
     /// Fetch one package of `target` through `client`, signed as this
     /// identity.
     pub async fn fetch(&self, client: &dyn DeliveryClient, target: &Identity) -> FetchedKeyPackage {
+        self.try_fetch(client, target).await.expect("fetch")
+    }
+
+    /// [`Identity::fetch`], or the node's refusal.
+    pub async fn try_fetch(
+        &self,
+        client: &dyn DeliveryClient,
+        target: &Identity,
+    ) -> Result<FetchedKeyPackage, ClientError> {
         let t = now_ms();
         let targets = vec![target.keys.id()];
         let signed = fetch_signed_bytes(t, &self.wallet.inbox_id(), &self.keys.id(), &targets);
@@ -106,10 +115,9 @@ impl Identity {
                 requester: self.keys.id(),
                 timestamp_ms: t,
             })
-            .await
-            .expect("fetch");
+            .await?;
         assert_eq!(fetched.len(), 1);
-        fetched.remove(0)
+        Ok(fetched.remove(0))
     }
 
     /// A deniable key package (its own leaf key, a pseudonym credential).
