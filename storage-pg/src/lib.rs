@@ -403,17 +403,20 @@ impl PgNodeStore {
         Ok(())
     }
 
-    /// Lock `originator`'s head row (creating it) and read it.
+    /// Lock `originator`'s head row (creating it the first time) and read
+    /// it.
     fn lock_head(tx: &mut Transaction<'_>, originator: i64) -> Result<(i64, i64), PgStoreError> {
+        const LOCK: &str =
+            "SELECT last_sequence, last_time_ms FROM node_heads WHERE originator = $1 FOR UPDATE";
+        if let Some(row) = tx.query_opt(LOCK, &[&originator])? {
+            return Ok((row.try_get(0)?, row.try_get(1)?));
+        }
         tx.execute(
             "INSERT INTO node_heads (originator, last_sequence, last_time_ms) VALUES ($1, 0, 0) \
              ON CONFLICT (originator) DO NOTHING",
             &[&originator],
         )?;
-        let row = tx.query_one(
-            "SELECT last_sequence, last_time_ms FROM node_heads WHERE originator = $1 FOR UPDATE",
-            &[&originator],
-        )?;
+        let row = tx.query_one(LOCK, &[&originator])?;
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
@@ -428,18 +431,6 @@ impl PgNodeStore {
             &[&originator, &sequence, &time_ms],
         )?;
         Ok(())
-    }
-
-    fn head(&self, originator: i64) -> Result<i64, PgStoreError> {
-        let mut client = self.pool()?.get()?;
-        Ok(client
-            .query_opt(
-                "SELECT last_sequence FROM node_heads WHERE originator = $1",
-                &[&originator],
-            )?
-            .map(|row| row.try_get(0))
-            .transpose()?
-            .unwrap_or(0))
     }
 
     /// Lock `inbox`'s identity log for this transaction and read its length.
@@ -517,12 +508,15 @@ impl NodeStore for PgNodeStore {
     ) -> Result<Vec<SealedEnvelope>, Self::Error> {
         let node = i64::from(originator);
         let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-        // Sequence ids are known only under the head's lock; if another
-        // process moved the head past the partitions made ahead, make them
-        // and try again.
-        let mut expected = self.head(node)?.saturating_add(count);
+        // Sequence ids are known only under the head's lock. The partitions
+        // they go to are made in a transaction of their own (see
+        // `ensure_partitions`): if they are missing, the write lets go,
+        // makes them, and tries again (once per partition, not per write).
+        let mut needed: Option<i64> = None;
         loop {
-            self.ensure_partitions(expected)?;
+            if let Some(last) = needed {
+                self.ensure_partitions(last)?;
+            }
             let known = self.partitions.load(Ordering::SeqCst);
             let attempt = self.transaction(|tx| {
                 let (head, last_time) = Self::lock_head(tx, node)?;
@@ -548,14 +542,36 @@ impl NodeStore for PgNodeStore {
                     rows.push(&sealed)?;
                     stored.push(sealed);
                 }
-                rows.insert(tx)?;
-                Self::set_head(tx, node, head + count, time)?;
-                tx.batch_execute(&format!("NOTIFY {NOTIFY_CHANNEL}"))?;
+                // The rows, the head and the notification in one statement:
+                // one round trip for the whole batch.
+                tx.execute(
+                    &format!(
+                    "WITH inserted AS ( \
+                         INSERT INTO envelopes (originator, sequence, topic, time_ms, payload, seal) \
+                         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], \
+                                              $4::bigint[], $5::bytea[], $6::bytea[])), \
+                     head AS ( \
+                         UPDATE node_heads SET last_sequence = $8, last_time_ms = $9 \
+                         WHERE originator = $7) \
+                     SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+                    ),
+                    &[
+                        &rows.originators,
+                        &rows.sequences,
+                        &rows.topics,
+                        &rows.times,
+                        &rows.payloads,
+                        &rows.seals,
+                        &node,
+                        &(head + count),
+                        &time,
+                    ],
+                )?;
                 Ok(Ok(stored))
             })?;
             match attempt {
                 Ok(stored) => return Ok(stored),
-                Err(last) => expected = last,
+                Err(last) => needed = Some(last),
             }
         }
     }
