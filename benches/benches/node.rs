@@ -13,6 +13,13 @@
 //! - **last resort**: the target's one-time pool is empty, and the fetch
 //!   hands out its last-resort package, which stays.
 //!
+//! A third backend is the same gRPC node on PostgreSQL (`kith-storage-pg`,
+//! issue 22), against sled in the same run: on the server `DATABASE_URL`
+//! names, or else on a throwaway one this benchmark starts with
+//! `scripts/local-postgres` (fsync on, the Debian defaults otherwise), in a
+//! database of its own. Every backend also times a single publish of one
+//! envelope (its latency).
+//!
 //! There is no raw-OpenMLS equivalent of a delivery node, so the in-process
 //! `LocalNode` is this benchmark's baseline: the printed ratio is the cost
 //! of gRPC over loopback. Throughput is printed in envelopes (or fetches)
@@ -31,6 +38,7 @@ use kith_engine::{
     identity::{InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package},
 };
 use kith_storage::SledNodeStore;
+use kith_storage_pg::PgNodeStore;
 use kith_transport::{
     client::{DeliveryClient, GrpcClient, LocalNode},
     node::{
@@ -44,6 +52,7 @@ use rand_core::SeedableRng;
 
 const BATCH: usize = 1_000;
 const PUBLISH: &str = "publish 1,000 x 100 B + query them back";
+const PUBLISH_ONE: &str = "publish 1 x 100 B (latency)";
 const FETCH_ONE_TIME: &str = "fetch a key package: one-time (removed)";
 const FETCH_LAST_RESORT: &str = "fetch a key package: last resort (kept)";
 /// One-time packages per re-supply: a client's default pool
@@ -52,6 +61,7 @@ const FETCH_LAST_RESORT: &str = "fetch a key package: last resort (kept)";
 const SUPPLY: usize = 100;
 const LOCAL: &str = "LocalNode (baseline)";
 const GRPC: &str = "gRPC over loopback";
+const GRPC_PG: &str = "gRPC, PostgreSQL";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -224,6 +234,28 @@ fn bench_client(
         },
     );
 
+    let mut single = 0u64;
+    {
+        let mut group = c.benchmark_group(PUBLISH_ONE);
+        group
+            .sample_size(30)
+            .measurement_time(Duration::from_secs(5));
+        let topic = Topic::Group(b"single".to_vec());
+        bench_timed(&mut group, recorder, (PUBLISH_ONE, backend), || {
+            single += 1;
+            runtime.block_on(async {
+                let start = Instant::now();
+                let stored = client
+                    .publish(vec![(topic.clone(), vec![0x42; 100])])
+                    .await
+                    .expect("publish");
+                let elapsed = start.elapsed();
+                assert_eq!(stored.len(), 1);
+                elapsed
+            })
+        });
+    }
+
     let mut counts = FetchCounts::default();
     let mut in_pool = 0usize;
     {
@@ -329,15 +361,43 @@ fn main() {
     let grpc_counts = bench_client(&mut c, &recorder, &runtime, GRPC, &client);
     let _ = stop.send(());
 
+    let postgres = Postgres::start(dir.path());
+    let pg_store = PgNodeStore::connect(&postgres.url).expect("connect to PostgreSQL");
+    let logic = Arc::new(NodeLogic::new(bench_config(), pg_store));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let address = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(serve(listener, logic, async {
+            let _ = stopped.await;
+        }));
+        address
+    });
+    let client = runtime.block_on(async {
+        GrpcClient::connect_lazy(&format!("http://{address}")).expect("client")
+    });
+    let pg_counts = bench_client(&mut c, &recorder, &runtime, GRPC_PG, &client);
+    let _ = stop.send(());
+    drop(client);
+
     c.final_summary();
     recorder.print_ratios(LOCAL);
     println!("\nthroughput:");
-    for (backend, counts) in [(LOCAL, &local_counts), (GRPC, &grpc_counts)] {
+    for (backend, counts) in [
+        (LOCAL, &local_counts),
+        (GRPC, &grpc_counts),
+        (GRPC_PG, &pg_counts),
+    ] {
         if let Some(mean) = recorder.mean_secs(PUBLISH, backend) {
             println!(
                 "  {backend}: {:.0} envelopes/s published and queried back",
                 BATCH as f64 / mean
             );
+        }
+        if let Some(mean) = recorder.mean_secs(PUBLISH_ONE, backend) {
+            println!("  {backend}: a single publish in {:.3} ms", mean * 1e3);
         }
         if let Some(mean) = recorder.mean_secs(FETCH_ONE_TIME, backend) {
             println!(
@@ -354,6 +414,78 @@ fn main() {
                 1.0 / mean,
                 counts.last_resort
             );
+        }
+    }
+}
+
+/// A database of its own for the PostgreSQL backend, on `DATABASE_URL`'s
+/// server or on a throwaway server started here; dropped at the end.
+struct Postgres {
+    admin: String,
+    name: String,
+    url: String,
+    /// The throwaway server's directory, if this benchmark started one.
+    server: Option<std::path::PathBuf>,
+}
+
+fn local_postgres(action: &str, dir: &std::path::Path) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-postgres");
+    let output = std::process::Command::new(script)
+        .arg(action)
+        .arg(dir)
+        .output()
+        .expect("run scripts/local-postgres");
+    assert!(
+        output.status.success(),
+        "scripts/local-postgres {action}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+impl Postgres {
+    fn start(dir: &std::path::Path) -> Self {
+        let (admin, server) = match std::env::var("DATABASE_URL") {
+            Ok(url) => (url, None),
+            Err(_) => {
+                let server = dir.join("postgres");
+                (local_postgres("start", &server), Some(server))
+            }
+        };
+        let name = format!("kith_bench_{}", std::process::id());
+        let (server_url, _) = admin.rsplit_once('/').expect("a URL ending in /DBNAME");
+        let url = format!("{server_url}/{name}");
+        // Built first, so that a failure below still stops the server.
+        let this = Self {
+            admin,
+            name,
+            url,
+            server,
+        };
+        let mut client = postgres::Client::connect(&this.admin, postgres::NoTls).expect("connect");
+        // One statement each: DROP and CREATE DATABASE refuse a
+        // transaction block, which several statements in one call make.
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", this.name))
+            .expect("drop a leftover benchmark database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {}", this.name))
+            .expect("create the benchmark's database");
+        println!("PostgreSQL backend: {}", this.url);
+        this
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+        if let Some(server) = &self.server {
+            local_postgres("stop", server);
         }
     }
 }
