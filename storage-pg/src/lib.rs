@@ -332,12 +332,22 @@ impl PgNodeStore {
             "SELECT pg_advisory_xact_lock($1, $2)",
             &[&LOCK_SPACE, &MIGRATION_LOCK],
         )?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS kith_schema_migrations (
-                 version    integer     PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )?;
+        // Checked first rather than CREATE TABLE IF NOT EXISTS, which has
+        // the server send a NOTICE (logged) on every start.
+        let exists: bool = tx
+            .query_one(
+                "SELECT to_regclass('kith_schema_migrations') IS NOT NULL",
+                &[],
+            )?
+            .try_get(0)?;
+        if !exists {
+            tx.batch_execute(
+                "CREATE TABLE kith_schema_migrations (
+                     version    integer     PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )?;
+        }
         let current: i32 = tx
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM kith_schema_migrations",
