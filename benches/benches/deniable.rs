@@ -234,6 +234,7 @@ fn first_verified_message(seed: u64, mode: DmMode) -> Duration {
                 attributes: Default::default(),
                 preset: PolicyPreset::Default,
                 now_ms: now_ms(),
+                legacy: None,
             },
         )
         .expect("create")

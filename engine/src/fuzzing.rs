@@ -149,7 +149,7 @@ fn sample_metadata() -> GroupMetadata {
             dm_members: Some((a, b)),
             dm_mode: Some(DmMode::Deniable),
             created_at_ms: 7,
-            legacy_conversation_id: None,
+            legacy: None,
         },
         mutable: MutableMetadata {
             attributes: [("name".to_string(), "fuzz".to_string())].into(),

@@ -233,6 +233,7 @@ impl Sim {
                     attributes: BTreeMap::from([("name".into(), "sim".into())]),
                     preset: PolicyPreset::Default,
                     now_ms: now,
+                    legacy: None,
                 },
             )?)
         })?;

@@ -6,8 +6,8 @@ use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
         CONTENT_TYPE_TEXT, ClientStore, ConversationKind, Delivery, Group, GroupConfig, GroupEvent,
-        IdentityCache, IntentKind, IntentState, Me, NewGroup, Outbound, PolicyPreset,
-        ProposalPolicy, RewindPolicy, WelcomePayload, assemble_welcome,
+        IdentityCache, IntentKind, IntentState, LegacyConversation, Me, NewGroup, Outbound,
+        PolicyPreset, ProposalPolicy, RewindPolicy, WelcomePayload, assemble_welcome,
     },
 };
 use openmls::prelude::{ContentType, MlsMessageIn, tls_codec::Deserialize as _};
@@ -106,6 +106,19 @@ impl World {
     /// The clients' key packages live for a century, so the real clock,
     /// which OpenMLS checks them against, accepts them on any day.
     pub fn at(seed: u64, base: u64, count: usize, members: usize, policy: GroupConfig) -> Self {
+        Self::migrated(seed, base, count, members, policy, None)
+    }
+
+    /// As [`World::at`], with a group that continues the conversation
+    /// `legacy` of an older protocol (a migration).
+    pub fn migrated(
+        seed: u64,
+        base: u64,
+        count: usize,
+        members: usize,
+        policy: GroupConfig,
+        legacy: Option<LegacyConversation>,
+    ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let (identities, mut clients) = population(&mut rng, count, 1, base).expect("clients");
         let creator = &mut clients[0];
@@ -125,6 +138,7 @@ impl World {
                         attributes: Default::default(),
                         preset: PolicyPreset::Default,
                         now_ms: base,
+                        legacy,
                     },
                 )?)
             })

@@ -42,6 +42,7 @@ fn strangers_welcome(w: &mut World, attacker: usize, victim: usize, at: u64) -> 
                         attributes: Default::default(),
                         preset: PolicyPreset::Default,
                         now_ms: now,
+                        legacy: None,
                     },
                     &group_id,
                 )?)

@@ -159,6 +159,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
+            legacy: None,
         },
     )
     .expect("create");
@@ -421,6 +422,7 @@ fn a_commit_that_disputes_a_cached_log_asks_for_it_again_before_it_is_refused() 
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
+            legacy: None,
         },
     )
     .expect("create");

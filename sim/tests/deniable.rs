@@ -320,6 +320,7 @@ fn create_dm(
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
+            legacy: None,
         },
     )
     .expect("create");

@@ -89,6 +89,7 @@ impl Base {
                 attributes: Default::default(),
                 preset: Default::default(),
                 now_ms: BASE_TIME_MS,
+                legacy: None,
             },
         )
         .unwrap_or_else(|e| panic!("a group: {e}"));

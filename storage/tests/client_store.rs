@@ -100,6 +100,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
+            legacy: None,
         },
     )
     .expect("create");
@@ -314,6 +315,7 @@ fn an_advance_with_nothing_to_do_stores_nothing() {
             attributes: Default::default(),
             preset: PolicyPreset::Default,
             now_ms: now,
+            legacy: None,
         },
     )
     .expect("create");

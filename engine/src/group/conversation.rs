@@ -18,7 +18,8 @@ use super::{
     events::{Events, GroupEvent},
     identities::IdentityCache,
     metadata::{
-        ConversationKind, GroupMetadata, ImmutableMetadata, MutableMetadata, Policies, PolicyPreset,
+        ConversationKind, GroupMetadata, ImmutableMetadata, LegacyConversation, MutableMetadata,
+        Policies, PolicyPreset,
     },
     records::{ConversationId, ConversationRecord, ConversationState, Delivery, StoredMessage},
     signer::Me,
@@ -294,6 +295,9 @@ pub struct NewGroup {
     pub preset: PolicyPreset,
     /// Creation time, ms since the Unix epoch.
     pub now_ms: u64,
+    /// The conversation of an older protocol this one continues, if it is
+    /// a migration (fixed for its life).
+    pub legacy: Option<LegacyConversation>,
 }
 
 /// The metadata of a new conversation made by `me`.
@@ -321,7 +325,7 @@ pub(crate) fn new_metadata(
             dm_mode: dm_members.map(|_| new.dm_mode),
             dm_members,
             created_at_ms: new.now_ms,
-            legacy_conversation_id: None,
+            legacy: new.legacy.clone(),
         },
         mutable: MutableMetadata {
             attributes: new.attributes.clone(),

@@ -1043,6 +1043,23 @@ impl Group {
         Ok(self.parts.mls.binding_exporter(provider)?.to_vec())
     }
 
+    /// Test hook: the commit a member's altered client would publish to
+    /// set the group's metadata to `metadata` (the immutable part too),
+    /// past every local check; this member's own state does not change.
+    ///
+    /// # Errors
+    /// If OpenMLS cannot build the commit.
+    pub fn forged_metadata_commit_for_tests<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: Me<'_>,
+        metadata: &GroupMetadata,
+    ) -> Result<Vec<u8>, GroupError> {
+        self.parts
+            .mls
+            .forged_metadata_commit(provider, me, metadata)
+    }
+
     /// Test hook: how many past epochs' message secrets this member keeps
     /// (see [`past_epochs_for`](super::past_epochs_for)); `None` once it is
     /// no longer a member (or if it kept every epoch, which Kith never sets).

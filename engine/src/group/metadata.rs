@@ -48,6 +48,13 @@ pub const MAX_ADMINS: usize = 100;
 pub const MAX_GATING_RULES: usize = 16;
 /// The longest gating rule, in bytes.
 pub const MAX_GATING_RULE_LEN: usize = 4096;
+/// The longest legacy conversation id, in bytes.
+pub const MAX_LEGACY_ID_LEN: usize = 256;
+/// The most entries of legacy metadata, and the longest value in bytes
+/// (keys are bounded like attribute keys).
+pub const MAX_LEGACY_METADATA: usize = 32;
+/// The longest value of legacy metadata, in bytes.
+pub const MAX_LEGACY_VALUE_LEN: usize = 1024;
 
 /// The longest value `key` may have, in bytes.
 pub fn max_attribute_len(key: &str) -> usize {
@@ -110,8 +117,21 @@ pub struct ImmutableMetadata {
     pub dm_mode: Option<DmMode>,
     /// When it was created, ms since the Unix epoch (the creator's clock).
     pub created_at_ms: u64,
-    /// The id of a conversation migrated from an older protocol.
-    pub legacy_conversation_id: Option<String>,
+    /// The conversation of an older protocol this one continues (a
+    /// migrated conversation), fixed for the conversation's life.
+    pub legacy: Option<LegacyConversation>,
+}
+
+/// A conversation of an older protocol (an XMTP V2 topic, say) that a
+/// Kith conversation continues: its id, and the metadata it came with.
+/// Part of the immutable metadata, so every member checks on every commit
+/// and Welcome that it never changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LegacyConversation {
+    /// Its id in the older protocol.
+    pub id: String,
+    /// What the older protocol kept with it (its context metadata).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl ImmutableMetadata {
@@ -316,6 +336,36 @@ impl GroupMetadata {
 
     /// Check every documented limit.
     pub fn check_limits(&self) -> Result<(), MetadataError> {
+        if let Some(legacy) = &self.immutable.legacy {
+            if legacy.id.is_empty() || legacy.id.len() > MAX_LEGACY_ID_LEN {
+                return Err(MetadataError::TooLong {
+                    what: "the legacy conversation id (1 byte at least)".into(),
+                    len: legacy.id.len(),
+                    limit: MAX_LEGACY_ID_LEN,
+                });
+            }
+            if legacy.metadata.len() > MAX_LEGACY_METADATA {
+                return Err(MetadataError::TooLong {
+                    what: "the number of legacy metadata entries".into(),
+                    len: legacy.metadata.len(),
+                    limit: MAX_LEGACY_METADATA,
+                });
+            }
+            for (key, value) in &legacy.metadata {
+                let (what, len, limit) = if key.len() > MAX_ATTRIBUTE_KEY_LEN {
+                    ("key", key.len(), MAX_ATTRIBUTE_KEY_LEN)
+                } else {
+                    ("value", value.len(), MAX_LEGACY_VALUE_LEN)
+                };
+                if len > limit {
+                    return Err(MetadataError::TooLong {
+                        what: format!("legacy metadata {what} of {key:?}"),
+                        len,
+                        limit,
+                    });
+                }
+            }
+        }
         let attributes = &self.mutable.attributes;
         if attributes.len() > MAX_ATTRIBUTES {
             return Err(MetadataError::TooLong {
@@ -449,6 +499,9 @@ mod wire {
         /// 1 non-repudiable, 2 deniable; 0 (absent) for a group.
         #[prost(uint32, tag = "6")]
         pub dm_mode: u32,
+        /// The legacy conversation's metadata; empty without a legacy id.
+        #[prost(btree_map = "string, string", tag = "7")]
+        pub legacy_metadata: std::collections::BTreeMap<String, String>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -541,7 +594,12 @@ fn encode_immutable(m: &ImmutableMetadata) -> Vec<u8> {
             .flat_map(|(a, b)| [a.as_bytes().to_vec(), b.as_bytes().to_vec()])
             .collect(),
         created_at_ms: m.created_at_ms,
-        legacy_conversation_id: m.legacy_conversation_id.clone(),
+        legacy_conversation_id: m.legacy.as_ref().map(|l| l.id.clone()),
+        legacy_metadata: m
+            .legacy
+            .as_ref()
+            .map(|l| l.metadata.clone())
+            .unwrap_or_default(),
         dm_mode: match m.dm_mode {
             None => 0,
             Some(DmMode::NonRepudiable) => 1,
@@ -606,7 +664,16 @@ fn decode_immutable(bytes: &[u8]) -> Result<ImmutableMetadata, MetadataError> {
         dm_members,
         dm_mode,
         created_at_ms: w.created_at_ms,
-        legacy_conversation_id: w.legacy_conversation_id,
+        legacy: match (w.legacy_conversation_id, w.legacy_metadata) {
+            (Some(id), metadata) => Some(LegacyConversation { id, metadata }),
+            (None, metadata) if metadata.is_empty() => None,
+            (None, _) => {
+                return Err(MetadataError::Malformed {
+                    extension: EXT,
+                    reason: "legacy metadata without a legacy conversation id".into(),
+                });
+            }
+        },
     })
 }
 
@@ -742,7 +809,10 @@ mod tests {
                 dm_members: Some((a, b)),
                 dm_mode: Some(DmMode::Deniable),
                 created_at_ms: 7,
-                legacy_conversation_id: Some("legacy".into()),
+                legacy: Some(LegacyConversation {
+                    id: "legacy".into(),
+                    metadata: BTreeMap::from([("topic".into(), "/xmtp/0/m-1/proto".into())]),
+                }),
             },
             mutable: MutableMetadata {
                 attributes: [("name".to_string(), "x".to_string())].into(),

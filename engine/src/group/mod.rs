@@ -85,7 +85,9 @@ pub use group::{DIGEST_INTERVAL_MS, Group};
 pub use history::{COMMIT_HISTORY, MAX_HELD, MAX_HELD_AHEAD, MAX_HELD_BYTES};
 pub use identities::IdentityCache;
 pub use intent::{DeniableAdd, Intent, IntentKind, IntentState, ProposedChange, PublishedCommit};
-pub use metadata::{ConversationKind, GroupMetadata, Permission, Policies, PolicyPreset, Role};
+pub use metadata::{
+    ConversationKind, GroupMetadata, LegacyConversation, Permission, Policies, PolicyPreset, Role,
+};
 pub use mls_config::{
     MAX_PAST_EPOCHS, OUT_OF_ORDER_TOLERANCE, PAST_EPOCH_MEMBER_BUDGET, past_epochs_for,
 };
