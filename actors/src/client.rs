@@ -13,7 +13,8 @@ use futures::{Stream, StreamExt as _};
 use kith_engine::{
     group::{
         CONTENT_TYPE_TEXT, ConversationId, ConversationKind, ConversationRecord, ConversationState,
-        DmVerification, Group, IntentKind, NewGroup, PolicyPreset, dm_conversation_id,
+        DmVerification, Group, IntentKind, LegacyConversation, NewGroup, PolicyPreset,
+        dm_conversation_id,
         metadata::{ATTRIBUTE_DESCRIPTION, ATTRIBUTE_IMAGE_URL, ATTRIBUTE_NAME},
     },
     identity::{DmMode, InboxId, InstallationId, UnsignedIdentityUpdate},
@@ -44,6 +45,7 @@ pub struct GroupOptions {
     image_url: Option<String>,
     attributes: Vec<(String, String)>,
     preset: PolicyPreset,
+    legacy: Option<LegacyConversation>,
 }
 
 impl GroupOptions {
@@ -80,6 +82,53 @@ impl GroupOptions {
     /// Shorthand for [`PolicyPreset::AdminsOnly`].
     pub fn admins_only(self) -> Self {
         self.policies(PolicyPreset::AdminsOnly)
+    }
+
+    /// Make the group the continuation of a conversation of an older
+    /// protocol (a migration): its id and metadata are kept in the group's
+    /// immutable metadata, where every member checks on every commit and
+    /// Welcome that they never change, and
+    /// [`Client::conversation_by_legacy_id`] finds it.
+    ///
+    /// ```
+    /// use std::{collections::BTreeMap, sync::Arc};
+    ///
+    /// use kith::{Client, GroupOptions, LegacyConversation, LocalNode, LocalWallet};
+    /// use kith_engine::delivery::MemoryNodeStore;
+    /// use kith_transport::node::{NodeConfig, NodeLogic};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), MemoryNodeStore::default())));
+    /// let dir = tempfile::tempdir()?;
+    /// let open = |name: &str| {
+    ///     Client::builder()
+    ///         .wallet(LocalWallet::generate(&mut rand_core::OsRng))
+    ///         .data_dir(dir.path().join(name))
+    ///         .node(node.clone())
+    ///         .build()
+    /// };
+    /// let (alice, bob) = (open("alice").await?, open("bob").await?);
+    /// alice.register().await?;
+    /// bob.register().await?;
+    ///
+    /// // The V2 conversation "v2-topic-1" moves to Kith, with its context.
+    /// let legacy = LegacyConversation {
+    ///     id: "v2-topic-1".into(),
+    ///     metadata: BTreeMap::from([("topic".into(), "/xmtp/0/m-1/proto".into())]),
+    /// };
+    /// let group = alice
+    ///     .create_group(&[bob.inbox_id()], GroupOptions::default().migrated_from(legacy.clone()))
+    ///     .await?;
+    ///
+    /// bob.sync().await?;
+    /// let found = bob.conversation_by_legacy_id("v2-topic-1").await?.expect("migrated");
+    /// assert_eq!(found.id(), group.id());
+    /// assert_eq!(found.metadata().await?.legacy, Some(legacy));
+    /// # Ok(()) }
+    /// ```
+    pub fn migrated_from(mut self, legacy: LegacyConversation) -> Self {
+        self.legacy = Some(legacy);
+        self
     }
 }
 
@@ -427,6 +476,7 @@ impl Client {
                 attributes,
                 preset: options.preset,
                 now_ms: now_ms(),
+                legacy: options.legacy,
             },
             members,
         )
@@ -459,6 +509,55 @@ impl Client {
         peer: InboxId,
         mode: DmMode,
     ) -> Result<Conversation, Error> {
+        self.dm(peer, mode, None).await
+    }
+
+    /// The DM with `peer` that continues `legacy`, a 1:1 conversation of
+    /// an older protocol: the one this installation holds already
+    /// (found by its legacy id, or else the DM with `peer`, whose legacy id
+    /// cannot change), or a new DM in `mode` that carries it.
+    ///
+    /// When both sides migrate the same legacy DM at once, each creates a
+    /// group, and the two end as one conversation (the DM of the two
+    /// inboxes, see [`Client::find_or_create_dm_with`]) carrying the
+    /// legacy id on both sides.
+    pub async fn migrate_dm(
+        &self,
+        peer: InboxId,
+        mode: DmMode,
+        legacy: LegacyConversation,
+    ) -> Result<Conversation, Error> {
+        if let Some(existing) = self.conversation_by_legacy_id(&legacy.id).await? {
+            return Ok(existing);
+        }
+        self.dm(peer, mode, Some(legacy)).await
+    }
+
+    /// The active conversation that continues the legacy conversation
+    /// `legacy_id`, if this installation holds one. Reads each
+    /// conversation's metadata, so it costs one read per conversation.
+    pub async fn conversation_by_legacy_id(
+        &self,
+        legacy_id: &str,
+    ) -> Result<Option<Conversation>, Error> {
+        for conversation in self.conversations().await? {
+            if !conversation.is_active().await? {
+                continue;
+            }
+            let metadata = conversation.metadata().await?;
+            if metadata.legacy.as_ref().is_some_and(|l| l.id == legacy_id) {
+                return Ok(Some(conversation));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn dm(
+        &self,
+        peer: InboxId,
+        mode: DmMode,
+        legacy: Option<LegacyConversation>,
+    ) -> Result<Conversation, Error> {
         if peer == self.inbox_id() {
             return Err(Error::InvalidInput("a DM needs another inbox".into()));
         }
@@ -477,6 +576,7 @@ impl Client {
                 attributes: Default::default(),
                 preset: PolicyPreset::Default,
                 now_ms: now_ms(),
+                legacy,
             },
             vec![peer],
         )

@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kith_engine::{
-    group::{ConversationId, ConversationKind, Delivery, GroupEvent, GroupMetadata, StoredMessage},
+    group::{
+        ConversationId, ConversationKind, Delivery, GroupEvent, GroupMetadata, LegacyConversation,
+        StoredMessage,
+    },
     identity::{DmMode, InboxId, InstallationId},
 };
 
@@ -105,6 +108,9 @@ pub struct Metadata {
     pub admins: BTreeSet<InboxId>,
     /// Super admins.
     pub super_admins: BTreeSet<InboxId>,
+    /// The conversation of an older protocol this one continues, if it
+    /// was migrated. Fixed at creation.
+    pub legacy: Option<LegacyConversation>,
 }
 
 impl From<&GroupMetadata> for Metadata {
@@ -119,6 +125,7 @@ impl From<&GroupMetadata> for Metadata {
             attributes: m.mutable.attributes.clone(),
             admins: m.mutable.admins.clone(),
             super_admins: m.mutable.super_admins.clone(),
+            legacy: m.immutable.legacy.clone(),
         }
     }
 }

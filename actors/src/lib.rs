@@ -91,7 +91,10 @@ pub use client::{Client, Conversation, GroupOptions, Member, REGISTER_ATTEMPTS};
 pub use error::Error;
 pub use events::{Event, Message, MessageId, Metadata};
 pub use kith_engine::{
-    group::{ConversationId, ConversationKind, DmVerification, Permission, Policies, PolicyPreset},
+    group::{
+        ConversationId, ConversationKind, DmVerification, LegacyConversation, Permission, Policies,
+        PolicyPreset,
+    },
     identity::{DmMode, InboxId, InstallationId, LocalWallet},
 };
 pub use kith_transport::client::{GrpcClient, LocalNode};
