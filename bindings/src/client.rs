@@ -11,7 +11,7 @@ use kith_storage::{Durability, StorageConfig};
 
 use crate::{
     DmMode, EmbeddedNode, EventListener, EventStream, GroupOptions, KithConversation, KithError,
-    Wallet, runtime,
+    LegacyConversation, Wallet, runtime,
     types::{parse_conversation, parse_inbox, parse_inboxes},
 };
 
@@ -255,6 +255,39 @@ impl KithClient {
         let dm = runtime::run(async move { Ok(client.find_or_create_dm_with(peer, mode).await?) })
             .await?;
         Ok(self.conversation_handle(&dm))
+    }
+
+    /// The DM with `peer_inbox_id` that continues `legacy`, a 1:1
+    /// conversation of an older protocol: found by its legacy id, or the
+    /// DM with the peer, or a new DM in `mode` (default deniable) carrying
+    /// it. Both sides migrating at once end in one conversation.
+    #[uniffi::method(default(mode = None))]
+    pub async fn migrate_dm(
+        &self,
+        peer_inbox_id: String,
+        legacy: LegacyConversation,
+        mode: Option<DmMode>,
+    ) -> Result<Arc<KithConversation>, KithError> {
+        let peer = parse_inbox(&peer_inbox_id)?;
+        let mode = mode.unwrap_or_default().into();
+        let client = self.slot.get()?;
+        let dm =
+            runtime::run(async move { Ok(client.migrate_dm(peer, mode, legacy.into()).await?) })
+                .await?;
+        Ok(self.conversation_handle(&dm))
+    }
+
+    /// The conversation that continues the legacy conversation
+    /// `legacy_id`, if this installation holds one.
+    pub async fn conversation_by_legacy_id(
+        &self,
+        legacy_id: String,
+    ) -> Result<Option<Arc<KithConversation>>, KithError> {
+        let client = self.slot.get()?;
+        let found =
+            runtime::run(async move { Ok(client.conversation_by_legacy_id(&legacy_id).await?) })
+                .await?;
+        Ok(found.map(|c| self.conversation_handle(&c)))
     }
 
     /// Read new Welcomes and every conversation's new messages now,

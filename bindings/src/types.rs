@@ -180,6 +180,36 @@ impl From<Policies> for kith::Policies {
     }
 }
 
+/// A conversation of an older protocol that a Kith conversation continues
+/// (a migration): its id and the metadata it came with. Fixed for the
+/// conversation's life; every member checks it on every commit.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct LegacyConversation {
+    /// Its id in the older protocol.
+    pub id: String,
+    /// What the older protocol kept with it.
+    #[uniffi(default)]
+    pub metadata: HashMap<String, String>,
+}
+
+impl From<LegacyConversation> for kith::LegacyConversation {
+    fn from(l: LegacyConversation) -> Self {
+        Self {
+            id: l.id,
+            metadata: l.metadata.into_iter().collect(),
+        }
+    }
+}
+
+impl From<kith::LegacyConversation> for LegacyConversation {
+    fn from(l: kith::LegacyConversation) -> Self {
+        Self {
+            id: l.id,
+            metadata: l.metadata.into_iter().collect(),
+        }
+    }
+}
+
 /// Options for `KithClient::create_group`; every field may be left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
 pub struct GroupOptions {
@@ -198,6 +228,10 @@ pub struct GroupOptions {
     /// The policy preset (default `PolicyPreset.Default`).
     #[uniffi(default)]
     pub preset: Option<PolicyPreset>,
+    /// The older protocol's conversation this group continues, if it is a
+    /// migration.
+    #[uniffi(default)]
+    pub legacy: Option<LegacyConversation>,
 }
 
 impl From<GroupOptions> for kith::GroupOptions {
@@ -218,6 +252,9 @@ impl From<GroupOptions> for kith::GroupOptions {
         attributes.sort();
         for (key, value) in attributes {
             options = options.attribute(key, value);
+        }
+        if let Some(legacy) = o.legacy {
+            options = options.migrated_from(legacy.into());
         }
         options
     }
@@ -308,6 +345,8 @@ pub struct Metadata {
     pub admins: Vec<String>,
     /// Super admins' inboxes.
     pub super_admins: Vec<String>,
+    /// The older protocol's conversation this one continues, if migrated.
+    pub legacy: Option<LegacyConversation>,
 }
 
 impl From<kith::Metadata> for Metadata {
@@ -322,6 +361,7 @@ impl From<kith::Metadata> for Metadata {
             attributes: m.attributes.into_iter().collect(),
             admins: m.admins.iter().map(ToString::to_string).collect(),
             super_admins: m.super_admins.iter().map(ToString::to_string).collect(),
+            legacy: m.legacy.map(Into::into),
         }
     }
 }

@@ -140,6 +140,22 @@ async def main():
     assert members == sorted([alice.inbox_id(), bob.inbox_id()]), members
     print(f"[{where}] the rename reached bob")
 
+    # A group migrated from an older protocol: its legacy id and metadata
+    # reach the other member, who finds the group by that id.
+    legacy = kith.LegacyConversation(id="v2-topic-42", metadata={"topic": "/xmtp/0/m-42/proto"})
+    migrated = await alice.create_group(
+        [bob.inbox_id()], kith.GroupOptions(name="Migrated", legacy=legacy)
+    )
+    await bob_events.wait_for(
+        "bob joins the migrated group",
+        lambda e: isinstance(e, kith.KithEvent.JOINED) and e.conversation_id == migrated.id(),
+    )
+    found = await bob.conversation_by_legacy_id("v2-topic-42")
+    assert found is not None and found.id() == migrated.id()
+    assert (await found.metadata()).legacy == legacy
+    assert await bob.conversation_by_legacy_id("v2-topic-43") is None
+    print(f"[{where}] a migrated group carried its legacy id to the other member")
+
     # Admins and policies, through the records the bindings define.
     await group.add_admin(bob.inbox_id())
     changed = await bob_events.wait_for(
