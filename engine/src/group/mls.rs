@@ -806,48 +806,6 @@ impl Mls {
         )
     }
 
-    /// A commit that sets the group context to `metadata`, unchecked, and
-    /// the pending state discarded: what a member's altered client could
-    /// publish. For tests of what every receiver refuses.
-    #[cfg(any(test, feature = "test-suite"))]
-    pub(crate) fn forged_metadata_commit<P: OpenMlsProvider>(
-        &mut self,
-        provider: &P,
-        me: Me<'_>,
-        metadata: &GroupMetadata,
-    ) -> Result<Vec<u8>, GroupError> {
-        let bundle = self
-            .state
-            .live_mut()?
-            .commit_builder()
-            .propose_group_context_extensions(metadata.to_extensions())
-            .map_err(GroupError::mls)?
-            .load_psks(provider.storage())
-            .map_err(GroupError::mls)?
-            .build(
-                provider.rand(),
-                provider.crypto(),
-                &signer(&self.ephemeral, me),
-                |_| true,
-            )
-            .map_err(|e| GroupError::InvalidInput(format!("cannot build the commit: {e:?}")))?
-            .stage_commit(provider)
-            .map_err(GroupError::mls)?;
-        let commit = serialize(bundle.commit())?;
-        self.clear_pending(provider)?;
-        Ok(commit)
-    }
-
-    /// How many past epochs' message secrets OpenMLS keeps for the group.
-    #[cfg(any(test, feature = "test-suite"))]
-    pub(crate) fn past_epochs_kept(&self) -> Option<usize> {
-        use openmls::group::PastEpochDeletionPolicy as Policy;
-        match self.state.live().ok()?.past_epoch_deletion_policy() {
-            Policy::MaxEpochs(epochs) => Some(*epochs),
-            Policy::KeepAll => None,
-        }
-    }
-
     /// Merge another member's validated commit.
     pub(crate) fn merge<P: OpenMlsProvider>(
         &mut self,
@@ -1016,5 +974,50 @@ impl Mls {
     pub(crate) fn put_back(&mut self, (group, metadata): (MlsGroup, GroupMetadata)) {
         self.state = State::Live(Box::new(group));
         self.metadata = metadata;
+    }
+}
+
+/// Test-only hooks, apart from the rest so that the file's size check
+/// (`engine/tests/layers.rs`) counts every line of real code.
+#[cfg(any(test, feature = "test-suite"))]
+impl Mls {
+    /// A commit that sets the group context to `metadata`, unchecked, and
+    /// the pending state discarded: what a member's altered client could
+    /// publish. For tests of what every receiver refuses.
+    pub(crate) fn forged_metadata_commit<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: Me<'_>,
+        metadata: &GroupMetadata,
+    ) -> Result<Vec<u8>, GroupError> {
+        let bundle = self
+            .state
+            .live_mut()?
+            .commit_builder()
+            .propose_group_context_extensions(metadata.to_extensions())
+            .map_err(GroupError::mls)?
+            .load_psks(provider.storage())
+            .map_err(GroupError::mls)?
+            .build(
+                provider.rand(),
+                provider.crypto(),
+                &signer(&self.ephemeral, me),
+                |_| true,
+            )
+            .map_err(|e| GroupError::InvalidInput(format!("cannot build the commit: {e:?}")))?
+            .stage_commit(provider)
+            .map_err(GroupError::mls)?;
+        let commit = serialize(bundle.commit())?;
+        self.clear_pending(provider)?;
+        Ok(commit)
+    }
+
+    /// How many past epochs' message secrets OpenMLS keeps for the group.
+    pub(crate) fn past_epochs_kept(&self) -> Option<usize> {
+        use openmls::group::PastEpochDeletionPolicy as Policy;
+        match self.state.live().ok()?.past_epoch_deletion_policy() {
+            Policy::MaxEpochs(epochs) => Some(*epochs),
+            Policy::KeepAll => None,
+        }
     }
 }
