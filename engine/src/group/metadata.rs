@@ -901,6 +901,42 @@ mod tests {
         assert!(!group.immutable.deniable());
     }
 
+    /// A legacy id out of bounds, or legacy metadata without an id, in a
+    /// received group context (a member's altered client wrote it) is
+    /// refused when decoded, as the other limits are.
+    #[test]
+    fn a_received_legacy_conversation_out_of_bounds_is_refused() {
+        let mut metadata = sample();
+        if let Some(legacy) = metadata.immutable.legacy.as_mut() {
+            legacy.id = "x".repeat(MAX_LEGACY_ID_LEN + 1);
+        }
+        assert!(matches!(
+            GroupMetadata::from_extensions(&metadata.to_extensions()),
+            Err(MetadataError::TooLong { .. })
+        ));
+        let mut metadata = sample();
+        if let Some(legacy) = metadata.immutable.legacy.as_mut() {
+            legacy
+                .metadata
+                .insert("big".into(), "v".repeat(MAX_LEGACY_VALUE_LEN + 1));
+        }
+        assert!(matches!(
+            GroupMetadata::from_extensions(&metadata.to_extensions()),
+            Err(MetadataError::TooLong { .. })
+        ));
+        let orphan = wire::Immutable {
+            kind: 1,
+            creator: vec![1; 20],
+            legacy_metadata: BTreeMap::from([("k".into(), "v".into())]),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            decode_immutable(&orphan),
+            Err(MetadataError::Malformed { .. })
+        ));
+    }
+
     #[test]
     fn permissions_follow_roles() {
         assert!(Permission::AdminOnly.allows(Role::Admin));
