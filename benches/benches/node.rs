@@ -34,7 +34,7 @@ use std::{
 use criterion::Criterion;
 use kith_benches::{Recorder, bench_recorded, bench_timed};
 use kith_engine::{
-    delivery::{Cursor, Topic},
+    delivery::{Cursor, NodeStore, Topic},
     identity::{InstallationKeys, LocalWallet, UnsignedIdentityUpdate, generate_key_package},
 };
 use kith_storage::SledNodeStore;
@@ -328,6 +328,26 @@ fn bench_client(
     counts
 }
 
+/// Serve `logic` over gRPC on a free loopback port; a client of it, and
+/// the sender that stops the server.
+fn serve_grpc<S: NodeStore + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    logic: Arc<NodeLogic<S>>,
+) -> (GrpcClient, tokio::sync::oneshot::Sender<()>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let client = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(serve(listener, logic, async {
+            let _ = stopped.await;
+        }));
+        GrpcClient::connect_lazy(&format!("http://{address}")).expect("client")
+    });
+    (client, stop)
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let recorder = Recorder::default();
@@ -344,40 +364,14 @@ fn main() {
 
     let grpc_store = SledNodeStore::open(dir.path().join("grpc")).expect("open");
     let logic = Arc::new(NodeLogic::new(bench_config(), grpc_store));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let address = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        tokio::spawn(serve(listener, logic, async {
-            let _ = stopped.await;
-        }));
-        address
-    });
-    let client = runtime.block_on(async {
-        GrpcClient::connect_lazy(&format!("http://{address}")).expect("client")
-    });
+    let (client, stop) = serve_grpc(&runtime, logic);
     let grpc_counts = bench_client(&mut c, &recorder, &runtime, GRPC, &client);
     let _ = stop.send(());
 
     let postgres = Postgres::start(dir.path());
     let pg_store = PgNodeStore::connect(&postgres.url).expect("connect to PostgreSQL");
     let logic = Arc::new(NodeLogic::new(bench_config(), pg_store));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let address = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        tokio::spawn(serve(listener, logic, async {
-            let _ = stopped.await;
-        }));
-        address
-    });
-    let client = runtime.block_on(async {
-        GrpcClient::connect_lazy(&format!("http://{address}")).expect("client")
-    });
+    let (client, stop) = serve_grpc(&runtime, logic);
     let pg_counts = bench_client(&mut c, &recorder, &runtime, GRPC_PG, &client);
     let _ = stop.send(());
     drop(client);

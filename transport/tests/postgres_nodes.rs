@@ -7,15 +7,16 @@
 //! restart test starts a server of its own with `scripts/local-postgres`,
 //! so that stopping it disturbs no other test.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 #[path = "../../storage-pg/tests/common/mod.rs"]
 mod pg;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -23,43 +24,11 @@ use kith_transport::proto::{self, node_client::NodeClient};
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
-/// A node process over `url`, as originator 1; killed on drop.
-struct NodeProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn node_binary() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_kith-node"))
-}
+/// A node process over one database, as originator 1; killed on drop.
+type NodeProcess = cluster::Standalone;
 
 fn start(database_url: &str) -> NodeProcess {
-    let mut child = Command::new(node_binary())
-        .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kith-node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let address = line
-        .trim()
-        .strip_prefix("kith-node listening on ")
-        .unwrap_or_else(|| panic!("kith-node did not start: {line:?}"))
-        .to_owned();
-    NodeProcess {
-        child,
-        url: format!("http://{address}"),
-    }
+    cluster::standalone_with(&["--database-url", database_url])
 }
 
 async fn connect(node: &NodeProcess) -> NodeClient<Channel> {

@@ -38,7 +38,15 @@ pub struct Standalone {
 /// Start a standalone node on `data_dir` and wait until it listens (its
 /// first line names the port it took).
 pub fn standalone(data_dir: &Path) -> Standalone {
-    let mut child = node_command(data_dir)
+    standalone_with(&["--data-dir".as_ref(), data_dir.as_os_str()])
+}
+
+/// Start a standalone node with `store_args` (`--data-dir DIR` or
+/// `--database-url URL`) on a free loopback port, and wait until it
+/// listens.
+pub fn standalone_with<S: AsRef<std::ffi::OsStr>>(store_args: &[S]) -> Standalone {
+    let mut child = Command::new(node_binary())
+        .args(store_args)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
