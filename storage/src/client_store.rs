@@ -49,6 +49,20 @@ impl KvStore for SledMlsStorage {
             .map(|(k, v)| (k[1..].to_vec(), v))
             .collect())
     }
+
+    fn kv_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<KvEntries, StorageError> {
+        Ok(self
+            .range(&key(start), &key(end), reverse, limit)?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), v))
+            .collect())
+    }
 }
 
 impl GroupSnapshots for SledMlsStorage {

@@ -335,6 +335,50 @@ impl SledMlsStorage {
         Ok(merged.into_iter().collect())
     }
 
+    /// Up to `limit` entries with keys in `start..end`, in key order (or
+    /// the reverse), seeing this thread's open step.
+    pub(crate) fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<RawEntries, StorageError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let overlay: Overlay = match self.lock_steps().get(&thread::current().id()) {
+            Some(step) => step
+                .overlay
+                .range(start.to_vec()..end.to_vec())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => Overlay::new(),
+        };
+        // The step can hide at most as many stored entries as it deletes,
+        // so this many from sled are always enough to fill the page.
+        let wanted = limit.saturating_add(overlay.len());
+        let mut merged = overlay.clone();
+        let stored = self.tree.range(start..end);
+        let stored: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
+            Box::new(stored.rev())
+        } else {
+            Box::new(stored)
+        };
+        for entry in stored.take(wanted) {
+            let (key, value) = entry?;
+            merged
+                .entry(key.to_vec())
+                .or_insert_with(|| Some(value.to_vec()));
+        }
+        let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+        Ok(if reverse {
+            live.rev().take(limit).collect()
+        } else {
+            live.take(limit).collect()
+        })
+    }
+
     /// Apply `ops` atomically: into this thread's open step if there is one,
     /// straight to sled otherwise.
     pub(crate) fn write(&self, ops: Overlay) -> Result<(), StorageError> {

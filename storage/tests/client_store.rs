@@ -27,6 +27,51 @@ fn sled_client_store_passes_the_suite() {
     kith_engine::group::test_suite::client_store_suite(&storage);
 }
 
+#[test]
+fn sled_message_pages_pass_the_suite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let storage = SledMlsStorage::open(dir.path().join("db")).expect("open");
+    kith_engine::group::test_suite::message_pages_suite(&storage);
+}
+
+/// A page read inside an open step sees the step's writes and deletes
+/// (which sled does not hold yet), and still fills up to its limit.
+#[test]
+fn sled_pages_see_the_open_step() {
+    use kith_engine::group::KvStore as _;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let storage = SledMlsStorage::open(dir.path().join("db")).expect("open");
+    for k in 0..10u8 {
+        storage.kv_put(&[b'p', k], &[k]).expect("put");
+    }
+    let keys = |entries: Vec<(Vec<u8>, Vec<u8>)>| {
+        entries.into_iter().map(|(k, _)| k[1]).collect::<Vec<_>>()
+    };
+    storage
+        .step(|| {
+            for k in 0..4u8 {
+                storage.kv_delete(&[b'p', k]).expect("delete");
+            }
+            storage.kv_put(&[b'p', 20], &[20]).expect("put");
+            assert_eq!(
+                keys(storage.kv_range(b"p", b"q", false, 3).expect("range")),
+                [4, 5, 6],
+                "deleted in the step, so not listed"
+            );
+            assert_eq!(
+                keys(storage.kv_range(b"p", b"q", true, 2).expect("range")),
+                [20, 9],
+                "written in the step, so listed"
+            );
+            Ok::<_, kith_storage::StorageError>(())
+        })
+        .expect("step");
+    assert_eq!(
+        keys(storage.kv_range(b"p", b"q", false, 100).expect("range")),
+        [4, 5, 6, 7, 8, 9, 20]
+    );
+}
+
 /// OpenMLS checks key-package lifetimes against the system clock.
 #[allow(clippy::disallowed_methods)]
 fn now_ms() -> u64 {
@@ -151,8 +196,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
             &alice_provider,
             alice_kv,
             alice,
-            "text/plain",
-            b"once",
+            kith_engine::group::Outgoing::new("text/plain", b"once"),
             now_ms(),
         )
         .expect("send");

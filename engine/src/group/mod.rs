@@ -74,8 +74,8 @@ pub use bindings::{BindingView, DmVerification, binding_body, decode_binding};
 pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RETIRE_GRACE_MS, RewindPolicy};
 pub use content::{
     BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT,
-    CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, SharedWelcome,
-    WelcomePayload, message_id,
+    CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, MAX_FALLBACK_LEN,
+    Outgoing, SharedWelcome, WelcomePayload, message_id,
 };
 pub use conversation::NewGroup;
 pub use error::GroupError;
@@ -101,7 +101,7 @@ pub use shared_welcome::{
     MAX_WELCOME_PARTS, WELCOME_INLINE_SAVINGS, WELCOME_PART_BYTES, assemble_welcome,
 };
 pub use signer::Me;
-pub use store::{ClientStore, GroupSnapshots, KvEntries, KvStore, MemoryKvStore};
+pub use store::{ClientStore, GroupSnapshots, KvEntries, KvStore, MemoryKvStore, MessageRange};
 pub use validate::{CommitSummary, MAX_DENIABLE_LEAVES};
 
 #[cfg(any(test, feature = "test-suite"))]

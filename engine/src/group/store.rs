@@ -69,6 +69,31 @@ pub trait KvStore {
     fn kv_delete(&self, key: &[u8]) -> Result<(), Self::Error>;
     /// All entries whose key starts with `prefix`, in key order.
     fn kv_scan(&self, prefix: &[u8]) -> Result<KvEntries, Self::Error>;
+
+    /// Up to `limit` entries with keys in `start..end`, in key order, or
+    /// in reverse key order when `reverse`: a page of a long list without
+    /// reading all of it.
+    ///
+    /// The default scans the keys the two bounds share and filters; a
+    /// store with ordered range reads should override it.
+    fn kv_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<KvEntries, Self::Error> {
+        let shared = start.iter().zip(end).take_while(|(a, b)| a == b).count();
+        let within = self
+            .kv_scan(&start[..shared])?
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() >= start && k.as_slice() < end);
+        Ok(if reverse {
+            within.rev().take(limit).collect()
+        } else {
+            within.take(limit).collect()
+        })
+    }
 }
 
 /// Whole-group snapshots of the MLS state, which rolling back needs and
@@ -138,6 +163,27 @@ impl KvStore for MemoryKvStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
+
+    fn kv_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<KvEntries, Self::Error> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let map = self.map();
+        let within = map
+            .range(start.to_vec()..end.to_vec())
+            .map(|(k, v)| (k.clone(), v.clone()));
+        Ok(if reverse {
+            within.rev().take(limit).collect()
+        } else {
+            within.take(limit).collect()
+        })
+    }
 }
 
 fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
@@ -146,6 +192,35 @@ fn with_len(tag: u8, id: &[u8]) -> Vec<u8> {
     key.extend_from_slice(&(id.len() as u32).to_be_bytes());
     key.extend_from_slice(id);
     key
+}
+
+/// The smallest key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff: nothing sorts after the prefix but its own
+    // extensions, which a run of 0xff past any key length bounds.
+    vec![u8::MAX; prefix.len() + 64]
+}
+
+/// Which part of a conversation's order a page of messages comes from
+/// ([`ClientStore::messages_in`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageRange {
+    /// Only messages at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Only messages before this time.
+    pub until_ms: Option<u64>,
+    /// Only messages past this one (its time and id) in the page's
+    /// direction: where the previous page ended.
+    pub after: Option<(u64, [u8; 32])>,
+    /// Newest first.
+    pub descending: bool,
 }
 
 /// Typed access to the client's records over a [`KvStore`].
@@ -271,6 +346,72 @@ impl<S: KvStore + ?Sized> ClientStore<'_, S> {
         conversation: &ConversationId,
     ) -> Result<Vec<StoredMessage>, GroupError> {
         self.scan(&with_len(b'm', &conversation.0))
+    }
+
+    /// A page of a conversation's messages in `range`: up to `limit` that
+    /// `keep` accepts, oldest first (newest first if `range.descending`).
+    ///
+    /// It reads the store in chunks, so a page of a long conversation
+    /// costs about what it returns, plus what `keep` passes over.
+    pub fn messages_in(
+        &self,
+        conversation: &ConversationId,
+        range: &MessageRange,
+        limit: usize,
+        keep: &mut dyn FnMut(&StoredMessage) -> bool,
+    ) -> Result<Vec<StoredMessage>, GroupError> {
+        let prefix = with_len(b'm', &conversation.0);
+        let at = |time_ms: u64| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&time_ms.to_be_bytes());
+            key
+        };
+        let mut start = at(range.since_ms.unwrap_or(0));
+        let mut end = match range.until_ms {
+            Some(until) => at(until),
+            None => prefix_end(&prefix),
+        };
+        if let Some((time_ms, id)) = range.after {
+            let mut key = at(time_ms);
+            key.extend_from_slice(&id);
+            if range.descending {
+                end = end.min(key);
+            } else {
+                // The key just past the cursor's own.
+                key.push(0);
+                start = start.max(key);
+            }
+        }
+        let chunk = limit.clamp(16, 256);
+        let mut page = Vec::new();
+        while page.len() < limit && start < end {
+            let entries = self
+                .0
+                .kv_range(&start, &end, range.descending, chunk)
+                .map_err(GroupError::store)?;
+            let full = entries.len() == chunk;
+            for (key, value) in entries {
+                if range.descending {
+                    end.clone_from(&key);
+                } else {
+                    start.clone_from(&key);
+                    start.push(0);
+                }
+                let message: StoredMessage = rmp_serde::from_slice(&value).map_err(|e| {
+                    GroupError::Corrupt(format!("record {}: {e}", hex::encode(&key)))
+                })?;
+                if keep(&message) {
+                    page.push(message);
+                    if page.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(page)
     }
 
     /// A topic's cursor (empty if none was stored).

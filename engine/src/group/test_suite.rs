@@ -9,7 +9,7 @@ use super::{
     records::{
         ConversationId, ConversationRecord, ConversationState, Delivery, Outbound, StoredMessage,
     },
-    store::{ClientStore, KvStore},
+    store::{ClientStore, KvStore, MessageRange},
 };
 use crate::{
     delivery::{Cursor, Topic},
@@ -30,6 +30,7 @@ fn message(conversation: &ConversationId, id: u8, time_ms: u64) -> StoredMessage
         delivery: Delivery::Published,
         // Some unverified, so that the field's round trip is checked too.
         unbound_leaf: id.is_multiple_of(2).then_some([id; 32]),
+        fallback: id.is_multiple_of(3).then(|| format!("fallback {id}")),
     }
 }
 
@@ -151,10 +152,149 @@ pub fn client_store_suite<S: KvStore>(kv: &S) {
     assert_eq!(store.all_identity_updates().expect("all"), [vec![update]]);
 }
 
+/// Pages of messages: by time, in both directions, continued from where
+/// the last page ended, filtered, and with same-millisecond messages
+/// neither lost nor repeated at a page boundary.
+///
+/// # Panics
+/// When the store misbehaves.
+pub fn message_pages_suite<S: KvStore>(kv: &S) {
+    let store = ClientStore(kv);
+    let a = ConversationId(vec![0x10]);
+    // The next id in byte order: its messages must never leak into `a`'s.
+    let b = ConversationId(vec![0x11]);
+    // 40 messages, two per millisecond from 100 on.
+    for id in 0..40u8 {
+        store
+            .insert_message(&message(&a, id, 100 + u64::from(id / 2)))
+            .expect("insert");
+    }
+    store.insert_message(&message(&b, 99, 0)).expect("insert");
+    store
+        .insert_message(&message(&b, 98, u64::MAX))
+        .expect("insert");
+    let ids = |page: &[StoredMessage]| page.iter().map(|m| m.message_id[0]).collect::<Vec<_>>();
+    let all = |_: &StoredMessage| true;
+
+    // Every message once, in order, in pages of 7 either way.
+    for descending in [false, true] {
+        let mut range = MessageRange {
+            descending,
+            ..MessageRange::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = store
+                .messages_in(&a, &range, 7, &mut { all })
+                .expect("page");
+            assert!(page.len() <= 7);
+            let Some(last) = page.last() else { break };
+            range.after = Some((last.time_ms, last.message_id));
+            seen.extend(ids(&page));
+        }
+        let mut expected: Vec<u8> = (0..40).collect();
+        if descending {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "descending: {descending}");
+    }
+
+    // Time bounds: since is inclusive, until exclusive.
+    let range = MessageRange {
+        since_ms: Some(105),
+        until_ms: Some(107),
+        ..MessageRange::default()
+    };
+    assert_eq!(
+        ids(&store
+            .messages_in(&a, &range, 100, &mut { all })
+            .expect("page")),
+        [10, 11, 12, 13]
+    );
+    let newest_two = MessageRange {
+        descending: true,
+        ..MessageRange::default()
+    };
+    assert_eq!(
+        ids(&store
+            .messages_in(&a, &newest_two, 2, &mut { all })
+            .expect("page")),
+        [39, 38]
+    );
+
+    // A filter that passes over most of the store still fills the page.
+    let mut every_tenth = |m: &StoredMessage| m.message_id[0] % 10 == 0;
+    assert_eq!(
+        ids(&store
+            .messages_in(&a, &MessageRange::default(), 3, &mut every_tenth)
+            .expect("page")),
+        [0, 10, 20]
+    );
+    assert!(
+        store
+            .messages_in(&a, &MessageRange::default(), 0, &mut { all })
+            .expect("page")
+            .is_empty()
+    );
+    let empty = MessageRange {
+        since_ms: Some(500),
+        until_ms: Some(400),
+        ..MessageRange::default()
+    };
+    assert!(
+        store
+            .messages_in(&a, &empty, 5, &mut { all })
+            .expect("page")
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store
+            .messages_in(&b, &newest_two, 5, &mut { all })
+            .expect("page")),
+        [98, 99]
+    );
+}
+
+/// A store that keeps only the required methods of [`KvStore`], so that
+/// the default `kv_range` is tested too.
+#[cfg(test)]
+struct ScanOnly(crate::group::store::MemoryKvStore);
+
+#[cfg(test)]
+impl KvStore for ScanOnly {
+    type Error = std::convert::Infallible;
+
+    fn kv_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.0.kv_get(key)
+    }
+
+    fn kv_put(&self, key: &[u8], value: &[u8]) -> Result<(), Self::Error> {
+        self.0.kv_put(key, value)
+    }
+
+    fn kv_delete(&self, key: &[u8]) -> Result<(), Self::Error> {
+        self.0.kv_delete(key)
+    }
+
+    fn kv_scan(&self, prefix: &[u8]) -> Result<super::store::KvEntries, Self::Error> {
+        self.0.kv_scan(prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn memory_client_store() {
         super::client_store_suite(&crate::group::store::MemoryKvStore::default());
+    }
+
+    #[test]
+    fn memory_message_pages() {
+        super::message_pages_suite(&crate::group::store::MemoryKvStore::default());
+    }
+
+    #[test]
+    fn default_range_message_pages() {
+        super::message_pages_suite(&super::ScanOnly(Default::default()));
     }
 }
