@@ -808,6 +808,7 @@ impl Conversation {
             .send(SendMessage {
                 content_type: content_type.to_owned(),
                 body: body.to_vec(),
+                fallback: None,
             })
             .await??;
         Ok(MessageId(id))

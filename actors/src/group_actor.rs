@@ -40,7 +40,8 @@ use futures::FutureExt as _;
 use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
-        ConversationId, DmVerification, Group, GroupError, GroupEvent, IntentKind, StoredMessage,
+        ConversationId, DmVerification, Group, GroupError, GroupEvent, IntentKind, Outgoing,
+        StoredMessage,
     },
     identity::{InboxId, InstallationId},
 };
@@ -881,13 +882,19 @@ impl GroupCore {
         Ok(())
     }
 
-    async fn send(&self, content_type: String, body: Vec<u8>) -> Result<[u8; 32], Error> {
+    async fn send(&self, msg: Send) -> Result<[u8; 32], Error> {
+        let Send {
+            content_type,
+            body,
+            fallback,
+        } = msg;
         // A body that cannot fit in one envelope would be queued and then
         // refused by the node on every try: say so now, queuing nothing.
         // Offline, the node's limits may be unknown: the defaults apply.
         let limits = self.shared.node_limits().await.unwrap_or_default();
         let room = limits.max_envelope_bytes.saturating_sub(MESSAGE_OVERHEAD);
-        if body.len() + content_type.len() > room {
+        let fallback_len = fallback.as_ref().map_or(0, String::len);
+        if body.len() + content_type.len() + fallback_len > room {
             return Err(Error::InvalidInput(format!(
                 "a message body of {} bytes does not fit: the node takes envelopes of up to {} \
                  bytes, which leaves {room} bytes for the body and its content type",
@@ -920,8 +927,11 @@ impl GroupCore {
                     &shared.provider,
                     shared.storage(),
                     shared.me(),
-                    &content_type,
-                    &body,
+                    Outgoing {
+                        content_type: &content_type,
+                        body: &body,
+                        fallback: fallback.as_deref(),
+                    },
                     now_ms(),
                 )
             })
@@ -1102,6 +1112,7 @@ impl Handler<Sync> for GroupActor {
 pub(crate) struct Send {
     pub(crate) content_type: String,
     pub(crate) body: Vec<u8>,
+    pub(crate) fallback: Option<String>,
 }
 
 impl Handler<Send> for GroupActor {
@@ -1110,10 +1121,7 @@ impl Handler<Send> for GroupActor {
     fn handle(&mut self, msg: Send, _: &mut Self::Context) -> Self::Result {
         let core = Arc::clone(&self.core);
         let span = tracing::debug_span!("group_send", group = %hex::encode(&core.group_id));
-        guarded(
-            span,
-            async move { core.send(msg.content_type, msg.body).await },
-        )
+        guarded(span, async move { core.send(msg).await })
     }
 }
 

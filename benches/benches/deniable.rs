@@ -270,8 +270,7 @@ fn first_verified_message(seed: u64, mode: DmMode) -> Duration {
                 provider,
                 provider.storage(),
                 me,
-                "text/plain",
-                b"hello",
+                kith_engine::group::Outgoing::new("text/plain", b"hello"),
                 now_ms(),
             )
             .expect("send")

@@ -499,14 +499,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         }),
     }
     .to_bytes();
-    let (text, _) = Content::new(
-        inbox,
-        &[0xab; 16],
-        &[1; 16],
-        crate::group::CONTENT_TYPE_TEXT,
-        b"hello".to_vec(),
-        1_767_225_600_000,
-    );
+    let text = Content {
+        content_type: crate::group::CONTENT_TYPE_TEXT.into(),
+        message_id: crate::group::message_id(inbox, &[0xab; 16], &[1; 16]).to_vec(),
+        body: b"hello".to_vec(),
+        sent_at_ms: 1_767_225_600_000,
+        fallback: Some("hello".into()),
+    };
     let mut metadata = Vec::new();
     let sample = sample_metadata();
     for (index, ty) in METADATA_EXTENSIONS.iter().enumerate() {

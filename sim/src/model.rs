@@ -530,6 +530,7 @@ mod tests {
             time_ms,
             delivery,
             unbound_leaf: None,
+            fallback: None,
         }
     }
 

@@ -745,8 +745,10 @@ impl Sim {
                     provider,
                     storage,
                     me,
-                    CONTENT_TYPE_TEXT,
-                    format!("message {now} from {index}").as_bytes(),
+                    kith_engine::group::Outgoing::new(
+                        CONTENT_TYPE_TEXT,
+                        format!("message {now} from {index}").as_bytes(),
+                    ),
                     now,
                 )?)
             })

@@ -241,8 +241,7 @@ impl World {
                     provider,
                     storage,
                     me,
-                    CONTENT_TYPE_TEXT,
-                    text.as_bytes(),
+                    kith_engine::group::Outgoing::new(CONTENT_TYPE_TEXT, text.as_bytes()),
                     now,
                 )?)
             })

@@ -250,8 +250,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
             &alice.provider,
             alice.kv(),
             alice.me(),
-            "text/plain",
-            text.as_bytes(),
+            kith_engine::group::Outgoing::new("text/plain", text.as_bytes()),
             now_ms(),
         )
         .expect("send while pending");
@@ -275,8 +274,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
         &alice.provider,
         alice.kv(),
         alice.me(),
-        "text/plain",
-        b"after clearing",
+        kith_engine::group::Outgoing::new("text/plain", b"after clearing"),
         now_ms(),
     )
     .expect("send");
@@ -288,8 +286,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
         &alice.provider,
         alice.kv(),
         alice.me(),
-        "text/plain",
-        b"epoch 3",
+        kith_engine::group::Outgoing::new("text/plain", b"epoch 3"),
         now_ms(),
     )
     .expect("send");

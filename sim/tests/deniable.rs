@@ -125,8 +125,7 @@ impl Device {
                 &self.provider,
                 self.kv(),
                 self.me(),
-                "text/plain",
-                text.as_bytes(),
+                kith_engine::group::Outgoing::new("text/plain", text.as_bytes()),
                 now_ms(),
             )
             .expect("send");
@@ -385,8 +384,7 @@ fn a_deniable_dm_binds_both_sides_and_holds_messages_until_then() {
         &alice.provider,
         alice.kv(),
         alice.me(),
-        CONTENT_TYPE_BINDING,
-        b"a binding made by hand",
+        kith_engine::group::Outgoing::new(CONTENT_TYPE_BINDING, b"a binding made by hand"),
         now_ms(),
     );
     assert!(

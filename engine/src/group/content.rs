@@ -5,9 +5,11 @@
 //! that was sent twice. A Welcome travels with the cursor of the group topic
 //! just past its commit, from which the joiner reads.
 
+use openmls_traits::random::OpenMlsRand;
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
+use super::error::GroupError;
 use crate::{
     delivery::{Cursor, Topic},
     identity::InboxId,
@@ -34,6 +36,9 @@ pub const CONTROL_CONTENT_PREFIX: &str = "kith/";
 
 /// The longest content type, in bytes.
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+
+/// The longest fallback text, in bytes.
+pub const MAX_FALLBACK_LEN: usize = 4096;
 
 /// Why a payload did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,27 +77,31 @@ pub struct Content {
     /// The sender's clock, ms since the Unix epoch.
     #[prost(uint64, tag = "4")]
     pub sent_at_ms: u64,
+    /// Text to show in place of a content type the reader does not know.
+    #[prost(string, optional, tag = "5")]
+    pub fallback: Option<String>,
 }
 
 impl Content {
-    /// The content of a new message from `sender` in `group_id`, with the
-    /// id that `nonce` (fresh randomness) makes; returns it with that id.
-    pub fn new(
+    /// The content of a new message from `sender` in `group_id`, with a
+    /// fresh id (from 16 random bytes); returns it with that id.
+    pub(crate) fn fresh(
+        rand: &impl OpenMlsRand,
         sender: InboxId,
         group_id: &[u8],
-        nonce: &[u8],
-        content_type: &str,
-        body: Vec<u8>,
+        message: Outgoing<'_>,
         sent_at_ms: u64,
-    ) -> (Self, [u8; 32]) {
-        let id = message_id(sender, group_id, nonce);
+    ) -> Result<(Self, [u8; 32]), GroupError> {
+        let nonce = rand.random_vec(16).map_err(GroupError::mls)?;
+        let id = message_id(sender, group_id, &nonce);
         let content = Self {
-            content_type: content_type.to_owned(),
+            content_type: message.content_type.to_owned(),
             message_id: id.to_vec(),
-            body,
+            body: message.body.to_vec(),
             sent_at_ms,
+            fallback: message.fallback.map(str::to_owned),
         };
-        (content, id)
+        Ok((content, id))
     }
 
     /// Decode and check an application message's plaintext.
@@ -113,6 +122,16 @@ impl Content {
             return Err(ContentError {
                 what: "message content",
                 reason: "content type is empty or longer than 128 bytes".into(),
+            });
+        }
+        if content
+            .fallback
+            .as_ref()
+            .is_some_and(|f| f.len() > MAX_FALLBACK_LEN)
+        {
+            return Err(ContentError {
+                what: "message content",
+                reason: format!("fallback text longer than {MAX_FALLBACK_LEN} bytes"),
             });
         }
         Ok((content, id))
@@ -294,6 +313,52 @@ impl WelcomePayload {
 
 /// Check a content type an application sends: 1 to
 /// [`MAX_CONTENT_TYPE_LEN`] bytes, and not one of the engine's own.
+/// An application message to send: its content type, body, and the
+/// text a client that does not know the type shows instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing<'a> {
+    /// The content type, e.g. `text/plain`.
+    pub content_type: &'a str,
+    /// The body, in the content type's encoding.
+    pub body: &'a [u8],
+    /// The fallback text, at most [`MAX_FALLBACK_LEN`] bytes.
+    pub fallback: Option<&'a str>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message of `content_type` without fallback text.
+    pub fn new(content_type: &'a str, body: &'a [u8]) -> Self {
+        Self {
+            content_type,
+            body,
+            fallback: None,
+        }
+    }
+
+    /// Plain text.
+    pub fn text(text: &'a str) -> Self {
+        Self::new(CONTENT_TYPE_TEXT, text.as_bytes())
+    }
+
+    /// With `fallback` as the text for readers that do not know the type.
+    pub fn with_fallback(mut self, fallback: &'a str) -> Self {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// Why an application may not send it, if it may not.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        check_application_type(self.content_type)?;
+        match self.fallback {
+            Some(f) if f.len() > MAX_FALLBACK_LEN => Err(format!(
+                "the fallback text is {} bytes; the limit is {MAX_FALLBACK_LEN}",
+                f.len()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub(crate) fn check_application_type(content_type: &str) -> Result<(), String> {
     if content_type.is_empty() || content_type.len() > MAX_CONTENT_TYPE_LEN {
         return Err("the content type must be 1 to 128 bytes".into());
@@ -305,4 +370,45 @@ pub(crate) fn check_application_type(content_type: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(fallback: Option<String>) -> Vec<u8> {
+        Content {
+            content_type: "example.com/poll:1.0".into(),
+            message_id: vec![7; 32],
+            body: vec![1, 2, 3],
+            sent_at_ms: 5,
+            fallback,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_fallback_round_trips_and_an_over_long_one_is_refused() {
+        let (decoded, id) =
+            Content::decode_checked(&content(Some("A poll".into()))).expect("decodes");
+        assert_eq!(id, [7; 32]);
+        assert_eq!(decoded.fallback.as_deref(), Some("A poll"));
+        let (decoded, _) = Content::decode_checked(&content(None)).expect("decodes");
+        assert_eq!(decoded.fallback, None);
+        let err = Content::decode_checked(&content(Some("x".repeat(MAX_FALLBACK_LEN + 1))))
+            .expect_err("too long");
+        assert!(err.reason.contains("fallback"), "{err}");
+    }
+
+    #[test]
+    fn an_application_may_not_send_an_over_long_fallback_or_a_control_type() {
+        let long = "x".repeat(MAX_FALLBACK_LEN + 1);
+        assert!(Outgoing::text("hi").with_fallback(&long).check().is_err());
+        assert!(
+            Outgoing::new(CONTENT_TYPE_EPOCH_DIGEST, b"")
+                .check()
+                .is_err()
+        );
+        assert!(Outgoing::text("hi").with_fallback("hi").check().is_ok());
+    }
 }

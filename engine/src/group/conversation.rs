@@ -139,6 +139,7 @@ pub(crate) fn own_message(
         time_ms: content.sent_at_ms,
         delivery: Delivery::Unpublished,
         unbound_leaf: None,
+        fallback: content.fallback,
     }
 }
 
@@ -260,6 +261,7 @@ pub(crate) fn take_back_sent_since<S: KvStore + ?Sized>(
             message_id: message.message_id.to_vec(),
             body: message.body.clone(),
             sent_at_ms: message.sent_at_ms,
+            fallback: message.fallback.clone(),
         };
         message.delivery = Delivery::Unpublished;
         store.update_message(&message)?;
@@ -358,6 +360,7 @@ mod tests {
             time_ms,
             delivery: Delivery::Published,
             unbound_leaf: None,
+            fallback: None,
         }
     }
 

@@ -39,10 +39,7 @@ use prost::Message as _;
 use super::{
     bindings::{Bindings, DmVerification},
     config::GroupConfig,
-    content::{
-        CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, Content, WelcomePayload,
-        check_application_type,
-    },
+    content::{CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, Content, Outgoing, WelcomePayload},
     conversation::{self, NewGroup, new_metadata},
     error::GroupError,
     events::GroupEvent,
@@ -567,15 +564,15 @@ impl Group {
         provider: &P,
         kv: &S,
         me: Me<'_>,
-        content_type: &str,
-        body: &[u8],
+        message: Outgoing<'_>,
         now_ms: u64,
     ) -> Result<[u8; 32], GroupError> {
         if !self.parts.mls.is_active() {
             return Err(GroupError::NotMember);
         }
-        check_application_type(content_type).map_err(GroupError::InvalidInput)?;
-        let (content, id) = self.content(provider, me, content_type, body.to_vec(), now_ms)?;
+        message.check().map_err(GroupError::InvalidInput)?;
+        let (content, id) =
+            Content::fresh(provider.rand(), me.inbox, self.group_id(), message, now_ms)?;
         let encoded = content.encode_to_vec();
         // A message that cannot go out now waits in the history, and
         // `advance` sends it (with this id) once it can.
@@ -598,27 +595,6 @@ impl Group {
         self.parts.events.push_back(GroupEvent::Message(message));
         self.parts.save(kv)?;
         Ok(id)
-    }
-
-    /// The content of a new message of ours, with a fresh id.
-    fn content<P: OpenMlsProvider>(
-        &self,
-        provider: &P,
-        me: Me<'_>,
-        content_type: &str,
-        body: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<(Content, [u8; 32]), GroupError> {
-        let nonce = provider.rand().random_vec(16).map_err(GroupError::mls)?;
-        let group_id = self.group_id();
-        Ok(Content::new(
-            me.inbox,
-            group_id,
-            &nonce,
-            content_type,
-            body,
-            now_ms,
-        ))
     }
 
     /// Encrypt an application message (encoded [`Content`]) in the current
@@ -649,7 +625,9 @@ impl Group {
         body: Vec<u8>,
         now_ms: u64,
     ) -> Result<(), GroupError> {
-        let (content, _) = self.content(provider, me, content_type, body, now_ms)?;
+        let message = Outgoing::new(content_type, &body);
+        let (content, _) =
+            Content::fresh(provider.rand(), me.inbox, self.group_id(), message, now_ms)?;
         let out = self.encrypt(kv, provider, me, &content.encode_to_vec())?;
         self.parts
             .outbox

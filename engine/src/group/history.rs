@@ -1167,6 +1167,7 @@ mod tests {
                     time_ms: 1,
                     delivery,
                     unbound_leaf: None,
+                    fallback: None,
                 })
                 .expect("insert");
             history

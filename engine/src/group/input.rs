@@ -486,6 +486,7 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             time_ms: entry.key.0,
             delivery: Delivery::Published,
             unbound_leaf,
+            fallback: content.fallback,
         };
         entry.message_id = Some(id);
         if let Some(confirmed) = self.confirmed.as_mut() {

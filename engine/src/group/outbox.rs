@@ -591,6 +591,7 @@ mod tests {
                     time_ms: 1,
                     delivery,
                     unbound_leaf: None,
+                    fallback: None,
                 })
                 .expect("insert");
             outbox

@@ -139,6 +139,10 @@ pub struct StoredMessage {
     /// when that leaf's binding verifies. Always `None` elsewhere.
     #[serde(default)]
     pub unbound_leaf: Option<[u8; 32]>,
+    /// The text its sender gave for readers that do not know its content
+    /// type.
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 impl StoredMessage {
