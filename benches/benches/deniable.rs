@@ -216,6 +216,7 @@ fn first_verified_message(seed: u64, mode: DmMode) -> Duration {
         DmMode::NonRepudiable => IntentKind::AddMembers {
             key_packages: vec![package],
             sequences,
+            admissions: Vec::new(),
         },
     };
     let mut log = Log::default();
@@ -235,6 +236,7 @@ fn first_verified_message(seed: u64, mode: DmMode) -> Duration {
                 preset: PolicyPreset::Default,
                 now_ms: now_ms(),
                 legacy: None,
+                gating: Default::default(),
             },
         )
         .expect("create")

@@ -158,10 +158,13 @@ fn sample_metadata() -> GroupMetadata {
         },
         policies: Policies::preset(PolicyPreset::AdminsOnly),
         membership: [(a, 1), (b, 2)].into(),
-        gating: vec![GatingRule {
-            kind: "erc20".into(),
-            data: vec![1, 2],
-        }],
+        gating: crate::group::metadata::Gating {
+            rules: vec![GatingRule {
+                kind: "erc20".into(),
+                data: vec![1, 2],
+            }],
+            ..Default::default()
+        },
     }
 }
 

@@ -28,6 +28,7 @@ const BOTTOM: &[&str] = &[
     "group::intent",
     "group::error",
     "group::metadata",
+    "group::gating",
 ];
 
 struct Source {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use kith_engine::{
-    group::{ClientStore, Group, StoredMessage},
+    group::{CONTENT_TYPE_GROUP_UPDATED, ClientStore, Group, StoredMessage},
     identity::InboxId,
 };
 
@@ -181,7 +181,12 @@ fn messages(sim: &mut Sim, members: &[usize], forked: &BTreeSet<usize>) {
     let mut lists: Vec<Vec<StoredMessage>> = Vec::with_capacity(sim.clients.len());
     for client in &sim.clients {
         match ClientStore(client.storage()).messages(&conversation) {
-            Ok(list) => lists.push(list),
+            // The model is of application messages; transcript entries
+            // are each member's own record of the commits it merged.
+            Ok(mut list) => {
+                list.retain(|m| m.content_type != CONTENT_TYPE_GROUP_UPDATED);
+                lists.push(list);
+            }
             Err(e) => {
                 sim.failures
                     .push(format!("client {}: its messages: {e}", client.index));

@@ -262,6 +262,7 @@ fn run_scenarios() -> Published {
         IntentKind::AddMembers {
             key_packages: vec![joiner],
             sequences: vec![(joiner_inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     let add = publish(&mut world, 0, 30_000).remove(0);

@@ -234,6 +234,7 @@ impl Sim {
                     preset: PolicyPreset::Default,
                     now_ms: now,
                     legacy: None,
+                    gating: Default::default(),
                 },
             )?)
         })?;
@@ -258,6 +259,7 @@ impl Sim {
                 IntentKind::AddMembers {
                     key_packages,
                     sequences,
+                    admissions: Vec::new(),
                 },
             )?)
         })?;
@@ -704,6 +706,7 @@ impl Sim {
             client.key_package.take().map(|kp| IntentKind::AddMembers {
                 key_packages: vec![kp],
                 sequences: vec![(client.inbox, 1)],
+                admissions: Vec::new(),
             })
         } else if roll < 70 && others.len() > 1 {
             let target = others[below(&mut self.rng, others.len() as u64) as usize];

@@ -139,6 +139,7 @@ impl World {
                         preset: PolicyPreset::Default,
                         now_ms: base,
                         legacy,
+                        gating: Default::default(),
                     },
                 )?)
             })
@@ -268,6 +269,7 @@ impl World {
             IntentKind::AddMembers {
                 key_packages,
                 sequences,
+                admissions: Vec::new(),
             },
         );
         self.advance(adder, time);

@@ -43,6 +43,7 @@ fn strangers_welcome(w: &mut World, attacker: usize, victim: usize, at: u64) -> 
                         preset: PolicyPreset::Default,
                         now_ms: now,
                         legacy: None,
+                        gating: Default::default(),
                     },
                     &group_id,
                 )?)
@@ -74,6 +75,7 @@ fn strangers_welcome(w: &mut World, attacker: usize, victim: usize, at: u64) -> 
         IntentKind::AddMembers {
             key_packages: vec![key_package],
             sequences: vec![(victim_inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     w.advance(attacker, at);

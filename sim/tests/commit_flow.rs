@@ -135,6 +135,7 @@ fn texts(member: &Member, group: &Group) -> Vec<String> {
         .messages(&group.conversation_id())
         .expect("messages")
         .into_iter()
+        .filter(|m| m.content_type == kith_engine::group::CONTENT_TYPE_TEXT)
         .map(|m| String::from_utf8(m.body).expect("utf-8"))
         .collect()
 }
@@ -160,6 +161,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
             legacy: None,
+            gating: Default::default(),
         },
     )
     .expect("create");
@@ -190,6 +192,7 @@ fn a_lost_commit_is_regenerated_and_no_generation_is_reused() {
         IntentKind::AddMembers {
             key_packages: vec![key_package],
             sequences: vec![(bob.inbox, 1)],
+            admissions: Vec::new(),
         },
     )
     .expect("queue");
@@ -420,6 +423,7 @@ fn a_commit_that_disputes_a_cached_log_asks_for_it_again_before_it_is_refused() 
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
             legacy: None,
+            gating: Default::default(),
         },
     )
     .expect("create");
@@ -455,6 +459,7 @@ fn a_commit_that_disputes_a_cached_log_asks_for_it_again_before_it_is_refused() 
                 key_package(&erin, &erin.keys, erin.inbox),
             ],
             sequences: vec![(dave.inbox, 1), (erin.inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     let join = |who: &Member, cache: &IdentityCache| {
@@ -488,6 +493,7 @@ fn a_commit_that_disputes_a_cached_log_asks_for_it_again_before_it_is_refused() 
         IntentKind::AddMembers {
             key_packages: vec![winner_package],
             sequences: vec![(bob, 2)],
+            admissions: Vec::new(),
         },
     );
     assert_eq!(a.epoch(), before + 1, "Alice merged her commit");

@@ -320,6 +320,7 @@ fn create_dm(
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
             legacy: None,
+            gating: Default::default(),
         },
     )
     .expect("create");
@@ -1386,6 +1387,7 @@ fn a_non_member_cannot_inject_into_a_deniable_dm() {
             message_id: vec![9; 32],
             body: b"injected".to_vec(),
             sent_at_ms: now_ms(),
+            fallback: None,
         };
         let message = fake
             .create_message(

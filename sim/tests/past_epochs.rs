@@ -104,6 +104,7 @@ fn past_epochs_follow_the_group_size_and_late_messages_within_them_decrypt() {
         IntentKind::AddMembers {
             key_packages,
             sequences,
+            admissions: Vec::new(),
         },
     );
     let kept = past_epochs_for(BULK.end);

@@ -227,6 +227,7 @@ fn add_commit(w: &mut World, adder: usize, joiner: usize, at: u64) -> Vec<u8> {
         IntentKind::AddMembers {
             key_packages: vec![key_package],
             sequences: vec![(inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     w.advance(adder, at);

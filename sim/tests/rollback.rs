@@ -4,10 +4,14 @@
 
 use kith_engine::{
     delivery::Envelope,
-    group::{ClientStore, Delivery, GroupEvent, IntentKind, IntentState, KvStore},
+    group::{
+        CONTENT_TYPE_GROUP_UPDATED, ClientStore, Delivery, GroupEvent, GroupUpdateWire, IntentKind,
+        IntentState, KvStore,
+    },
 };
 use kith_sim::world::World;
 use openmls::prelude::{GroupId, OpenMlsProvider as _};
+use prost::Message as _;
 
 const WINDOW: u64 = 1_000;
 
@@ -110,6 +114,40 @@ fn an_earlier_commit_rolls_back_and_replays_in_canonical_order() {
     }
     assert_eq!(w.state(alice), w.state(bob));
     assert_eq!(w.state(alice), w.state(carol));
+    // The transcript shows the renames that happened, in canonical order;
+    // Bob's first one, which lost, is marked superseded wherever it was
+    // written (at Alice and Bob, who merged it before Carol's arrived).
+    for member in [alice, bob, carol] {
+        let entries: Vec<(Delivery, String)> = ClientStore(w.clients[member].storage())
+            .messages(&conversation)
+            .expect("messages")
+            .into_iter()
+            .filter(|m| m.content_type == CONTENT_TYPE_GROUP_UPDATED)
+            .filter_map(|m| {
+                let update = GroupUpdateWire::decode(m.body.as_slice()).expect("decodes");
+                // The renames; the setup's add has no field changes.
+                let name = update.changes.first()?.new.clone().unwrap_or_default();
+                Some((m.delivery, name))
+            })
+            .collect();
+        let superseded = entries
+            .iter()
+            .filter(|(delivery, name)| *delivery == Delivery::Superseded && name == "bob's")
+            .count();
+        assert_eq!(superseded, usize::from(member != carol), "member {member}");
+        let entries: Vec<_> = entries
+            .into_iter()
+            .filter(|(delivery, _)| *delivery == Delivery::Published)
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (Delivery::Published, "carol's".to_owned()),
+                (Delivery::Published, "bob's".to_owned())
+            ],
+            "member {member}"
+        );
+    }
 }
 
 /// A commit that sorts before the one applied but does not merge (its
@@ -587,6 +625,7 @@ fn a_joiner_added_on_a_fork_learns_it_is_on_one() {
         IntentKind::AddMembers {
             key_packages: vec![key_package],
             sequences: vec![(dave_inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     w.advance(alice, 1400);
@@ -798,6 +837,7 @@ fn a_welcome_that_overtakes_the_removal_it_answers_is_kept_for_it() {
         IntentKind::AddMembers {
             key_packages: vec![key_package],
             sequences: vec![(carol_inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     w.advance(alice, 200);
@@ -856,6 +896,7 @@ fn a_welcome_waits_for_settling_and_never_follows_a_losing_commit() {
         IntentKind::AddMembers {
             key_packages: vec![kp],
             sequences: vec![(w.clients[dave].inbox, 1)],
+            admissions: Vec::new(),
         },
     );
     w.advance(alice, 100);

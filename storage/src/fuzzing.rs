@@ -90,6 +90,7 @@ impl Base {
                 preset: Default::default(),
                 now_ms: BASE_TIME_MS,
                 legacy: None,
+                gating: Default::default(),
             },
         )
         .unwrap_or_else(|e| panic!("a group: {e}"));

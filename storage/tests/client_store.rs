@@ -146,6 +146,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
             preset: PolicyPreset::Default,
             now_ms: now_ms(),
             legacy: None,
+            gating: Default::default(),
         },
     )
     .expect("create");
@@ -160,6 +161,7 @@ fn a_crash_mid_step_neither_loses_nor_duplicates_a_message() {
                         .expect("serialize"),
                 ],
                 sequences: vec![(bob_inbox, 1)],
+                admissions: Vec::new(),
             },
         )
         .expect("queue");
@@ -360,6 +362,7 @@ fn an_advance_with_nothing_to_do_stores_nothing() {
             preset: PolicyPreset::Default,
             now_ms: now,
             legacy: None,
+            gating: Default::default(),
         },
     )
     .expect("create");

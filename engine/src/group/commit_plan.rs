@@ -159,6 +159,7 @@ fn ask<C: OpenMlsCrypto>(context: &Context<'_, C>, kind: &IntentKind) -> Result<
         IntentKind::AddMembers {
             key_packages,
             sequences,
+            admissions,
         } => {
             if dm.is_some_and(|(a, b)| sequences.iter().any(|(i, _)| *i != a && *i != b)) {
                 return Err(GroupError::NotPermitted(
@@ -166,6 +167,20 @@ fn ask<C: OpenMlsCrypto>(context: &Context<'_, C>, kind: &IntentKind) -> Result<
                 ));
             }
             take_adds(context, &mut parts, key_packages, sequences)?;
+            // The admissions of the inboxes this commit brings in, and only
+            // theirs: every receiver checks both (validate.rs).
+            let joining: Vec<InboxId> = sequences
+                .iter()
+                .map(|(inbox, _)| *inbox)
+                .filter(|inbox| !group.metadata.membership.contains_key(inbox))
+                .collect();
+            if group.metadata.gating.is_gated() && !joining.is_empty() {
+                parts.metadata.gating.admissions = admissions
+                    .iter()
+                    .filter(|a| joining.contains(&a.inbox))
+                    .cloned()
+                    .collect();
+            }
         }
         IntentKind::RemoveMembers { inboxes } => {
             // Inboxes already gone were removed by another member's
@@ -178,7 +193,8 @@ fn ask<C: OpenMlsCrypto>(context: &Context<'_, C>, kind: &IntentKind) -> Result<
         // Their metadata is `changed_metadata`'s.
         IntentKind::UpdateAttributes { .. }
         | IntentKind::UpdateAdmins { .. }
-        | IntentKind::SetPolicies { .. } => {}
+        | IntentKind::SetPolicies { .. }
+        | IntentKind::SetGating { .. } => {}
         IntentKind::Reconcile {
             key_packages,
             remove,
@@ -438,6 +454,14 @@ pub(crate) fn changed_metadata(
             for inbox in remove {
                 list.remove(inbox);
             }
+        }
+        IntentKind::SetGating { rules, require } => {
+            if metadata.immutable.dm_members.is_some() {
+                return Err(GroupError::InvalidInput("a DM cannot be gated".into()));
+            }
+            metadata.gating.rules.clone_from(rules);
+            metadata.gating.require = *require;
+            metadata.check_limits()?;
         }
         IntentKind::SetPolicies { encoded } => {
             let mut extensions = metadata.to_extensions();

@@ -18,8 +18,8 @@ use super::{
     events::{Events, GroupEvent},
     identities::IdentityCache,
     metadata::{
-        ConversationKind, GroupMetadata, ImmutableMetadata, LegacyConversation, MutableMetadata,
-        Policies, PolicyPreset,
+        ConversationKind, Gating, GroupMetadata, ImmutableMetadata, LegacyConversation,
+        MutableMetadata, Policies, PolicyPreset,
     },
     records::{ConversationId, ConversationRecord, ConversationState, Delivery, StoredMessage},
     signer::Me,
@@ -247,7 +247,10 @@ pub(crate) fn take_back_sent_since<S: KvStore + ?Sized>(
         .messages(conversation)?
         .into_iter()
         .filter(|m| {
-            m.group_id == group_id
+            // Transcript entries are this installation's record of a
+            // commit, not messages it sent.
+            m.content_type != super::transcript::CONTENT_TYPE_GROUP_UPDATED
+                && m.group_id == group_id
                 && m.sender_installation == me
                 && m.time_ms >= since_ms
                 && m.delivery != Delivery::Failed
@@ -300,6 +303,13 @@ pub struct NewGroup {
     /// The conversation of an older protocol this one continues, if it is
     /// a migration (fixed for its life).
     pub legacy: Option<LegacyConversation>,
+    /// The rules new members must satisfy (groups only; none: anyone the
+    /// policies let in). Changed later under the `change_policies` policy.
+    pub gating: Gating,
+}
+
+fn kind_is_dm(new: &NewGroup) -> bool {
+    new.kind == ConversationKind::Dm
 }
 
 /// The metadata of a new conversation made by `me`.
@@ -336,8 +346,11 @@ pub(crate) fn new_metadata(
         },
         policies,
         membership: BTreeMap::from([(me, identities.sequence(&me))]),
-        gating: Vec::new(),
+        gating: new.gating.clone(),
     };
+    if kind_is_dm(new) && metadata.gating.is_gated() {
+        return Err(GroupError::InvalidInput("a DM cannot be gated".into()));
+    }
     metadata.check_limits()?;
     Ok(metadata)
 }

@@ -4,8 +4,6 @@
 
 use crate::identity::{InboxId, KeyPackageError};
 
-use super::metadata::MetadataError;
-
 /// Why a group operation failed. After any error the driver discards the
 /// storage step and reloads the group, so nothing of the failed operation
 /// remains.
@@ -65,4 +63,31 @@ impl GroupError {
     pub(crate) fn mls(e: impl std::fmt::Debug) -> Self {
         Self::Mls(format!("{e:?}"))
     }
+}
+
+/// Why group metadata was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// A required Kith extension is absent from the group context.
+    #[error("the group context lacks the {0} extension")]
+    Missing(&'static str),
+    /// An extension does not decode.
+    #[error("the {extension} extension is malformed: {reason}")]
+    Malformed {
+        /// Which extension.
+        extension: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value exceeds its documented limit.
+    #[error("{what} is {len}, over the limit of {limit}")]
+    TooLong {
+        /// What is too long.
+        what: String,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
 }

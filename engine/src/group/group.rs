@@ -1035,7 +1035,25 @@ impl Group {
     ) -> Result<Vec<u8>, GroupError> {
         self.parts
             .mls
-            .forged_metadata_commit(provider, me, metadata)
+            .forged_metadata_commit(provider, me, metadata, &[])
+    }
+
+    /// Test hook: a commit that adds `key_packages` (as the node hands
+    /// them out) with the group context set to `metadata`, unchecked: what
+    /// an altered client could publish, e.g. skipping the gating check.
+    ///
+    /// # Errors
+    /// When a key package does not parse, or OpenMLS cannot build it.
+    pub fn forged_add_commit_for_tests<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        me: Me<'_>,
+        metadata: &GroupMetadata,
+        key_packages: &[Vec<u8>],
+    ) -> Result<Vec<u8>, GroupError> {
+        self.parts
+            .mls
+            .forged_metadata_commit(provider, me, metadata, key_packages)
     }
 
     /// Test hook: how many past epochs' message secrets this member keeps

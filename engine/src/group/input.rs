@@ -37,7 +37,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     bindings::Bindings,
-    content::{CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, Content},
+    content::{CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTROL_CONTENT_PREFIX, Content},
     conversation,
     error::GroupError,
     events::GroupEvent,
@@ -50,6 +50,7 @@ use super::{
     parts::Parts,
     records::{Delivery, EpochSnapshot, OwnCommit, RetainedEnvelope, StoredMessage},
     store::GroupSnapshots,
+    transcript,
 };
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -472,6 +473,14 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
                 }
                 return self.parts.history.retain(self.kv, &entry);
             }
+            other if other.starts_with(CONTROL_CONTENT_PREFIX) => {
+                // Transcript entries and control types of later versions:
+                // only the engine makes the former, from checked commits.
+                self.skip(format!(
+                    "a control message of type {other:?} sent as content"
+                ));
+                return self.parts.history.retain(self.kv, &entry);
+            }
             _ => {}
         }
         let message = StoredMessage {
@@ -526,8 +535,24 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
             left_claim_key,
             summary,
             self_removed,
+            update,
             ..
         } = merge;
+        if let (Some(update), Some(installation)) = (update, summary.committer_installation) {
+            let group_id = self.parts.group_id().to_vec();
+            let id = transcript::record(
+                self.kv,
+                self.parts.conversation_id(),
+                &group_id,
+                entry,
+                (summary.committer, installation),
+                &update,
+                &mut self.parts.events,
+            )?;
+            if let Some(confirmed) = self.confirmed.as_mut() {
+                confirmed.insert(id);
+            }
+        }
         self.parts.history.record_commit(
             self.kv,
             entry.epoch,
@@ -820,10 +845,19 @@ impl<'a, P: OpenMlsProvider, S: GroupSnapshots + ?Sized> Input<'a, P, S> {
         }
         self.parts.history.drop_after(self.kv, epoch)?;
         self.parts.outbox.rolled_back(self.kv, epoch, first_hash)?;
+        let group_id = self.parts.group_id().to_vec();
         let candidates: BTreeSet<[u8; 32]> = replay
             .iter()
             .filter(|e| e.epoch > epoch)
             .filter_map(|e| e.message_id)
+            // The transcript entries of commits that may have lost, the
+            // first of them included (it left `epoch`).
+            .chain(
+                replay
+                    .iter()
+                    .filter(|e| e.epoch >= epoch)
+                    .map(|e| transcript::entry_id(&group_id, e.key)),
+            )
             .collect();
         let replayed = replay.len() as u64 + 1;
         let outer = self.confirmed.replace(BTreeSet::new());

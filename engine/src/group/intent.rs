@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::gating::{Admission, GatingRule, Require};
 use crate::identity::{InboxId, InstallationId};
 
 /// One change to a group.
@@ -23,6 +24,10 @@ pub enum IntentKind {
         key_packages: Vec<Vec<u8>>,
         /// Inbox -> sequence number recorded in the membership extension.
         sequences: Vec<(InboxId, u64)>,
+        /// In a gated group, the verifier's admissions of the inboxes
+        /// (see `gating.rs`); empty otherwise.
+        #[serde(default)]
+        admissions: Vec<Admission>,
     },
     /// Add installations to a deniable DM: a deniable key package each,
     /// with the installation the node handed it out for (its Welcome goes
@@ -58,6 +63,13 @@ pub enum IntentKind {
         /// The encoded policies.
         #[serde(with = "serde_bytes")]
         encoded: Vec<u8>,
+    },
+    /// Replace the gating rules and how they combine (admissions stay).
+    SetGating {
+        /// The rules.
+        rules: Vec<GatingRule>,
+        /// How they combine.
+        require: Require,
     },
     /// Bring installations in line with the identity logs.
     Reconcile {

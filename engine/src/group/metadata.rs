@@ -14,6 +14,10 @@ use openmls::prelude::{
 };
 use prost::Message as _;
 
+pub use super::gating::{
+    Admission, Gating, GatingRule, MAX_GATING_RULE_LEN, MAX_GATING_RULES, Require, TokenRule,
+};
+use super::gating::{decode_gating, encode_gating};
 use crate::identity::{
     DmMode, InboxId, KITH_CREDENTIAL_TYPE, KITH_EXTENSION_TYPES, PSEUDONYM_CREDENTIAL_TYPE,
 };
@@ -44,10 +48,6 @@ pub const MAX_ATTRIBUTE_KEY_LEN: usize = 64;
 pub const MAX_ATTRIBUTES: usize = 32;
 /// The most admins (and, separately, super admins) a group may list.
 pub const MAX_ADMINS: usize = 100;
-/// The most gating rules a group may carry, and the longest one in bytes.
-pub const MAX_GATING_RULES: usize = 16;
-/// The longest gating rule, in bytes.
-pub const MAX_GATING_RULE_LEN: usize = 4096;
 /// The longest legacy conversation id, in bytes.
 pub const MAX_LEGACY_ID_LEN: usize = 256;
 /// The most entries of legacy metadata, and the longest value in bytes
@@ -67,32 +67,7 @@ pub fn max_attribute_len(key: &str) -> usize {
     }
 }
 
-/// Why group metadata was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MetadataError {
-    /// A required Kith extension is absent from the group context.
-    #[error("the group context lacks the {0} extension")]
-    Missing(&'static str),
-    /// An extension does not decode.
-    #[error("the {extension} extension is malformed: {reason}")]
-    Malformed {
-        /// Which extension.
-        extension: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A value exceeds its documented limit.
-    #[error("{what} is {len}, over the limit of {limit}")]
-    TooLong {
-        /// What is too long.
-        what: String,
-        /// Its length.
-        len: usize,
-        /// The limit.
-        limit: usize,
-    },
-}
+pub use super::error::MetadataError;
 
 /// Whether a conversation is a group or a 1:1 chat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,16 +255,6 @@ impl Policies {
     }
 }
 
-/// An opaque, typed gating rule (extension `0xff14`), evaluated by an
-/// application-supplied verifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatingRule {
-    /// The rule's type, e.g. `erc20-balance`.
-    pub kind: String,
-    /// Its parameters, in the type's own encoding.
-    pub data: Vec<u8>,
-}
-
 /// All of a group's Kith metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMetadata {
@@ -302,8 +267,9 @@ pub struct GroupMetadata {
     /// Inbox -> identity-log sequence number the group is caught up to
     /// (extension `0xff13`).
     pub membership: BTreeMap<InboxId, u64>,
-    /// Gating rules.
-    pub gating: Vec<GatingRule>,
+    /// Gating rules, and the admissions of the last commit that added
+    /// inboxes (extension `0xff14`).
+    pub gating: Gating,
 }
 
 impl GroupMetadata {
@@ -403,24 +369,7 @@ impl GroupMetadata {
                 });
             }
         }
-        if self.gating.len() > MAX_GATING_RULES {
-            return Err(MetadataError::TooLong {
-                what: "the number of gating rules".into(),
-                len: self.gating.len(),
-                limit: MAX_GATING_RULES,
-            });
-        }
-        for rule in &self.gating {
-            let len = rule.kind.len() + rule.data.len();
-            if len > MAX_GATING_RULE_LEN {
-                return Err(MetadataError::TooLong {
-                    what: format!("gating rule {:?}", rule.kind),
-                    len,
-                    limit: MAX_GATING_RULE_LEN,
-                });
-            }
-        }
-        Ok(())
+        self.gating.check_limits()
     }
 
     /// Read the metadata out of a group context's extensions.
@@ -542,20 +491,6 @@ mod wire {
     pub(super) struct Membership {
         #[prost(message, repeated, tag = "1")]
         pub members: Vec<MemberEntry>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Rule {
-        #[prost(string, tag = "1")]
-        pub kind: String,
-        #[prost(bytes = "vec", tag = "2")]
-        pub data: Vec<u8>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(super) struct Gating {
-        #[prost(message, repeated, tag = "1")]
-        pub rules: Vec<Rule>,
     }
 }
 
@@ -771,30 +706,6 @@ fn decode_membership(bytes: &[u8]) -> Result<BTreeMap<InboxId, u64>, MetadataErr
     Ok(out)
 }
 
-fn encode_gating(rules: &[GatingRule]) -> Vec<u8> {
-    wire::Gating {
-        rules: rules
-            .iter()
-            .map(|r| wire::Rule {
-                kind: r.kind.clone(),
-                data: r.data.clone(),
-            })
-            .collect(),
-    }
-    .encode_to_vec()
-}
-
-fn decode_gating(bytes: &[u8]) -> Result<Vec<GatingRule>, MetadataError> {
-    let w = wire::Gating::decode(bytes).map_err(malformed("gating rules"))?;
-    Ok(w.rules
-        .into_iter()
-        .map(|r| GatingRule {
-            kind: r.kind,
-            data: r.data,
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,10 +732,18 @@ mod tests {
             },
             policies: Policies::preset(PolicyPreset::AdminsOnly),
             membership: [(a, 1), (b, 3)].into(),
-            gating: vec![GatingRule {
-                kind: "erc20".into(),
-                data: vec![1, 2],
-            }],
+            gating: Gating {
+                rules: vec![GatingRule {
+                    kind: "erc20".into(),
+                    data: vec![1, 2],
+                }],
+                require: Require::Any,
+                admissions: vec![Admission {
+                    inbox: b,
+                    rules_digest: [4; 32],
+                    evidence: vec![b"block 19000000".to_vec()],
+                }],
+            },
         }
     }
 

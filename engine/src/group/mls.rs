@@ -43,6 +43,7 @@ use super::{
     roster::Roster,
     signer::{Me, signer},
     store::GroupSnapshots,
+    transcript::{GroupUpdateWire, group_update},
     validate::{
         CommitSummary, Verdict, check_own_metadata_change, check_proposal, check_welcome,
         validate_staged,
@@ -195,6 +196,8 @@ pub(crate) struct Merge {
     pub(crate) summary: CommitSummary,
     /// Whether it removed this installation.
     pub(crate) self_removed: bool,
+    /// Its transcript entry, if it changed what a reader sees.
+    pub(crate) update: Option<GroupUpdateWire>,
 }
 
 /// A group's MLS state. See the module docs.
@@ -814,6 +817,7 @@ impl Mls {
     ) -> Result<Merge, GroupError> {
         let ValidCommit { staged, summary } = commit;
         let merge = Merge {
+            update: group_update(&self.metadata, &summary),
             left_auth: self.auth_digest(),
             left_claim_key: self.claim_key(provider)?,
             included: proposal_refs(staged.queued_proposals()),
@@ -873,6 +877,7 @@ impl Mls {
                 .map(|staged| proposal_refs(staged.queued_proposals()))
                 .unwrap_or_default(),
             self_removed: false,
+            update: group_update(&self.metadata, &summary),
             summary,
         };
         let group = self.state.live_mut()?;
@@ -981,19 +986,37 @@ impl Mls {
 /// (`engine/tests/layers.rs`) counts every line of real code.
 #[cfg(any(test, feature = "test-suite"))]
 impl Mls {
-    /// A commit that sets the group context to `metadata`, unchecked, and
-    /// the pending state discarded: what a member's altered client could
-    /// publish. For tests of what every receiver refuses.
+    /// A commit that adds `adds` (key packages as the node hands them out)
+    /// and sets the group context to `metadata`, unchecked, and the pending
+    /// state discarded: what a member's altered client could publish. For
+    /// tests of what every receiver refuses.
     pub(crate) fn forged_metadata_commit<P: OpenMlsProvider>(
         &mut self,
         provider: &P,
         me: Me<'_>,
         metadata: &GroupMetadata,
+        adds: &[Vec<u8>],
     ) -> Result<Vec<u8>, GroupError> {
+        use openmls::prelude::{
+            MlsMessageBodyIn, MlsMessageIn, ProtocolVersion, tls_codec::Deserialize as _,
+        };
+        let mut key_packages = Vec::new();
+        for bytes in adds {
+            let message = MlsMessageIn::tls_deserialize_exact(bytes.as_slice())
+                .map_err(|e| GroupError::InvalidInput(e.to_string()))?;
+            let MlsMessageBodyIn::KeyPackage(key_package) = message.extract() else {
+                return Err(GroupError::InvalidInput("not a key package".into()));
+            };
+            let key_package = key_package
+                .validate(provider.crypto(), ProtocolVersion::Mls10)
+                .map_err(|e| GroupError::InvalidInput(e.to_string()))?;
+            key_packages.push(key_package);
+        }
         let bundle = self
             .state
             .live_mut()?
             .commit_builder()
+            .propose_adds(key_packages)
             .propose_group_context_extensions(metadata.to_extensions())
             .map_err(GroupError::mls)?
             .load_psks(provider.storage())

@@ -51,6 +51,7 @@ mod conversation;
 mod error;
 mod events;
 mod forks;
+pub mod gating;
 #[allow(clippy::module_inception)]
 mod group;
 mod history;
@@ -67,6 +68,7 @@ mod roster;
 mod shared_welcome;
 mod signer;
 pub mod store;
+mod transcript;
 mod validate;
 mod welcome;
 
@@ -102,6 +104,10 @@ pub use shared_welcome::{
 };
 pub use signer::Me;
 pub use store::{ClientStore, GroupSnapshots, KvEntries, KvStore, MemoryKvStore, MessageRange};
+pub use transcript::{
+    CONTENT_TYPE_GROUP_UPDATED, FIELD_ADMIN, FIELD_GATING, FIELD_POLICIES, FIELD_SUPER_ADMIN,
+    FieldChangeWire, GroupUpdateWire, MAX_TRANSCRIPT_ENTRIES,
+};
 pub use validate::{CommitSummary, MAX_DENIABLE_LEAVES};
 
 #[cfg(any(test, feature = "test-suite"))]

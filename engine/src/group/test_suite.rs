@@ -223,7 +223,7 @@ pub fn message_pages_suite<S: KvStore>(kv: &S) {
     );
 
     // A filter that passes over most of the store still fills the page.
-    let mut every_tenth = |m: &StoredMessage| m.message_id[0] % 10 == 0;
+    let mut every_tenth = |m: &StoredMessage| m.message_id[0].is_multiple_of(10);
     assert_eq!(
         ids(&store
             .messages_in(&a, &MessageRange::default(), 3, &mut every_tenth)

@@ -34,6 +34,9 @@ pub const MAX_DENIABLE_LEAVES: usize = 2 * DEFAULT_MAX_INSTALLATIONS;
 pub struct CommitSummary {
     /// Who committed.
     pub committer: InboxId,
+    /// From which installation (`None` in a deniable DM, whose leaves do
+    /// not say).
+    pub committer_installation: Option<InstallationId>,
     /// Installations added.
     pub added: Vec<(InboxId, InstallationId)>,
     /// Installations removed.
@@ -113,9 +116,11 @@ pub(crate) fn validate_commit(
         return Err(Verdict::NeedIdentities(need));
     }
     check_adds(old, &new, identities, &proposed.added, &old_inboxes)?;
+    check_gating(old, &new, &proposed.added, &old_inboxes)?;
     check_removals(old, &new, identities, &proposed)?;
-    let metadata_changed =
-        new.mutable != old.mutable || new.policies != old.policies || new.gating != old.gating;
+    let metadata_changed = new.mutable != old.mutable
+        || new.policies != old.policies
+        || !new.gating.same_rules(&old.gating);
     if metadata_changed {
         let proposer = proposed
             .metadata_proposer
@@ -124,6 +129,7 @@ pub(crate) fn validate_commit(
     }
     Ok(CommitSummary {
         committer: committer_inbox,
+        committer_installation: Some(committer_installation),
         leaves_added: !proposed.added.is_empty(),
         added: proposed
             .added
@@ -331,6 +337,46 @@ fn check_adds(
     Ok(())
 }
 
+/// Every inbox the commit brings in passes the gating rules of the epoch
+/// it leaves, and the commit records admissions only for those inboxes
+/// (see `gating.rs` for why this, and not a chain query, is the check).
+fn check_gating(
+    old: &GroupMetadata,
+    new: &GroupMetadata,
+    added: &[Added],
+    old_inboxes: &BTreeSet<InboxId>,
+) -> Result<(), Verdict> {
+    let joining: BTreeSet<InboxId> = added
+        .iter()
+        .map(|a| a.inbox)
+        .filter(|i| !old_inboxes.contains(i))
+        .collect();
+    if new.gating.admissions != old.gating.admissions
+        && let Some(stranger) = new
+            .gating
+            .admissions
+            .iter()
+            .find(|a| !joining.contains(&a.inbox))
+    {
+        return Err(reject(format!(
+            "the commit records a gating admission of {}, which it does not add",
+            stranger.inbox
+        )));
+    }
+    for inbox in &joining {
+        let admitted = old
+            .gating
+            .admission_in(&new.gating.admissions, inbox)
+            .is_some();
+        if !old.gating.admits(inbox, admitted) {
+            return Err(reject(format!(
+                "{inbox} is added without satisfying the group's gating rules"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A removal is allowed when the installation leaves by itself, is re-added
 /// in the same commit (a fork healed), was revoked in its log, or its whole
 /// inbox goes and the proposer may remove members (a super admin only by a
@@ -441,7 +487,7 @@ pub(crate) fn check_metadata_change_by_role(
     if old.mutable.super_admins != new.mutable.super_admins && role != Role::SuperAdmin {
         return Err(format!("{proposer} may not manage super admins"));
     }
-    if (old.policies != new.policies || old.gating != new.gating)
+    if (old.policies != new.policies || !old.gating.same_rules(&new.gating))
         && !old.policies.change_policies.allows(role)
     {
         return Err(format!("{proposer} may not change policies"));
@@ -545,8 +591,9 @@ pub(crate) fn validate_deniable_commit(
     if !need.is_empty() {
         return Err(Verdict::NeedIdentities(need));
     }
-    let metadata_changed =
-        new.mutable != old.mutable || new.policies != old.policies || new.gating != old.gating;
+    let metadata_changed = new.mutable != old.mutable
+        || new.policies != old.policies
+        || !new.gating.same_rules(&old.gating);
     if metadata_changed {
         if metadata_changes == 0 {
             return Err(reject(
@@ -559,6 +606,7 @@ pub(crate) fn validate_deniable_commit(
     }
     Ok(CommitSummary {
         committer: committer_inbox,
+        committer_installation: None,
         added: Vec::new(),
         removed: Vec::new(),
         metadata: new,
