@@ -136,6 +136,7 @@ pub struct ClientBuilder {
     node: Option<Node>,
     config: ClientConfig,
     storage: StorageConfig,
+    gating: Option<Arc<dyn crate::gating::GatingVerifier>>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -207,6 +208,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The verifier that answers token-gating rules when this client adds
+    /// inboxes to a gated group (see [`GatingVerifier`](crate::GatingVerifier)).
+    /// Without one, such adds are refused with
+    /// [`Error::GatingUnavailable`]; allowlists need none.
+    pub fn gating_verifier(mut self, verifier: impl crate::GatingVerifier) -> Self {
+        self.gating = Some(Arc::new(verifier));
+        self
+    }
+
     /// Open the stores (creating this installation's keys on first use) and
     /// start the actors. Call [`Client::register`] once per installation.
     pub async fn build(self) -> Result<Client, Error> {
@@ -265,7 +275,7 @@ impl ClientBuilder {
         .await
         .map_err(|e| Error::Storage(format!("opening the store: {e}")))??;
         let (provider, keys, identities) = opened;
-        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let (events, _) = tokio::sync::broadcast::channel(self.config.event_buffer.max(1));
         let settle_window_ms = match self.config.settle_window {
             Some(window) => u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             None => node.node_info().await?.settle_window_ms,
@@ -295,6 +305,7 @@ impl ClientBuilder {
             config: self.config,
             node_key: std::sync::RwLock::new(None),
             revised: std::sync::Mutex::default(),
+            gating: self.gating,
             joins: std::sync::RwLock::new(0),
             limits: std::sync::Mutex::default(),
         });

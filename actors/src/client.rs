@@ -15,15 +15,17 @@ use kith_engine::{
         CONTENT_TYPE_TEXT, ConversationId, ConversationKind, ConversationRecord, ConversationState,
         DmVerification, Group, IntentKind, LegacyConversation, NewGroup, PolicyPreset,
         dm_conversation_id,
+        gating::Gating,
         metadata::{ATTRIBUTE_DESCRIPTION, ATTRIBUTE_IMAGE_URL, ATTRIBUTE_NAME},
     },
     identity::{DmMode, InboxId, InstallationId, UnsignedIdentityUpdate},
 };
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use crate::{
     Error, WalletSigner,
     builder::ClientBuilder,
+    content::Content,
     events::{Event, Message, MessageId, Metadata},
     group_actor::{Change, GroupActor, Info, InjectPanic, Restarts, Send as SendMessage, Sync},
     installation_discovery::Discover,
@@ -46,6 +48,7 @@ pub struct GroupOptions {
     attributes: Vec<(String, String)>,
     preset: PolicyPreset,
     legacy: Option<LegacyConversation>,
+    gating: Gating,
 }
 
 impl GroupOptions {
@@ -130,6 +133,36 @@ impl GroupOptions {
         self.legacy = Some(legacy);
         self
     }
+
+    /// Gate the group: every inbox added (from the first) must satisfy
+    /// `gating`'s rules. Token rules are answered by this client's
+    /// [`GatingVerifier`](crate::GatingVerifier) when it adds an inbox;
+    /// allowlists by every member. Changed later with
+    /// [`Conversation::set_gating`], under the `change_policies` policy.
+    ///
+    /// ```
+    /// use kith::{Gating, GroupOptions, Require, TokenRule};
+    ///
+    /// // Holders of 100 tokens (18 decimals) on Base, or anyone on the list.
+    /// let usdc_on_base = [0x83; 20];
+    /// let gating = Gating::new(
+    ///     [
+    ///         TokenRule::Erc20 {
+    ///             chain_id: 8453,
+    ///             contract: usdc_on_base,
+    ///             min_balance: 100 * 10u128.pow(18),
+    ///         },
+    ///         TokenRule::Allowlist { inboxes: Default::default() },
+    ///     ],
+    ///     Require::Any,
+    /// );
+    /// let options = GroupOptions::default().name("Holders").gating(gating);
+    /// # let _ = options;
+    /// ```
+    pub fn gating(mut self, gating: Gating) -> Self {
+        self.gating = gating;
+        self
+    }
 }
 
 /// A member of a conversation.
@@ -202,7 +235,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-async fn blocking<T: std::marker::Send + 'static>(
+pub(crate) async fn blocking<T: std::marker::Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + std::marker::Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
@@ -222,7 +255,7 @@ impl Client {
         }
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
@@ -384,7 +417,7 @@ impl Client {
             .ok_or_else(|| Error::UnknownConversation(id.to_string()))
     }
 
-    fn conversation_from(&self, record: ConversationRecord) -> Conversation {
+    pub(crate) fn conversation_from(&self, record: ConversationRecord) -> Conversation {
         Conversation {
             client: self.clone(),
             id: record.id,
@@ -413,11 +446,17 @@ impl Client {
         // Fetch the members' key packages before anything is created: a
         // group, and above all a DM (which find_or_create_dm would then
         // find), must not be left without the members it was made for.
+        // A gated group refuses a member that fails its rules before
+        // anything is fetched or created.
+        let admissions =
+            crate::gating::admit(self.shared().gating.as_ref(), &new.gating, &members).await?;
         let adds = if members.is_empty() {
             Vec::new()
         } else {
             let deniable = new.kind == ConversationKind::Dm && new.dm_mode == DmMode::Deniable;
-            self.shared().member_adds(&members, deniable).await?
+            let mut adds = self.shared().member_adds(&members, deniable).await?;
+            crate::gating::attach(&mut adds, &admissions);
+            adds
         };
         let shared = Arc::clone(self.shared());
         let group_id = blocking(move || {
@@ -477,6 +516,7 @@ impl Client {
                 preset: options.preset,
                 now_ms: now_ms(),
                 legacy: options.legacy,
+                gating: options.gating,
             },
             members,
         )
@@ -577,6 +617,7 @@ impl Client {
                 preset: PolicyPreset::Default,
                 now_ms: now_ms(),
                 legacy,
+                gating: Default::default(),
             },
             vec![peer],
         )
@@ -606,8 +647,9 @@ impl Client {
     }
 
     /// A stream of events: messages, membership and metadata changes. It
-    /// starts now; a consumer that falls more than 4,096 events behind
-    /// skips the oldest.
+    /// starts now. A consumer that falls more than 4,096 events behind
+    /// loses the oldest, and is told so by an [`Event::Lagged`]: re-read
+    /// from the store then.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -636,8 +678,10 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn stream_events(&self) -> impl Stream<Item = Event> + std::marker::Send + Unpin + use<> {
-        BroadcastStream::new(self.inner.shared.events.subscribe())
-            .filter_map(|item| futures::future::ready(item.ok()))
+        BroadcastStream::new(self.inner.shared.events.subscribe()).map(|item| match item {
+            Ok(event) => event,
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Event::Lagged { missed },
+        })
     }
 
     /// Stop the actors and close the store, so that the data directory can
@@ -744,7 +788,7 @@ impl actix::Handler<Peek> for Supervisor {
 /// ```
 #[derive(Clone)]
 pub struct Conversation {
-    client: Client,
+    pub(crate) client: Client,
     id: ConversationId,
     dm_peer: Option<InboxId>,
 }
@@ -800,18 +844,74 @@ impl Conversation {
         self.send(CONTENT_TYPE_TEXT, text.as_bytes()).await
     }
 
-    /// Send a message of any content type.
+    /// Send a message of any content type, without fallback text.
     pub async fn send(&self, content_type: &str, body: &[u8]) -> Result<MessageId, Error> {
+        self.send_raw(content_type, body, None).await
+    }
+
+    /// Send a message of any content type, with `fallback` as the text
+    /// that clients which do not know the type show instead (at most
+    /// 4 KiB).
+    pub async fn send_raw(
+        &self,
+        content_type: &str,
+        body: &[u8],
+        fallback: Option<&str>,
+    ) -> Result<MessageId, Error> {
         let id = self
             .actor()
             .await?
             .send(SendMessage {
                 content_type: content_type.to_owned(),
                 body: body.to_vec(),
-                fallback: None,
+                fallback: fallback.map(str::to_owned),
             })
             .await??;
         Ok(MessageId(id))
+    }
+
+    /// Send typed content, with its fallback text. A
+    /// [`Content::Unknown`] goes out as it came (its type, body and
+    /// fallback), so a client can pass on a type it does not know.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use kith::{Client, GroupOptions, LocalNode, LocalWallet};
+    /// # use kith_engine::delivery::MemoryNodeStore;
+    /// # use kith_transport::node::{NodeConfig, NodeLogic};
+    /// use kith::{Content, Reaction, ReactionAction, Reply};
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let node = LocalNode::new(Arc::new(NodeLogic::new(NodeConfig::new(1), MemoryNodeStore::default())));
+    /// # let dir = tempfile::tempdir()?;
+    /// # let alice = Client::builder()
+    /// #     .wallet(LocalWallet::generate(&mut rand_core::OsRng))
+    /// #     .data_dir(dir.path().join("alice")).node(node.clone()).build().await?;
+    /// # alice.register().await?;
+    /// # let group = alice.create_group(&[], GroupOptions::default()).await?;
+    /// let question = group.send_text("Lunch?").await?;
+    /// group
+    ///     .send_content(&Content::Reply(Reply {
+    ///         reference: question,
+    ///         content: Box::new(Content::Text("Yes, at noon".into())),
+    ///     }))
+    ///     .await?;
+    /// group
+    ///     .send_content(&Content::Reaction(Reaction {
+    ///         reference: question,
+    ///         action: ReactionAction::Added,
+    ///         content: "👍".into(),
+    ///     }))
+    ///     .await?;
+    /// let messages = group.messages().await?;
+    /// assert!(matches!(messages[1].content()?, Content::Reply(r) if r.reference == question));
+    /// assert!(!messages[2].is_listed(), "reactions stay out of a message list");
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_content(&self, content: &Content) -> Result<MessageId, Error> {
+        let body = content.encode()?;
+        let fallback = content.fallback();
+        self.send_raw(content.content_type(), &body, fallback.as_deref())
+            .await
     }
 
     /// The stored messages, oldest first.
@@ -931,6 +1031,17 @@ impl Conversation {
             add: vec![inbox],
             remove: vec![],
             super_admin: true,
+        }))
+        .await
+    }
+
+    /// Replace the group's gating rules (and how they combine), under the
+    /// `change_policies` policy. Inboxes already in stay; the rules apply
+    /// to the next ones added. An empty list ungates the group.
+    pub async fn set_gating(&self, gating: Gating) -> Result<(), Error> {
+        self.change(Change::Intent(IntentKind::SetGating {
+            rules: gating.rules,
+            require: gating.require,
         }))
         .await
     }

@@ -43,6 +43,24 @@ pub enum Error {
     /// The client is shutting down.
     #[error("the client has shut down")]
     Shutdown,
+    /// The group is token-gated and `inbox` does not satisfy its rules:
+    /// nothing was added.
+    #[error("{inbox} does not satisfy the group's gating rules: {reason}")]
+    GatingRefused {
+        /// The inbox refused.
+        inbox: kith_engine::identity::InboxId,
+        /// Why (the verifier's reason, or the allowlist).
+        reason: String,
+    },
+    /// The group is token-gated and its rules could not be checked (no
+    /// verifier, a verifier that failed, a rule this version does not
+    /// know). Nothing was added; try again.
+    #[error("gating: {0}")]
+    GatingUnavailable(String),
+    /// Content that does not encode (over a limit, a reply to a reply, a
+    /// remote attachment without `https`, ...). Nothing was sent.
+    #[error("content: {0}")]
+    Content(#[from] crate::content::ContentError),
 }
 
 impl From<GroupError> for Error {

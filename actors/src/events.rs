@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::content::{Content, ContentError};
 use kith_engine::{
     group::{
         ConversationId, ConversationKind, Delivery, GroupEvent, GroupMetadata, LegacyConversation,
-        StoredMessage,
+        StoredMessage, gating::Gating,
     },
     identity::{DmMode, InboxId, InstallationId},
 };
@@ -49,6 +50,12 @@ pub struct Message {
     pub time_ms: u64,
     /// Whether it is on the node (always true for received messages).
     pub published: bool,
+    /// Where it is in delivery: not yet on the node, on it, superseded by
+    /// a rollback, or failed for good (see [`Delivery`]).
+    pub delivery: Delivery,
+    /// The text its sender gave for clients that do not know its content
+    /// type (see [`Content::fallback`]).
+    pub fallback: Option<String>,
     /// Whether its sender is known. False only in a deniable DM, for a
     /// message that arrived before its sender's binding verified: the
     /// sender fields are then placeholders. It turns true (with the real
@@ -66,6 +73,25 @@ impl Message {
             None
         }
     }
+
+    /// The decoded content. A content type this client does not know
+    /// comes back as [`Content::Unknown`] with its fallback; a known type
+    /// whose body does not decode (a sender's client that is broken or
+    /// altered) is an error, and the application may show
+    /// [`Message::fallback`] instead.
+    pub fn content(&self) -> Result<Content, ContentError> {
+        Content::decode(&self.content_type, &self.body, self.fallback.clone())
+    }
+
+    /// Whether it belongs in a message list: false for reactions and read
+    /// receipts, which an application shows on the messages they refer
+    /// to. Decided by the content type alone.
+    pub fn is_listed(&self) -> bool {
+        !matches!(
+            self.content_type.as_str(),
+            crate::content::REACTION | crate::content::READ_RECEIPT
+        )
+    }
 }
 
 impl From<StoredMessage> for Message {
@@ -81,6 +107,8 @@ impl From<StoredMessage> for Message {
             sent_at_ms: m.sent_at_ms,
             time_ms: m.time_ms,
             published: m.delivery == Delivery::Published,
+            delivery: m.delivery,
+            fallback: m.fallback,
             verified,
         }
     }
@@ -111,6 +139,9 @@ pub struct Metadata {
     /// The conversation of an older protocol this one continues, if it
     /// was migrated. Fixed at creation.
     pub legacy: Option<LegacyConversation>,
+    /// The rules new members must satisfy, and the admissions of the last
+    /// commit that added inboxes (see [`GatingVerifier`](crate::GatingVerifier)).
+    pub gating: Gating,
 }
 
 impl From<&GroupMetadata> for Metadata {
@@ -126,6 +157,7 @@ impl From<&GroupMetadata> for Metadata {
             admins: m.mutable.admins.clone(),
             super_admins: m.mutable.super_admins.clone(),
             legacy: m.immutable.legacy.clone(),
+            gating: m.gating.clone(),
         }
     }
 }
@@ -283,9 +315,43 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The stream fell behind and this many events were lost to it (the
+    /// client keeps the last 4,096 for slow readers). Nothing is lost from
+    /// the store: re-read what the application shows (messages with
+    /// [`Conversation::find_messages`](crate::Conversation::find_messages),
+    /// conversations with
+    /// [`Client::list_conversations`](crate::Client::list_conversations)).
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
 }
 
 impl Event {
+    /// The conversation it is about; `None` for [`Event::WelcomeRefused`]
+    /// and [`Event::Lagged`], which are about none in particular.
+    pub fn conversation(&self) -> Option<&ConversationId> {
+        match self {
+            Event::Message(m) => Some(&m.conversation),
+            Event::MembersChanged { conversation, .. }
+            | Event::MetadataChanged { conversation, .. }
+            | Event::Joined { conversation }
+            | Event::Removed { conversation }
+            | Event::ChangeFailed { conversation, .. }
+            | Event::CommitRejected { conversation, .. }
+            | Event::MessageSuperseded { conversation, .. }
+            | Event::MessageConfirmed { conversation, .. }
+            | Event::MessageFailed { conversation, .. }
+            | Event::RolledBack { conversation, .. }
+            | Event::Forked { conversation, .. }
+            | Event::Rejoined { conversation, .. }
+            | Event::MemberVerified { conversation, .. }
+            | Event::VerificationFailed { conversation, .. }
+            | Event::EnvelopeSkipped { conversation, .. } => Some(conversation),
+            Event::WelcomeRefused { .. } | Event::Lagged { .. } => None,
+        }
+    }
+
     /// The public event for an engine event, if the application should see
     /// it.
     pub(crate) fn from_group(conversation: &ConversationId, event: GroupEvent) -> Option<Self> {

@@ -829,8 +829,27 @@ impl GroupCore {
                 .refresh_identities(inboxes.iter().copied())
                 .await?;
         }
-        let deniable = self.apply(|group, _| Ok(group.is_deniable())).await?;
-        for kind in self.shared.member_adds(&inboxes, deniable).await? {
+        let (deniable, gating, joining) = self
+            .apply(|group, _| {
+                let members = group.members();
+                let joining: Vec<InboxId> = inboxes
+                    .iter()
+                    .filter(|i| !members.contains_key(*i))
+                    .copied()
+                    .collect();
+                Ok((
+                    group.is_deniable(),
+                    group.metadata().gating.clone(),
+                    joining,
+                ))
+            })
+            .await?;
+        // Refused before anything is fetched or queued.
+        let admissions =
+            crate::gating::admit(self.shared.gating.as_ref(), &gating, &joining).await?;
+        let mut intents = self.shared.member_adds(&inboxes, deniable).await?;
+        crate::gating::attach(&mut intents, &admissions);
+        for kind in intents {
             self.change(kind).await?;
         }
         Ok(())
@@ -1157,6 +1176,7 @@ impl Change {
             Change::Intent(IntentKind::UpdateAttributes { .. }) => "update attributes",
             Change::Intent(IntentKind::UpdateAdmins { .. }) => "update admins",
             Change::Intent(IntentKind::SetPolicies { .. }) => "set policies",
+            Change::Intent(IntentKind::SetGating { .. }) => "set gating rules",
             Change::Intent(IntentKind::Leave) => "leave",
             Change::Intent(_) => "other",
         }

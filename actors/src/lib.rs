@@ -76,26 +76,39 @@
 
 mod builder;
 mod client;
+pub mod content;
 mod error;
 mod events;
+mod gating;
 mod group_actor;
 mod installation_discovery;
 mod key_package_manager;
 mod network_poller;
 mod poison;
+mod query;
 mod shared;
 mod supervisor;
 
 pub use builder::{CallbackSigner, ClientBuilder, Node, WalletSigner};
 pub use client::{Client, Conversation, GroupOptions, Member, REGISTER_ATTEMPTS};
+pub use content::{
+    Attachment, Content, ContentError, FieldChange, GroupUpdated, Reaction, ReactionAction,
+    ReadReceipt, RemoteAttachment, Reply,
+};
 pub use error::Error;
 pub use events::{Event, Message, MessageId, Metadata};
+pub use gating::{GatingVerdict, GatingVerifier};
 pub use kith_engine::{
     group::{
-        ConversationId, ConversationKind, DmVerification, LegacyConversation, Permission, Policies,
-        PolicyPreset,
+        ConversationId, ConversationKind, Delivery, DmVerification, LegacyConversation, Permission,
+        Policies, PolicyPreset,
+        gating::{Gating, Require, TokenRule},
     },
     identity::{DmMode, InboxId, InstallationId, LocalWallet},
 };
 pub use kith_transport::client::{GrpcClient, LocalNode};
+pub use query::{
+    ConversationItem, ConversationQuery, DEFAULT_PAGE_SIZE, Direction, MessageCursor, MessagePage,
+    MessageQuery,
+};
 pub use shared::ClientConfig;

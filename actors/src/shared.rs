@@ -91,6 +91,11 @@ pub struct ClientConfig {
     ///
     /// [`GroupConfig::retire_grace_ms`]: kith_engine::group::GroupConfig::retire_grace_ms
     pub retire_grace: Duration,
+    /// How many events the client keeps for readers of
+    /// [`Client::stream_events`](crate::Client::stream_events) that fall
+    /// behind (default 4,096). A reader further behind loses the oldest
+    /// and is told by [`Event::Lagged`](crate::Event::Lagged).
+    pub event_buffer: usize,
 }
 
 impl Default for ClientConfig {
@@ -110,6 +115,7 @@ impl Default for ClientConfig {
             propose_first: true,
             proposal_wait: Duration::ZERO,
             retire_grace: Duration::from_millis(kith_engine::group::RETIRE_GRACE_MS),
+            event_buffer: 4096,
         }
     }
 }
@@ -142,6 +148,8 @@ pub(crate) struct Shared {
     /// Inboxes whose logs a push said the node revised: the next discovery
     /// reads them again in full.
     pub(crate) revised: std::sync::Mutex<std::collections::BTreeSet<InboxId>>,
+    /// The application's token-gating verifier, if it gave one.
+    pub(crate) gating: Option<Arc<dyn crate::gating::GatingVerifier>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -695,6 +703,7 @@ fn add_intents(
             intents.push(IntentKind::AddMembers {
                 key_packages: std::mem::take(&mut key_packages),
                 sequences: std::mem::take(&mut chunk_sequences),
+                admissions: Vec::new(),
             });
             bytes = 0;
         }
@@ -709,6 +718,7 @@ fn add_intents(
         _ => intents.push(IntentKind::AddMembers {
             key_packages,
             sequences: chunk_sequences,
+            admissions: Vec::new(),
         }),
     }
     intents
@@ -881,6 +891,7 @@ mod tests {
                     IntentKind::AddMembers {
                         key_packages,
                         sequences,
+                        ..
                     } => (
                         key_packages.iter().map(|k| k[0]).collect::<Vec<u8>>(),
                         sequences.iter().map(|(_, s)| *s).collect::<Vec<u64>>(),

@@ -453,5 +453,13 @@ async fn big_envelopes_page_and_an_oversized_body_is_refused_over_the_binary() {
         matches!(refused, kith::Error::InvalidInput(ref m) if m.contains("does not fit")),
         "{refused:?}"
     );
-    assert!(group.messages().await.expect("messages").is_empty());
+    assert!(
+        group
+            .messages()
+            .await
+            .expect("messages")
+            .iter()
+            .all(|m| m.content_type == kith::content::GROUP_UPDATED),
+        "nothing but the transcript"
+    );
 }

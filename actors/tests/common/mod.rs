@@ -83,7 +83,8 @@ pub async fn joined(client: &Client, id: &ConversationId) -> Conversation {
     client.conversation(id).await.expect("the client joined")
 }
 
-/// The texts of a conversation, after a sync.
+/// The texts of a conversation, after a sync (its other messages, such as
+/// the transcript's group updates, left out).
 pub async fn texts(conversation: &Conversation) -> Vec<String> {
     conversation.sync().await.expect("sync");
     conversation
@@ -91,7 +92,8 @@ pub async fn texts(conversation: &Conversation) -> Vec<String> {
         .await
         .expect("messages")
         .iter()
-        .map(|m| m.text().unwrap_or("<not text>").to_owned())
+        .filter(|m| m.content_type == kith::content::TEXT)
+        .map(|m| m.text().unwrap_or("<not utf-8>").to_owned())
         .collect()
 }
 

@@ -35,6 +35,8 @@ pub struct Tap {
     drop_streamed: Arc<Mutex<Option<DropRule>>>,
     /// Raised to end every subscription made before.
     generation: Arc<AtomicUsize>,
+    /// While set, every publish fails as if the node were down.
+    offline: std::sync::atomic::AtomicBool,
 }
 
 impl Tap {
@@ -46,7 +48,14 @@ impl Tap {
             on_publish: Mutex::new(None),
             drop_streamed: Arc::new(Mutex::new(None)),
             generation: Arc::default(),
+            offline: Default::default(),
         })
+    }
+
+    /// Make every publish fail as if the node were down (`true`), or pass
+    /// again (`false`).
+    pub fn set_offline(&self, offline: bool) {
+        self.offline.store(offline, Ordering::SeqCst);
     }
 
     /// Run `hook` on every publish, before the node sees it.
@@ -94,6 +103,9 @@ impl DeliveryClient for Tap {
             .unwrap_or_else(PoisonError::into_inner)
         {
             hook(&batch);
+        }
+        if self.offline.load(Ordering::SeqCst) {
+            return Err(ClientError::Unavailable("the tap is offline".into()));
         }
         self.inner.publish(batch).await
     }

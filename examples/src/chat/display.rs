@@ -60,6 +60,8 @@ mod tests {
             sent_at_ms: 0,
             time_ms: 1_700_000_000_000 + (3 * 3600 + 4 * 60 + 5) * 1000,
             published: true,
+            delivery: kith::Delivery::Published,
+            fallback: None,
             verified: true,
         }
     }
