@@ -140,6 +140,7 @@ fn main() {
                     node_urls: Vec::new(),
                     embedded_node: Some(Arc::clone(&node)),
                     tuning: Some(tuning()),
+                    gating_verifier: None,
                 },
                 kith_ffi::Wallet::generate(),
             )

@@ -10,13 +10,15 @@ use kith::{Client, ClientConfig, InstallationId};
 use kith_storage::{Durability, StorageConfig};
 
 use crate::{
-    DmMode, EmbeddedNode, EventListener, EventStream, GroupOptions, KithConversation, KithError,
-    LegacyConversation, Wallet, runtime,
+    ConversationItem, ConversationQuery, DmMode, EmbeddedNode, EventListener, EventStream,
+    GatingVerifier, GroupOptions, KithConversation, KithError, LegacyConversation, Wallet,
+    gating::ForeignVerifier,
+    runtime,
     types::{parse_conversation, parse_inbox, parse_inboxes},
 };
 
 /// Where a client keeps its state and which node it talks to.
-#[derive(Debug, Clone, uniffi::Record)]
+#[derive(Clone, uniffi::Record)]
 pub struct ClientOptions {
     /// The directory of this installation's store (created if missing).
     /// One directory holds one installation; reopening it resumes it.
@@ -32,6 +34,23 @@ pub struct ClientOptions {
     /// Tuning; unset fields keep `kith`'s defaults.
     #[uniffi(default)]
     pub tuning: Option<ClientTuning>,
+    /// Answers token-gating rules when this client adds inboxes to a gated
+    /// group. Without one such adds fail with `GatingUnavailable`;
+    /// allowlists need none.
+    #[uniffi(default)]
+    pub gating_verifier: Option<Arc<dyn GatingVerifier>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("data_dir", &self.data_dir)
+            .field("node_urls", &self.node_urls)
+            .field("embedded_node", &self.embedded_node)
+            .field("tuning", &self.tuning)
+            .field("gating_verifier", &self.gating_verifier.is_some())
+            .finish()
+    }
 }
 
 /// Tuning knobs, each `kith::ClientConfig`'s field of the same name;
@@ -127,6 +146,9 @@ pub async fn create_client(
     };
     if let Some(tuning) = &options.tuning {
         builder = builder.config(tuning.config()).storage(tuning.storage());
+    }
+    if let Some(verifier) = options.gating_verifier {
+        builder = builder.gating_verifier(ForeignVerifier(verifier));
     }
     let client =
         runtime::run(async move { builder.build().await.map_err(KithError::from) }).await?;
@@ -226,18 +248,43 @@ impl KithClient {
         Ok(self.conversation_handle(&conversation))
     }
 
+    /// The conversations this installation is in (and, if the query
+    /// says so, those it was removed from), most recently active first,
+    /// each with its newest listed message.
+    pub async fn list_conversations(
+        &self,
+        query: ConversationQuery,
+    ) -> Result<Vec<ConversationItem>, KithError> {
+        let query = query.into();
+        let client = self.slot.get()?;
+        let items =
+            runtime::run(async move { Ok(client.list_conversations(&query).await?) }).await?;
+        Ok(items
+            .into_iter()
+            .map(|item| ConversationItem {
+                conversation: self.conversation_handle(&item.conversation),
+                kind: item.kind.into(),
+                last_activity_ms: item.last_activity_ms,
+                last_message: item.last_message.map(Into::into),
+                active: item.active,
+            })
+            .collect())
+    }
+
     /// Create a group with these inboxes (all their installations); this
-    /// inbox becomes its super admin.
+    /// inbox becomes its super admin. A gated group (`options.gating`)
+    /// checks every inbox first: one that fails raises `GatingRefused`
+    /// and no group is made.
     pub async fn create_group(
         &self,
         inbox_ids: Vec<String>,
         options: GroupOptions,
     ) -> Result<Arc<KithConversation>, KithError> {
         let members = parse_inboxes(&inbox_ids)?;
+        let options = options.try_into()?;
         let client = self.slot.get()?;
         let group =
-            runtime::run(async move { Ok(client.create_group(&members, options.into()).await?) })
-                .await?;
+            runtime::run(async move { Ok(client.create_group(&members, options).await?) }).await?;
         Ok(self.conversation_handle(&group))
     }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use kith::{ConversationId, InboxId};
 
 use crate::{
-    DmMode, DmVerification, KithError, Member, Message, Metadata, Policies,
+    Content, DmMode, DmVerification, EventListener, EventStream, Gating, KithError, Member,
+    Message, MessagePage, MessageQuery, Metadata, Policies,
     client::ClientSlot,
     runtime,
     types::{parse_inbox, parse_inboxes},
@@ -80,6 +81,55 @@ impl KithConversation {
             .await
     }
 
+    /// Send typed content, with the fallback text `kith` makes for it;
+    /// returns the message id (hex). A `Content.Unknown` goes out as it
+    /// came (its type, body and fallback).
+    pub async fn send_content(&self, content: Content) -> Result<String, KithError> {
+        let content: kith::Content = content.try_into()?;
+        self.with(|c| async move { c.send_content(&content).await.map(|id| id.to_string()) })
+            .await
+    }
+
+    /// Send a body of any content type with `fallback`, the text clients
+    /// that do not know the type show instead; returns the message id
+    /// (hex).
+    #[uniffi::method(default(fallback = None))]
+    pub async fn send_raw(
+        &self,
+        content_type: String,
+        body: Vec<u8>,
+        fallback: Option<String>,
+    ) -> Result<String, KithError> {
+        self.with(|c| async move {
+            c.send_raw(&content_type, &body, fallback.as_deref())
+                .await
+                .map(|id| id.to_string())
+        })
+        .await
+    }
+
+    /// A page of the stored messages, as `query` asks (every field of it
+    /// may be left out). Pass the page's `next` as the next query's
+    /// `after` to continue.
+    pub async fn find_messages(&self, query: MessageQuery) -> Result<MessagePage, KithError> {
+        let query: kith::MessageQuery = query.try_into()?;
+        self.with(|c| async move { c.find_messages(&query).await.map(Into::into) })
+            .await
+    }
+
+    /// Deliver this conversation's events from now on to `listener`,
+    /// until the returned stream is stopped: the client's events about
+    /// this conversation, and `Lagged`.
+    pub async fn stream_events(
+        &self,
+        listener: Arc<dyn EventListener>,
+    ) -> Result<Arc<EventStream>, KithError> {
+        // Subscribed before this call returns, so that no event of a call
+        // made after it is missed.
+        let events = self.with(|c| async move { Ok(c.stream_events()) }).await?;
+        Ok(EventStream::start(events, listener))
+    }
+
     /// Every message, oldest first.
     pub async fn messages(&self) -> Result<Vec<Message>, KithError> {
         self.with(|c| async move {
@@ -119,7 +169,9 @@ impl KithConversation {
             .await
     }
 
-    /// Add these inboxes (all their installations).
+    /// Add these inboxes (all their installations). In a gated group each
+    /// is checked first: one that fails raises `GatingRefused` and nobody
+    /// is added.
     pub async fn add_members(&self, inbox_ids: Vec<String>) -> Result<(), KithError> {
         let inboxes = parse_inboxes(&inbox_ids)?;
         self.with(|c| async move { c.add_members(&inboxes).await })
@@ -180,6 +232,16 @@ impl KithConversation {
     /// Replace its policies.
     pub async fn set_policies(&self, policies: Policies) -> Result<(), KithError> {
         self.with(|c| async move { c.set_policies(policies.into()).await })
+            .await
+    }
+
+    /// Replace the group's gating rules (and how they combine), under the
+    /// `change_policies` policy; `gating.admissions` is ignored. Members
+    /// already in stay; the rules apply to the next inboxes added. No
+    /// rules ungates the group.
+    pub async fn set_gating(&self, gating: Gating) -> Result<(), KithError> {
+        let gating: kith::Gating = gating.try_into()?;
+        self.with(|c| async move { c.set_gating(gating).await })
             .await
     }
 

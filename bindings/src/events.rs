@@ -145,6 +145,13 @@ pub enum KithEvent {
         /// Why.
         reason: String,
     },
+    /// The listener fell behind and this many events were lost to it.
+    /// Nothing is lost from the store: re-read what the application shows
+    /// (`find_messages`, `list_conversations`).
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
     /// An event of a kind this version of the bindings does not know.
     Other {
         /// Its debug form.
@@ -266,6 +273,7 @@ impl From<kith::Event> for KithEvent {
                 reason,
             },
             E::WelcomeRefused { reason } => Self::WelcomeRefused { reason },
+            E::Lagged { missed } => Self::Lagged { missed },
             other => Self::Other {
                 description: format!("{other:?}"),
             },
@@ -273,7 +281,7 @@ impl From<kith::Event> for KithEvent {
     }
 }
 
-/// Receives a client's events, one at a time, in order, on a thread of
+/// Receives a client's (or one conversation's) events, one at a time, in order, on a thread of
 /// the library's (hand them to the UI thread as the platform requires).
 #[uniffi::export(with_foreign)]
 pub trait EventListener: Send + Sync {

@@ -18,6 +18,12 @@
 //! - [`client`]: [`KithClient`] and its [`ClientOptions`];
 //! - [`conversation`]: [`KithConversation`], a group or a DM;
 //! - [`events`]: [`KithEvent`], delivered to a foreign [`EventListener`];
+//! - [`content`]: typed message [`Content`] (replies, reactions,
+//!   attachments, ...) and remote attachment encryption;
+//! - [`query`]: [`MessageQuery`] and [`ConversationQuery`], for pages of
+//!   messages and the conversation list;
+//! - [`gating`]: token-gated groups ([`Gating`]) and the foreign
+//!   [`GatingVerifier`] that answers their token rules;
 //! - [`types`]: the records and enums the calls take and return.
 //!
 //! Bindings are generated from the built library with the in-tree
@@ -30,19 +36,31 @@
 //! ```
 
 pub mod client;
+pub mod content;
 pub mod conversation;
 pub mod error;
 pub mod events;
+pub mod gating;
 pub mod node;
+pub mod query;
 pub mod runtime;
 pub mod types;
 pub mod wallet;
 
 pub use client::{ClientOptions, ClientTuning, KithClient, create_client};
+pub use content::{
+    Attachment, Content, EncryptedAttachment, FieldChange, GroupUpdated, Reaction, ReactionAction,
+    RemoteAttachment, Reply, ReplyContent, message_content, remote_attachment_decrypt,
+    remote_attachment_encrypt,
+};
 pub use conversation::KithConversation;
-pub use error::{KithError, SignerError};
+pub use error::{KithError, SignerError, VerifierError};
 pub use events::{EventListener, EventStream, KithEvent};
+pub use gating::{Admission, Gating, GatingVerdict, GatingVerifier, Require, TokenRule};
 pub use node::EmbeddedNode;
+pub use query::{
+    ConversationItem, ConversationQuery, Direction, MessageCursor, MessagePage, MessageQuery,
+};
 pub use types::*;
 pub use wallet::{Wallet, WalletSigner};
 

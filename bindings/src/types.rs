@@ -2,14 +2,20 @@
 //! to) the `kith` type of the same name and nothing more.
 //!
 //! Ids are strings: inbox ids as EIP-55 addresses, every other id as
-//! lowercase hex. [`parse_inbox`] and [`parse_conversation`] turn a
-//! foreign string back into an id, or into `KithError::InvalidInput`.
+//! lowercase hex. [`parse_inbox`], [`parse_conversation`] and
+//! [`parse_message_id`] turn a foreign string back into an id, and
+//! [`fixed_bytes`] foreign bytes into a fixed-size array, or into
+//! `KithError::InvalidInput`.
+//!
+//! The records of the newer areas have modules of their own: content
+//! types in [`content`](crate::content), message and conversation queries
+//! in [`query`](crate::query), token gating in [`gating`](crate::gating).
 
 use std::collections::HashMap;
 
-use kith::{ConversationId, InboxId};
+use kith::{ConversationId, InboxId, MessageId};
 
-use crate::KithError;
+use crate::{Gating, KithError};
 
 /// An inbox id from a foreign string.
 pub(crate) fn parse_inbox(inbox: &str) -> Result<InboxId, KithError> {
@@ -30,6 +36,22 @@ pub(crate) fn parse_conversation(id: &str) -> Result<ConversationId, KithError> 
         .map_err(|e| KithError::InvalidInput(format!("conversation id {id:?} is not hex: {e}")))
 }
 
+/// A message id from 64 hex digits.
+pub(crate) fn parse_message_id(id: &str) -> Result<MessageId, KithError> {
+    hex::decode(id)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .map(MessageId)
+        .ok_or_else(|| KithError::InvalidInput(format!("message id {id:?} is not 64 hex digits")))
+}
+
+/// `bytes` as an array of exactly `N` bytes; `what` names it in the error.
+pub(crate) fn fixed_bytes<const N: usize>(what: &str, bytes: &[u8]) -> Result<[u8; N], KithError> {
+    bytes.try_into().map_err(|_| {
+        KithError::InvalidInput(format!("{what} must be {N} bytes, not {}", bytes.len()))
+    })
+}
+
 /// Group or DM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum ConversationKind {
@@ -44,6 +66,15 @@ impl From<kith::ConversationKind> for ConversationKind {
         match kind {
             kith::ConversationKind::Group => Self::Group,
             kith::ConversationKind::Dm => Self::Dm,
+        }
+    }
+}
+
+impl From<ConversationKind> for kith::ConversationKind {
+    fn from(kind: ConversationKind) -> Self {
+        match kind {
+            ConversationKind::Group => Self::Group,
+            ConversationKind::Dm => Self::Dm,
         }
     }
 }
@@ -232,10 +263,17 @@ pub struct GroupOptions {
     /// migration.
     #[uniffi(default)]
     pub legacy: Option<LegacyConversation>,
+    /// The rules every inbox added (from the first) must satisfy; none:
+    /// the group is not gated. Its `admissions` are ignored.
+    #[uniffi(default)]
+    pub gating: Option<Gating>,
 }
 
-impl From<GroupOptions> for kith::GroupOptions {
-    fn from(o: GroupOptions) -> Self {
+impl TryFrom<GroupOptions> for kith::GroupOptions {
+    type Error = KithError;
+
+    /// Fails only on gating rules that do not convert.
+    fn try_from(o: GroupOptions) -> Result<Self, KithError> {
         let mut options =
             kith::GroupOptions::default().policies(o.preset.unwrap_or_default().into());
         if let Some(name) = o.name {
@@ -256,7 +294,48 @@ impl From<GroupOptions> for kith::GroupOptions {
         if let Some(legacy) = o.legacy {
             options = options.migrated_from(legacy.into());
         }
-        options
+        if let Some(gating) = o.gating {
+            options = options.gating(gating.try_into()?);
+        }
+        Ok(options)
+    }
+}
+
+/// Where a message is in delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Delivery {
+    /// Sent by this installation, not yet on the node.
+    Unpublished,
+    /// On the node.
+    Published,
+    /// Received only in an epoch that lost to another branch of the
+    /// group; it turns back into `Published` when the sender's re-sent
+    /// copy arrives.
+    Superseded,
+    /// Sent by this installation in an epoch that lost, and it could not
+    /// be re-sent.
+    Failed,
+}
+
+impl From<kith::Delivery> for Delivery {
+    fn from(d: kith::Delivery) -> Self {
+        match d {
+            kith::Delivery::Unpublished => Self::Unpublished,
+            kith::Delivery::Published => Self::Published,
+            kith::Delivery::Superseded => Self::Superseded,
+            kith::Delivery::Failed => Self::Failed,
+        }
+    }
+}
+
+impl From<Delivery> for kith::Delivery {
+    fn from(d: Delivery) -> Self {
+        match d {
+            Delivery::Unpublished => Self::Unpublished,
+            Delivery::Published => Self::Published,
+            Delivery::Superseded => Self::Superseded,
+            Delivery::Failed => Self::Failed,
+        }
     }
 }
 
@@ -283,6 +362,15 @@ pub struct Message {
     pub time_ms: u64,
     /// Whether it is on the node.
     pub published: bool,
+    /// Where it is in delivery.
+    pub delivery: Delivery,
+    /// The text its sender gave for clients that do not know its content
+    /// type.
+    pub fallback: Option<String>,
+    /// Whether it belongs in a message list: false for reactions and read
+    /// receipts, which an application shows on the messages they refer
+    /// to.
+    pub is_listed: bool,
     /// Whether its sender is known (false only for a deniable DM message
     /// whose sender has not proved who it is yet).
     pub verified: bool,
@@ -292,6 +380,7 @@ impl From<kith::Message> for Message {
     fn from(m: kith::Message) -> Self {
         Self {
             text: m.text().map(str::to_owned),
+            is_listed: m.is_listed(),
             id: m.id.to_string(),
             conversation_id: m.conversation.to_string(),
             sender_inbox_id: m.sender.to_string(),
@@ -301,6 +390,8 @@ impl From<kith::Message> for Message {
             sent_at_ms: m.sent_at_ms,
             time_ms: m.time_ms,
             published: m.published,
+            delivery: m.delivery.into(),
+            fallback: m.fallback,
             verified: m.verified,
         }
     }
@@ -347,6 +438,9 @@ pub struct Metadata {
     pub super_admins: Vec<String>,
     /// The older protocol's conversation this one continues, if migrated.
     pub legacy: Option<LegacyConversation>,
+    /// The rules new members must satisfy (none: not gated), and the
+    /// admissions of the last commit that added inboxes.
+    pub gating: Gating,
 }
 
 impl From<kith::Metadata> for Metadata {
@@ -362,6 +456,7 @@ impl From<kith::Metadata> for Metadata {
             admins: m.admins.iter().map(ToString::to_string).collect(),
             super_admins: m.super_admins.iter().map(ToString::to_string).collect(),
             legacy: m.legacy.map(Into::into),
+            gating: m.gating.into(),
         }
     }
 }

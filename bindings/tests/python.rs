@@ -2,8 +2,11 @@
 //! real scenarios (`tests/python/scenarios.py`): two clients over an
 //! embedded node and over a `kith-node` process, a wallet signing through
 //! eth-account behind the `WalletSigner` callback interface, events
-//! through the `EventListener`, and bad calls raising the mapped
-//! exceptions. Also the README's Python example, run as written.
+//! through the `EventListener` (a client's and one conversation's), typed
+//! content and remote attachments, message pages and the conversation
+//! list, token-gated groups answered by a Python `GatingVerifier`, and bad
+//! calls raising the mapped exceptions. Also the README's Python example,
+//! run as written.
 
 #[path = "../../transport/tests/common/cluster.rs"]
 mod cluster;
