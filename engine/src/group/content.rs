@@ -30,6 +30,10 @@ pub const CONTENT_TYPE_EPOCH_DIGEST: &str = "kith/epoch-digest";
 /// speaks for (see `deniable`). It is never shown.
 pub const CONTENT_TYPE_BINDING: &str = "kith/deniable-binding";
 
+/// A transcript entry (`transcript.rs`): what a merged commit changed,
+/// stored by the engine among the messages; never sent.
+pub const CONTENT_TYPE_GROUP_UPDATED: &str = "kith/group-updated";
+
 /// The prefix of the engine's own content types, which applications may
 /// not send.
 pub const CONTROL_CONTENT_PREFIX: &str = "kith/";

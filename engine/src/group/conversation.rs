@@ -249,7 +249,7 @@ pub(crate) fn take_back_sent_since<S: KvStore + ?Sized>(
         .filter(|m| {
             // Transcript entries are this installation's record of a
             // commit, not messages it sent.
-            m.content_type != super::transcript::CONTENT_TYPE_GROUP_UPDATED
+            m.content_type != super::content::CONTENT_TYPE_GROUP_UPDATED
                 && m.group_id == group_id
                 && m.sender_installation == me
                 && m.time_ms >= since_ms

@@ -75,9 +75,9 @@ mod welcome;
 pub use bindings::{BindingView, DmVerification, binding_body, decode_binding};
 pub use config::{GroupConfig, ProposalPolicy, REJOIN_RETRY_MS, RETIRE_GRACE_MS, RewindPolicy};
 pub use content::{
-    BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_TEXT,
-    CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN, MAX_FALLBACK_LEN,
-    Outgoing, SharedWelcome, WelcomePayload, message_id,
+    BranchCommit, CONTENT_TYPE_BINDING, CONTENT_TYPE_EPOCH_DIGEST, CONTENT_TYPE_GROUP_UPDATED,
+    CONTENT_TYPE_TEXT, CONTROL_CONTENT_PREFIX, Content, ContentError, MAX_CONTENT_TYPE_LEN,
+    MAX_FALLBACK_LEN, Outgoing, SharedWelcome, WelcomePayload, message_id,
 };
 pub use conversation::NewGroup;
 pub use error::GroupError;
@@ -105,8 +105,8 @@ pub use shared_welcome::{
 pub use signer::Me;
 pub use store::{ClientStore, GroupSnapshots, KvEntries, KvStore, MemoryKvStore, MessageRange};
 pub use transcript::{
-    CONTENT_TYPE_GROUP_UPDATED, FIELD_ADMIN, FIELD_GATING, FIELD_POLICIES, FIELD_SUPER_ADMIN,
-    FieldChangeWire, GroupUpdateWire, MAX_TRANSCRIPT_ENTRIES,
+    FIELD_ADMIN, FIELD_GATING, FIELD_POLICIES, FIELD_SUPER_ADMIN, FieldChangeWire, GroupUpdateWire,
+    MAX_TRANSCRIPT_ENTRIES,
 };
 pub use validate::{CommitSummary, MAX_DENIABLE_LEAVES};
 

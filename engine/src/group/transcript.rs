@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost::Message as _;
 
 use super::{
-    content::message_id,
+    content::{CONTENT_TYPE_GROUP_UPDATED, message_id},
     conversation,
     error::GroupError,
     events::Events,
@@ -24,9 +24,6 @@ use super::{
     validate::CommitSummary,
 };
 use crate::identity::{InboxId, InstallationId};
-
-/// The content type of a transcript entry ([`GroupUpdateWire`]).
-pub const CONTENT_TYPE_GROUP_UPDATED: &str = "kith/group-updated";
 
 /// The most inboxes and field changes one entry lists; a commit that
 /// changes more (the creation of a large group, say) lists the first
