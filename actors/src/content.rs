@@ -438,8 +438,14 @@ impl Content {
     /// rather than as messages of their own. Unknown types are listed, with
     /// their fallback.
     pub fn is_listed(&self) -> bool {
-        !matches!(self, Content::Reaction(_) | Content::ReadReceipt(_))
+        is_listed_type(self.content_type())
     }
+}
+
+/// Whether messages of `content_type` belong in a message list: all but
+/// reactions and read receipts.
+pub(crate) fn is_listed_type(content_type: &str) -> bool {
+    !matches!(content_type, REACTION | READ_RECEIPT)
 }
 
 impl Reply {

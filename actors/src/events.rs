@@ -87,10 +87,7 @@ impl Message {
     /// receipts, which an application shows on the messages they refer
     /// to. Decided by the content type alone.
     pub fn is_listed(&self) -> bool {
-        !matches!(
-            self.content_type.as_str(),
-            crate::content::REACTION | crate::content::READ_RECEIPT
-        )
+        crate::content::is_listed_type(&self.content_type)
     }
 }
 

@@ -68,24 +68,27 @@ pub(crate) async fn admit(
             ))
         })?);
     }
-    let digest = gating.digest();
+    let rules = gating.check();
     let mut admissions = Vec::new();
     for inbox in inboxes {
         let refuse = |reason: String| Error::GatingRefused {
             inbox: *inbox,
             reason,
         };
-        // Allowlists decide alone where they can.
+        // Allowlists decide alone where they can: on one is enough for
+        // "any", off one is too much for "all", and without token rules
+        // they are all there is.
+        let listed = rules.admits(inbox, gating.require == Require::All);
         match gating.require {
-            Require::Any if gating.admits(inbox, false) => continue,
-            Require::All if !gating.admits(inbox, true) => {
-                return Err(refuse("not on the group's allowlist".into()));
-            }
-            _ if token_rules.is_empty() => match gating.require {
+            Require::Any if listed => continue,
+            Require::All if !listed => return Err(refuse("not on the group's allowlist".into())),
+            _ => {}
+        }
+        if token_rules.is_empty() {
+            match gating.require {
                 Require::All => continue,
                 Require::Any => return Err(refuse("not on the group's allowlist".into())),
-            },
-            _ => {}
+            }
         }
         let verifier = verifier.ok_or_else(|| {
             Error::GatingUnavailable(
@@ -127,7 +130,7 @@ pub(crate) async fn admit(
         }
         admissions.push(Admission {
             inbox: *inbox,
-            rules_digest: digest,
+            rules_digest: rules.digest(),
             evidence,
         });
     }

@@ -17,7 +17,7 @@ use kith_engine::group::{
 use crate::{
     Client, Conversation, Error, Event,
     client::blocking,
-    content::{REACTION, READ_RECEIPT},
+    content::is_listed_type,
     events::{Message, MessageId},
 };
 
@@ -157,8 +157,7 @@ impl MessageQuery {
                 .delivery
                 .as_ref()
                 .is_none_or(|states| states.contains(&message.delivery))
-            && !(self.listed_only
-                && matches!(message.content_type.as_str(), REACTION | READ_RECEIPT))
+            && (!self.listed_only || is_listed_type(&message.content_type))
     }
 
     fn range(&self) -> MessageRange {
@@ -355,7 +354,7 @@ impl Client {
                 }
                 let last = store
                     .messages_in(&record.id, &newest, 1, &mut |m| {
-                        !matches!(m.content_type.as_str(), REACTION | READ_RECEIPT)
+                        is_listed_type(&m.content_type)
                     })?
                     .pop();
                 rows.push((record, kind, active, last));

@@ -82,10 +82,8 @@ fn holders(min_balance: u128) -> Gating {
 }
 
 async fn client_with(net: &Net, name: &str, wallet: &LocalWallet, chain: &Chain) -> Client {
-    let client = Client::builder()
-        .wallet(wallet.clone())
-        .data_dir(net.path(name))
-        .node(net.node.clone())
+    let client = net
+        .builder(name, wallet)
         .gating_verifier(chain.clone())
         .build()
         .await

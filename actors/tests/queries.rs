@@ -8,12 +8,11 @@ mod common;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use common::{Net, group_with, tap, tap::Tap, wallet};
+use common::{Net, group_with, tap, tap::Tap, test_config, wallet};
 use futures::StreamExt as _;
 use kith::{
-    Client, ClientConfig, Content, Conversation, ConversationKind, ConversationQuery, Delivery,
-    Direction, Event, GroupOptions, LocalWallet, Message, MessageId, MessageQuery, Reaction,
-    ReactionAction, content,
+    ClientConfig, Content, Conversation, ConversationKind, ConversationQuery, Delivery, Direction,
+    Event, GroupOptions, Message, MessageId, MessageQuery, Reaction, ReactionAction, content,
 };
 
 /// Every message of `query` (whose limit is the page size), page by page.
@@ -91,14 +90,9 @@ async fn pages_run_both_ways_by_time_without_losing_or_repeating() {
 async fn pages_filter_by_content_type_and_delivery_state() {
     let net = Net::new();
     let tap = Tap::new(Arc::new(net.node.clone()));
-    let alice = Client::builder()
-        .wallet(wallet())
-        .data_dir(net.path("alice"))
+    let alice = net
+        .builder("alice", &wallet())
         .node(tap::node(&tap))
-        .config(ClientConfig {
-            sync_interval: Duration::from_secs(3600),
-            ..ClientConfig::default()
-        })
         .build()
         .await
         .expect("client");
@@ -278,7 +272,16 @@ async fn a_stream_that_falls_behind_is_told_and_the_store_has_everything() {
     let net = Net::new();
     let bw = wallet();
     let alice = net.client("alice", &wallet()).await;
-    let bob = small_buffer_client(&net, "bob", &bw).await;
+    let bob = net
+        .builder("bob", &bw)
+        .config(ClientConfig {
+            event_buffer: 8,
+            ..test_config()
+        })
+        .build()
+        .await
+        .expect("client");
+    bob.register().await.expect("register");
     let (group, views) = group_with(&alice, &[&bob], GroupOptions::default()).await;
     let mut stream = bob.stream_events();
     for n in 0..20 {
@@ -308,21 +311,4 @@ async fn a_stream_that_falls_behind_is_told_and_the_store_has_everything() {
         .filter_map(|m| m.text().map(str::to_owned))
         .collect();
     assert_eq!(stored.len(), 20);
-}
-
-async fn small_buffer_client(net: &Net, name: &str, wallet: &LocalWallet) -> Client {
-    let client = Client::builder()
-        .wallet(wallet.clone())
-        .data_dir(net.path(name))
-        .node(net.node.clone())
-        .config(ClientConfig {
-            sync_interval: Duration::from_secs(3600),
-            event_buffer: 8,
-            ..ClientConfig::default()
-        })
-        .build()
-        .await
-        .expect("client");
-    client.register().await.expect("register");
-    client
 }

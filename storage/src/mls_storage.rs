@@ -358,7 +358,7 @@ impl SledMlsStorage {
         // The step can hide at most as many stored entries as it deletes,
         // so this many from sled are always enough to fill the page.
         let wanted = limit.saturating_add(overlay.len());
-        let mut merged = overlay.clone();
+        let mut merged = overlay;
         let stored = self.tree.range(start..end);
         let stored: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
             Box::new(stored.rev())

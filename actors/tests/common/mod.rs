@@ -8,7 +8,8 @@ pub mod tap;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use kith::{
-    Client, ClientConfig, Conversation, ConversationId, GroupOptions, LocalNode, LocalWallet,
+    Client, ClientBuilder, ClientConfig, Conversation, ConversationId, GroupOptions, LocalNode,
+    LocalWallet,
 };
 use kith_storage::SledNodeStore;
 use kith_transport::node::{NodeConfig, NodeLogic};
@@ -16,6 +17,15 @@ use kith_transport::node::{NodeConfig, NodeLogic};
 pub struct Net {
     pub dir: tempfile::TempDir,
     pub node: LocalNode<SledNodeStore>,
+}
+
+/// Tests sync explicitly: background timers are kept out of the way.
+pub fn test_config() -> ClientConfig {
+    ClientConfig {
+        sync_interval: Duration::from_secs(3600),
+        discovery_retry: Duration::from_millis(200),
+        ..ClientConfig::default()
+    }
 }
 
 pub fn wallet() -> LocalWallet {
@@ -52,21 +62,19 @@ impl Net {
         self.dir.path().join(name)
     }
 
-    /// A client for `wallet` whose store is `name` (created, or reopened).
-    pub async fn open(&self, name: &str, wallet: &LocalWallet) -> Client {
+    /// The builder of a client for `wallet` whose store is `name`, on this
+    /// net's node with [`test_config`]; a test changes what it needs.
+    pub fn builder(&self, name: &str, wallet: &LocalWallet) -> ClientBuilder {
         Client::builder()
             .wallet(wallet.clone())
             .data_dir(self.path(name))
             .node(self.node.clone())
-            .config(ClientConfig {
-                // Tests sync explicitly; keep background timers out of the way.
-                sync_interval: Duration::from_secs(3600),
-                discovery_retry: Duration::from_millis(200),
-                ..ClientConfig::default()
-            })
-            .build()
-            .await
-            .expect("client")
+            .config(test_config())
+    }
+
+    /// A client for `wallet` whose store is `name` (created, or reopened).
+    pub async fn open(&self, name: &str, wallet: &LocalWallet) -> Client {
+        self.builder(name, wallet).build().await.expect("client")
     }
 
     /// A registered client.

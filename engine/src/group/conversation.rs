@@ -308,10 +308,6 @@ pub struct NewGroup {
     pub gating: Gating,
 }
 
-fn kind_is_dm(new: &NewGroup) -> bool {
-    new.kind == ConversationKind::Dm
-}
-
 /// The metadata of a new conversation made by `me`.
 pub(crate) fn new_metadata(
     new: &NewGroup,
@@ -348,7 +344,7 @@ pub(crate) fn new_metadata(
         membership: BTreeMap::from([(me, identities.sequence(&me))]),
         gating: new.gating.clone(),
     };
-    if kind_is_dm(new) && metadata.gating.is_gated() {
+    if metadata.immutable.dm_members.is_some() && metadata.gating.is_gated() {
         return Err(GroupError::InvalidInput("a DM cannot be gated".into()));
     }
     metadata.check_limits()?;

@@ -186,37 +186,31 @@ impl Gating {
 
     /// Whether every member lets `inbox` in: the allowlists, evaluated
     /// here, with `admitted` (whether the commit carries an admission of
-    /// `inbox` under these rules) standing for the other rules.
+    /// `inbox` under these rules) standing for the other rules. To check
+    /// many inboxes, use [`Gating::check`] once.
     pub fn admits(&self, inbox: &InboxId, admitted: bool) -> bool {
-        if !self.is_gated() {
-            return true;
-        }
-        let mut lists = self
-            .rules
-            .iter()
-            .filter(|r| r.kind == RULE_ALLOWLIST)
-            .map(|r| match TokenRule::from_rule(r) {
-                Ok(TokenRule::Allowlist { inboxes }) => inboxes.contains(inbox),
-                // A malformed allowlist admits nobody.
-                _ => false,
-            });
-        let verdict = self.needs_verdict().then_some(admitted);
-        match self.require {
-            Require::All => lists.all(|on| on) && verdict.unwrap_or(true),
-            Require::Any => lists.any(|on| on) || verdict.unwrap_or(false),
-        }
+        self.check().admits(inbox, admitted)
     }
 
-    /// The admission of `inbox` under these rules, if `admissions` has one.
-    pub fn admission_in<'a>(
-        &self,
-        admissions: &'a [Admission],
-        inbox: &InboxId,
-    ) -> Option<&'a Admission> {
-        let digest = self.digest();
-        admissions
-            .iter()
-            .find(|a| a.inbox == *inbox && a.rules_digest == digest)
+    /// The rules made ready to check inboxes against: the allowlists
+    /// decoded and the digest taken once, however many inboxes follow.
+    pub fn check(&self) -> GatingCheck {
+        GatingCheck {
+            gated: self.is_gated(),
+            require: self.require,
+            needs_verdict: self.needs_verdict(),
+            // A malformed allowlist admits nobody.
+            lists: self
+                .rules
+                .iter()
+                .filter(|r| r.kind == RULE_ALLOWLIST)
+                .map(|r| match TokenRule::from_rule(r) {
+                    Ok(TokenRule::Allowlist { inboxes }) => inboxes,
+                    _ => BTreeSet::new(),
+                })
+                .collect(),
+            digest: self.digest(),
+        }
     }
 
     /// Check the bounds.
@@ -260,6 +254,47 @@ impl Gating {
             }
         }
         Ok(())
+    }
+}
+
+/// A group's rules ready to check inboxes against ([`Gating::check`]).
+#[derive(Debug, Clone)]
+pub struct GatingCheck {
+    gated: bool,
+    require: Require,
+    needs_verdict: bool,
+    lists: Vec<BTreeSet<InboxId>>,
+    digest: [u8; 32],
+}
+
+impl GatingCheck {
+    /// See [`Gating::admits`].
+    pub fn admits(&self, inbox: &InboxId, admitted: bool) -> bool {
+        if !self.gated {
+            return true;
+        }
+        let mut lists = self.lists.iter().map(|list| list.contains(inbox));
+        let verdict = self.needs_verdict.then_some(admitted);
+        match self.require {
+            Require::All => lists.all(|on| on) && verdict.unwrap_or(true),
+            Require::Any => lists.any(|on| on) || verdict.unwrap_or(false),
+        }
+    }
+
+    /// The admission of `inbox` under these rules, if `admissions` has one.
+    pub fn admission_in<'a>(
+        &self,
+        admissions: &'a [Admission],
+        inbox: &InboxId,
+    ) -> Option<&'a Admission> {
+        admissions
+            .iter()
+            .find(|a| a.inbox == *inbox && a.rules_digest == self.digest)
+    }
+
+    /// [`Gating::digest`] of the rules.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 }
 

@@ -363,12 +363,10 @@ fn check_gating(
             stranger.inbox
         )));
     }
+    let rules = old.gating.check();
     for inbox in &joining {
-        let admitted = old
-            .gating
-            .admission_in(&new.gating.admissions, inbox)
-            .is_some();
-        if !old.gating.admits(inbox, admitted) {
+        let admitted = rules.admission_in(&new.gating.admissions, inbox).is_some();
+        if !rules.admits(inbox, admitted) {
             return Err(reject(format!(
                 "{inbox} is added without satisfying the group's gating rules"
             )));
