@@ -964,11 +964,28 @@ impl Conversation {
         self.actor().await?.send(change).await?
     }
 
-    /// Add inboxes, with all their installations.
+    /// Add inboxes, with all their installations. In a gated group, the
+    /// client's [`GatingVerifier`](crate::GatingVerifier) is asked about
+    /// each inbox that is not a member yet, first: this call waits for it
+    /// (the group goes on meanwhile), and an inbox that fails is refused
+    /// with nothing changed.
     pub async fn add_members(&self, inboxes: &[InboxId]) -> Result<(), Error> {
+        let info = self.actor().await?.send(Info).await??;
+        let joining: Vec<InboxId> = inboxes
+            .iter()
+            .filter(|inbox| !info.members.iter().any(|(member, _)| member == *inbox))
+            .copied()
+            .collect();
+        let admissions = crate::gating::admit(
+            self.client.shared().gating.as_ref(),
+            &info.metadata.gating,
+            &joining,
+        )
+        .await?;
         self.change(Change::AddMembers {
             inboxes: inboxes.to_vec(),
             refresh: true,
+            admissions,
         })
         .await
     }

@@ -41,7 +41,7 @@ use kith_engine::{
     delivery::{Envelope, Topic},
     group::{
         ConversationId, DmVerification, Group, GroupError, GroupEvent, IntentKind, Outgoing,
-        StoredMessage,
+        StoredMessage, gating::Admission,
     },
     identity::{InboxId, InstallationId},
 };
@@ -823,30 +823,18 @@ impl GroupCore {
         ))
     }
 
-    async fn add_members(&self, inboxes: Vec<InboxId>, refresh: bool) -> Result<(), Error> {
+    async fn add_members(
+        &self,
+        inboxes: Vec<InboxId>,
+        refresh: bool,
+        admissions: Vec<Admission>,
+    ) -> Result<(), Error> {
         if refresh {
             self.shared
                 .refresh_identities(inboxes.iter().copied())
                 .await?;
         }
-        let (deniable, gating, joining) = self
-            .apply(|group, _| {
-                let members = group.members();
-                let joining: Vec<InboxId> = inboxes
-                    .iter()
-                    .filter(|i| !members.contains_key(*i))
-                    .copied()
-                    .collect();
-                Ok((
-                    group.is_deniable(),
-                    group.metadata().gating.clone(),
-                    joining,
-                ))
-            })
-            .await?;
-        // Refused before anything is fetched or queued.
-        let admissions =
-            crate::gating::admit(self.shared.gating.as_ref(), &gating, &joining).await?;
+        let deniable = self.apply(|group, _| Ok(group.is_deniable())).await?;
         let mut intents = self.shared.member_adds(&inboxes, deniable).await?;
         crate::gating::attach(&mut intents, &admissions);
         for kind in intents {
@@ -1155,6 +1143,10 @@ pub(crate) enum Change {
         inboxes: Vec<InboxId>,
         /// Fetch their identity logs first.
         refresh: bool,
+        /// In a gated group, the verifier's admissions of the inboxes,
+        /// obtained before this message (so that a slow verifier never
+        /// holds the group's actor).
+        admissions: Vec<Admission>,
     },
     /// Bring installations in line with the identity logs.
     Reconcile {
@@ -1195,7 +1187,11 @@ impl Handler<Change> for GroupActor {
         );
         guarded(span, async move {
             match msg {
-                Change::AddMembers { inboxes, refresh } => core.add_members(inboxes, refresh).await,
+                Change::AddMembers {
+                    inboxes,
+                    refresh,
+                    admissions,
+                } => core.add_members(inboxes, refresh, admissions).await,
                 Change::Reconcile { refresh } => core.reconcile(refresh).await,
                 Change::Intent(kind) => core.change(kind).await,
             }

@@ -29,12 +29,17 @@ struct Chain {
     balances: Arc<Mutex<HashMap<InboxId, u128>>>,
     asked: Arc<Mutex<Vec<InboxId>>>,
     down: Arc<Mutex<bool>>,
+    /// Never answers while set.
+    hung: Arc<Mutex<bool>>,
 }
 
 #[async_trait::async_trait]
 impl GatingVerifier for Chain {
     async fn verify(&self, rule: &TokenRule, inbox: InboxId) -> Result<GatingVerdict, String> {
         self.asked.lock().expect("lock").push(inbox);
+        if *self.hung.lock().expect("lock") {
+            return std::future::pending().await;
+        }
         if *self.down.lock().expect("lock") {
             return Err("the RPC endpoint does not answer".into());
         }
@@ -224,6 +229,28 @@ async fn without_an_answer_nothing_is_added() {
         .expect_err("no answer");
     assert!(matches!(error, Error::GatingUnavailable(ref m) if m.contains("does not answer")));
     assert_eq!(group.members().await.expect("members").len(), 1);
+
+    // A verifier that never answers holds the add, not the group: Alice
+    // still sends, and nothing was added when she gives up.
+    *chain.hung.lock().expect("lock") = true;
+    let bob_inbox = [bob.inbox_id()];
+    let waiting = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        group.add_members(&bob_inbox),
+    );
+    let (waited, sent) = tokio::join!(waiting, async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            group.send_text("the group goes on"),
+        )
+        .await
+    });
+    assert!(waited.is_err(), "the add waits for the verifier");
+    sent.expect("the send is not held behind the verifier")
+        .expect("a send while the verifier hangs");
+    assert_eq!(group.members().await.expect("members").len(), 1);
+    *chain.hung.lock().expect("lock") = false;
 
     // A client with no verifier at all cannot add to a token-gated group
     // (Bob, once a member, tries to add Carol).
